@@ -1,0 +1,234 @@
+//! FHIR date, dateTime and instant values as the range of instants they cover
+//! (search.html#date: "the implicit range"). Ranges are inclusive, in milliseconds since the epoch.
+//! Values without a time zone (dates, partial dates) are read as UTC.
+
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
+
+/// A closed range of instants, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub low: i64,
+    pub high: i64,
+}
+
+/// Parses `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or `YYYY-MM-DDThh:mm[:ss[.fff…]](Z|±hh:mm)`.
+pub fn parse_range(s: &str) -> Option<Range> {
+    let (date_part, time_part) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let mut fields = date_part.split('-');
+    let year: i32 = digits(fields.next()?, 4)?.try_into().ok()?;
+    let month = match fields.next() {
+        Some(m) => Some(digits(m, 2)?),
+        None => None,
+    };
+    let day = match fields.next() {
+        Some(d) => Some(digits(d, 2)?),
+        None => None,
+    };
+    if fields.next().is_some() {
+        return None;
+    }
+    let Some(time_part) = time_part else {
+        return date_range(year, month, day);
+    };
+    let (month, day) = (month?, day?);
+    let date = Date::from_calendar_date(
+        year,
+        Month::try_from(u8::try_from(month).ok()?).ok()?,
+        u8::try_from(day).ok()?,
+    )
+    .ok()?;
+    // Split the offset from the clock time.
+    let (clock, offset) = if let Some(c) = time_part.strip_suffix('Z') {
+        (c, UtcOffset::UTC)
+    } else {
+        let pos = time_part.rfind(['+', '-'])?;
+        let (c, o) = time_part.split_at(pos);
+        let sign: i8 = if o.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = o[1..].split_once(':')?;
+        let (oh, om) = (digits(oh, 2)? as i8, digits(om, 2)? as i8);
+        (c, UtcOffset::from_hms(sign * oh, sign * om, 0).ok()?)
+    };
+    let mut hms = clock.split(':');
+    let hour = digits(hms.next()?, 2)?;
+    let minute = digits(hms.next()?, 2)?;
+    let (second, frac) = match hms.next() {
+        Some(sec) => match sec.split_once('.') {
+            Some((s, f)) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => (digits(s, 2)?, Some(f)),
+            Some(_) => return None,
+            None => (digits(sec, 2)?, None),
+        },
+        None => (0, None),
+    };
+    if hms.next().is_some() {
+        return None;
+    }
+    let second = second.min(59); // a leap second (60) counts as the last second of the minute
+    let time = Time::from_hms(
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second).ok()?,
+    )
+    .ok()?;
+    let start = PrimitiveDateTime::new(date, time).assume_offset(offset);
+    let base = millis(start);
+    let (low, span) = match (clock.split(':').count(), frac) {
+        (2, _) => (base, 60_000 - 1),
+        (_, None) => (base, 999),
+        (_, Some(f)) => {
+            let ms_digits: String = f.chars().chain("000".chars()).take(3).collect();
+            let ms: i64 = ms_digits.parse().ok()?;
+            let span = if f.len() >= 3 {
+                0
+            } else {
+                10i64.pow(3 - f.len() as u32) - 1
+            };
+            (base + ms, span)
+        }
+    };
+    Some(Range { low, high: low + span })
+}
+
+fn date_range(year: i32, month: Option<u32>, day: Option<u32>) -> Option<Range> {
+    let first_month = Month::try_from(u8::try_from(month.unwrap_or(1)).ok()?).ok()?;
+    let start = Date::from_calendar_date(year, first_month, u8::try_from(day.unwrap_or(1)).ok()?).ok()?;
+    let end = match (month, day) {
+        (_, Some(_)) => start.next_day()?,
+        (Some(_), None) => {
+            let (y, m) = if first_month == Month::December {
+                (year + 1, Month::January)
+            } else {
+                (year, first_month.next())
+            };
+            Date::from_calendar_date(y, m, 1).ok()?
+        }
+        (None, None) => Date::from_calendar_date(year + 1, Month::January, 1).ok()?,
+    };
+    let low = millis(start.midnight().assume_utc());
+    let high = millis(end.midnight().assume_utc()) - 1;
+    Some(Range { low, high })
+}
+
+fn digits(s: &str, len: usize) -> Option<u32> {
+    if s.len() == len && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn millis(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Formats milliseconds since the epoch as a FHIR instant (UTC, millisecond precision).
+pub fn format_instant(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Formats milliseconds since the epoch as an HTTP date (RFC 9110 IMF-fixdate), for Last-Modified.
+pub fn format_http_date(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAYS[t.weekday().number_days_from_monday() as usize],
+        t.day(),
+        MONTHS[u8::from(t.month()) as usize - 1],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The current time in milliseconds since the epoch.
+pub fn now_millis() -> i64 {
+    millis(OffsetDateTime::now_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> (String, String) {
+        let range = parse_range(s).unwrap();
+        (format_instant(range.low), format_instant(range.high))
+    }
+
+    #[test]
+    fn partial_dates_cover_their_whole_period() {
+        assert_eq!(
+            r("2026"),
+            ("2026-01-01T00:00:00.000Z".into(), "2026-12-31T23:59:59.999Z".into())
+        );
+        assert_eq!(
+            r("2026-02"),
+            ("2026-02-01T00:00:00.000Z".into(), "2026-02-28T23:59:59.999Z".into())
+        );
+        assert_eq!(
+            r("2026-12"),
+            ("2026-12-01T00:00:00.000Z".into(), "2026-12-31T23:59:59.999Z".into())
+        );
+        assert_eq!(
+            r("2026-11-23"),
+            ("2026-11-23T00:00:00.000Z".into(), "2026-11-23T23:59:59.999Z".into())
+        );
+    }
+
+    #[test]
+    fn date_times_use_their_offset_and_precision() {
+        assert_eq!(
+            r("2026-11-23T10:00:00+02:00"),
+            ("2026-11-23T08:00:00.000Z".into(), "2026-11-23T08:00:00.999Z".into())
+        );
+        assert_eq!(
+            r("2026-11-23T10:00:00.5Z"),
+            ("2026-11-23T10:00:00.500Z".into(), "2026-11-23T10:00:00.599Z".into())
+        );
+        assert_eq!(
+            r("2026-11-23T10:00:00.123456Z"),
+            ("2026-11-23T10:00:00.123Z".into(), "2026-11-23T10:00:00.123Z".into())
+        );
+        assert_eq!(
+            r("2026-11-23T10:00Z"),
+            ("2026-11-23T10:00:00.000Z".into(), "2026-11-23T10:00:59.999Z".into())
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_rejected() {
+        for bad in [
+            "",
+            "26",
+            "2026-13",
+            "2026-02-30",
+            "2026-11-23T25:00:00Z",
+            "2026-11-23T10:00:00",
+            "2026-11-23T10:00:00.Z",
+            "abcd",
+        ] {
+            assert!(parse_range(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        assert_eq!(format_http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+    }
+}

@@ -1,0 +1,518 @@
+//! Extraction of search-index values from a resource, following the compiled R4 search-parameter
+//! paths. The input is the resource as the typed fhirbolt model serializes it to JSON, so every
+//! element has its R4 name and shape. Runs on every write; the store saves the rows in the same
+//! transaction as the resource.
+
+use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
+
+use super::dates;
+use super::params::{ParamType, Path, Step};
+use super::{parse_reference, ResourceType, Target};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEntry {
+    pub param: String,
+    pub system: Option<String>,
+    pub code: Option<String>,
+    pub display: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StringEntry {
+    pub param: String,
+    pub norm: String,
+    pub exact: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DateEntry {
+    pub param: String,
+    pub low: i64,
+    pub high: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceEntry {
+    pub param: String,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UriEntry {
+    pub param: String,
+    pub uri: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberEntry {
+    pub param: String,
+    pub value: f64,
+    pub system: Option<String>,
+    pub code: Option<String>,
+}
+
+/// All index values of one resource.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Entries {
+    pub tokens: Vec<TokenEntry>,
+    pub strings: Vec<StringEntry>,
+    pub dates: Vec<DateEntry>,
+    pub references: Vec<ReferenceEntry>,
+    pub uris: Vec<UriEntry>,
+    pub numbers: Vec<NumberEntry>,
+}
+
+/// Suffix of the token rows that carry `Identifier.type` for the `:of-type` modifier
+/// (system = type system, code = `type-code|value`).
+pub const OF_TYPE_SUFFIX: &str = ":of-type";
+/// Suffix of the token rows that carry `Reference.identifier` for the `:identifier` modifier.
+pub const IDENTIFIER_SUFFIX: &str = ":identifier";
+
+/// Lower case, accents removed: the form string search compares (search.html#string).
+pub fn normalize(s: &str) -> String {
+    s.nfd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .collect::<String>()
+        .to_lowercase()
+}
+
+pub fn extract(rt: ResourceType, resource: &Value) -> Entries {
+    let mut out = Entries::default();
+    for param in rt.search_params() {
+        for path in &param.paths {
+            match path {
+                Path::Steps(steps) => {
+                    for node in walk(resource, steps) {
+                        add_value(&mut out, &param.code, param.kind, node);
+                    }
+                }
+                Path::PresentAndNotFalse(steps) => {
+                    let nodes = walk(resource, steps);
+                    let present = nodes.iter().any(|n| n.as_bool() != Some(false));
+                    out.tokens.push(TokenEntry {
+                        param: param.code.clone(),
+                        system: None,
+                        code: Some(present.to_string()),
+                        display: None,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn walk<'a>(root: &'a Value, steps: &[Step]) -> Vec<&'a Value> {
+    let mut nodes = vec![root];
+    for step in steps {
+        let mut next = Vec::new();
+        for node in nodes {
+            match step {
+                Step::Field { name, choice } => child(node, name, choice.as_deref(), &mut next),
+                Step::ResolvesTo(t) => {
+                    let keep = node
+                        .get("reference")
+                        .and_then(Value::as_str)
+                        .is_some_and(|r| reference_type(r).as_deref() == Some(t.as_str()))
+                        || node.get("type").and_then(Value::as_str) == Some(t.as_str());
+                    if keep {
+                        next.push(node);
+                    }
+                }
+                Step::WhereEquals { field, value } => {
+                    if node.get(field).and_then(Value::as_str) == Some(value.as_str()) {
+                        next.push(node);
+                    }
+                }
+            }
+        }
+        nodes = next;
+    }
+    nodes
+}
+
+/// Children named `name`; a choice element (`deceased[x]`) matches `deceasedBoolean`, `deceasedDateTime`…
+/// unless `choice` names the one type wanted.
+fn child<'a>(node: &'a Value, name: &str, choice: Option<&str>, out: &mut Vec<&'a Value>) {
+    let Some(map) = node.as_object() else { return };
+    let mut push = |v: &'a Value| match v {
+        Value::Array(items) => out.extend(items.iter()),
+        other => out.push(other),
+    };
+    match choice {
+        Some(t) => {
+            let mut key = name.to_string();
+            let mut chars = t.chars();
+            if let Some(first) = chars.next() {
+                key.push(first.to_ascii_uppercase());
+                key.extend(chars);
+            }
+            if let Some(v) = map.get(&key) {
+                push(v);
+            }
+        }
+        None => {
+            if let Some(v) = map.get(name) {
+                push(v);
+            } else {
+                for (k, v) in map {
+                    let is_choice = k
+                        .strip_prefix(name)
+                        .and_then(|rest| rest.chars().next())
+                        .is_some_and(|c| c.is_ascii_uppercase());
+                    if is_choice {
+                        push(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reference_type(reference: &str) -> Option<String> {
+    match parse_reference(reference) {
+        Target::Local { res_type, .. } => Some(res_type),
+        Target::External(url) => {
+            let parts: Vec<&str> = url.trim_end_matches('/').rsplit('/').collect();
+            match parts.as_slice() {
+                [_id, t, ..] => Some(t.to_string()),
+                _ => None,
+            }
+        }
+        Target::Contained(_) => None,
+    }
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn add_value(out: &mut Entries, param: &str, kind: ParamType, node: &Value) {
+    match kind {
+        ParamType::Token => add_token(out, param, node),
+        ParamType::String => add_string(out, param, node),
+        ParamType::Date => add_date(out, param, node),
+        ParamType::Reference => add_reference(out, param, node),
+        ParamType::Uri => {
+            if let Some(s) = node.as_str() {
+                out.uris.push(UriEntry {
+                    param: param.to_string(),
+                    uri: s.to_string(),
+                });
+            }
+        }
+        ParamType::Number | ParamType::Quantity => add_number(out, param, node),
+        // Composite (Group characteristic-value) and special (Location near) parameters are searched
+        // through their component parameters; nothing of their own to index.
+        ParamType::Composite | ParamType::Special => {}
+    }
+}
+
+fn add_token(out: &mut Entries, param: &str, node: &Value) {
+    let mut push = |system: Option<String>, code: Option<String>, display: Option<String>| {
+        out.tokens.push(TokenEntry {
+            param: param.to_string(),
+            system,
+            code,
+            display: display.map(|d| normalize(&d)),
+        });
+    };
+    match node {
+        Value::String(s) => push(None, Some(s.clone()), None),
+        Value::Bool(b) => push(None, Some(b.to_string()), None),
+        Value::Object(map)
+            if map.contains_key("coding") || (map.contains_key("text") && !map.contains_key("value")) =>
+        {
+            // CodeableConcept
+            let concept_text = text(node, "text");
+            let codings = map
+                .get("coding")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            for coding in codings {
+                push(
+                    text(coding, "system"),
+                    text(coding, "code"),
+                    concept_text.clone().or_else(|| text(coding, "display")),
+                );
+            }
+            if codings.is_empty() {
+                push(None, None, concept_text);
+            }
+        }
+        Value::Object(map) if map.contains_key("value") => {
+            // Identifier or ContactPoint: the value is the code.
+            let is_contact_point = matches!(
+                map.get("system").and_then(Value::as_str),
+                Some("phone" | "fax" | "email" | "pager" | "url" | "sms" | "other")
+            ) || map.contains_key("rank");
+            let value = text(node, "value");
+            if is_contact_point {
+                push(None, value, None);
+                return;
+            }
+            let type_text = map.get("type").and_then(|t| text(t, "text"));
+            push(text(node, "system"), value.clone(), type_text);
+            let type_codings = map.get("type").and_then(|t| t.get("coding")).and_then(Value::as_array);
+            for coding in type_codings.into_iter().flatten() {
+                if let (Some(code), Some(v)) = (text(coding, "code"), value.as_ref()) {
+                    out.tokens.push(TokenEntry {
+                        param: format!("{param}{OF_TYPE_SUFFIX}"),
+                        system: text(coding, "system"),
+                        code: Some(format!("{code}|{v}")),
+                        display: None,
+                    });
+                }
+            }
+        }
+        Value::Object(_) => {
+            // Coding
+            push(text(node, "system"), text(node, "code"), text(node, "display"));
+        }
+        _ => {}
+    }
+}
+
+fn add_string(out: &mut Entries, param: &str, node: &Value) {
+    let mut push = |s: &str| {
+        if !s.trim().is_empty() {
+            out.strings.push(StringEntry {
+                param: param.to_string(),
+                norm: normalize(s),
+                exact: s.to_string(),
+            });
+        }
+    };
+    match node {
+        Value::String(s) => push(s),
+        Value::Object(map) => {
+            // HumanName and Address: every part is searchable on its own.
+            const PARTS: [&str; 11] = [
+                "text",
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ];
+            for part in PARTS {
+                match map.get(part) {
+                    Some(Value::String(s)) => push(s),
+                    Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).for_each(&mut push),
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn add_date(out: &mut Entries, param: &str, node: &Value) {
+    let range = match node {
+        Value::String(s) => dates::parse_range(s),
+        Value::Object(map) if map.contains_key("start") || map.contains_key("end") => {
+            // Period: an open end is unbounded.
+            let low = map
+                .get("start")
+                .and_then(Value::as_str)
+                .and_then(dates::parse_range)
+                .map_or(i64::MIN, |r| r.low);
+            let high = map
+                .get("end")
+                .and_then(Value::as_str)
+                .and_then(dates::parse_range)
+                .map_or(i64::MAX, |r| r.high);
+            Some(dates::Range { low, high })
+        }
+        _ => None,
+    };
+    if let Some(r) = range {
+        out.dates.push(DateEntry {
+            param: param.to_string(),
+            low: r.low,
+            high: r.high,
+        });
+    }
+}
+
+fn add_reference(out: &mut Entries, param: &str, node: &Value) {
+    let Some(map) = node.as_object() else {
+        if let Some(s) = node.as_str() {
+            // canonical / uri used as a reference
+            out.references.push(ReferenceEntry {
+                param: param.to_string(),
+                target_type: None,
+                target_id: None,
+                url: Some(s.to_string()),
+            });
+        }
+        return;
+    };
+    if let Some(reference) = map.get("reference").and_then(Value::as_str) {
+        let entry = match parse_reference(reference) {
+            Target::Local { res_type, id, .. } => Some(ReferenceEntry {
+                param: param.to_string(),
+                target_type: Some(res_type),
+                target_id: Some(id),
+                url: None,
+            }),
+            Target::External(url) => {
+                let t = reference_type(&url);
+                let id = url.trim_end_matches('/').rsplit('/').next().map(str::to_string);
+                let (target_type, target_id) = if t.is_some() { (t, id) } else { (None, None) };
+                Some(ReferenceEntry {
+                    param: param.to_string(),
+                    target_type,
+                    target_id,
+                    url: Some(url),
+                })
+            }
+            Target::Contained(_) => None,
+        };
+        out.references.extend(entry);
+    }
+    if let Some(identifier) = map.get("identifier") {
+        out.tokens.push(TokenEntry {
+            param: format!("{param}{IDENTIFIER_SUFFIX}"),
+            system: text(identifier, "system"),
+            code: text(identifier, "value"),
+            display: None,
+        });
+    }
+}
+
+fn add_number(out: &mut Entries, param: &str, node: &Value) {
+    let (value, system, code) = match node {
+        Value::Number(n) => (n.as_f64(), None, None),
+        Value::Object(_) => (
+            node.get("value").and_then(Value::as_f64),
+            text(node, "system"),
+            text(node, "code").or_else(|| text(node, "unit")),
+        ),
+        _ => (None, None, None),
+    };
+    if let Some(value) = value {
+        out.numbers.push(NumberEntry {
+            param: param.to_string(),
+            value,
+            system,
+            code,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rt(name: &str) -> ResourceType {
+        ResourceType::parse(name).unwrap()
+    }
+
+    #[test]
+    fn strings_are_normalised_for_case_and_accents() {
+        assert_eq!(normalize("Ångström Éva"), "angstrom eva");
+    }
+
+    #[test]
+    fn patient_values_are_indexed_by_parameter() {
+        let p = json!({
+            "resourceType": "Patient", "id": "1",
+            "meta": {"tag": [{"system": "urn:t", "code": "x"}]},
+            "identifier": [{"system": "urn:mrn", "value": "12345", "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
+            "name": [{"family": "Chalmers", "given": ["Peter", "James"]}],
+            "telecom": [{"system": "email", "value": "p@example.org"}],
+            "gender": "male",
+            "birthDate": "1974-12-25",
+            "deceasedBoolean": false,
+            "generalPractitioner": [{"reference": "Practitioner/9"}]
+        });
+        let e = extract(rt("Patient"), &p);
+        let has_token = |param: &str, system: Option<&str>, code: &str| {
+            e.tokens
+                .iter()
+                .any(|t| t.param == param && t.system.as_deref() == system && t.code.as_deref() == Some(code))
+        };
+        assert!(has_token("identifier", Some("urn:mrn"), "12345"));
+        assert!(has_token(
+            "identifier:of-type",
+            Some("http://terminology.hl7.org/CodeSystem/v2-0203"),
+            "MR|12345"
+        ));
+        assert!(has_token("email", None, "p@example.org"));
+        assert!(has_token("telecom", None, "p@example.org"));
+        assert!(!e.tokens.iter().any(|t| t.param == "phone"));
+        assert!(has_token("gender", None, "male"));
+        assert!(has_token("deceased", None, "false"));
+        assert!(has_token("_tag", Some("urn:t"), "x"));
+        for (param, value) in [("family", "chalmers"), ("given", "james"), ("name", "peter")] {
+            assert!(e.strings.iter().any(|s| s.param == param && s.norm == value), "{param}");
+        }
+        let birth = e.dates.iter().find(|d| d.param == "birthdate").unwrap();
+        assert_eq!(dates::format_instant(birth.low), "1974-12-25T00:00:00.000Z");
+        assert!(e.references.iter().any(|r| r.param == "general-practitioner"
+            && r.target_type.as_deref() == Some("Practitioner")
+            && r.target_id.as_deref() == Some("9")));
+    }
+
+    #[test]
+    fn appointment_actor_references_split_by_target_type() {
+        let a = json!({"resourceType": "Appointment", "status": "booked",
+        "start": "2026-11-23T10:00:00Z",
+        "participant": [
+            {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+            {"actor": {"reference": "https://ehr.example.org/fhir/Practitioner/d1"}, "status": "accepted"},
+            {"actor": {"reference": "Location/room1"}, "status": "accepted"}
+        ]});
+        let e = extract(rt("Appointment"), &a);
+        let refs = |param: &str| e.references.iter().filter(|r| r.param == param).count();
+        assert_eq!(refs("actor"), 3);
+        assert_eq!(refs("patient"), 1);
+        assert_eq!(refs("practitioner"), 1);
+        assert_eq!(refs("location"), 1);
+        let practitioner = e.references.iter().find(|r| r.param == "practitioner").unwrap();
+        assert_eq!(
+            practitioner.url.as_deref(),
+            Some("https://ehr.example.org/fhir/Practitioner/d1")
+        );
+        assert!(e.tokens.iter().filter(|t| t.param == "part-status").count() == 3);
+        assert!(e.dates.iter().any(|d| d.param == "date"));
+    }
+
+    #[test]
+    fn periods_with_an_open_end_are_unbounded() {
+        let c = json!({"resourceType": "Consent", "provision": {"period": {"start": "2026-01-01"}}});
+        let e = extract(rt("Consent"), &c);
+        let period = e.dates.iter().find(|d| d.param == "period").unwrap();
+        assert_eq!(period.high, i64::MAX);
+    }
+
+    #[test]
+    fn group_choice_values_follow_their_type() {
+        let g = json!({"resourceType": "Group", "type": "person", "actual": true,
+            "characteristic": [{"code": {"text": "focus"}, "valueCodeableConcept": {"coding": [{"system": "urn:f", "code": "grief"}]}, "exclude": false},
+                               {"code": {"text": "adults"}, "valueBoolean": true, "exclude": false}]});
+        let e = extract(rt("Group"), &g);
+        let values: Vec<_> = e
+            .tokens
+            .iter()
+            .filter(|t| t.param == "value")
+            .map(|t| t.code.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(values, vec!["grief".to_string(), "true".to_string()]);
+        assert!(e
+            .tokens
+            .iter()
+            .any(|t| t.param == "actual" && t.code.as_deref() == Some("true")));
+    }
+}

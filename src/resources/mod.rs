@@ -1,0 +1,182 @@
+//! What tandem knows about the FHIR resource types it hosts: which types, their search parameters (from
+//! the official R4 SearchParameter definitions), how to extract index values from a resource, and which
+//! references a resource makes. Pure knowledge: this module imports nothing from search, store or api.
+
+pub mod dates;
+pub mod index;
+pub mod params;
+
+pub use params::{ParamType, SearchParam};
+
+/// The resource types this server hosts, in the order the CapabilityStatement lists them.
+const HOSTED: [&str; 9] = [
+    "Appointment",
+    "CareTeam",
+    "Consent",
+    "Group",
+    "Location",
+    "Organization",
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+];
+
+/// A resource type hosted here. Only [`ResourceType::parse`] makes one, so holding one proves the
+/// type is supported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceType(&'static str);
+
+impl ResourceType {
+    pub fn parse(name: &str) -> Option<ResourceType> {
+        HOSTED.iter().find(|t| **t == name).map(|t| ResourceType(t))
+    }
+
+    pub fn all() -> impl Iterator<Item = ResourceType> {
+        HOSTED.iter().map(|t| ResourceType(t))
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+
+    /// The search parameters that apply to this type (its own and the common ones).
+    pub fn search_params(&self) -> &'static [SearchParam] {
+        params::for_type(*self)
+    }
+}
+
+impl std::fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// FHIR `id` datatype: 1 to 64 characters of `[A-Za-z0-9\-\.]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A reference made by a resource, as found in any `Reference.reference` inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `Type/id` (or `Type/id/_history/n`) relative to this server.
+    Local {
+        res_type: String,
+        id: String,
+        version: Option<String>,
+    },
+    /// An absolute URL, a `urn:uuid:` / `urn:oid:` or anything else not relative to this server.
+    External(String),
+    /// `#id`, a contained resource.
+    Contained(String),
+}
+
+/// Classifies a reference string per http.html#references.
+pub fn parse_reference(reference: &str) -> Target {
+    if let Some(frag) = reference.strip_prefix('#') {
+        return Target::Contained(frag.to_string());
+    }
+    if reference.contains(':') {
+        return Target::External(reference.to_string());
+    }
+    let parts: Vec<&str> = reference.split('/').collect();
+    match parts.as_slice() {
+        [t, id] if starts_upper(t) => Target::Local {
+            res_type: t.to_string(),
+            id: id.to_string(),
+            version: None,
+        },
+        [t, id, "_history", v] if starts_upper(t) => Target::Local {
+            res_type: t.to_string(),
+            id: id.to_string(),
+            version: Some(v.to_string()),
+        },
+        _ => Target::External(reference.to_string()),
+    }
+}
+
+fn starts_upper(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+}
+
+/// Every relative reference in the resource to a type hosted here (these must resolve), deduplicated.
+pub fn local_references(resource: &serde_json::Value) -> Vec<(ResourceType, String)> {
+    let mut out = Vec::new();
+    collect_references(resource, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn collect_references(value: &serde_json::Value, out: &mut Vec<(ResourceType, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                if key == "reference" {
+                    if let Some(s) = v.as_str() {
+                        if let Target::Local { res_type, id, .. } = parse_reference(s) {
+                            if let Some(t) = ResourceType::parse(&res_type) {
+                                out.push((t, id));
+                            }
+                        }
+                        continue;
+                    }
+                }
+                collect_references(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_references(v, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hosted_types_parse_and_others_do_not() {
+        assert_eq!(ResourceType::parse("Patient").map(|t| t.as_str()), Some("Patient"));
+        assert!(ResourceType::parse("Observation").is_none());
+        assert!(ResourceType::parse("patient").is_none());
+        assert_eq!(ResourceType::all().count(), 9);
+    }
+
+    #[test]
+    fn ids_follow_the_fhir_id_datatype() {
+        assert!(is_valid_id("abc-1.2"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn references_are_classified() {
+        assert_eq!(
+            parse_reference("Patient/7/_history/2"),
+            Target::Local {
+                res_type: "Patient".into(),
+                id: "7".into(),
+                version: Some("2".into())
+            }
+        );
+        assert_eq!(
+            parse_reference("https://ehr.example.org/fhir/Patient/7"),
+            Target::External("https://ehr.example.org/fhir/Patient/7".into())
+        );
+        assert_eq!(parse_reference("#p1"), Target::Contained("p1".into()));
+    }
+
+    #[test]
+    fn local_references_only_name_hosted_types() {
+        let r = json!({"resourceType": "Appointment", "participant": [
+            {"actor": {"reference": "Patient/1"}},
+            {"actor": {"reference": "Device/2"}},
+            {"actor": {"reference": "https://ehr.example.org/fhir/Practitioner/3"}},
+            {"actor": {"reference": "Patient/1"}}
+        ]});
+        let refs = local_references(&r);
+        assert_eq!(refs, vec![(ResourceType::parse("Patient").unwrap(), "1".to_string())]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests (added with the HTTP layer).
