@@ -1,0 +1,127 @@
+//! The one error type of the service. Every variant maps to an HTTP status and an OperationOutcome
+//! `issue.code` (http://hl7.org/fhir/R4/valueset-issue-type.html) in one table, [`Error::status_and_code`].
+
+use actix_web::http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed (syntax, an invalid parameter, a body that does not parse).
+    #[error("{0}")]
+    Invalid(String),
+    /// The body parses but breaks the structure of FHIR (unknown element, wrong resourceType, id mismatch).
+    #[error("{0}")]
+    Structure(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A resource type or interaction this server does not support.
+    #[error("{0}")]
+    UnsupportedType(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Valid FHIR that breaks a rule of this server (an unresolvable reference, …).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// Our fault. The message goes to the log only; the caller sees an opaque text and the request id.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The status and OperationOutcome issue code of each variant.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            Error::Structure(_) => (StatusCode::BAD_REQUEST, "structure"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Error::UnsupportedType(_) => (StatusCode::NOT_FOUND, "not-supported"),
+            Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "not-supported"),
+            Error::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not-supported"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::Gone(_) => (StatusCode::GONE, "deleted"),
+            Error::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "conflict"),
+            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-costly"),
+            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported"),
+            Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "exception"),
+        }
+    }
+
+    /// What the caller is told. Internal causes stay in the log.
+    pub fn diagnostics(&self, request_id: &str) -> String {
+        match self {
+            Error::Internal(_) => format!("An internal error occurred (request id {request_id})."),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        // Database messages can carry bound values (ids, keys): keep only the kind and the constraint.
+        match e {
+            diesel::result::Error::DatabaseError(kind, info) => Error::Internal(format!(
+                "database error {kind:?} (constraint {:?})",
+                info.constraint_name()
+            )),
+            other => Error::Internal(format!("database error: {other}")),
+        }
+    }
+}
+
+impl From<r2d2_error::PoolError> for Error {
+    fn from(e: r2d2_error::PoolError) -> Self {
+        Error::Internal(format!("database pool: {e}"))
+    }
+}
+
+mod r2d2_error {
+    pub use diesel::r2d2::PoolError;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_status_and_issue_code() {
+        let table = [
+            (Error::Invalid(String::new()), 400, "invalid"),
+            (Error::Structure(String::new()), 400, "structure"),
+            (Error::NotFound(String::new()), 404, "not-found"),
+            (Error::UnsupportedType(String::new()), 404, "not-supported"),
+            (Error::MethodNotAllowed(String::new()), 405, "not-supported"),
+            (Error::NotAcceptable(String::new()), 406, "not-supported"),
+            (Error::Conflict(String::new()), 409, "conflict"),
+            (Error::Gone(String::new()), 410, "deleted"),
+            (Error::PreconditionFailed(String::new()), 412, "conflict"),
+            (Error::PayloadTooLarge(String::new()), 413, "too-costly"),
+            (Error::UnsupportedMediaType(String::new()), 415, "not-supported"),
+            (Error::Unprocessable(String::new()), 422, "processing"),
+            (Error::Internal(String::new()), 500, "exception"),
+        ];
+        for (err, status, code) in table {
+            let (s, c) = err.status_and_code();
+            assert_eq!((s.as_u16(), c), (status, code), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn internal_causes_are_not_shown_to_the_caller() {
+        let e = Error::Internal("secret detail".into());
+        let shown = e.diagnostics("req-1");
+        assert!(!shown.contains("secret"));
+        assert!(shown.contains("req-1"));
+    }
+}

@@ -1,0 +1,662 @@
+//! Storage: resources kept whole as FHIR JSON with every version, and the search-index rows, written
+//! in one transaction per interaction. The same code runs on SQLite and PostgreSQL.
+//!
+//! Concurrency: a version is written only by a compare-and-swap on the current row
+//! (`UPDATE … WHERE version_id = <the version read>`), backed by the unique key on
+//! (type, id, version) in the version table, so two writers can never both produce version n+1.
+//! On SQLite every write transaction first takes the database write lock.
+
+mod connection;
+pub mod pool;
+mod schema;
+
+use diesel::prelude::*;
+use serde_json::{Map, Value};
+
+pub use connection::AnyConnection;
+use pool::{DatabaseUrl, DbPool};
+use schema::{
+    idx_date, idx_number, idx_reference, idx_string, idx_token, idx_uri, resource_versions, resources, write_lock,
+};
+
+use crate::error::Error;
+use crate::resources::{dates, index, local_references, ResourceType};
+
+/// How many times a write is retried after losing a race with another writer (no If-Match given).
+const WRITE_ATTEMPTS: usize = 5;
+
+/// One version of a resource as stored.
+#[derive(Debug, Clone, Queryable)]
+pub struct Version {
+    pub res_type: String,
+    pub res_id: String,
+    pub version_id: i64,
+    pub last_updated: i64,
+    /// POST, PUT or DELETE: the interaction that wrote this version.
+    pub method: String,
+    /// The resource as FHIR JSON; None for a deletion.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryScope<'a> {
+    Instance(ResourceType, &'a str),
+    Type(ResourceType),
+    System,
+}
+
+/// A page of history, newest first, and the cursor for the next (older) page.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub entries: Vec<Version>,
+    pub next_before: Option<i64>,
+}
+
+#[derive(Debug)]
+pub struct UpdateOutcome {
+    pub version: Version,
+    pub created: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: DbPool,
+    backend: &'static str,
+}
+
+/// Why a write transaction was abandoned: a real error, or a lost race worth trying again.
+enum Abort {
+    Error(Error),
+    Retry,
+}
+
+impl From<diesel::result::Error> for Abort {
+    fn from(e: diesel::result::Error) -> Self {
+        match e {
+            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+            | diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::SerializationFailure, _) => {
+                Abort::Retry
+            }
+            other => Abort::Error(other.into()),
+        }
+    }
+}
+
+impl From<Error> for Abort {
+    fn from(e: Error) -> Self {
+        Abort::Error(e)
+    }
+}
+
+#[derive(Queryable)]
+struct Current {
+    version_id: i64,
+    last_updated: i64,
+    deleted: bool,
+    body: Option<String>,
+}
+
+impl Store {
+    pub fn open(url: &str, pool_size: u32) -> Result<Store, Error> {
+        let url = DatabaseUrl::parse(url);
+        let pool = pool::open_pool(&url, pool_size)?;
+        Ok(Store {
+            pool,
+            backend: url.backend_name(),
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    pub fn migrate(&self) -> Result<usize, Error> {
+        pool::run_migrations(&self.pool)
+    }
+
+    /// The database answers and no migration is pending.
+    pub fn ready(&self) -> Result<bool, Error> {
+        pool::migrations_current(&self.pool)
+    }
+
+    /// Runs `work` in a write transaction, retrying when it lost a race to another writer.
+    fn write<T>(&self, mut work: impl FnMut(&mut AnyConnection) -> Result<T, Abort>) -> Result<T, Error> {
+        let mut pooled = self.pool.get()?;
+        let conn: &mut AnyConnection = &mut pooled;
+        for _ in 0..WRITE_ATTEMPTS {
+            let result = conn.transaction::<T, Abort, _>(|c| {
+                if let AnyConnection::Sqlite(_) = c {
+                    // Take SQLite's write lock before reading anything (see the write_lock table).
+                    diesel::update(write_lock::table)
+                        .set(write_lock::n.eq(write_lock::n + 1))
+                        .execute(c)?;
+                }
+                work(c)
+            });
+            match result {
+                Ok(v) => return Ok(v),
+                Err(Abort::Error(e)) => return Err(e),
+                Err(Abort::Retry) => continue,
+            }
+        }
+        Err(Error::Conflict(
+            "the resource is being changed by other requests at the same time; try again".into(),
+        ))
+    }
+
+    /// Creates a resource with a server-assigned id (http.html#create).
+    pub fn create(&self, rt: ResourceType, resource: Value) -> Result<Version, Error> {
+        let entries = index::extract(rt, &resource);
+        self.write(|c| {
+            let id = uuid::Uuid::new_v4().to_string();
+            check_references(c, &resource, rt, &id)?;
+            let now = dates::now_millis();
+            let body = stamp(&resource, &id, 1, now);
+            diesel::insert_into(resources::table)
+                .values((
+                    resources::res_type.eq(rt.as_str()),
+                    resources::res_id.eq(&id),
+                    resources::version_id.eq(1i64),
+                    resources::last_updated.eq(now),
+                    resources::deleted.eq(false),
+                    resources::body.eq(Some(&body)),
+                ))
+                .execute(c)?;
+            let version = Version {
+                res_type: rt.as_str().into(),
+                res_id: id,
+                version_id: 1,
+                last_updated: now,
+                method: "POST".into(),
+                body: Some(body),
+            };
+            insert_version(c, &version)?;
+            write_index(c, rt, &version.res_id, &entries)?;
+            Ok(version)
+        })
+    }
+
+    /// Updates a resource, or creates it with the client's id when it does not exist
+    /// (http.html#update). `if_match` is the version the client last saw.
+    pub fn update(
+        &self,
+        rt: ResourceType,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<UpdateOutcome, Error> {
+        let entries = index::extract(rt, &resource);
+        self.write(|c| {
+            check_references(c, &resource, rt, id)?;
+            let current = load_current_for_write(c, rt, id)?;
+            let now = dates::now_millis();
+            let Some(current) = current else {
+                if let Some(v) = if_match {
+                    return Err(Error::PreconditionFailed(format!(
+                        "{rt}/{id} does not exist, so version {v} does not match"
+                    ))
+                    .into());
+                }
+                let body = stamp(&resource, id, 1, now);
+                // A concurrent creator of the same id makes this insert fail; the retry then updates.
+                diesel::insert_into(resources::table)
+                    .values((
+                        resources::res_type.eq(rt.as_str()),
+                        resources::res_id.eq(id),
+                        resources::version_id.eq(1i64),
+                        resources::last_updated.eq(now),
+                        resources::deleted.eq(false),
+                        resources::body.eq(Some(&body)),
+                    ))
+                    .execute(c)?;
+                let version = Version {
+                    res_type: rt.as_str().into(),
+                    res_id: id.into(),
+                    version_id: 1,
+                    last_updated: now,
+                    method: "PUT".into(),
+                    body: Some(body),
+                };
+                insert_version(c, &version)?;
+                write_index(c, rt, id, &entries)?;
+                return Ok(UpdateOutcome { version, created: true });
+            };
+            if let Some(v) = if_match {
+                if v != current.version_id {
+                    return Err(Error::PreconditionFailed(format!(
+                        "version {v} of {rt}/{id} is not the current one (version {})",
+                        current.version_id
+                    ))
+                    .into());
+                }
+            }
+            let version_id = current.version_id + 1;
+            let last_updated = now.max(current.last_updated + 1);
+            let body = stamp(&resource, id, version_id, last_updated);
+            swap_current(
+                c,
+                rt,
+                id,
+                current.version_id,
+                version_id,
+                last_updated,
+                Some(&body),
+                if_match,
+            )?;
+            let version = Version {
+                res_type: rt.as_str().into(),
+                res_id: id.into(),
+                version_id,
+                last_updated,
+                method: "PUT".into(),
+                body: Some(body),
+            };
+            insert_version(c, &version)?;
+            clear_index(c, rt, id)?;
+            write_index(c, rt, id, &entries)?;
+            Ok(UpdateOutcome {
+                version,
+                created: current.deleted,
+            })
+        })
+    }
+
+    /// Deletes a resource logically (http.html#delete). Returns the deletion version, or None when
+    /// there was nothing to delete (unknown, or already deleted).
+    pub fn delete(&self, rt: ResourceType, id: &str) -> Result<Option<Version>, Error> {
+        self.write(|c| {
+            let Some(current) = load_current_for_write(c, rt, id)? else {
+                return Ok(None);
+            };
+            if current.deleted {
+                return Ok(None);
+            }
+            let version_id = current.version_id + 1;
+            let last_updated = dates::now_millis().max(current.last_updated + 1);
+            swap_current(c, rt, id, current.version_id, version_id, last_updated, None, None)?;
+            let version = Version {
+                res_type: rt.as_str().into(),
+                res_id: id.into(),
+                version_id,
+                last_updated,
+                method: "DELETE".into(),
+                body: None,
+            };
+            insert_version(c, &version)?;
+            clear_index(c, rt, id)?;
+            Ok(Some(version))
+        })
+    }
+
+    /// The current version. NotFound for an unknown id, Gone for a deleted resource.
+    pub fn read(&self, rt: ResourceType, id: &str) -> Result<Version, Error> {
+        let mut conn = self.pool.get()?;
+        let current = load_current(&mut conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
+        match current.body {
+            Some(body) if !current.deleted => Ok(Version {
+                res_type: rt.as_str().into(),
+                res_id: id.into(),
+                version_id: current.version_id,
+                last_updated: current.last_updated,
+                method: "PUT".into(),
+                body: Some(body),
+            }),
+            _ => Err(Error::Gone(format!(
+                "{rt}/{id} was deleted (version {})",
+                current.version_id
+            ))),
+        }
+    }
+
+    /// One version (http.html#vread). A deletion version answers Gone.
+    pub fn vread(&self, rt: ResourceType, id: &str, version_id: i64) -> Result<Version, Error> {
+        let mut conn = self.pool.get()?;
+        let found: Option<Version> = resource_versions::table
+            .filter(resource_versions::res_type.eq(rt.as_str()))
+            .filter(resource_versions::res_id.eq(id))
+            .filter(resource_versions::version_id.eq(version_id))
+            .select(version_columns())
+            .first(&mut conn)
+            .optional()?;
+        match found {
+            Some(v) if v.body.is_some() => Ok(v),
+            Some(v) => Err(Error::Gone(format!(
+                "version {} of {rt}/{id} is a deletion",
+                v.version_id
+            ))),
+            None => Err(Error::NotFound(format!("{rt}/{id} has no version {version_id}"))),
+        }
+    }
+
+    /// History, newest first (http.html#history). `since` keeps versions written at or after that
+    /// instant; `before` is the cursor from the previous page (versions older than it).
+    pub fn history(
+        &self,
+        scope: HistoryScope<'_>,
+        since: Option<i64>,
+        before: Option<i64>,
+        count: i64,
+    ) -> Result<HistoryPage, Error> {
+        let mut conn = self.pool.get()?;
+        if let HistoryScope::Instance(rt, id) = scope {
+            if load_current(&mut conn, rt, id)?.is_none() {
+                return Err(not_found(rt, id));
+            }
+        }
+        let mut query = resource_versions::table.into_boxed();
+        match scope {
+            HistoryScope::Instance(rt, id) => {
+                query = query
+                    .filter(resource_versions::res_type.eq(rt.as_str()))
+                    .filter(resource_versions::res_id.eq(id.to_string()));
+            }
+            HistoryScope::Type(rt) => query = query.filter(resource_versions::res_type.eq(rt.as_str())),
+            HistoryScope::System => {}
+        }
+        if let Some(since) = since {
+            query = query.filter(resource_versions::last_updated.ge(since));
+        }
+        if let Some(before) = before {
+            query = query.filter(resource_versions::seq.lt(before));
+        }
+        let rows: Vec<(i64, Version)> = query
+            .order(resource_versions::seq.desc())
+            .limit(count + 1)
+            .select((resource_versions::seq, version_columns()))
+            .load(&mut conn)?;
+        let more = rows.len() as i64 > count;
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut last_seq = None;
+        for (seq, v) in rows.into_iter().take(count as usize) {
+            last_seq = Some(seq);
+            entries.push(v);
+        }
+        Ok(HistoryPage {
+            entries,
+            next_before: if more { last_seq } else { None },
+        })
+    }
+}
+
+type VersionColumns = (
+    resource_versions::res_type,
+    resource_versions::res_id,
+    resource_versions::version_id,
+    resource_versions::last_updated,
+    resource_versions::method,
+    resource_versions::body,
+);
+
+fn version_columns() -> VersionColumns {
+    (
+        resource_versions::res_type,
+        resource_versions::res_id,
+        resource_versions::version_id,
+        resource_versions::last_updated,
+        resource_versions::method,
+        resource_versions::body,
+    )
+}
+
+fn not_found(rt: ResourceType, id: &str) -> Error {
+    Error::NotFound(format!("{rt}/{id} is not known"))
+}
+
+/// Reads the current row for a write. On PostgreSQL the row is locked first, so concurrent writers of
+/// one resource queue behind each other instead of failing the compare-and-swap (SQLite writers are
+/// already serialized by its write lock).
+fn load_current_for_write(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+) -> Result<Option<Current>, diesel::result::Error> {
+    if let AnyConnection::Postgresql(pg) = c {
+        diesel::sql_query("SELECT 1 FROM resources WHERE res_type = $1 AND res_id = $2 FOR UPDATE")
+            .bind::<diesel::sql_types::Text, _>(rt.as_str())
+            .bind::<diesel::sql_types::Text, _>(id)
+            .execute(pg)?;
+    }
+    load_current(c, rt, id)
+}
+
+fn load_current(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Option<Current>, diesel::result::Error> {
+    resources::table
+        .filter(resources::res_type.eq(rt.as_str()))
+        .filter(resources::res_id.eq(id))
+        .select((
+            resources::version_id,
+            resources::last_updated,
+            resources::deleted,
+            resources::body,
+        ))
+        .first::<Current>(c)
+        .optional()
+}
+
+/// Moves the current row from `from_version` to `to_version`, only if no one else moved it first.
+#[allow(clippy::too_many_arguments)]
+fn swap_current(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    from_version: i64,
+    to_version: i64,
+    last_updated: i64,
+    body: Option<&String>,
+    if_match: Option<i64>,
+) -> Result<(), Abort> {
+    let changed = diesel::update(
+        resources::table
+            .filter(resources::res_type.eq(rt.as_str()))
+            .filter(resources::res_id.eq(id))
+            .filter(resources::version_id.eq(from_version)),
+    )
+    .set((
+        resources::version_id.eq(to_version),
+        resources::last_updated.eq(last_updated),
+        resources::deleted.eq(body.is_none()),
+        resources::body.eq(body),
+    ))
+    .execute(c)?;
+    match (changed, if_match) {
+        (1, _) => Ok(()),
+        // Someone else wrote a version after we read: the version the client matched is stale.
+        (_, Some(v)) => {
+            Err(Error::PreconditionFailed(format!("version {v} of {rt}/{id} is no longer the current one")).into())
+        }
+        (_, None) => Err(Abort::Retry),
+    }
+}
+
+fn insert_version(c: &mut AnyConnection, v: &Version) -> Result<(), Abort> {
+    diesel::insert_into(resource_versions::table)
+        .values((
+            resource_versions::res_type.eq(&v.res_type),
+            resource_versions::res_id.eq(&v.res_id),
+            resource_versions::version_id.eq(v.version_id),
+            resource_versions::last_updated.eq(v.last_updated),
+            resource_versions::method.eq(&v.method),
+            resource_versions::body.eq(&v.body),
+        ))
+        .execute(c)?;
+    Ok(())
+}
+
+/// Every relative reference to a hosted type must name a resource that exists and is not deleted.
+/// One query per referenced type.
+fn check_references(c: &mut AnyConnection, resource: &Value, rt: ResourceType, own_id: &str) -> Result<(), Abort> {
+    let refs = local_references(resource);
+    let mut by_type: std::collections::BTreeMap<ResourceType, Vec<String>> = std::collections::BTreeMap::new();
+    for (t, id) in refs {
+        if !(t == rt && id == own_id) {
+            by_type.entry(t).or_default().push(id);
+        }
+    }
+    let mut missing = Vec::new();
+    for (t, ids) in by_type {
+        let found: Vec<String> = schema::resources::table
+            .filter(schema::resources::res_type.eq(t.as_str()))
+            .filter(schema::resources::res_id.eq_any(&ids))
+            .filter(schema::resources::deleted.eq(false))
+            .select(schema::resources::res_id)
+            .load(c)?;
+        missing.extend(
+            ids.iter()
+                .filter(|id| !found.contains(id))
+                .map(|id| format!("{t}/{id}")),
+        );
+    }
+    if !missing.is_empty() {
+        return Err(Error::Unprocessable(format!(
+            "the resource refers to {} which {} not exist on this server",
+            missing.join(", "),
+            if missing.len() == 1 { "does" } else { "do" }
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The resource as stored: server-kept id, meta.versionId and meta.lastUpdated, in FHIR element order.
+fn stamp(resource: &Value, id: &str, version_id: i64, last_updated: i64) -> String {
+    let mut out = Map::new();
+    let empty = Map::new();
+    let fields = resource.as_object().unwrap_or(&empty);
+    out.insert(
+        "resourceType".into(),
+        fields.get("resourceType").cloned().unwrap_or(Value::Null),
+    );
+    out.insert("id".into(), Value::String(id.to_string()));
+    let mut meta = fields
+        .get("meta")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    meta.shift_remove("versionId");
+    meta.shift_remove("lastUpdated");
+    let mut new_meta = Map::new();
+    new_meta.insert("versionId".into(), Value::String(version_id.to_string()));
+    new_meta.insert("lastUpdated".into(), Value::String(dates::format_instant(last_updated)));
+    new_meta.extend(meta);
+    out.insert("meta".into(), Value::Object(new_meta));
+    for (k, v) in fields {
+        if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(out).to_string()
+}
+
+fn clear_index(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), diesel::result::Error> {
+    macro_rules! clear {
+        ($table:ident) => {
+            diesel::delete(
+                $table::table
+                    .filter($table::res_type.eq(rt.as_str()))
+                    .filter($table::res_id.eq(id)),
+            )
+            .execute(c)?;
+        };
+    }
+    clear!(idx_token);
+    clear!(idx_string);
+    clear!(idx_date);
+    clear!(idx_reference);
+    clear!(idx_uri);
+    clear!(idx_number);
+    Ok(())
+}
+
+fn write_index(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    e: &index::Entries,
+) -> Result<(), diesel::result::Error> {
+    let t = rt.as_str();
+    for v in &e.tokens {
+        diesel::insert_into(idx_token::table)
+            .values((
+                idx_token::res_type.eq(t),
+                idx_token::res_id.eq(id),
+                idx_token::param.eq(&v.param),
+                idx_token::system.eq(&v.system),
+                idx_token::code.eq(&v.code),
+                idx_token::display.eq(&v.display),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.strings {
+        diesel::insert_into(idx_string::table)
+            .values((
+                idx_string::res_type.eq(t),
+                idx_string::res_id.eq(id),
+                idx_string::param.eq(&v.param),
+                idx_string::norm.eq(&v.norm),
+                idx_string::exact.eq(&v.exact),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.dates {
+        diesel::insert_into(idx_date::table)
+            .values((
+                idx_date::res_type.eq(t),
+                idx_date::res_id.eq(id),
+                idx_date::param.eq(&v.param),
+                idx_date::low.eq(v.low),
+                idx_date::high.eq(v.high),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.references {
+        diesel::insert_into(idx_reference::table)
+            .values((
+                idx_reference::res_type.eq(t),
+                idx_reference::res_id.eq(id),
+                idx_reference::param.eq(&v.param),
+                idx_reference::target_type.eq(&v.target_type),
+                idx_reference::target_id.eq(&v.target_id),
+                idx_reference::url.eq(&v.url),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.uris {
+        diesel::insert_into(idx_uri::table)
+            .values((
+                idx_uri::res_type.eq(t),
+                idx_uri::res_id.eq(id),
+                idx_uri::param.eq(&v.param),
+                idx_uri::uri.eq(&v.uri),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.numbers {
+        diesel::insert_into(idx_number::table)
+            .values((
+                idx_number::res_type.eq(t),
+                idx_number::res_id.eq(id),
+                idx_number::param.eq(&v.param),
+                idx_number::value.eq(v.value),
+                idx_number::system.eq(&v.system),
+                idx_number::code.eq(&v.code),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_puts_server_fields_first_and_keeps_client_meta() {
+        let r = serde_json::json!({"resourceType": "Patient", "active": true, "id": "ignored",
+            "meta": {"versionId": "99", "tag": [{"code": "t"}]}});
+        let s = stamp(&r, "abc", 3, 0);
+        assert_eq!(
+            s,
+            r#"{"resourceType":"Patient","id":"abc","meta":{"versionId":"3","lastUpdated":"1970-01-01T00:00:00.000Z","tag":[{"code":"t"}]},"active":true}"#
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Opening the database: which backend a URL names, the connection pool, per-connection settings and
+//! the embedded migrations.
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{self, ManageConnection, Pool};
+use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::connection::AnyConnection;
+use crate::error::Error;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// An arbitrary, fixed key for the advisory lock that serializes migrations across replicas.
+const MIGRATION_LOCK_KEY: i64 = 0x7461_6e64_656d; // "tandem"
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    /// A file path (created with its directory if missing).
+    Sqlite(String),
+}
+
+impl DatabaseUrl {
+    /// `postgres://…` / `postgresql://…` select PostgreSQL; `sqlite://PATH`, `sqlite:PATH` or a bare path
+    /// select SQLite.
+    pub fn parse(url: &str) -> DatabaseUrl {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DatabaseUrl::Postgres(url.to_string())
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            DatabaseUrl::Sqlite(path.to_string())
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Postgres(_) => "postgresql",
+            DatabaseUrl::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Establishes connections of exactly the backend the URL names (never falling back to another).
+#[derive(Debug)]
+pub struct Manager {
+    url: DatabaseUrl,
+}
+
+impl ManageConnection for Manager {
+    type Connection = AnyConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<AnyConnection, r2d2::Error> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => PgConnection::establish(url)
+                .map(AnyConnection::Postgresql)
+                .map_err(r2d2::Error::ConnectionError),
+            DatabaseUrl::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
+                // WAL lets readers run beside the one writer; busy_timeout makes a second writer wait
+                // for the lock instead of failing at once.
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(AnyConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
+        false
+    }
+}
+
+pub type DbPool = Pool<Manager>;
+
+pub fn open_pool(url: &DatabaseUrl, max_size: u32) -> Result<DbPool, Error> {
+    if let DatabaseUrl::Sqlite(path) = url {
+        if let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Internal(format!("creating the database directory {}: {e}", dir.display())))?;
+        }
+    }
+    Pool::builder()
+        .max_size(max_size)
+        .connection_timeout(std::time::Duration::from_secs(10))
+        .build(Manager { url: url.clone() })
+        .map_err(|e| Error::Internal(format!("opening the {} database: {e}", url.backend_name())))
+}
+
+/// Runs the pending migrations of the pool's backend. On PostgreSQL an advisory lock makes replicas
+/// that start together migrate one after the other.
+pub fn run_migrations(pool: &DbPool) -> Result<usize, Error> {
+    let mut conn = pool.get()?;
+    let applied = match &mut *conn {
+        AnyConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+        AnyConnection::Postgresql(c) => {
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")).execute(c)?;
+            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len());
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(c)?;
+            result
+        }
+    };
+    applied.map_err(|e| Error::Internal(format!("running migrations: {e}")))
+}
+
+/// True when no migration is pending (for readiness).
+pub fn migrations_current(pool: &DbPool) -> Result<bool, Error> {
+    let mut conn = pool.get()?;
+    let pending = match &mut *conn {
+        AnyConnection::Sqlite(c) => c.pending_migrations(SQLITE_MIGRATIONS).map(|v| v.is_empty()),
+        AnyConnection::Postgresql(c) => c.pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.is_empty()),
+    };
+    pending.map_err(|e| Error::Internal(format!("checking migrations: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_select_the_backend() {
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u@h/db"),
+            DatabaseUrl::Postgres("postgres://u@h/db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/t.db"),
+            DatabaseUrl::Sqlite("data/t.db".into())
+        );
+        assert_eq!(DatabaseUrl::parse("data/t.db"), DatabaseUrl::Sqlite("data/t.db".into()));
+    }
+}

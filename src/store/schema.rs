@@ -1,0 +1,99 @@
+//! Diesel table definitions, the same for both backends (see migrations/sqlite and migrations/postgres).
+
+diesel::table! {
+    resources (res_type, res_id) {
+        res_type -> Text,
+        res_id -> Text,
+        version_id -> BigInt,
+        last_updated -> BigInt,
+        deleted -> Bool,
+        body -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    resource_versions (seq) {
+        seq -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        version_id -> BigInt,
+        last_updated -> BigInt,
+        method -> Text,
+        body -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    idx_token (row_id) {
+        row_id -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        param -> Text,
+        system -> Nullable<Text>,
+        code -> Nullable<Text>,
+        display -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    idx_string (row_id) {
+        row_id -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        param -> Text,
+        norm -> Text,
+        exact -> Text,
+    }
+}
+
+diesel::table! {
+    idx_date (row_id) {
+        row_id -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        param -> Text,
+        low -> BigInt,
+        high -> BigInt,
+    }
+}
+
+diesel::table! {
+    idx_reference (row_id) {
+        row_id -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        param -> Text,
+        target_type -> Nullable<Text>,
+        target_id -> Nullable<Text>,
+        url -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    idx_uri (row_id) {
+        row_id -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        param -> Text,
+        uri -> Text,
+    }
+}
+
+diesel::table! {
+    idx_number (row_id) {
+        row_id -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        param -> Text,
+        value -> Double,
+        system -> Nullable<Text>,
+        code -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    write_lock (id) {
+        id -> BigInt,
+        n -> BigInt,
+    }
+}
