@@ -1,0 +1,51 @@
+//! The CapabilityStatement, assembled from what the server registers: the hosted types, the
+//! interactions the api layer routes, and the formats the wire layer speaks.
+
+use serde_json::{json, Value};
+
+use super::{Format, FHIR_VERSION};
+use crate::resources::ResourceType;
+
+/// What the api layer supports, as it declares it next to its routes.
+pub struct Supported<'a> {
+    /// Interactions on every hosted type (read, vread, update, delete, history-instance, history-type, create…).
+    pub type_interactions: &'a [&'a str],
+    /// Whole-system interactions (history-system…).
+    pub system_interactions: &'a [&'a str],
+    pub update_create: bool,
+    pub conditional_update: bool,
+}
+
+pub fn capability_statement(base_url: &str, software_version: &str, supported: &Supported<'_>) -> Value {
+    let resources: Vec<Value> = ResourceType::all()
+        .map(|rt| {
+            json!({
+                "type": rt.as_str(),
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{rt}"),
+                "interaction": supported.type_interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": supported.update_create,
+                "conditionalUpdate": supported.conditional_update,
+                "conditionalDelete": "not-supported",
+                "referencePolicy": ["literal", "logical", "resolves"],
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": crate::resources::dates::format_instant(crate::resources::dates::now_millis()),
+        "publisher": "tandem",
+        "kind": "instance",
+        "software": { "name": "tandem", "version": software_version },
+        "implementation": { "description": "tandem FHIR R4 server for individual and group therapy", "url": base_url },
+        "fhirVersion": FHIR_VERSION,
+        "format": Format::ADVERTISED,
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": supported.system_interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
+        }]
+    })
+}
