@@ -1,8 +1,16 @@
-//! tandem: a FHIR R4 clinical-records service.
+//! tandem: a FHIR R4 clinical-records service for clinics that run individual therapy and support
+//! groups side by side. The library holds the whole service; `main.rs` only parses the command line.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod api;
+pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod resources;
+pub mod startup;
 pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;

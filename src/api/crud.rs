@@ -1,0 +1,199 @@
+//! create, read, vread, update, delete (http.html).
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::{
+    blocking, if_match, read_body, resource_type, return_preference, version_headers, AppState, Ctx, ReturnPreference,
+};
+use crate::error::Error;
+use crate::fhir::{self, Format};
+use crate::resources::{is_valid_id, ResourceType};
+use crate::store::Version;
+
+/// Reads, parses and checks a request body for `rt`.
+async fn parse_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    rt: ResourceType,
+) -> Result<Value, Error> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(content_type)?;
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    let resource = fhir::parse_resource(&body, format)?;
+    let found = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    if found != rt.as_str() {
+        return Err(Error::Structure(format!(
+            "the body is a {found}, but the URL is for {rt}"
+        )));
+    }
+    Ok(resource)
+}
+
+/// The answer to a create or update, shaped by `Prefer: return=`.
+fn written(ctx: &Ctx, req: &HttpRequest, status: StatusCode, v: &Version) -> Result<HttpResponse, Error> {
+    let location = ctx.url(&format!("{}/{}/_history/{}", v.res_type, v.res_id, v.version_id));
+    let mut builder = HttpResponse::build(status);
+    builder.insert_header((header::LOCATION, location.clone()));
+    if status == StatusCode::CREATED {
+        builder.insert_header((header::CONTENT_LOCATION, location));
+    }
+    match return_preference(req) {
+        ReturnPreference::Representation => {
+            let mut response = ctx.version(status, v)?;
+            response.headers_mut().insert(
+                header::LOCATION,
+                header::HeaderValue::from_str(
+                    &ctx.url(&format!("{}/{}/_history/{}", v.res_type, v.res_id, v.version_id)),
+                )
+                .map_err(|e| Error::Internal(e.to_string()))?,
+            );
+            Ok(response)
+        }
+        ReturnPreference::Minimal => {
+            version_headers(&mut builder, v);
+            Ok(builder.finish())
+        }
+        ReturnPreference::OperationOutcome => {
+            version_headers(&mut builder, v);
+            let verb = if status == StatusCode::CREATED {
+                "created"
+            } else {
+                "updated"
+            };
+            let outcome = fhir::operation_outcome(
+                "information",
+                "informational",
+                &format!("{}/{} {verb} as version {}", v.res_type, v.res_id, v.version_id),
+            );
+            Ok(ctx.body(builder, &outcome))
+        }
+    }
+}
+
+pub async fn create(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        ctx.negotiated()?;
+        let rt = resource_type(&path)?;
+        if req.headers().contains_key("if-none-exist") {
+            return Err(Error::Invalid(
+                "conditional create (If-None-Exist) is not supported".into(),
+            ));
+        }
+        let resource = parse_body(&req, payload, &state, rt).await?;
+        let store = state.store.clone();
+        // http.html#create: an id in the body is ignored; the server assigns one.
+        let version = blocking(move || store.create(rt, resource)).await?;
+        written(&ctx, &req, StatusCode::CREATED, &version)
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+    let result = async {
+        ctx.negotiated()?;
+        let (type_name, id) = path.into_inner();
+        let rt = resource_type(&type_name)?;
+        if !is_valid_id(&id) {
+            return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
+        }
+        let store = state.store.clone();
+        let version = blocking(move || store.read(rt, &id)).await?;
+        ctx.version(StatusCode::OK, &version)
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn vread(ctx: Ctx, path: web::Path<(String, String, String)>, state: web::Data<AppState>) -> HttpResponse {
+    let result = async {
+        ctx.negotiated()?;
+        let (type_name, id, vid) = path.into_inner();
+        let rt = resource_type(&type_name)?;
+        let version_id = vid
+            .parse::<i64>()
+            .ok()
+            .filter(|_| is_valid_id(&id))
+            .ok_or_else(|| Error::NotFound(format!("{rt}/{id} has no version '{vid}'")))?;
+        let store = state.store.clone();
+        let version = blocking(move || store.vread(rt, &id, version_id)).await?;
+        ctx.version(StatusCode::OK, &version)
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn update(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        ctx.negotiated()?;
+        let (type_name, id) = path.into_inner();
+        let rt = resource_type(&type_name)?;
+        if !is_valid_id(&id) {
+            return Err(Error::Invalid(format!(
+                "'{id}' is not a valid resource id (1 to 64 of A-Z a-z 0-9 - .)"
+            )));
+        }
+        let expected = if_match(&req)?;
+        let resource = parse_body(&req, payload, &state, rt).await?;
+        // http.html#update: the body SHALL carry the id of the URL.
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id => {}
+            Some(body_id) => {
+                return Err(Error::Structure(format!(
+                    "the id in the body ('{body_id}') differs from the id in the URL ('{id}')"
+                )))
+            }
+            None => {
+                return Err(Error::Structure(format!(
+                    "the body has no id; an update of {rt}/{id} must carry id '{id}'"
+                )))
+            }
+        }
+        let store = state.store.clone();
+        let outcome = blocking(move || store.update(rt, &id, resource, expected)).await?;
+        let status = if outcome.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        written(&ctx, &req, status, &outcome.version)
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+    let result = async {
+        ctx.negotiated()?;
+        let (type_name, id) = path.into_inner();
+        let rt = resource_type(&type_name)?;
+        if !is_valid_id(&id) {
+            return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
+        }
+        let store = state.store.clone();
+        let deleted = blocking(move || store.delete(rt, &id)).await?;
+        // http.html#delete: deleting a resource that does not exist, or no longer exists, also succeeds.
+        let mut builder = HttpResponse::NoContent();
+        if let Some(v) = &deleted {
+            builder.insert_header((header::ETAG, super::etag(v.version_id)));
+        }
+        Ok(builder.finish())
+    }
+    .await;
+    ctx.respond(result)
+}

@@ -1,0 +1,185 @@
+//! Instance, type and system history (http.html#history): Bundles of type history, newest first.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::{blocking, query_pairs, resource_type, AppState, Ctx};
+use crate::error::Error;
+use crate::resources::{dates, is_valid_id};
+use crate::store::{HistoryScope, Version};
+
+/// `_count`, `_since` and the paging cursor of a history request.
+struct HistoryParams {
+    count: i64,
+    since: Option<i64>,
+    cursor: Option<i64>,
+}
+
+fn history_params(req: &HttpRequest, state: &AppState) -> Result<HistoryParams, Error> {
+    let mut p = HistoryParams {
+        count: i64::from(state.config.default_count),
+        since: None,
+        cursor: None,
+    };
+    for (key, value) in query_pairs(req) {
+        match key.as_str() {
+            "_count" => {
+                let n: i64 = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| Error::Invalid(format!("_count '{value}' is not a non-negative integer")))?;
+                p.count = n.min(i64::from(state.config.max_count));
+            }
+            "_since" => {
+                let range = dates::parse_range(&value)
+                    .ok_or_else(|| Error::Invalid(format!("_since '{value}' is not a FHIR instant")))?;
+                p.since = Some(range.low);
+            }
+            "_cursor" => {
+                p.cursor = Some(
+                    value
+                        .parse()
+                        .map_err(|_| Error::Invalid(format!("_cursor '{value}' is not a cursor from a next link")))?,
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+async fn history(
+    req: HttpRequest,
+    ctx: &Ctx,
+    state: web::Data<AppState>,
+    path: String,
+    scope: OwnedScope,
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let params = history_params(&req, &state)?;
+    let store = state.store.clone();
+    let (count, since, cursor) = (params.count, params.since, params.cursor);
+    let page = blocking(move || store.history(scope.borrowed(), since, cursor, count)).await?;
+    let mut links = vec![json!({"relation": "self", "url": link(ctx, &path, &req, None)})];
+    if let Some(next) = page.next_before {
+        links.push(json!({"relation": "next", "url": link(ctx, &path, &req, Some(next))}));
+    }
+    let entries = page
+        .entries
+        .iter()
+        .map(|v| entry(ctx, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
+        "type": "history",
+        "link": links,
+        "entry": entries,
+    });
+    Ok(ctx.body(HttpResponse::Ok(), &bundle))
+}
+
+/// The link to this history page (cursor None) or the next one, keeping the client's parameters.
+fn link(ctx: &Ctx, path: &str, req: &HttpRequest, cursor: Option<i64>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in query_pairs(req) {
+        if k != "_cursor" {
+            query.append_pair(&k, &v);
+        }
+    }
+    if let Some(c) = cursor {
+        query.append_pair("_cursor", &c.to_string());
+    } else if let Some((_, c)) = query_pairs(req).into_iter().find(|(k, _)| k == "_cursor") {
+        query.append_pair("_cursor", &c);
+    }
+    let q = query.finish();
+    let url = ctx.url(path);
+    if q.is_empty() {
+        url
+    } else {
+        format!("{url}?{q}")
+    }
+}
+
+fn entry(ctx: &Ctx, v: &Version) -> Result<Value, Error> {
+    let instance = format!("{}/{}", v.res_type, v.res_id);
+    let (method, url, status) = match v.method.as_str() {
+        "POST" => ("POST", v.res_type.clone(), "201 Created"),
+        "DELETE" => ("DELETE", instance.clone(), "204 No Content"),
+        _ if v.version_id == 1 => ("PUT", instance.clone(), "201 Created"),
+        _ => ("PUT", instance.clone(), "200 OK"),
+    };
+    let mut e = json!({
+        "fullUrl": ctx.url(&instance),
+        "request": {"method": method, "url": url},
+        "response": {"status": status, "etag": super::etag(v.version_id), "lastModified": dates::format_instant(v.last_updated)},
+    });
+    if let Some(body) = &v.body {
+        let resource: Value = serde_json::from_str(body).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
+        e["resource"] = resource;
+    }
+    Ok(e)
+}
+
+/// A history scope that owns its id, to move into the blocking task.
+enum OwnedScope {
+    Instance(crate::resources::ResourceType, String),
+    Type(crate::resources::ResourceType),
+    System,
+}
+
+impl OwnedScope {
+    fn borrowed(&self) -> HistoryScope<'_> {
+        match self {
+            OwnedScope::Instance(rt, id) => HistoryScope::Instance(*rt, id),
+            OwnedScope::Type(rt) => HistoryScope::Type(*rt),
+            OwnedScope::System => HistoryScope::System,
+        }
+    }
+}
+
+pub async fn instance_history(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let (type_name, id) = path.into_inner();
+        let rt = resource_type(&type_name)?;
+        if !is_valid_id(&id) {
+            return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
+        }
+        history(
+            req,
+            &ctx,
+            state,
+            format!("{rt}/{id}/_history"),
+            OwnedScope::Instance(rt, id),
+        )
+        .await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn type_history(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let rt = resource_type(&path)?;
+        history(req, &ctx, state, format!("{rt}/_history"), OwnedScope::Type(rt)).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn system_history(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    let result = history(req, &ctx, state, "_history".to_string(), OwnedScope::System).await;
+    ctx.respond(result)
+}

@@ -1,0 +1,355 @@
+//! HTTP: routes and thin handlers. Each handler parses the request, calls one store function and
+//! renders the answer; every failure leaves as an OperationOutcome in the negotiated format.
+
+mod crud;
+mod history;
+mod system;
+
+use std::future::{ready, Ready};
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::fhir::capability::Supported;
+use crate::fhir::{self, Format};
+use crate::resources::{dates, ResourceType};
+use crate::store::{Store, Version};
+
+/// What the api layer serves, declared once: the routes below and the CapabilityStatement both
+/// follow it.
+pub const SUPPORTED: Supported<'static> = Supported {
+    type_interactions: &[
+        "read",
+        "vread",
+        "update",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+    ],
+    system_interactions: &["history-system"],
+    update_create: true,
+    conditional_update: false,
+};
+
+pub struct AppState {
+    pub store: Store,
+    pub config: Config,
+}
+
+/// The request id, set by the request middleware and echoed in `X-Request-Id`.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/metadata")
+            .route(web::get().to(system::metadata))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/healthz").route(web::get().to(system::healthz)))
+    .service(web::resource("/readyz").route(web::get().to(system::readyz)))
+    .service(
+        web::resource("/_history")
+            .route(web::get().to(history::system_history))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{type}")
+            .route(web::post().to(crud::create))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{type}/_history")
+            .route(web::get().to(history::type_history))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{type}/{id}")
+            .route(web::get().to(crud::read))
+            .route(web::head().to(crud::read))
+            .route(web::put().to(crud::update))
+            .route(web::delete().to(crud::delete))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{type}/{id}/_history")
+            .route(web::get().to(history::instance_history))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{type}/{id}/_history/{vid}")
+            .route(web::get().to(crud::vread))
+            .route(web::head().to(crud::vread))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// What every handler needs to know about the request to answer it.
+pub struct Ctx {
+    pub format: Format,
+    negotiation_error: Option<Error>,
+    pub pretty: bool,
+    pub base: String,
+    pub request_id: String,
+}
+
+impl FromRequest for Ctx {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Ctx, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let query = query_pairs(req);
+        let format_param = query.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.as_str());
+        let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let (format, negotiation_error) = match Format::negotiate(format_param, accept) {
+            Ok(f) => (f, None),
+            Err(e) => (Format::Json, Some(e)),
+        };
+        let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
+        let configured = req
+            .app_data::<web::Data<AppState>>()
+            .and_then(|s| s.config.base_url.clone());
+        let base = configured.unwrap_or_else(|| {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        });
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        ready(Ok(Ctx {
+            format,
+            negotiation_error,
+            pretty,
+            base,
+            request_id,
+        }))
+    }
+}
+
+impl Ctx {
+    /// Fails when the response format could not be negotiated (406).
+    pub fn negotiated(&self) -> Result<(), Error> {
+        match &self.negotiation_error {
+            Some(e) => Err(Error::NotAcceptable(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Turns a handler's result into the response, rendering errors as OperationOutcome.
+    pub fn respond(&self, result: Result<HttpResponse, Error>) -> HttpResponse {
+        result.unwrap_or_else(|e| self.error_response(&e))
+    }
+
+    pub fn error_response(&self, e: &Error) -> HttpResponse {
+        let (status, code) = e.status_and_code();
+        if let Error::Internal(cause) = e {
+            tracing::error!(cause = %cause, "request failed");
+        }
+        let outcome = fhir::operation_outcome("error", code, &e.diagnostics(&self.request_id));
+        let mut builder = HttpResponse::build(status);
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            builder.insert_header((header::ALLOW, "GET, HEAD, POST, PUT, DELETE"));
+        }
+        self.body(builder, &outcome)
+    }
+
+    /// A response with a FHIR body (any resource held as JSON).
+    pub fn body(&self, mut builder: HttpResponseBuilder, resource: &Value) -> HttpResponse {
+        match fhir::render(resource, self.format, self.pretty) {
+            Ok(bytes) => builder.content_type(self.format.content_type()).body(bytes),
+            Err(e) => {
+                tracing::error!(cause = %e, "rendering a response");
+                HttpResponse::InternalServerError().finish()
+            }
+        }
+    }
+
+    /// A response carrying one stored version: ETag, Last-Modified and the resource.
+    pub fn version(&self, status: StatusCode, v: &Version) -> Result<HttpResponse, Error> {
+        let mut builder = HttpResponse::build(status);
+        version_headers(&mut builder, v);
+        let body = v
+            .body
+            .as_deref()
+            .ok_or_else(|| Error::Internal("a deleted version has no body".into()))?;
+        if self.format == Format::Json && !self.pretty {
+            // Stored JSON is already canonical FHIR JSON: send it as it is.
+            return Ok(builder.content_type(self.format.content_type()).body(body.to_string()));
+        }
+        let value: Value = serde_json::from_str(body).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
+        Ok(self.body(builder, &value))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path)
+    }
+}
+
+pub fn version_headers(builder: &mut HttpResponseBuilder, v: &Version) {
+    builder.insert_header((header::ETAG, etag(v.version_id)));
+    builder.insert_header((header::LAST_MODIFIED, dates::format_http_date(v.last_updated)));
+}
+
+pub fn etag(version_id: i64) -> String {
+    format!("W/\"{version_id}\"")
+}
+
+/// The hosted type named in the URL, or 404 (http.html: "resource type not supported").
+pub fn resource_type(name: &str) -> Result<ResourceType, Error> {
+    ResourceType::parse(name)
+        .ok_or_else(|| Error::UnsupportedType(format!("resource type '{name}' is not supported by this server")))
+}
+
+pub fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
+    url_pairs(req.query_string())
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Reads a request body, refusing it (413) as soon as it exceeds the configured limit.
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, Error> {
+    let too_large = || Error::PayloadTooLarge(format!("the request body exceeds the limit of {limit} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::Invalid(format!("reading the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Runs blocking store work off the async workers, inside the request's span.
+pub async fn blocking<T, F>(work: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+    T: Send + 'static,
+{
+    let span = tracing::Span::current();
+    web::block(move || span.in_scope(work))
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
+}
+
+/// `Prefer: return=…` (http.html#ops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnPreference {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
+    let prefer = req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .map(str::trim);
+    for p in prefer {
+        match p.strip_prefix("return=").map(|v| v.trim_matches('"')) {
+            Some("minimal") => return ReturnPreference::Minimal,
+            Some("OperationOutcome") => return ReturnPreference::OperationOutcome,
+            Some("representation") => return ReturnPreference::Representation,
+            _ => {}
+        }
+    }
+    ReturnPreference::Representation
+}
+
+/// The version named by `If-Match: W/"n"` (or `"n"`), if the header is present.
+pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, Error> {
+    let Some(value) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let inner = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    inner
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| Error::Invalid(format!("If-Match '{text}' is not a version ETag such as W/\"3\"")))
+}
+
+async fn method_not_allowed(ctx: Ctx, req: HttpRequest) -> HttpResponse {
+    ctx.error_response(&Error::MethodNotAllowed(format!(
+        "{} is not supported on {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Anything that matches no route.
+pub async fn not_found(ctx: Ctx, req: HttpRequest) -> HttpResponse {
+    let first = req.path().trim_start_matches('/').split('/').next().unwrap_or("");
+    let err = if !first.is_empty()
+        && ResourceType::parse(first).is_none()
+        && first.starts_with(|c: char| c.is_ascii_uppercase())
+    {
+        Error::UnsupportedType(format!("resource type '{first}' is not supported by this server"))
+    } else {
+        Error::NotFound(format!("no FHIR endpoint at {}", req.path()))
+    };
+    ctx.error_response(&err)
+}
+
+/// The request id: the caller's `X-Request-Id` when it is a short token, a new UUID otherwise.
+pub fn request_id_from(value: Option<&HeaderValue>) -> String {
+    value
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            url_pairs("a=b%20c&_format=application%2Ffhir%2Bxml&x"),
+            vec![
+                ("a".to_string(), "b c".to_string()),
+                ("_format".to_string(), "application/fhir+xml".to_string()),
+                ("x".to_string(), String::new()),
+            ]
+        );
+        assert_eq!(
+            url_pairs("a=%zz%4%C3"),
+            vec![("a".to_string(), "%zz%4\u{FFFD}".to_string())]
+        );
+    }
+
+    #[test]
+    fn caller_request_ids_are_kept_only_when_safe() {
+        assert_eq!(request_id_from(Some(&HeaderValue::from_static("abc-123"))), "abc-123");
+        assert_ne!(request_id_from(Some(&HeaderValue::from_static("a b"))), "a b");
+    }
+}
