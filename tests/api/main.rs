@@ -1,1 +1,14 @@
-//! Integration tests (added with the HTTP layer).
+//! Integration tests through HTTP, as an EHR would call the service. Every test runs twice: against
+//! SQLite and against PostgreSQL (TANDEM_TEST_DATABASE_URL, default the local server at
+//! 127.0.0.1:5432). A PostgreSQL that cannot be reached fails the tests; nothing is skipped.
+
+mod helpers;
+
+mod concurrency;
+mod crud;
+mod errors;
+mod examples;
+mod formats;
+mod history;
+mod metadata;
+mod restart;

@@ -1,0 +1,224 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use serde_json::Value;
+use tandem::{Application, Config};
+
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const FHIR_JSON: &str = "application/fhir+json";
+pub const FHIR_XML: &str = "application/fhir+xml";
+
+/// Runs each test body once per backend: `mod name { fn sqlite(); fn postgres(); }`.
+#[macro_export]
+macro_rules! both_backends {
+    ($(async fn $name:ident($app:ident: TestApp) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                async fn run($app: $crate::helpers::TestApp) $body
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    run($crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    run($crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await).await
+                }
+            }
+        )*
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// A database of its own for one test: a SQLite file in a temporary directory, or a fresh
+/// PostgreSQL schema (dropped when the test ends).
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let path: PathBuf = dir.path().join("tandem.db");
+                TestDb {
+                    url: format!("sqlite://{}", path.display()),
+                    _dir: Some(dir),
+                    pg_schema: None,
+                }
+            }
+            Backend::Postgres => {
+                let base =
+                    std::env::var("TANDEM_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_string());
+                let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = PgConnection::establish(&base).unwrap_or_else(|e| {
+                    panic!("PostgreSQL is required for the postgres tests and is not reachable at {base}: {e}. Set TANDEM_TEST_DATABASE_URL.")
+                });
+                diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+                    .execute(&mut conn)
+                    .expect("create test schema");
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+                TestDb {
+                    url,
+                    _dir: None,
+                    pg_schema: Some((base, schema)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((base, schema)) = &self.pg_schema {
+            if let Ok(mut conn) = PgConnection::establish(base) {
+                let _ = diesel::sql_query(format!("DROP SCHEMA {schema} CASCADE")).execute(&mut conn);
+            }
+        }
+    }
+}
+
+pub fn test_config(database_url: &str) -> Config {
+    let mut config = Cli::parse_from(["tandem"]).config;
+    config.listen = "127.0.0.1:0".into();
+    config.database_url = database_url.into();
+    config.db_pool_size = 4;
+    config.workers = Some(2);
+    config.base_url = None;
+    config
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    pub handle: actix_web::dev::ServerHandle,
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        let db = TestDb::new(backend);
+        TestApp::spawn_on(backend, db).await
+    }
+
+    /// Starts a server on an existing test database (used to restart on the same data).
+    pub async fn spawn_on(backend: Backend, db: TestDb) -> TestApp {
+        let config = test_config(&db.url);
+        let app = Application::build(config).expect("application starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            client: reqwest::Client::new(),
+            backend,
+            handle,
+            db,
+        }
+    }
+
+    /// Stops the server and hands back its database.
+    pub async fn stop(self) -> TestDb {
+        self.handle.stop(true).await;
+        self.db
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.address, path.trim_start_matches('/'))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("Content-Type", FHIR_JSON)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .header("Content-Type", FHIR_JSON)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a resource and returns it as stored (with id and meta).
+    pub async fn create(&self, body: &Value) -> Value {
+        let rt = body["resourceType"].as_str().expect("resourceType");
+        let res = self.post_json(rt, body).await;
+        assert_eq!(res.status(), 201, "creating a {rt}");
+        res.json().await.expect("created resource")
+    }
+
+    /// The number of versions stored on the server (system history), to prove nothing was written.
+    pub async fn version_count(&self) -> usize {
+        let bundle: Value = self
+            .get("_history?_count=500")
+            .await
+            .json()
+            .await
+            .expect("history bundle");
+        bundle["entry"].as_array().map_or(0, Vec::len)
+    }
+}
+
+pub async fn json(res: reqwest::Response) -> Value {
+    res.json().await.expect("a JSON body")
+}
+
+/// Asserts an OperationOutcome error with the given status and issue code.
+pub async fn assert_outcome(res: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(ct.starts_with(FHIR_JSON), "content type {ct}");
+    let body: Value = res.json().await.expect("OperationOutcome body");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert_eq!(body["issue"][0]["severity"], "error", "{body}");
+    assert_eq!(body["issue"][0]["code"], code, "{body}");
+    assert!(
+        body["issue"][0]["diagnostics"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+pub fn fixture(path: &str) -> String {
+    let full = format!("{}/tests/fixtures/r4/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+pub fn patient(family: &str) -> Value {
+    serde_json::json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Ann"]}], "gender": "female", "birthDate": "1980-05-17"})
+}

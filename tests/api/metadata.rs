@@ -1,0 +1,55 @@
+use crate::both_backends;
+use crate::helpers::*;
+
+both_backends! {
+    async fn capability_statement_lists_what_the_server_really_does(app: TestApp) {
+        let res = app.get("metadata").await;
+        assert_eq!(res.status(), 200);
+        let cs = json(res).await;
+        assert_eq!(cs["resourceType"], "CapabilityStatement");
+        assert_eq!(cs["fhirVersion"], "4.0.1");
+        assert_eq!(cs["kind"], "instance");
+        assert_eq!(cs["format"], serde_json::json!(["application/fhir+json", "application/fhir+xml"]));
+        let resources = cs["rest"][0]["resource"].as_array().unwrap();
+        let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient", "Practitioner", "PractitionerRole"]);
+
+        // Each declared interaction is answered by the server (not 404/405) for every declared type.
+        for r in resources {
+            let rt = r["type"].as_str().unwrap();
+            let declared: Vec<&str> = r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+            for interaction in declared {
+                let status = match interaction {
+                    "read" => app.get(&format!("{rt}/x")).await.status().as_u16(),
+                    "vread" => app.get(&format!("{rt}/x/_history/1")).await.status().as_u16(),
+                    "history-instance" => app.get(&format!("{rt}/x/_history")).await.status().as_u16(),
+                    "history-type" => app.get(&format!("{rt}/_history")).await.status().as_u16(),
+                    "create" => app.client.post(app.url(rt)).header("Content-Type", FHIR_JSON).body("{}").send().await.unwrap().status().as_u16(),
+                    "update" => app.client.put(app.url(&format!("{rt}/x"))).header("Content-Type", FHIR_JSON).body("{}").send().await.unwrap().status().as_u16(),
+                    "delete" => app.client.delete(app.url(&format!("{rt}/x"))).send().await.unwrap().status().as_u16(),
+                    other => panic!("declared interaction {other} is not exercised by this test"),
+                };
+                // 404 "not-found" for the unknown id x is a real answer; 405 would mean no route.
+                assert_ne!(status, 405, "{rt} {interaction}");
+                assert!(status != 404 || matches!(interaction, "read" | "vread" | "history-instance"), "{rt} {interaction}: {status}");
+            }
+        }
+        let system: Vec<&str> = cs["rest"][0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+        assert_eq!(system, ["history-system"]);
+        assert_eq!(app.get("_history").await.status(), 200);
+    }
+
+    async fn capability_statement_is_valid_xml_too(app: TestApp) {
+        let res = app.get("metadata?_format=xml").await;
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        assert!(text.starts_with("<?xml"));
+        assert!(text.contains("<CapabilityStatement xmlns=\"http://hl7.org/fhir\">"));
+        assert!(text.contains("<fhirVersion value=\"4.0.1\"/>"));
+    }
+
+    async fn health_and_readiness(app: TestApp) {
+        assert_eq!(app.get("healthz").await.status(), 200);
+        assert_eq!(app.get("readyz").await.status(), 200);
+    }
+}
