@@ -12,6 +12,10 @@ use crate::error::Error;
 
 pub const FHIR_VERSION: &str = "4.0.1";
 
+/// Deepest element nesting accepted in XML (JSON has serde_json's limit of 128). fhirbolt's XML
+/// reader recurses per level, so an unbounded depth could exhaust the stack.
+const MAX_XML_DEPTH: usize = 128;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Json,
@@ -126,6 +130,7 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
             let text = std::str::from_utf8(body).map_err(|e| invalid(format!("not UTF-8 ({e})")))?;
             let token = uuid::Uuid::new_v4().simple().to_string();
             let (xml, divs) = narrative::cut_from_xml(text, &token);
+            check_xml_depth(&xml).map_err(invalid)?;
             let resource: R4Resource = fhirbolt::xml::from_str(&xml, config).map_err(|e| invalid(e.to_string()))?;
             let mut value = to_json(resource)?;
             narrative::restore_input(&mut value, &token, &divs);
@@ -134,6 +139,25 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
     };
     narrative::check_all(&mut value).map_err(Error::Structure)?;
     Ok(value)
+}
+
+fn check_xml_depth(xml: &str) -> Result<(), String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(_)) => {
+                depth += 1;
+                if depth > MAX_XML_DEPTH {
+                    return Err(format!("elements are nested more than {MAX_XML_DEPTH} deep"));
+                }
+            }
+            Ok(quick_xml::events::Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(quick_xml::events::Event::Eof) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 fn to_json(resource: R4Resource) -> Result<Value, Error> {
@@ -225,6 +249,29 @@ mod tests {
         assert!(xml.contains("\n  <id value=\"1\"/>"), "{xml}");
         let back = parse_resource(xml.as_bytes(), Format::Xml).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn deeply_nested_input_is_refused_not_a_stack_overflow() {
+        let depth = 100_000;
+        let xml = format!(
+            r#"<Patient xmlns="http://hl7.org/fhir">{}{}</Patient>"#,
+            r#"<extension url="urn:x">"#.repeat(depth),
+            "</extension>".repeat(depth)
+        );
+        assert!(matches!(
+            parse_resource(xml.as_bytes(), Format::Xml),
+            Err(Error::Structure(_))
+        ));
+        let json = format!(
+            r#"{{"resourceType":"Patient","extension":{}{}}}"#,
+            r#"[{"url":"urn:x","extension":"#.repeat(depth),
+            "[]}]".repeat(depth)
+        );
+        assert!(matches!(
+            parse_resource(json.as_bytes(), Format::Json),
+            Err(Error::Structure(_))
+        ));
     }
 
     #[test]
