@@ -36,22 +36,9 @@ async fn parse_body(
 fn written(ctx: &Ctx, req: &HttpRequest, status: StatusCode, v: &Version) -> Result<HttpResponse, Error> {
     let location = ctx.url(&format!("{}/{}/_history/{}", v.res_type, v.res_id, v.version_id));
     let mut builder = HttpResponse::build(status);
-    builder.insert_header((header::LOCATION, location.clone()));
-    if status == StatusCode::CREATED {
-        builder.insert_header((header::CONTENT_LOCATION, location));
-    }
+    builder.insert_header((header::LOCATION, location));
     match return_preference(req) {
-        ReturnPreference::Representation => {
-            let mut response = ctx.version(status, v)?;
-            response.headers_mut().insert(
-                header::LOCATION,
-                header::HeaderValue::from_str(
-                    &ctx.url(&format!("{}/{}/_history/{}", v.res_type, v.res_id, v.version_id)),
-                )
-                .map_err(|e| Error::Internal(e.to_string()))?,
-            );
-            Ok(response)
-        }
+        ReturnPreference::Representation => ctx.version(builder, v),
         ReturnPreference::Minimal => {
             version_headers(&mut builder, v);
             Ok(builder.finish())
@@ -108,7 +95,7 @@ pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<
         }
         let store = state.store.clone();
         let version = blocking(move || store.read(rt, &id)).await?;
-        ctx.version(StatusCode::OK, &version)
+        ctx.version(HttpResponse::Ok(), &version)
     }
     .await;
     ctx.respond(result)
@@ -126,7 +113,7 @@ pub async fn vread(ctx: Ctx, path: web::Path<(String, String, String)>, state: w
             .ok_or_else(|| Error::NotFound(format!("{rt}/{id} has no version '{vid}'")))?;
         let store = state.store.clone();
         let version = blocking(move || store.vread(rt, &id, version_id)).await?;
-        ctx.version(StatusCode::OK, &version)
+        ctx.version(HttpResponse::Ok(), &version)
     }
     .await;
     ctx.respond(result)

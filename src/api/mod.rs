@@ -8,7 +8,6 @@ mod system;
 use std::future::{ready, Ready};
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -154,11 +153,7 @@ impl Ctx {
             tracing::error!(cause = %cause, "request failed");
         }
         let outcome = fhir::operation_outcome("error", code, &e.diagnostics(&self.request_id));
-        let mut builder = HttpResponse::build(status);
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            builder.insert_header((header::ALLOW, "GET, HEAD, POST, PUT, DELETE"));
-        }
-        self.body(builder, &outcome)
+        self.body(HttpResponse::build(status), &outcome)
     }
 
     /// A response with a FHIR body (any resource held as JSON).
@@ -173,8 +168,7 @@ impl Ctx {
     }
 
     /// A response carrying one stored version: ETag, Last-Modified and the resource.
-    pub fn version(&self, status: StatusCode, v: &Version) -> Result<HttpResponse, Error> {
-        let mut builder = HttpResponse::build(status);
+    pub fn version(&self, mut builder: HttpResponseBuilder, v: &Version) -> Result<HttpResponse, Error> {
         version_headers(&mut builder, v);
         let body = v
             .body
@@ -291,12 +285,31 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, Error> {
         .map_err(|_| Error::Invalid(format!("If-Match '{text}' is not a version ETag such as W/\"3\"")))
 }
 
+/// The methods each route serves, for the `Allow` header of a 405.
+fn allowed_methods(pattern: &str) -> &'static str {
+    match pattern {
+        "/{type}" => "POST",
+        "/{type}/{id}" => "GET, HEAD, PUT, DELETE",
+        "/{type}/{id}/_history/{vid}" => "GET, HEAD",
+        _ => "GET",
+    }
+}
+
 async fn method_not_allowed(ctx: Ctx, req: HttpRequest) -> HttpResponse {
-    ctx.error_response(&Error::MethodNotAllowed(format!(
-        "{} is not supported on {}",
-        req.method(),
-        req.path()
-    )))
+    let pattern = req.match_pattern().unwrap_or_default();
+    if let Some(name) = req.match_info().get("type") {
+        if let Err(e) = resource_type(name) {
+            return ctx.error_response(&e);
+        }
+    }
+    let mut response = ctx.error_response(&Error::MethodNotAllowed(format!(
+        "{} is not supported on {pattern}",
+        req.method()
+    )));
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allowed_methods(&pattern)));
+    response
 }
 
 /// Anything that matches no route.
