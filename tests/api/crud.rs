@@ -175,6 +175,32 @@ both_backends! {
         }
     }
 
+    async fn search_indexes_follow_every_write(app: TestApp) {
+        let created = app.create(&patient("Okafor")).await;
+        let id = created["id"].as_str().unwrap().to_string();
+        let strings = |norm: &str| format!("SELECT COUNT(*) AS n FROM idx_string WHERE res_type = 'Patient' AND res_id = '{id}' AND param = 'family' AND norm = '{norm}'");
+        assert_eq!(app.count(&strings("okafor")), 1);
+        assert_eq!(app.count(&format!("SELECT COUNT(*) AS n FROM idx_token WHERE res_id = '{id}' AND param = 'gender' AND code = 'female'")), 1);
+        assert_eq!(app.count(&format!("SELECT COUNT(*) AS n FROM idx_date WHERE res_id = '{id}' AND param = 'birthdate'")), 1);
+
+        let mut changed = created.clone();
+        changed["name"][0]["family"] = json!("Nowak");
+        assert_eq!(app.put_json(&format!("Patient/{id}"), &changed).await.status(), 200);
+        assert_eq!(app.count(&strings("okafor")), 0, "old values leave the index");
+        assert_eq!(app.count(&strings("nowak")), 1);
+
+        app.client.delete(app.url(&format!("Patient/{id}"))).send().await.unwrap();
+        for table in ["idx_token", "idx_string", "idx_date", "idx_reference", "idx_uri", "idx_number"] {
+            assert_eq!(app.count(&format!("SELECT COUNT(*) AS n FROM {table} WHERE res_id = '{id}'")), 0, "{table}");
+        }
+
+        // A refused write leaves no index rows behind.
+        let team = json!({"resourceType": "CareTeam", "status": "active", "subject": {"reference": "Patient/ghost"}});
+        assert_eq!(app.post_json("CareTeam", &team).await.status(), 422);
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM idx_reference WHERE target_id = 'ghost'"), 0);
+        assert_eq!(app.count("SELECT COUNT(*) AS n FROM idx_token WHERE res_type = 'CareTeam'"), 0);
+    }
+
     async fn request_ids_are_returned(app: TestApp) {
         let res = app.client.get(app.url("metadata")).header("X-Request-Id", "ehr-trace-42").send().await.unwrap();
         assert_eq!(res.headers()["x-request-id"], "ehr-trace-42");

@@ -83,8 +83,14 @@ both_backends! {
 
     async fn unsupported_methods_are_405_and_unacceptable_formats_406(app: TestApp) {
         let res = app.client.patch(app.url("Patient/1")).send().await.unwrap();
-        assert!(res.headers().contains_key("allow"));
+        assert_eq!(res.headers()["allow"], "GET, HEAD, PUT, DELETE");
         assert_outcome(res, 405, "not-supported").await;
+        let res = app.client.delete(app.url("metadata")).send().await.unwrap();
+        assert_eq!(res.headers()["allow"], "GET");
+        assert_outcome(res, 405, "not-supported").await;
+        // An unknown type is 404 whatever the method.
+        assert_outcome(app.client.patch(app.url("Spaceship/1")).send().await.unwrap(), 404, "not-supported").await;
+        assert_outcome(app.get("Spaceship").await, 404, "not-supported").await;
         let res = app.client.get(app.url("metadata")).header("Accept", "text/plain").send().await.unwrap();
         assert_outcome(res, 406, "not-supported").await;
         assert_outcome(app.get("metadata?_format=csv").await, 406, "not-supported").await;

@@ -177,6 +177,32 @@ impl TestApp {
         res.json().await.expect("created resource")
     }
 
+    /// Runs `SELECT COUNT(*) AS n …` directly on the test database (to look at the index tables).
+    pub fn count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        match self.backend {
+            Backend::Sqlite => {
+                let path = self.db.url.trim_start_matches("sqlite://");
+                let mut conn = diesel::SqliteConnection::establish(path).expect("open the test SQLite file");
+                diesel::sql_query(sql)
+                    .get_result::<Count>(&mut conn)
+                    .expect("count query")
+                    .n
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::establish(&self.db.url).expect("connect to the test schema");
+                diesel::sql_query(sql)
+                    .get_result::<Count>(&mut conn)
+                    .expect("count query")
+                    .n
+            }
+        }
+    }
+
     /// The number of versions stored on the server (system history), to prove nothing was written.
     pub async fn version_count(&self) -> usize {
         let bundle: Value = self
