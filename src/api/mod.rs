@@ -3,6 +3,7 @@
 
 mod crud;
 mod history;
+mod search;
 mod system;
 
 use std::future::{ready, Ready};
@@ -30,8 +31,9 @@ pub const SUPPORTED: Supported<'static> = Supported {
         "history-instance",
         "history-type",
         "create",
+        "search-type",
     ],
-    system_interactions: &["history-system"],
+    system_interactions: &["history-system", "search-system"],
     update_create: true,
     conditional_update: false,
 };
@@ -54,13 +56,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/healthz").route(web::get().to(system::healthz)))
     .service(web::resource("/readyz").route(web::get().to(system::readyz)))
     .service(
+        web::resource("/")
+            .route(web::get().to(search::system_search))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/_search")
+            .route(web::post().to(search::system_search_post))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/_history")
             .route(web::get().to(history::system_history))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource("/{type}")
+            .route(web::get().to(search::type_search))
             .route(web::post().to(crud::create))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{type}/_search")
+            .route(web::post().to(search::type_search_post))
+            .route(web::get().to(search::type_search))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -288,7 +307,8 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, Error> {
 /// The methods each route serves, for the `Allow` header of a 405.
 fn allowed_methods(pattern: &str) -> &'static str {
     match pattern {
-        "/{type}" => "POST",
+        "/{type}" | "/{type}/_search" => "GET, POST",
+        "/_search" => "POST",
         "/{type}/{id}" => "GET, HEAD, PUT, DELETE",
         "/{type}/{id}/_history/{vid}" => "GET, HEAD",
         _ => "GET",

@@ -29,6 +29,14 @@ pub fn capability_statement(base_url: &str, software_version: &str, supported: &
                 "conditionalUpdate": supported.conditional_update,
                 "conditionalDelete": "not-supported",
                 "referencePolicy": ["literal", "logical", "resolves"],
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
+                "searchParam": rt.search_params().iter().filter(|p| p.is_searchable()).map(|p| json!({
+                    "name": p.code,
+                    "definition": p.url,
+                    "type": p.kind.as_str(),
+                    "documentation": p.description,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

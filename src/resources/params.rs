@@ -63,6 +63,8 @@ pub enum Path {
 #[derive(Debug, Clone)]
 pub struct SearchParam {
     pub code: String,
+    /// The canonical URL of the parameter's definition.
+    pub url: String,
     pub kind: ParamType,
     pub description: String,
     /// The reference target types, for reference parameters.
@@ -84,6 +86,7 @@ struct DefinitionEntry {
 
 #[derive(Deserialize)]
 struct Definition {
+    url: String,
     code: String,
     #[serde(rename = "type")]
     kind: ParamType,
@@ -96,16 +99,22 @@ struct Definition {
 }
 
 static DEFINITIONS: &str = include_str!("r4-search-parameters.json");
+/// Parameters tandem defines itself (the `group` of a group session), in the same format.
+static OWN_DEFINITIONS: &str = include_str!("tandem-search-parameters.json");
 
 static BY_TYPE: LazyLock<BTreeMap<ResourceType, Vec<SearchParam>>> = LazyLock::new(|| {
     // The file is compiled into the binary and checked by a unit test: it cannot fail at run time.
     #[allow(clippy::expect_used)]
     let bundle: DefinitionBundle = serde_json::from_str(DEFINITIONS).expect("embedded R4 search parameter definitions");
+    #[allow(clippy::expect_used)]
+    let own: DefinitionBundle =
+        serde_json::from_str(OWN_DEFINITIONS).expect("embedded tandem search parameter definitions");
     let mut map = BTreeMap::new();
     for rt in ResourceType::all() {
         let mut params: Vec<SearchParam> = bundle
             .entry
             .iter()
+            .chain(own.entry.iter())
             .map(|e| &e.resource)
             .filter(|d| {
                 d.base
@@ -119,6 +128,15 @@ static BY_TYPE: LazyLock<BTreeMap<ResourceType, Vec<SearchParam>>> = LazyLock::n
     }
     map
 });
+
+impl SearchParam {
+    /// Whether this server can search by it: a type whose values it indexes (not composite or
+    /// special) and either a path to index or native handling (`_id`, `_lastUpdated`).
+    pub fn is_searchable(&self) -> bool {
+        let native = matches!(self.code.as_str(), "_id" | "_lastUpdated");
+        !matches!(self.kind, ParamType::Composite | ParamType::Special) && (native || !self.paths.is_empty())
+    }
+}
 
 pub(super) fn for_type(rt: ResourceType) -> &'static [SearchParam] {
     BY_TYPE.get(&rt).map(Vec::as_slice).unwrap_or(&[])
@@ -140,6 +158,7 @@ fn compile(rt: ResourceType, def: &Definition) -> SearchParam {
     };
     SearchParam {
         code: def.code.clone(),
+        url: def.url.clone(),
         kind: def.kind,
         description: def.description.clone(),
         targets: def.target.clone(),
@@ -305,6 +324,32 @@ mod tests {
         assert!(
             matches!(&e.paths[0], Path::Steps(s) if s.last() == Some(&Step::WhereEquals { field: "system".into(), value: "email".into() }))
         );
+    }
+
+    #[test]
+    fn the_group_of_a_group_session_is_a_parameter_of_appointment() {
+        let p = param("Appointment", "group");
+        assert_eq!(p.kind, ParamType::Reference);
+        assert_eq!(
+            p.paths,
+            vec![Path::Steps(vec![
+                Step::Field {
+                    name: "extension".into(),
+                    choice: None
+                },
+                Step::WhereEquals {
+                    field: "url".into(),
+                    value: "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject".into()
+                },
+                Step::Field {
+                    name: "value".into(),
+                    choice: Some("Reference".into())
+                },
+            ])]
+        );
+        assert!(p.is_searchable());
+        assert!(!param("Patient", "_text").is_searchable());
+        assert!(!param("Group", "characteristic-value").is_searchable());
     }
 
     #[test]

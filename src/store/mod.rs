@@ -9,6 +9,9 @@
 mod connection;
 pub mod pool;
 mod schema;
+mod search;
+
+pub use search::SearchPage;
 
 use diesel::prelude::*;
 use serde_json::{Map, Value};

@@ -97,3 +97,20 @@ diesel::table! {
         n -> BigInt,
     }
 }
+
+diesel::table! {
+    search_snapshots (id) {
+        id -> Text,
+        created -> BigInt,
+        total -> BigInt,
+    }
+}
+
+diesel::table! {
+    search_results (search_id, pos) {
+        search_id -> Text,
+        pos -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+    }
+}

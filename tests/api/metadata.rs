@@ -27,6 +27,7 @@ both_backends! {
                     "create" => app.client.post(app.url(rt)).header("Content-Type", FHIR_JSON).body("{}").send().await.unwrap().status().as_u16(),
                     "update" => app.client.put(app.url(&format!("{rt}/x"))).header("Content-Type", FHIR_JSON).body("{}").send().await.unwrap().status().as_u16(),
                     "delete" => app.client.delete(app.url(&format!("{rt}/x"))).send().await.unwrap().status().as_u16(),
+                    "search-type" => app.get(rt).await.status().as_u16(),
                     other => panic!("declared interaction {other} is not exercised by this test"),
                 };
                 // 404 "not-found" for the unknown id x is a real answer; 405 would mean no route.
@@ -35,8 +36,24 @@ both_backends! {
             }
         }
         let system: Vec<&str> = cs["rest"][0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-        assert_eq!(system, ["history-system"]);
+        assert_eq!(system, ["history-system", "search-system"]);
         assert_eq!(app.get("_history").await.status(), 200);
+        assert_eq!(app.get("").await.status(), 200);
+
+        // Every search parameter listed is one the server answers (not refused as unknown/unsupported).
+        for r in resources {
+            let rt = r["type"].as_str().unwrap();
+            for p in r["searchParam"].as_array().unwrap() {
+                let name = p["name"].as_str().unwrap();
+                assert!(p["definition"].as_str().unwrap().starts_with("http"), "{rt}.{name}");
+                let res = app.client.get(app.url(rt)).query(&[(format!("{name}:missing"), "false")]).header("Prefer", "handling=strict").send().await.unwrap();
+                let status = res.status().as_u16();
+                // _id and _lastUpdated take no :missing; everything else must be searchable.
+                if !matches!(name, "_id" | "_lastUpdated") {
+                    assert_eq!(status, 200, "{rt}?{name}:missing=false: {}", res.text().await.unwrap());
+                }
+            }
+        }
     }
 
     async fn capability_statement_is_valid_xml_too(app: TestApp) {

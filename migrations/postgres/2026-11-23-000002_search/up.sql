@@ -1,0 +1,16 @@
+-- Search result snapshots: the ordered ids of a search that spans several pages, so that every page
+-- of it is served from the same fixed list (stable while data changes; any replica can serve it).
+CREATE TABLE search_snapshots (
+    id      TEXT   PRIMARY KEY,
+    created BIGINT NOT NULL, -- ms since the epoch; snapshots expire
+    total   BIGINT NOT NULL
+);
+CREATE INDEX search_snapshots_created ON search_snapshots (created);
+
+CREATE TABLE search_results (
+    search_id TEXT   NOT NULL,
+    pos       BIGINT NOT NULL,
+    res_type  TEXT   NOT NULL,
+    res_id    TEXT   NOT NULL,
+    PRIMARY KEY (search_id, pos)
+);

@@ -1,0 +1,2 @@
+DROP TABLE search_results;
+DROP TABLE search_snapshots;

@@ -1,0 +1,334 @@
+//! Search (search.html): type search by GET or POST `_search`, and whole-system search. Answers are
+//! searchset Bundles with self, next and previous links served from database snapshots.
+
+use std::collections::HashSet;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::{blocking, query_pairs, read_body, resource_type, AppState, Ctx};
+use crate::error::Error;
+use crate::fhir;
+use crate::resources::{dates, ResourceType};
+use crate::search::plan::plan;
+use crate::search::{Include, Search, Summary, Total};
+use crate::store::Version;
+
+/// Rounds of `_include:iterate` / `_revinclude:iterate` followed at most.
+const MAX_ITERATIONS: usize = 4;
+
+/// The result parameters repeated in page links (criteria come from the plan).
+const LINKED_RESULT_PARAMS: [&str; 8] = [
+    "_count",
+    "_sort",
+    "_total",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_type",
+];
+
+fn strict_handling(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim() == "handling=strict")
+}
+
+/// The parameters of a POST `_search`: the form body and the URL query together.
+async fn form_pairs(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Vec<(String, String)>, Error> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/x-www-form-urlencoded")
+    {
+        return Err(Error::UnsupportedMediaType(
+            "POST _search takes an application/x-www-form-urlencoded body".into(),
+        ));
+    }
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    let mut pairs = query_pairs(req);
+    pairs.extend(form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())));
+    Ok(pairs)
+}
+
+pub async fn type_search(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let rt = resource_type(&path)?;
+        run(&req, &ctx, &state, vec![rt], query_pairs(&req), rt.as_str()).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn type_search_post(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let rt = resource_type(&path)?;
+        let pairs = form_pairs(&req, payload, &state).await?;
+        run(&req, &ctx, &state, vec![rt], pairs, rt.as_str()).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+fn system_types(pairs: &[(String, String)]) -> Result<Vec<ResourceType>, Error> {
+    let named: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if named.is_empty() {
+        return Ok(ResourceType::all().collect());
+    }
+    named.into_iter().map(resource_type).collect()
+}
+
+pub async fn system_search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    let result = async {
+        let pairs = query_pairs(&req);
+        let types = system_types(&pairs)?;
+        run(&req, &ctx, &state, types, pairs, "").await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn system_search_post(
+    req: HttpRequest,
+    ctx: Ctx,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let pairs = form_pairs(&req, payload, &state).await?;
+        let types = system_types(&pairs)?;
+        run(&req, &ctx, &state, types, pairs, "").await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn run(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    types: Vec<ResourceType>,
+    pairs: Vec<(String, String)>,
+    path: &str,
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let search = Search::parse(&pairs)?;
+    let planned = plan(&types, &search, strict_handling(req))?;
+    let count = search
+        .count
+        .unwrap_or(i64::from(state.config.default_count))
+        .min(i64::from(state.config.max_count));
+
+    // The query that links repeat: the criteria that were applied, then the result parameters.
+    let mut linked = planned.applied.clone();
+    linked.extend(
+        pairs
+            .iter()
+            .filter(|(k, _)| LINKED_RESULT_PARAMS.contains(&k.split(':').next().unwrap_or("")))
+            .cloned(),
+    );
+    let link = |cursor: Option<String>| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &linked {
+            q.append_pair(k, v);
+        }
+        if let Some(c) = cursor {
+            q.append_pair("_cursor", &c);
+        }
+        let q = q.finish();
+        let url = if path.is_empty() {
+            ctx.base.clone()
+        } else {
+            ctx.url(path)
+        };
+        if q.is_empty() {
+            url
+        } else {
+            format!("{url}?{q}")
+        }
+    };
+
+    let store = state.store.clone();
+    if search.summary == Summary::Count {
+        let planned = planned.clone();
+        let total = blocking(move || store.count(&planned)).await?;
+        let bundle = json!({
+            "resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
+            "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
+            "type": "searchset", "total": total,
+            "link": [{"relation": "self", "url": link(None)}],
+        });
+        return Ok(ctx.body(HttpResponse::Ok(), &bundle));
+    }
+
+    let (page_plan, cursor) = (planned.clone(), search.cursor.clone());
+    let page = blocking(move || store.search(&page_plan, count, cursor.as_deref())).await?;
+    let included = includes(state, &page.matches, &search.includes, &search.revincludes).await?;
+
+    let mut links = vec![json!({"relation": "self", "url": link(search.cursor.clone())})];
+    if let Some(snapshot) = &page.snapshot {
+        if page.offset + count < page.total {
+            links.push(json!({"relation": "next", "url": link(Some(format!("{snapshot}:{}", page.offset + count)))}));
+        }
+        if page.offset > 0 {
+            links.push(json!({"relation": "previous", "url": link(Some(format!("{snapshot}:{}", (page.offset - count).max(0))))}));
+        }
+    }
+    let mut entries = Vec::with_capacity(page.matches.len() + included.len() + 1);
+    for v in &page.matches {
+        let resource = subset(parse_body(v)?, search.summary, &search.elements);
+        entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": resource, "search": {"mode": "match"}}));
+    }
+    for v in &included {
+        entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": parse_body(v)?, "search": {"mode": "include"}}));
+    }
+    if !planned.ignored.is_empty() {
+        let outcome = fhir::operation_outcome(
+            "warning",
+            "not-supported",
+            &format!("unknown search parameters were ignored: {}", planned.ignored.join(", ")),
+        );
+        entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));
+    }
+    let mut bundle = Map::new();
+    bundle.insert("resourceType".into(), json!("Bundle"));
+    bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
+    bundle.insert(
+        "meta".into(),
+        json!({"lastUpdated": dates::format_instant(dates::now_millis())}),
+    );
+    bundle.insert("type".into(), json!("searchset"));
+    if search.total != Total::None {
+        bundle.insert("total".into(), json!(page.total));
+    }
+    bundle.insert("link".into(), Value::Array(links));
+    bundle.insert("entry".into(), Value::Array(entries));
+    Ok(ctx.body(HttpResponse::Ok(), &Value::Object(bundle)))
+}
+
+fn parse_body(v: &Version) -> Result<Value, Error> {
+    let body = v
+        .body
+        .as_deref()
+        .ok_or_else(|| Error::Internal("a search matched a deleted version".into()))?;
+    serde_json::from_str(body).map_err(|e| Error::Internal(format!("stored JSON: {e}")))
+}
+
+/// `_include` and `_revinclude` for a page, following `:iterate` over what was included.
+async fn includes(
+    state: &AppState,
+    matches: &[Version],
+    includes: &[Include],
+    revincludes: &[Include],
+) -> Result<Vec<Version>, Error> {
+    if includes.is_empty() && revincludes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key = |v: &Version| (v.res_type.clone(), v.res_id.clone());
+    let mut seen: HashSet<(String, String)> = matches.iter().map(key).collect();
+    let mut included: Vec<Version> = Vec::new();
+    let mut frontier: Vec<(String, String)> = matches.iter().map(key).collect();
+    for round in 0..=MAX_ITERATIONS {
+        let active =
+            |list: &[Include]| -> Vec<Include> { list.iter().filter(|i| round == 0 || i.iterate).cloned().collect() };
+        let (inc, rev) = (active(includes), active(revincludes));
+        if frontier.is_empty() || (inc.is_empty() && rev.is_empty()) {
+            break;
+        }
+        let store = state.store.clone();
+        let sources = frontier.clone();
+        let found = blocking(move || {
+            let mut found = Vec::new();
+            for i in &inc {
+                found.extend(store.include(&sources, i)?);
+            }
+            for i in &rev {
+                found.extend(store.revinclude(&sources, i)?);
+            }
+            Ok(found)
+        })
+        .await?;
+        frontier.clear();
+        for v in found {
+            if seen.insert(key(&v)) {
+                frontier.push(key(&v));
+                included.push(v);
+            }
+        }
+    }
+    Ok(included)
+}
+
+/// Elements every resource of a type must keep in a subset (its top-level required elements).
+fn mandatory(resource_type: &str) -> &'static [&'static str] {
+    match resource_type {
+        "Appointment" => &["status", "participant"],
+        "Group" => &["type", "actual"],
+        "Consent" => &["status", "scope", "category"],
+        _ => &[],
+    }
+}
+
+type KeepElement<'a> = Box<dyn Fn(&str) -> bool + 'a>;
+
+/// `_summary=text|data` and `_elements`, marking the result SUBSETTED (search.html#summary).
+fn subset(resource: Value, summary: Summary, elements: &[String]) -> Value {
+    let Value::Object(map) = resource else { return resource };
+    let resource_type = map
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let keep: Option<KeepElement> = match summary {
+        Summary::Text => Some(Box::new(|k: &str| {
+            matches!(k, "resourceType" | "id" | "meta" | "text") || mandatory(&resource_type).contains(&k)
+        })),
+        Summary::Data => Some(Box::new(|k: &str| k != "text")),
+        _ if !elements.is_empty() => Some(Box::new(|k: &str| {
+            matches!(k, "resourceType" | "id" | "meta")
+                || mandatory(&resource_type).contains(&k)
+                || elements.iter().any(|e| e == k)
+        })),
+        _ => None,
+    };
+    let Some(keep) = keep else { return Value::Object(map) };
+    let mut out: Map<String, Value> = map.into_iter().filter(|(k, _)| keep(k)).collect();
+    let meta = out.entry("meta").or_insert_with(|| json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        let tags = meta.entry("tag").or_insert_with(|| json!([]));
+        if let Some(tags) = tags.as_array_mut() {
+            tags.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED", "display": "subsetted"}));
+        }
+    }
+    Value::Object(out)
+}

@@ -1,0 +1,811 @@
+//! Planning a search into SQL. Every criterion becomes a subquery that yields the ids of one type
+//! (`SELECT res_id FROM idx_… WHERE res_type = ? AND param = ? AND …`), so chains and `_has` nest
+//! naturally, and the top level is `r.res_id [NOT] IN (…)`: index lookups, never a JSON scan.
+//! Placeholders are written `?` and numbered for PostgreSQL at the end ([`Sql::text_for`]).
+
+use super::{reference_targets, split_pipe, unescape, Criterion, Key, Search, SortKey};
+use crate::error::Error;
+use crate::resources::{dates, index, ParamType, ResourceType, SearchParam};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    Text(String),
+    BigInt(i64),
+    Double(f64),
+}
+
+/// SQL text with `?` placeholders and their values, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sql {
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    pub fn new(text: &str) -> Sql {
+        Sql {
+            text: text.to_string(),
+            binds: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    pub fn text_bind(&mut self, value: impl Into<String>) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::Text(value.into()));
+        self
+    }
+
+    pub fn int_bind(&mut self, value: i64) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::BigInt(value));
+        self
+    }
+
+    pub fn float_bind(&mut self, value: f64) -> &mut Self {
+        self.text.push('?');
+        self.binds.push(Bind::Double(value));
+        self
+    }
+
+    pub fn append(&mut self, other: &Sql) -> &mut Self {
+        self.text.push_str(&other.text);
+        self.binds.extend(other.binds.iter().cloned());
+        self
+    }
+
+    /// The text with `$1, $2…` placeholders for PostgreSQL, or as it is for SQLite.
+    /// (Every value is bound, so the only `?` in the text are placeholders.)
+    pub fn text_for(&self, postgres: bool) -> String {
+        if !postgres {
+            return self.text.clone();
+        }
+        let mut out = String::with_capacity(self.text.len() + 16);
+        let mut n = 0;
+        for c in self.text.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// Writes the condition of one value of a criterion (the values of a criterion are ORed).
+type ValueCondition = fn(&mut Sql, &str, &Criterion) -> Result<(), Error>;
+
+/// A set of resource ids of one type, or (negated) its complement.
+struct Matching {
+    negated: bool,
+    ids: Sql,
+}
+
+/// A planned search: `FROM resources r WHERE …` and `ORDER BY …` (ending with the tie-breakers).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub from_where: Sql,
+    pub order_by: Sql,
+    /// Criteria that were ignored (unknown parameters), for the OperationOutcome of a lenient search.
+    pub ignored: Vec<String>,
+    /// The criteria that were applied, as `key=value` pairs, for the self link.
+    pub applied: Vec<(String, String)>,
+}
+
+/// Plans a search over one type, or several (whole-system search).
+pub fn plan(types: &[ResourceType], search: &Search, strict: bool) -> Result<Planned, Error> {
+    let mut from_where = Sql::new("FROM resources r WHERE r.deleted = false AND ");
+    match types {
+        [rt] => {
+            from_where.push("r.res_type = ").text_bind(rt.as_str());
+        }
+        _ => {
+            from_where.push("r.res_type IN (");
+            for (i, rt) in types.iter().enumerate() {
+                if i > 0 {
+                    from_where.push(", ");
+                }
+                from_where.text_bind(rt.as_str());
+            }
+            from_where.push(")");
+        }
+    }
+    let mut ignored = Vec::new();
+    let mut applied = Vec::new();
+    for criterion in &search.criteria {
+        let mut per_type = Vec::new();
+        for rt in types {
+            if let Some(m) = matching(*rt, &criterion.key, &criterion.values, criterion)? {
+                per_type.push((*rt, m));
+            }
+        }
+        if per_type.is_empty() {
+            if strict {
+                return Err(Error::Invalid(format!(
+                    "unknown search parameter '{}'",
+                    criterion.raw_key
+                )));
+            }
+            ignored.push(criterion.raw_key.clone());
+            continue;
+        }
+        applied.push((
+            criterion.raw_key.clone(),
+            criterion
+                .values
+                .iter()
+                .map(|v| v.replace(',', "\\,"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        from_where.push(" AND ");
+        let single = types.len() == 1;
+        if !single {
+            from_where.push("(");
+        }
+        for (i, (rt, m)) in per_type.iter().enumerate() {
+            if i > 0 {
+                from_where.push(" OR ");
+            }
+            if !single {
+                from_where.push("(r.res_type = ").text_bind(rt.as_str()).push(" AND ");
+            }
+            from_where
+                .push(if m.negated {
+                    "r.res_id NOT IN ("
+                } else {
+                    "r.res_id IN ("
+                })
+                .append(&m.ids)
+                .push(")");
+            if !single {
+                from_where.push(")");
+            }
+        }
+        if !single {
+            from_where.push(")");
+        }
+    }
+    let order_by = order_by(types, &search.sort)?;
+    Ok(Planned {
+        from_where,
+        order_by,
+        ignored,
+        applied,
+    })
+}
+
+fn find_param(rt: ResourceType, name: &str) -> Option<&'static SearchParam> {
+    rt.search_params().iter().find(|p| p.code == name)
+}
+
+fn bad_value(criterion: &Criterion, value: &str, why: &str) -> Error {
+    Error::Invalid(format!(
+        "search parameter '{}': value '{value}' {why}",
+        criterion.raw_key
+    ))
+}
+
+/// The ids of `rt` that match `key` with any of `values`. None when the parameter is unknown for `rt`.
+fn matching(rt: ResourceType, key: &Key, values: &[String], c: &Criterion) -> Result<Option<Matching>, Error> {
+    match key {
+        Key::Param { name, modifier } => param_matching(rt, name, modifier.as_deref(), values, c),
+        Key::Chain {
+            name,
+            target_type,
+            rest,
+        } => {
+            let Some(p) = find_param(rt, name) else { return Ok(None) };
+            if p.kind != ParamType::Reference {
+                return Err(Error::Invalid(format!(
+                    "search parameter '{}': '{name}' is not a reference and cannot be chained",
+                    c.raw_key
+                )));
+            }
+            let mut ids = Sql::new("SELECT res_id FROM idx_reference WHERE res_type = ");
+            ids.text_bind(rt.as_str())
+                .push(" AND param = ")
+                .text_bind(name.as_str())
+                .push(" AND (");
+            let mut any = false;
+            for target in reference_targets(rt, name, target_type.as_deref()) {
+                let Some(target_rt) = ResourceType::parse(&target) else {
+                    continue;
+                };
+                let Some(inner) = matching(target_rt, rest, values, c)? else {
+                    continue;
+                };
+                if any {
+                    ids.push(" OR ");
+                }
+                any = true;
+                ids.push("(target_type = ")
+                    .text_bind(target_rt.as_str())
+                    .push(" AND target_id IN (");
+                ids.append(&positive(target_rt, inner)).push("))");
+            }
+            if !any {
+                return Err(Error::Invalid(format!(
+                    "search parameter '{}': no type that '{name}' refers to has the chained parameter",
+                    c.raw_key
+                )));
+            }
+            ids.push(")");
+            Ok(Some(Matching { negated: false, ids }))
+        }
+        Key::Has {
+            res_type,
+            reference,
+            rest,
+        } => {
+            let source = ResourceType::parse(res_type).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "search parameter '{}': type '{res_type}' is not hosted here",
+                    c.raw_key
+                ))
+            })?;
+            match find_param(source, reference) {
+                Some(p) if p.kind == ParamType::Reference => {}
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "search parameter '{}': '{reference}' is not a reference parameter of {source}",
+                        c.raw_key
+                    )))
+                }
+            }
+            let Some(inner) = matching(source, rest, values, c)? else {
+                return Err(Error::Invalid(format!(
+                    "search parameter '{}': unknown parameter for {source}",
+                    c.raw_key
+                )));
+            };
+            let mut ids = Sql::new("SELECT target_id FROM idx_reference WHERE res_type = ");
+            ids.text_bind(source.as_str())
+                .push(" AND param = ")
+                .text_bind(reference.as_str())
+                .push(" AND target_type = ")
+                .text_bind(rt.as_str())
+                .push(" AND res_id IN (")
+                .append(&positive(source, inner))
+                .push(")");
+            Ok(Some(Matching { negated: false, ids }))
+        }
+    }
+}
+
+/// The ids of a matching as a positive set (a negated one becomes "every live resource but these").
+fn positive(rt: ResourceType, m: Matching) -> Sql {
+    if !m.negated {
+        return m.ids;
+    }
+    let mut sql = Sql::new("SELECT res_id FROM resources WHERE res_type = ");
+    sql.text_bind(rt.as_str())
+        .push(" AND deleted = false AND res_id NOT IN (")
+        .append(&m.ids)
+        .push(")");
+    sql
+}
+
+fn table_of(kind: ParamType) -> Option<&'static str> {
+    match kind {
+        ParamType::Token => Some("idx_token"),
+        ParamType::String => Some("idx_string"),
+        ParamType::Date => Some("idx_date"),
+        ParamType::Reference => Some("idx_reference"),
+        ParamType::Uri => Some("idx_uri"),
+        ParamType::Number | ParamType::Quantity => Some("idx_number"),
+        ParamType::Composite | ParamType::Special => None,
+    }
+}
+
+/// `SELECT res_id FROM <table> WHERE res_type = ? AND param = ?`, ready for `AND (…)`.
+fn select_ids(table: &str, rt: ResourceType, param: &str) -> Sql {
+    let mut sql = Sql::new(&format!("SELECT res_id FROM {table} WHERE res_type = "));
+    sql.text_bind(rt.as_str()).push(" AND param = ").text_bind(param);
+    sql
+}
+
+fn param_matching(
+    rt: ResourceType,
+    name: &str,
+    modifier: Option<&str>,
+    values: &[String],
+    c: &Criterion,
+) -> Result<Option<Matching>, Error> {
+    if values.iter().all(|v| v.is_empty()) {
+        return Err(Error::Invalid(format!("search parameter '{}' has no value", c.raw_key)));
+    }
+    match name {
+        "_id" => return id_matching(rt, modifier, values, c).map(Some),
+        "_lastUpdated" => return last_updated_matching(rt, modifier, values, c).map(Some),
+        _ => {}
+    }
+    let Some(p) = find_param(rt, name) else { return Ok(None) };
+    if !p.is_searchable() {
+        return Err(Error::Invalid(format!(
+            "search parameter '{}' is not supported by this server",
+            c.raw_key
+        )));
+    }
+    let table = table_of(p.kind).ok_or_else(|| {
+        Error::Invalid(format!(
+            "search parameter '{}': {} parameters are not supported yet",
+            c.raw_key,
+            p.kind.as_str()
+        ))
+    })?;
+    if modifier == Some("missing") {
+        let missing = match values {
+            [v] if v == "true" => true,
+            [v] if v == "false" => false,
+            _ => return Err(bad_value(c, &values.join(","), "is not true or false")),
+        };
+        return Ok(Some(Matching {
+            negated: missing,
+            ids: select_ids(table, rt, name),
+        }));
+    }
+    let (negated, column_param, per_value): (bool, String, ValueCondition) = match (p.kind, modifier) {
+        (ParamType::Token, None) => (false, name.to_string(), token_condition),
+        (ParamType::Token, Some("not")) => (true, name.to_string(), token_condition),
+        (ParamType::Token, Some("text")) => (false, name.to_string(), token_text_condition),
+        (ParamType::Token, Some("of-type")) if name == "identifier" => {
+            (false, format!("{name}{}", index::OF_TYPE_SUFFIX), of_type_condition)
+        }
+        (ParamType::String, None) => (false, name.to_string(), string_prefix_condition),
+        (ParamType::String, Some("exact")) => (false, name.to_string(), string_exact_condition),
+        (ParamType::String, Some("contains")) => (false, name.to_string(), string_contains_condition),
+        (ParamType::Date, None) => (false, name.to_string(), date_condition),
+        (ParamType::Reference, None) => (false, name.to_string(), reference_condition),
+        (ParamType::Reference, Some("identifier")) => {
+            (false, format!("{name}{}", index::IDENTIFIER_SUFFIX), token_condition)
+        }
+        (ParamType::Reference, Some(t))
+            if ResourceType::parse(t).is_some() || t.starts_with(|ch: char| ch.is_ascii_uppercase()) =>
+        {
+            let mut ids = select_ids(table, rt, name);
+            ids.push(" AND target_type = ").text_bind(t).push(" AND (");
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    ids.push(" OR ");
+                }
+                let id = v.strip_prefix(&format!("{t}/")).unwrap_or(v);
+                if id.contains('/') {
+                    return Err(bad_value(c, v, &format!("is not an id of a {t}")));
+                }
+                ids.push("target_id = ").text_bind(id);
+            }
+            ids.push(")");
+            return Ok(Some(Matching { negated: false, ids }));
+        }
+        (ParamType::Uri, None) => (false, name.to_string(), uri_condition),
+        (ParamType::Uri, Some("below")) => (false, name.to_string(), uri_below_condition),
+        (ParamType::Uri, Some("above")) => (false, name.to_string(), uri_above_condition),
+        (ParamType::Number | ParamType::Quantity, None) => (false, name.to_string(), number_condition),
+        (kind, Some(m)) => {
+            return Err(Error::Invalid(format!(
+                "search parameter '{}': modifier ':{m}' is not supported for {} parameters",
+                c.raw_key,
+                kind.as_str()
+            )))
+        }
+        (kind, None) => {
+            return Err(Error::Invalid(format!(
+                "search parameter '{}': {} parameters are not supported yet",
+                c.raw_key,
+                kind.as_str()
+            )))
+        }
+    };
+    let table = if column_param.ends_with(index::IDENTIFIER_SUFFIX) {
+        "idx_token"
+    } else {
+        table
+    };
+    let mut ids = select_ids(table, rt, &column_param);
+    ids.push(" AND (");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            ids.push(" OR ");
+        }
+        ids.push("(");
+        per_value(&mut ids, v, c)?;
+        ids.push(")");
+    }
+    ids.push(")");
+    Ok(Some(Matching { negated, ids }))
+}
+
+fn token_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
+    match split_pipe(value) {
+        (None, code) => {
+            sql.push("code = ").text_bind(code);
+        }
+        (Some(system), code) if system.is_empty() => {
+            sql.push("system IS NULL AND code = ").text_bind(code);
+        }
+        (Some(system), code) if code.is_empty() => {
+            sql.push("system = ").text_bind(system);
+        }
+        (Some(system), code) => {
+            sql.push("system = ")
+                .text_bind(system)
+                .push(" AND code = ")
+                .text_bind(code);
+        }
+    }
+    Ok(())
+}
+
+fn token_text_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
+    sql.push("display LIKE ")
+        .text_bind(format!("%{}%", like_escape(&index::normalize(&unescape(value)))))
+        .push(" ESCAPE '\\'");
+    Ok(())
+}
+
+/// `identifier:of-type=system|code|value` (the type's system and code, then the identifier value).
+fn of_type_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Error> {
+    let parts: Vec<&str> = value.splitn(3, '|').collect();
+    match parts.as_slice() {
+        [system, code, v] if !code.is_empty() && !v.is_empty() => {
+            sql.push("code = ").text_bind(format!("{code}|{v}"));
+            if !system.is_empty() {
+                sql.push(" AND system = ").text_bind(*system);
+            }
+            Ok(())
+        }
+        _ => Err(bad_value(c, value, "is not system|code|value")),
+    }
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+fn string_prefix_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
+    sql.push("norm LIKE ")
+        .text_bind(format!("{}%", like_escape(&index::normalize(&unescape(value)))))
+        .push(" ESCAPE '\\'");
+    Ok(())
+}
+
+fn string_contains_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
+    sql.push("norm LIKE ")
+        .text_bind(format!("%{}%", like_escape(&index::normalize(&unescape(value)))))
+        .push(" ESCAPE '\\'");
+    Ok(())
+}
+
+fn string_exact_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
+    sql.push("exact = ").text_bind(unescape(value));
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+fn split_prefix(value: &str) -> (Prefix, &str) {
+    let prefixes = [
+        ("eq", Prefix::Eq),
+        ("ne", Prefix::Ne),
+        ("gt", Prefix::Gt),
+        ("lt", Prefix::Lt),
+        ("ge", Prefix::Ge),
+        ("le", Prefix::Le),
+        ("sa", Prefix::Sa),
+        ("eb", Prefix::Eb),
+        ("ap", Prefix::Ap),
+    ];
+    for (text, prefix) in prefixes {
+        if let Some(rest) = value.strip_prefix(text) {
+            return (prefix, rest);
+        }
+    }
+    (Prefix::Eq, value)
+}
+
+/// search.html#prefix for ranges: the target [low, high] against the search value [s_low, s_high].
+fn range_condition(sql: &mut Sql, prefix: Prefix, low: &str, high: &str, s_low: i64, s_high: i64) {
+    let contained = |sql: &mut Sql| {
+        sql.push(&format!("({low} >= "))
+            .int_bind(s_low)
+            .push(&format!(" AND {high} <= "))
+            .int_bind(s_high)
+            .push(")");
+    };
+    match prefix {
+        Prefix::Eq => contained(sql),
+        Prefix::Ne => {
+            sql.push("NOT ");
+            contained(sql);
+        }
+        Prefix::Gt => {
+            sql.push(&format!("{high} > ")).int_bind(s_high);
+        }
+        Prefix::Lt => {
+            sql.push(&format!("{low} < ")).int_bind(s_low);
+        }
+        Prefix::Ge => {
+            sql.push(&format!("({high} > ")).int_bind(s_high).push(" OR ");
+            contained(sql);
+            sql.push(")");
+        }
+        Prefix::Le => {
+            sql.push(&format!("({low} < ")).int_bind(s_low).push(" OR ");
+            contained(sql);
+            sql.push(")");
+        }
+        Prefix::Sa => {
+            sql.push(&format!("{low} > ")).int_bind(s_high);
+        }
+        Prefix::Eb => {
+            sql.push(&format!("{high} < ")).int_bind(s_low);
+        }
+        Prefix::Ap => {
+            // Approximately: within 10% of the distance from now (at least a day), as search.html suggests.
+            let gap = (dates::now_millis() - s_low).abs() / 10;
+            let slack = gap.max(86_400_000);
+            sql.push(&format!("({low} <= "))
+                .int_bind(s_high.saturating_add(slack))
+                .push(&format!(" AND {high} >= "))
+                .int_bind(s_low.saturating_sub(slack))
+                .push(")");
+        }
+    }
+}
+
+fn date_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Error> {
+    let (prefix, date) = split_prefix(value);
+    let range = dates::parse_range(date).ok_or_else(|| bad_value(c, value, "is not a FHIR date (such as 2026, 2026-11, 2026-11-23 or 2026-11-23T10:00:00Z) with an optional prefix (eq ne lt gt le ge sa eb ap)"))?;
+    range_condition(sql, prefix, "low", "high", range.low, range.high);
+    Ok(())
+}
+
+fn reference_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Error> {
+    if value.contains("://") || value.starts_with("urn:") {
+        sql.push("url = ").text_bind(value);
+        return Ok(());
+    }
+    let parts: Vec<&str> = value.split('/').collect();
+    match parts.as_slice() {
+        [id] => {
+            sql.push("target_id = ").text_bind(*id);
+        }
+        [t, id] | [t, id, "_history", _] => {
+            sql.push("target_type = ")
+                .text_bind(*t)
+                .push(" AND target_id = ")
+                .text_bind(*id);
+        }
+        _ => {
+            return Err(bad_value(
+                c,
+                value,
+                "is not a reference (id, Type/id or an absolute URL)",
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn uri_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
+    sql.push("uri = ").text_bind(value);
+    Ok(())
+}
+
+fn uri_below_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
+    sql.push("uri LIKE ")
+        .text_bind(format!("{}%", like_escape(value)))
+        .push(" ESCAPE '\\'");
+    Ok(())
+}
+
+fn uri_above_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
+    sql.push("substr(").text_bind(value).push(", 1, length(uri)) = uri");
+    Ok(())
+}
+
+/// `[prefix]number[|system|code]`; a number matches within its implicit precision (search.html#number).
+fn number_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Error> {
+    let (prefix, rest) = split_prefix(value);
+    let mut parts = rest.splitn(3, '|');
+    let number = parts.next().unwrap_or("");
+    let n: f64 = number
+        .parse()
+        .map_err(|_| bad_value(c, value, "is not a number with an optional prefix"))?;
+    let decimals = number.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
+    let half = 0.5 * 10f64.powi(-decimals);
+    let (low, high) = (n - half, n + half);
+    match prefix {
+        Prefix::Eq | Prefix::Ap => sql
+            .push("value >= ")
+            .float_bind(low)
+            .push(" AND value < ")
+            .float_bind(high),
+        Prefix::Ne => sql
+            .push("NOT (value >= ")
+            .float_bind(low)
+            .push(" AND value < ")
+            .float_bind(high)
+            .push(")"),
+        Prefix::Gt | Prefix::Sa => sql.push("value > ").float_bind(n),
+        Prefix::Lt | Prefix::Eb => sql.push("value < ").float_bind(n),
+        Prefix::Ge => sql.push("value >= ").float_bind(n),
+        Prefix::Le => sql.push("value <= ").float_bind(n),
+    };
+    if let Some(system) = parts.next().filter(|s| !s.is_empty()) {
+        sql.push(" AND system = ").text_bind(system);
+    }
+    if let Some(code) = parts.next().filter(|s| !s.is_empty()) {
+        sql.push(" AND code = ").text_bind(code);
+    }
+    Ok(())
+}
+
+fn id_matching(rt: ResourceType, modifier: Option<&str>, values: &[String], c: &Criterion) -> Result<Matching, Error> {
+    let negated = match modifier {
+        None => false,
+        Some("not") => true,
+        Some(m) => {
+            return Err(Error::Invalid(format!(
+                "search parameter '{}': modifier ':{m}' is not supported for _id",
+                c.raw_key
+            )))
+        }
+    };
+    let mut ids = Sql::new("SELECT res_id FROM resources WHERE res_type = ");
+    ids.text_bind(rt.as_str()).push(" AND res_id IN (");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            ids.push(", ");
+        }
+        ids.text_bind(v.as_str());
+    }
+    ids.push(")");
+    Ok(Matching { negated, ids })
+}
+
+fn last_updated_matching(
+    rt: ResourceType,
+    modifier: Option<&str>,
+    values: &[String],
+    c: &Criterion,
+) -> Result<Matching, Error> {
+    if let Some(m) = modifier {
+        return Err(Error::Invalid(format!(
+            "search parameter '{}': modifier ':{m}' is not supported for _lastUpdated",
+            c.raw_key
+        )));
+    }
+    let mut ids = Sql::new("SELECT res_id FROM resources WHERE res_type = ");
+    ids.text_bind(rt.as_str()).push(" AND (");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            ids.push(" OR ");
+        }
+        let (prefix, date) = split_prefix(v);
+        let range = dates::parse_range(date)
+            .ok_or_else(|| bad_value(c, v, "is not a FHIR date or instant with an optional prefix"))?;
+        range_condition(&mut ids, prefix, "last_updated", "last_updated", range.low, range.high);
+    }
+    ids.push(")");
+    Ok(Matching { negated: false, ids })
+}
+
+/// `ORDER BY` for `_sort`: a multi-valued parameter sorts by its lowest value ascending, its highest
+/// descending (search.html#_sort); ties are broken by last update and id, so the order is total.
+fn order_by(types: &[ResourceType], sort: &[SortKey]) -> Result<Sql, Error> {
+    let mut sql = Sql::new("");
+    for key in sort {
+        let dir = if key.descending { "DESC" } else { "ASC" };
+        match key.param.as_str() {
+            "_id" => {
+                sql.push(&format!("r.res_id {dir}, "));
+                continue;
+            }
+            "_lastUpdated" => {
+                sql.push(&format!("r.last_updated {dir}, "));
+                continue;
+            }
+            _ => {}
+        }
+        let kind = types
+            .iter()
+            .find_map(|rt| find_param(*rt, &key.param))
+            .map(|p| p.kind)
+            .ok_or_else(|| Error::Invalid(format!("_sort: unknown search parameter '{}'", key.param)))?;
+        let agg = if key.descending { "MAX" } else { "MIN" };
+        let (table, column) = match kind {
+            ParamType::String => ("idx_string", "norm"),
+            ParamType::Token => ("idx_token", "code"),
+            ParamType::Date => ("idx_date", if key.descending { "high" } else { "low" }),
+            ParamType::Reference => ("idx_reference", "target_id"),
+            ParamType::Uri => ("idx_uri", "uri"),
+            ParamType::Number | ParamType::Quantity => ("idx_number", "value"),
+            ParamType::Composite | ParamType::Special => {
+                return Err(Error::Invalid(format!(
+                    "_sort: cannot sort by the {} parameter '{}'",
+                    kind.as_str(),
+                    key.param
+                )))
+            }
+        };
+        sql.push(&format!("(SELECT {agg}(x.{column}) FROM {table} x WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.param = "))
+            .text_bind(key.param.as_str())
+            .push(&format!(") {dir} NULLS LAST, "));
+    }
+    sql.push("r.last_updated ASC, r.res_type ASC, r.res_id ASC");
+    Ok(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(rt: &str, q: &[(&str, &str)]) -> Result<Planned, Error> {
+        let pairs: Vec<(String, String)> = q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        plan(&[ResourceType::parse(rt).unwrap()], &Search::parse(&pairs)?, false)
+    }
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        let mut sql = Sql::new("a = ");
+        sql.text_bind("x").push(" AND b = ").int_bind(1);
+        assert_eq!(sql.text_for(true), "a = $1 AND b = $2");
+        assert_eq!(sql.text_for(false), "a = ? AND b = ?");
+    }
+
+    #[test]
+    fn criteria_become_index_subqueries() {
+        let p = planned("Appointment", &[("date", "ge2026-01-01"), ("actor", "Practitioner/d1")]).unwrap();
+        let text = &p.from_where.text;
+        assert!(
+            text.contains("r.res_id IN (SELECT res_id FROM idx_date WHERE res_type = ? AND param = ?"),
+            "{text}"
+        );
+        assert!(text.contains("SELECT res_id FROM idx_reference WHERE res_type = ? AND param = ? AND ((target_type = ? AND target_id = ?))"), "{text}");
+        assert!(!text.contains("body"), "never the stored JSON");
+    }
+
+    #[test]
+    fn unknown_parameters_are_ignored_or_refused() {
+        let p = planned("Patient", &[("colour", "blue"), ("family", "x")]).unwrap();
+        assert_eq!(p.ignored, vec!["colour".to_string()]);
+        let pairs = vec![("colour".to_string(), "blue".to_string())];
+        assert!(plan(
+            &[ResourceType::parse("Patient").unwrap()],
+            &Search::parse(&pairs).unwrap(),
+            true
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn malformed_values_name_the_parameter() {
+        let Err(Error::Invalid(msg)) = planned("Patient", &[("birthdate", "gt2026-13-45")]) else {
+            panic!()
+        };
+        assert!(msg.contains("birthdate"), "{msg}");
+        assert!(planned("Patient", &[("family:below", "x")]).is_err());
+        assert!(planned("Patient", &[("_sort", "colour")]).is_err());
+        assert!(planned("Patient", &[("active:missing", "maybe")]).is_err());
+    }
+}
