@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::both_backends;
 use crate::helpers::*;
 
-const HOSTED: [&str; 9] = [
+pub const HOSTED: [&str; 9] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -19,7 +19,7 @@ const HOSTED: [&str; 9] = [
 ];
 
 /// (type, id, json file, xml file) for every example of a hosted type.
-fn manifest() -> Vec<(String, String, String, String)> {
+pub fn manifest() -> Vec<(String, String, String, String)> {
     fixture("MANIFEST.tsv")
         .lines()
         .skip(1)
@@ -146,7 +146,7 @@ fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
     }
 }
 
-async fn put_stubs(app: &TestApp, rt: &str, id: &str, example: &Value) {
+pub async fn put_stubs(app: &TestApp, rt: &str, id: &str, example: &Value) {
     let mut refs = Vec::new();
     local_references(example, &mut refs);
     for (t, target) in refs {

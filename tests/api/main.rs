@@ -12,3 +12,5 @@ mod formats;
 mod history;
 mod metadata;
 mod restart;
+mod search;
+mod search_params;

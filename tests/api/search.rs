@@ -1,0 +1,328 @@
+//! Search semantics (search.html) on a small clinic: modifiers, prefixes, chains, _has, includes,
+//! sorting, result parameters and handling.
+
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+/// Ids of the matches of a search, in order.
+async fn matches(app: &TestApp, path_and_query: &str) -> Vec<String> {
+    let res = app.get(path_and_query).await;
+    assert_eq!(res.status(), 200, "{path_and_query}");
+    let bundle: Value = res.json().await.unwrap();
+    assert_eq!(bundle["type"], "searchset");
+    mode_ids(&bundle, "match")
+}
+
+fn mode_ids(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"].as_array().map_or(vec![], |e| {
+        e.iter()
+            .filter(|e| e["search"]["mode"] == mode)
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap(),
+                    e["resource"]["id"].as_str().unwrap()
+                )
+            })
+            .collect()
+    })
+}
+
+async fn put(app: &TestApp, body: Value) {
+    let path = format!(
+        "{}/{}",
+        body["resourceType"].as_str().unwrap(),
+        body["id"].as_str().unwrap()
+    );
+    let res = app.put_json(&path, &body).await;
+    assert!(res.status().is_success(), "{path}: {}", res.text().await.unwrap());
+}
+
+/// Two therapists, three clients, a support group with its care team and sessions.
+async fn clinic(app: &TestApp) {
+    put(
+        app,
+        json!({"resourceType": "Organization", "id": "clinic", "name": "Harbour Counselling"}),
+    )
+    .await;
+    put(app, json!({"resourceType": "Location", "id": "room-1", "name": "Room One", "managingOrganization": {"reference": "Organization/clinic"}})).await;
+    put(app, json!({"resourceType": "Practitioner", "id": "moss", "name": [{"family": "Moss", "given": ["Dana"]}], "active": true})).await;
+    put(app, json!({"resourceType": "Practitioner", "id": "ngata", "name": [{"family": "Ngata", "given": ["Hemi"]}], "active": false})).await;
+    put(app, json!({"resourceType": "Patient", "id": "ann", "active": true, "gender": "female", "birthDate": "1980-05-17",
+        "name": [{"family": "Ökafor", "given": ["Ann"]}], "managingOrganization": {"reference": "Organization/clinic"},
+        "identifier": [{"system": "urn:mrn", "value": "A-1", "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
+        "generalPractitioner": [{"reference": "Practitioner/moss"}]})).await;
+    put(
+        app,
+        json!({"resourceType": "Patient", "id": "bob", "active": true, "gender": "male", "birthDate": "1990-01-02",
+        "name": [{"family": "Brandt", "given": ["Bob"]}], "identifier": [{"system": "urn:mrn", "value": "B-2"}],
+        "generalPractitioner": [{"reference": "Practitioner/ngata"}]}),
+    )
+    .await;
+    put(
+        app,
+        json!({"resourceType": "Patient", "id": "cy", "gender": "other", "birthDate": "2001",
+        "name": [{"family": "Okafor-Smith", "given": ["Cy"]}]}),
+    )
+    .await;
+    put(
+        app,
+        json!({"resourceType": "Group", "id": "grief", "type": "person", "actual": true, "name": "Grief support",
+        "managingEntity": {"reference": "Practitioner/moss"},
+        "member": [{"entity": {"reference": "Patient/ann"}}, {"entity": {"reference": "Patient/bob"}}]}),
+    )
+    .await;
+    put(app, json!({"resourceType": "CareTeam", "id": "grief-team", "status": "active", "subject": {"reference": "Group/grief"},
+        "participant": [{"member": {"reference": "Practitioner/moss"}}]})).await;
+    let session = |id: &str, start: &str, end: &str, status: &str, patient: &str, practitioner: &str| {
+        json!({
+        "resourceType": "Appointment", "id": id, "status": status, "start": start, "end": end,
+        "participant": [
+            {"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"},
+            {"actor": {"reference": format!("Practitioner/{practitioner}")}, "status": "accepted"},
+            {"actor": {"reference": "Location/room-1"}, "status": "accepted"}
+        ]})
+    };
+    put(
+        app,
+        session(
+            "s1",
+            "2026-11-02T10:00:00Z",
+            "2026-11-02T10:50:00Z",
+            "fulfilled",
+            "ann",
+            "moss",
+        ),
+    )
+    .await;
+    put(
+        app,
+        session(
+            "s2",
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T10:50:00Z",
+            "booked",
+            "ann",
+            "moss",
+        ),
+    )
+    .await;
+    put(
+        app,
+        session(
+            "s3",
+            "2026-12-01T09:00:00Z",
+            "2026-12-01T09:50:00Z",
+            "booked",
+            "bob",
+            "ngata",
+        ),
+    )
+    .await;
+}
+
+both_backends! {
+    async fn string_search_is_case_and_accent_insensitive_prefix_with_exact_and_contains(app: TestApp) {
+        clinic(&app).await;
+        assert_eq!(matches(&app, "Patient?family=okafor").await, ["Patient/ann", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?family=OKA").await, ["Patient/ann", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?family:exact=Ökafor").await, ["Patient/ann"]);
+        assert!(matches(&app, "Patient?family:exact=okafor").await.is_empty());
+        assert_eq!(matches(&app, "Patient?family:contains=smi").await, ["Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?name=bob").await, ["Patient/bob"]);
+        // Several values are OR; repeating the parameter is AND.
+        assert_eq!(matches(&app, "Patient?family=brandt,okafor-s").await, ["Patient/bob", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?family=okafor&given=cy").await, ["Patient/cy"]);
+        // % and _ are literal characters, not wildcards.
+        assert!(matches(&app, "Patient?family=%25").await.is_empty());
+    }
+
+    async fn token_search_forms_and_modifiers(app: TestApp) {
+        clinic(&app).await;
+        assert_eq!(matches(&app, "Patient?gender=male").await, ["Patient/bob"]);
+        assert_eq!(matches(&app, "Patient?identifier=urn:mrn|A-1").await, ["Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?identifier=urn:mrn|").await, ["Patient/ann", "Patient/bob"]);
+        assert!(matches(&app, "Patient?identifier=|A-1").await.is_empty(), "A-1 has a system");
+        assert_eq!(matches(&app, "Patient?gender=%7Cmale").await, ["Patient/bob"], "gender codes carry no system");
+        assert_eq!(matches(&app, "Patient?identifier=B-2").await, ["Patient/bob"]);
+        assert_eq!(matches(&app, "Patient?gender:not=male").await, ["Patient/ann", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|A-1").await, ["Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?active=true").await, ["Patient/ann", "Patient/bob"]);
+        assert_eq!(matches(&app, "Practitioner?active=false").await, ["Practitioner/ngata"]);
+        assert_eq!(matches(&app, "Appointment?status=booked,fulfilled&_sort=_id").await, ["Appointment/s1", "Appointment/s2", "Appointment/s3"]);
+    }
+
+    async fn missing_finds_resources_with_and_without_a_value(app: TestApp) {
+        clinic(&app).await;
+        assert_eq!(matches(&app, "Patient?active:missing=true").await, ["Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?active:missing=false").await, ["Patient/ann", "Patient/bob"]);
+        assert_eq!(matches(&app, "Patient?general-practitioner:missing=true").await, ["Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?birthdate:missing=false&_sort=_id").await, ["Patient/ann", "Patient/bob", "Patient/cy"]);
+    }
+
+    async fn date_prefixes_compare_implicit_ranges(app: TestApp) {
+        clinic(&app).await;
+        // cy's birthDate is the whole year 2001.
+        assert_eq!(matches(&app, "Patient?birthdate=2001").await, ["Patient/cy"]);
+        assert!(matches(&app, "Patient?birthdate=2001-06-01").await.is_empty(), "2001 is not within a day");
+        assert_eq!(matches(&app, "Patient?birthdate=1980-05").await, ["Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?birthdate=eq1980-05-17").await, ["Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?birthdate=ne1980-05-17&_sort=_id").await, ["Patient/bob", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?birthdate=lt1990&_sort=_id").await, ["Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?birthdate=le1990-01-02&_sort=_id").await, ["Patient/ann", "Patient/bob"]);
+        assert_eq!(matches(&app, "Patient?birthdate=gt1990-01-02").await, ["Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?birthdate=ge1990-01-02&_sort=_id").await, ["Patient/bob", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?birthdate=sa1990-01-01").await, ["Patient/bob", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?birthdate=eb1990-01-01").await, ["Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?birthdate=ap1980-05-18").await, ["Patient/ann"]);
+        // Ranges: sessions on one day, and in a window.
+        assert_eq!(matches(&app, "Appointment?date=2026-11-23").await, ["Appointment/s2"]);
+        assert_eq!(matches(&app, "Appointment?date=ge2026-11-10&date=lt2026-12-31&_sort=date").await, ["Appointment/s2", "Appointment/s3"]);
+        assert_eq!(matches(&app, "Appointment?date=2026-11-23T10:00:00Z").await, ["Appointment/s2"]);
+        assert_eq!(matches(&app, "Patient?_lastUpdated=gt2000-01-01&_sort=_id").await.len(), 3);
+        assert!(matches(&app, "Patient?_lastUpdated=lt2000-01-01").await.is_empty());
+    }
+
+    async fn reference_forms_and_modifiers(app: TestApp) {
+        clinic(&app).await;
+        assert_eq!(matches(&app, "Appointment?patient=Patient/ann&_sort=_id").await, ["Appointment/s1", "Appointment/s2"]);
+        assert_eq!(matches(&app, "Appointment?patient=ann&_sort=_id").await, ["Appointment/s1", "Appointment/s2"]);
+        assert_eq!(matches(&app, "Appointment?actor:Practitioner=ngata").await, ["Appointment/s3"]);
+        assert!(matches(&app, "Appointment?actor:Patient=ngata").await.is_empty());
+        assert_eq!(matches(&app, "Appointment?location=Location/room-1&_sort=_id").await.len(), 3);
+        assert_eq!(matches(&app, "CareTeam?subject=Group/grief").await, ["CareTeam/grief-team"]);
+        assert_eq!(matches(&app, "Group?member=Patient/bob").await, ["Group/grief"]);
+        put(&app, json!({"resourceType": "CareTeam", "id": "remote", "status": "active",
+            "subject": {"reference": "https://ehr.example.org/fhir/Patient/7", "identifier": {"system": "urn:ehr", "value": "7"}}})).await;
+        assert_eq!(matches(&app, "CareTeam?subject=https://ehr.example.org/fhir/Patient/7").await, ["CareTeam/remote"]);
+        assert_eq!(matches(&app, "CareTeam?subject:identifier=urn:ehr|7").await, ["CareTeam/remote"]);
+    }
+
+    async fn chains_and_reverse_chains(app: TestApp) {
+        clinic(&app).await;
+        assert_eq!(matches(&app, "Appointment?patient.identifier=urn:mrn|B-2").await, ["Appointment/s3"]);
+        assert_eq!(matches(&app, "Appointment?actor:Practitioner.name=moss&_sort=_id").await, ["Appointment/s1", "Appointment/s2"]);
+        assert_eq!(matches(&app, "Appointment?patient.family=okafor&_sort=_id").await, ["Appointment/s1", "Appointment/s2"]);
+        assert_eq!(matches(&app, "Patient?organization.name=harbour").await, ["Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?_has:Appointment:patient:status=booked&_sort=_id").await, ["Patient/ann", "Patient/bob"]);
+        assert_eq!(matches(&app, "Patient?_has:Appointment:patient:date=2026-12-01").await, ["Patient/bob"]);
+        assert_eq!(matches(&app, "Practitioner?_has:Group:managing-entity:type=person").await, ["Practitioner/moss"]);
+        assert!(matches(&app, "Patient?_has:Appointment:patient:status=cancelled").await.is_empty());
+        assert_outcome(app.get("Appointment?status.name=x").await, 400, "invalid").await;
+        assert_outcome(app.get("Patient?_has:Spaceship:patient:status=x").await, 400, "invalid").await;
+    }
+
+    async fn include_and_revinclude_with_iterate(app: TestApp) {
+        clinic(&app).await;
+        let bundle = json(app.get("Appointment?_id=s3&_include=Appointment:patient&_include=Appointment:actor:Practitioner").await).await;
+        assert_eq!(mode_ids(&bundle, "match"), ["Appointment/s3"]);
+        let mut included = mode_ids(&bundle, "include");
+        included.sort();
+        assert_eq!(included, ["Patient/bob", "Practitioner/ngata"]);
+        assert_eq!(bundle["total"], 1, "included resources do not count");
+
+        let all = json(app.get("Appointment?_id=s3&_include=*").await).await;
+        let mut included = mode_ids(&all, "include");
+        included.sort();
+        assert_eq!(included, ["Location/room-1", "Patient/bob", "Practitioner/ngata"]);
+
+        let rev = json(app.get("Patient?_id=ann&_revinclude=Appointment:patient").await).await;
+        let mut included = mode_ids(&rev, "include");
+        included.sort();
+        assert_eq!(included, ["Appointment/s1", "Appointment/s2"]);
+
+        // Without :iterate the practitioner of the included sessions is not reached; with it, it is.
+        let once = json(app.get("Patient?_id=ann&_revinclude=Appointment:patient&_include=Appointment:practitioner").await).await;
+        assert!(!mode_ids(&once, "include").contains(&"Practitioner/moss".to_string()));
+        let iterated = json(app.get("Patient?_id=ann&_revinclude=Appointment:patient&_include:iterate=Appointment:practitioner").await).await;
+        assert!(mode_ids(&iterated, "include").contains(&"Practitioner/moss".to_string()));
+        // Each resource appears once.
+        let ids = mode_ids(&iterated, "include");
+        let mut unique = ids.clone();
+        unique.dedup();
+        assert_eq!(ids.len(), unique.len());
+    }
+
+    async fn sort_by_parameters_ids_and_last_updated(app: TestApp) {
+        clinic(&app).await;
+        assert_eq!(matches(&app, "Patient?_sort=birthdate").await, ["Patient/ann", "Patient/bob", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?_sort=-birthdate").await, ["Patient/cy", "Patient/bob", "Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?_sort=family").await, ["Patient/bob", "Patient/ann", "Patient/cy"]);
+        assert_eq!(matches(&app, "Patient?_sort=-_id").await, ["Patient/cy", "Patient/bob", "Patient/ann"]);
+        assert_eq!(matches(&app, "Patient?_sort=active,-_id").await, ["Patient/bob", "Patient/ann", "Patient/cy"], "no value sorts last");
+        assert_eq!(matches(&app, "Appointment?_sort=-date").await, ["Appointment/s3", "Appointment/s2", "Appointment/s1"]);
+        assert_eq!(matches(&app, "Patient?_sort=-_lastUpdated").await, ["Patient/cy", "Patient/bob", "Patient/ann"]);
+        assert_outcome(app.get("Patient?_sort=colour").await, 400, "invalid").await;
+    }
+
+    async fn result_parameters_shape_the_bundle(app: TestApp) {
+        clinic(&app).await;
+        let count = json(app.get("Patient?_summary=count").await).await;
+        assert_eq!(count["total"], 3);
+        assert!(count.get("entry").is_none());
+        let none = json(app.get("Patient?_total=none").await).await;
+        assert!(none.get("total").is_none());
+        let elements = json(app.get("Patient?_id=ann&_elements=gender").await).await;
+        let r = &elements["entry"][0]["resource"];
+        assert_eq!(r["gender"], "female");
+        assert!(r.get("name").is_none() && r.get("birthDate").is_none());
+        assert_eq!(r["id"], "ann");
+        assert!(r["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"));
+        let data = json(app.get("Appointment?_id=s1&_summary=data").await).await;
+        assert!(data["entry"][0]["resource"].get("text").is_none());
+        assert!(data["entry"][0]["resource"].get("participant").is_some());
+        assert_outcome(app.get("Patient?_summary=maybe").await, 400, "invalid").await;
+        assert_outcome(app.get("Patient?_count=-1").await, 400, "invalid").await;
+    }
+
+    async fn post_search_and_system_search(app: TestApp) {
+        clinic(&app).await;
+        let res = app.client.post(app.url("Patient/_search")).header("Content-Type", "application/x-www-form-urlencoded")
+            .body("family=okafor&_sort=_id").send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(mode_ids(&res.json().await.unwrap(), "match"), ["Patient/ann", "Patient/cy"]);
+        let res = app.client.post(app.url("Patient/_search")).header("Content-Type", FHIR_JSON).body("{}").send().await.unwrap();
+        assert_outcome(res, 415, "not-supported").await;
+
+        let system = matches(&app, "?_type=Patient,Practitioner&_sort=_id").await;
+        assert_eq!(system, ["Patient/ann", "Patient/bob", "Patient/cy", "Practitioner/moss", "Practitioner/ngata"]);
+        assert_eq!(matches(&app, "?_id=moss").await, ["Practitioner/moss"]);
+        assert_outcome(app.get("?_type=Spaceship").await, 404, "not-supported").await;
+    }
+
+    async fn unknown_parameters_are_reported_or_refused(app: TestApp) {
+        clinic(&app).await;
+        let lenient = json(app.get("Patient?colour=blue&gender=male").await).await;
+        assert_eq!(mode_ids(&lenient, "match"), ["Patient/bob"]);
+        let outcome = lenient["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").unwrap();
+        assert!(outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("colour"));
+        let self_link = lenient["link"][0]["url"].as_str().unwrap();
+        assert!(self_link.contains("gender=male") && !self_link.contains("colour"), "{self_link}");
+
+        let strict = app.client.get(app.url("Patient?colour=blue")).header("Prefer", "handling=strict").send().await.unwrap();
+        let body = assert_outcome(strict, 400, "invalid").await;
+        assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("colour"));
+        // A malformed value names its parameter.
+        let body = assert_outcome(app.get("Appointment?date=gt2026-13-45").await, 400, "invalid").await;
+        assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("date"));
+        assert_outcome(app.get("Patient?family:below=x").await, 400, "invalid").await;
+    }
+
+    async fn deleted_resources_are_not_found(app: TestApp) {
+        clinic(&app).await;
+        app.client.delete(app.url("Patient/cy")).send().await.unwrap();
+        assert_eq!(matches(&app, "Patient?family=okafor").await, ["Patient/ann"]);
+        assert!(matches(&app, "Patient?_id=cy").await.is_empty());
+    }
+
+    async fn search_results_render_as_xml(app: TestApp) {
+        clinic(&app).await;
+        let res = app.get("Patient?_id=ann&_format=xml").await;
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        assert!(text.contains("<Bundle xmlns=\"http://hl7.org/fhir\">") && text.contains("<type value=\"searchset\"/>"), "{text}");
+        assert!(text.contains("<mode value=\"match\"/>"));
+    }
+}

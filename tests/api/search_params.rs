@@ -1,0 +1,190 @@
+//! Every search parameter of every hosted type finds what it should (a hit) and nothing when no
+//! resource has the value (a miss). The corpus is the official HL7 examples, stored through the API,
+//! plus a few resources of ours for parameters no official example exercises.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+use tandem::resources::{dates, index, ResourceType};
+
+use crate::both_backends;
+use crate::examples::{manifest, put_stubs};
+use crate::helpers::*;
+
+/// Resources for the parameters that no official example of our types has a value for.
+fn extra_resources() -> Vec<Value> {
+    vec![
+        json!({"resourceType": "Patient", "id": "extra-patient", "deceasedDateTime": "2020-02-02T10:00:00Z"}),
+        json!({"resourceType": "Appointment", "id": "extra-appointment", "status": "booked",
+               "basedOn": [{"reference": "ServiceRequest/sr-1"}], "slot": [{"reference": "Slot/slot-1"}],
+               "reasonReference": [{"reference": "Condition/cond-1"}], "supportingInformation": [{"reference": "Patient/extra-patient"}],
+               "extension": [{"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject", "valueReference": {"reference": "Group/extra-group"}}],
+               "participant": [{"actor": {"reference": "Patient/extra-patient"}, "status": "accepted"}]}),
+        json!({"resourceType": "Group", "id": "extra-group", "type": "person", "actual": true, "code": {"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/group-focus", "code": "grief"}]},
+               "identifier": [{"system": "urn:tandem:group", "value": "G-1"}], "managingEntity": {"reference": "Practitioner/extra-practitioner"}}),
+        json!({"resourceType": "Practitioner", "id": "extra-practitioner", "active": true,
+               "address": [{"use": "work", "city": "Harbourton", "state": "HT", "postalCode": "1234", "country": "NZ"}],
+               "telecom": [{"system": "email", "value": "moss@clinic.example"}, {"system": "phone", "value": "+64 9 555 0100"}],
+               "communication": [{"coding": [{"system": "urn:ietf:bcp:47", "code": "en"}]}]}),
+        json!({"resourceType": "PractitionerRole", "id": "extra-role", "active": true, "period": {"start": "2026-01-01"},
+               "identifier": [{"system": "urn:tandem:role", "value": "R-1"}], "practitioner": {"reference": "Practitioner/extra-practitioner"},
+               "healthcareService": [{"reference": "HealthcareService/hs-1"}], "endpoint": [{"reference": "Endpoint/ep-1"}],
+               "telecom": [{"system": "phone", "value": "+64 9 555 0101"}, {"system": "email", "value": "role@clinic.example"}]}),
+        json!({"resourceType": "Location", "id": "extra-location", "operationalStatus": {"system": "http://terminology.hl7.org/CodeSystem/v2-0116", "code": "O"},
+               "endpoint": [{"reference": "Endpoint/ep-2"}], "partOf": {"reference": "Location/1"}}),
+        json!({"resourceType": "Organization", "id": "extra-organization", "endpoint": [{"reference": "Endpoint/ep-3"}], "partOf": {"reference": "Organization/1"}}),
+        json!({"resourceType": "CareTeam", "id": "extra-careteam", "status": "active", "identifier": [{"system": "urn:tandem:team", "value": "T-1"}],
+               "category": [{"coding": [{"system": "http://loinc.org", "code": "LA27976-2"}]}]}),
+        json!({"resourceType": "Consent", "id": "extra-consent", "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+               "category": [{"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/consent-category", "code": "group-confidentiality"}]}],
+               "identifier": [{"system": "urn:tandem:consent", "value": "C-1"}],
+               "sourceReference": {"reference": "Contract/k-1"},
+               "provision": {"period": {"start": "2026-01-01", "end": "2026-12-31"}, "actor": [{"role": {"text": "member"}, "reference": {"reference": "Group/extra-group"}}],
+                             "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
+                             "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+                             "data": [{"meaning": "related", "reference": {"reference": "Patient/extra-patient"}}]}}),
+    ]
+}
+
+/// Escapes a value part as search.html#escaping requires.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace('|', "\\|")
+        .replace('$', "\\$")
+}
+
+/// A query value that must find `entry`'s resource, or None when the entry is not searchable as such.
+fn hit_query(e: &Entry) -> Option<(String, String)> {
+    match e {
+        Entry::Token(t) if !t.param.contains(':') => match (&t.system, &t.code) {
+            (Some(s), Some(c)) => Some((t.param.clone(), format!("{}|{}", esc(s), esc(c)))),
+            (None, Some(c)) => Some((t.param.clone(), esc(c))),
+            (_, None) => t.display.as_ref().map(|d| (format!("{}:text", t.param), esc(d))),
+        },
+        Entry::String(s) => Some((format!("{}:exact", s.param), esc(&s.exact))),
+        Entry::Date(d) if d.low != i64::MIN => Some((d.param.clone(), format!("ge{}", dates::format_instant(d.low)))),
+        Entry::Date(d) => Some((d.param.clone(), format!("le{}", dates::format_instant(d.high)))),
+        Entry::Reference(r) => match (&r.target_type, &r.target_id, &r.url) {
+            (_, _, Some(url)) => Some((r.param.clone(), url.clone())),
+            (Some(t), Some(id), None) => Some((r.param.clone(), format!("{t}/{id}"))),
+            _ => None,
+        },
+        Entry::Uri(u) => Some((u.param.clone(), u.uri.clone())),
+        _ => None,
+    }
+}
+
+/// A query value of the parameter's type that no resource in the corpus has.
+fn miss_query(kind: tandem::resources::ParamType, param: &str) -> (String, String) {
+    use tandem::resources::ParamType::*;
+    match kind {
+        Token => (param.to_string(), "urn:no-such-system|no-such-code".into()),
+        String => (format!("{param}:exact"), "no such text at all".into()),
+        Date => (param.to_string(), "eb0001-01-01".into()),
+        Reference => (param.to_string(), "Patient/no-such-patient".into()),
+        Uri => (param.to_string(), "urn:no-such-uri".into()),
+        other => panic!("no miss query for {other:?}"),
+    }
+}
+
+enum Entry {
+    Token(index::TokenEntry),
+    String(index::StringEntry),
+    Date(index::DateEntry),
+    Reference(index::ReferenceEntry),
+    Uri(index::UriEntry),
+}
+
+async fn ids(app: &TestApp, rt: &str, key: &str, value: &str) -> Vec<String> {
+    let res = app
+        .client
+        .get(app.url(rt))
+        .query(&[(key, value), ("_count", "500")])
+        .header("Prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{rt}?{key}={value}");
+    let bundle: Value = res.json().await.unwrap();
+    bundle["entry"].as_array().map_or(vec![], |e| {
+        e.iter()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect()
+    })
+}
+
+both_backends! {
+    async fn every_search_parameter_has_a_hit_and_a_miss(app: TestApp) {
+        let mut corpus: Vec<Value> = manifest()
+            .into_iter()
+            .map(|(_, _, json_file, _)| serde_json::from_str(&fixture(&format!("json/{json_file}"))).unwrap())
+            .collect();
+        corpus.extend(extra_resources().into_iter().map(|mut r| {
+            // The official JSON examples carry no meta: these give _tag, _profile, _security, _source a value.
+            r["meta"] = json!({
+                "profile": [format!("https://tandem.example.org/fhir/StructureDefinition/{}", r["resourceType"].as_str().unwrap())],
+                "source": "https://ehr.example.org/fhir",
+                "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
+                "tag": [{"system": "https://tandem.example.org/fhir/CodeSystem/tag", "code": "imported"}]
+            });
+            r
+        }));
+        for r in &corpus {
+            let (rt, id) = (r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
+            put_stubs(&app, rt, id, r).await;
+            let res = app.put_json(&format!("{rt}/{id}"), r).await;
+            assert!(res.status().is_success(), "{rt}/{id}: {}", res.text().await.unwrap());
+        }
+
+        let mut covered: BTreeSet<(String, String)> = BTreeSet::new();
+        for r in &corpus {
+            let (rt, id) = (r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
+            let stored = json(app.get(&format!("{rt}/{id}")).await).await;
+            let e = index::extract(ResourceType::parse(rt).unwrap(), &stored);
+            let entries = e.tokens.into_iter().map(Entry::Token)
+                .chain(e.strings.into_iter().map(Entry::String))
+                .chain(e.dates.into_iter().map(Entry::Date))
+                .chain(e.references.into_iter().map(Entry::Reference))
+                .chain(e.uris.into_iter().map(Entry::Uri));
+            let mut asked = BTreeSet::new();
+            for entry in entries {
+                let Some((key, value)) = hit_query(&entry) else { continue };
+                let param = key.split(':').next().unwrap().to_string();
+                if !asked.insert(param.clone()) {
+                    continue; // one hit per parameter and resource keeps the run short
+                }
+                let found = ids(&app, rt, &key, &value).await;
+                assert!(found.contains(&id.to_string()), "{rt}?{key}={value} should find {rt}/{id}, found {found:?}");
+                covered.insert((rt.to_string(), param));
+            }
+        }
+
+        let mut uncovered = Vec::new();
+        for rt in ResourceType::all() {
+            for p in rt.search_params().iter().filter(|p| p.is_searchable()) {
+                match p.code.as_str() {
+                    "_id" => {
+                        assert!(!ids(&app, rt.as_str(), "_id", corpus.iter().find(|r| r["resourceType"] == rt.as_str()).unwrap()["id"].as_str().unwrap()).await.is_empty());
+                        assert!(ids(&app, rt.as_str(), "_id", "no-such-id").await.is_empty());
+                    }
+                    "_lastUpdated" => {
+                        assert!(!ids(&app, rt.as_str(), "_lastUpdated", "gt2000-01-01").await.is_empty());
+                        assert!(ids(&app, rt.as_str(), "_lastUpdated", "lt2000-01-01").await.is_empty());
+                    }
+                    code => {
+                        if !covered.contains(&(rt.as_str().to_string(), code.to_string())) {
+                            uncovered.push(format!("{rt}.{code}"));
+                            continue;
+                        }
+                        let (key, value) = miss_query(p.kind, code);
+                        let found = ids(&app, rt.as_str(), &key, &value).await;
+                        assert!(found.is_empty(), "{rt}?{key}={value} should find nothing, found {found:?}");
+                    }
+                }
+            }
+        }
+        assert!(uncovered.is_empty(), "parameters with no hit in the corpus: {uncovered:?}");
+    }
+}
