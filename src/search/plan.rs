@@ -85,7 +85,13 @@ type ValueCondition = fn(&mut Sql, &str, &Criterion) -> Result<(), Error>;
 /// A set of resource ids of one type, or (negated) its complement.
 struct Matching {
     negated: bool,
+    /// `SELECT res_id FROM …`: the set, to drive a search (`r.res_id IN (…)`).
     ids: Sql,
+    /// `SELECT 1 FROM … WHERE res_type = r.res_type AND res_id = r.res_id AND …`: the same test for
+    /// one candidate, through the index table's owner index (`EXISTS (…)`). Range criteria have
+    /// one, so that they check the candidates of a selective criterion instead of listing every
+    /// resource in their range.
+    probe: Option<Sql>,
 }
 
 /// A planned search: `FROM resources r WHERE …` and `ORDER BY …` (ending with the tie-breakers).
@@ -119,6 +125,7 @@ pub fn plan(types: &[ResourceType], search: &Search, strict: bool) -> Result<Pla
     }
     let mut ignored = Vec::new();
     let mut applied = Vec::new();
+    let mut planned_criteria = Vec::new();
     for criterion in &search.criteria {
         let mut per_type = Vec::new();
         for rt in types {
@@ -145,8 +152,17 @@ pub fn plan(types: &[ResourceType], search: &Search, strict: bool) -> Result<Pla
                 .collect::<Vec<_>>()
                 .join(","),
         ));
+        planned_criteria.push(per_type);
+    }
+    // Which criteria drive (IN) and which probe (EXISTS): with one type, a criterion without a probe
+    // (an equality on a token, reference or id, a chain) drives, and range criteria check its
+    // candidates through the owner index. With nothing else to drive, the first criterion does.
+    let single = types.len() == 1;
+    let mut driver_chosen = planned_criteria
+        .iter()
+        .any(|per_type| per_type.iter().any(|(_, m)| m.probe.is_none() && !m.negated));
+    for per_type in planned_criteria {
         from_where.push(" AND ");
-        let single = types.len() == 1;
         if !single {
             from_where.push("(");
         }
@@ -157,14 +173,25 @@ pub fn plan(types: &[ResourceType], search: &Search, strict: bool) -> Result<Pla
             if !single {
                 from_where.push("(r.res_type = ").text_bind(rt.as_str()).push(" AND ");
             }
-            from_where
-                .push(if m.negated {
-                    "r.res_id NOT IN ("
-                } else {
-                    "r.res_id IN ("
-                })
-                .append(&m.ids)
-                .push(")");
+            match &m.probe {
+                Some(probe) if single && (driver_chosen || m.negated) => {
+                    from_where
+                        .push(if m.negated { "NOT EXISTS (" } else { "EXISTS (" })
+                        .append(probe)
+                        .push(")");
+                }
+                _ => {
+                    driver_chosen |= !m.negated;
+                    from_where
+                        .push(if m.negated {
+                            "r.res_id NOT IN ("
+                        } else {
+                            "r.res_id IN ("
+                        })
+                        .append(&m.ids)
+                        .push(")");
+                }
+            }
             if !single {
                 from_where.push(")");
             }
@@ -238,7 +265,11 @@ fn matching(rt: ResourceType, key: &Key, values: &[String], c: &Criterion) -> Re
                 )));
             }
             ids.push(")");
-            Ok(Some(Matching { negated: false, ids }))
+            Ok(Some(Matching {
+                negated: false,
+                ids,
+                probe: None,
+            }))
         }
         Key::Has {
             res_type,
@@ -275,7 +306,11 @@ fn matching(rt: ResourceType, key: &Key, values: &[String], c: &Criterion) -> Re
                 .push(" AND res_id IN (")
                 .append(&positive(source, inner))
                 .push(")");
-            Ok(Some(Matching { negated: false, ids }))
+            Ok(Some(Matching {
+                negated: false,
+                ids,
+                probe: None,
+            }))
         }
     }
 }
@@ -350,6 +385,7 @@ fn param_matching(
         return Ok(Some(Matching {
             negated: missing,
             ids: select_ids(table, rt, name),
+            probe: None,
         }));
     }
     let (negated, column_param, per_value): (bool, String, ValueCondition) = match (p.kind, modifier) {
@@ -383,7 +419,11 @@ fn param_matching(
                 ids.push("target_id = ").text_bind(id);
             }
             ids.push(")");
-            return Ok(Some(Matching { negated: false, ids }));
+            return Ok(Some(Matching {
+                negated: false,
+                ids,
+                probe: None,
+            }));
         }
         (ParamType::Uri, None) => (false, name.to_string(), uri_condition),
         (ParamType::Uri, Some("below")) => (false, name.to_string(), uri_below_condition),
@@ -409,18 +449,31 @@ fn param_matching(
     } else {
         table
     };
-    let mut ids = select_ids(table, rt, &column_param);
-    ids.push(" AND (");
+    let mut tail = Sql::new(" AND param = ");
+    tail.text_bind(column_param.as_str()).push(" AND (");
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
-            ids.push(" OR ");
+            tail.push(" OR ");
         }
-        ids.push("(");
-        per_value(&mut ids, v, c)?;
-        ids.push(")");
+        tail.push("(");
+        per_value(&mut tail, v, c)?;
+        tail.push(")");
     }
-    ids.push(")");
-    Ok(Some(Matching { negated, ids }))
+    tail.push(")");
+    let mut ids = Sql::new(&format!("SELECT res_id FROM {table} WHERE res_type = "));
+    ids.text_bind(rt.as_str()).append(&tail);
+    let is_range = matches!(
+        p.kind,
+        ParamType::Date | ParamType::String | ParamType::Number | ParamType::Quantity
+    ) || (p.kind == ParamType::Token && modifier == Some("text"));
+    let probe = (is_range || negated).then(|| {
+        let mut probe = Sql::new(&format!(
+            "SELECT 1 FROM {table} WHERE res_type = r.res_type AND res_id = r.res_id"
+        ));
+        probe.append(&tail);
+        probe
+    });
+    Ok(Some(Matching { negated, ids, probe }))
 }
 
 fn token_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
@@ -543,15 +596,26 @@ fn range_condition(sql: &mut Sql, prefix: Prefix, low: &str, high: &str, s_low: 
         Prefix::Lt => {
             sql.push(&format!("{low} < ")).int_bind(s_low);
         }
+        // search.html: ge = "above the value, or within it", which is high > s_high OR low >= s_low
+        // (a range not above it that starts within it also ends within it); le likewise. Each
+        // implies a plain bound, written first so an index on that bound narrows the rows.
         Prefix::Ge => {
-            sql.push(&format!("({high} > ")).int_bind(s_high).push(" OR ");
-            contained(sql);
-            sql.push(")");
+            sql.push(&format!("{high} >= "))
+                .int_bind(s_low)
+                .push(&format!(" AND ({high} > "))
+                .int_bind(s_high)
+                .push(&format!(" OR {low} >= "))
+                .int_bind(s_low)
+                .push(")");
         }
         Prefix::Le => {
-            sql.push(&format!("({low} < ")).int_bind(s_low).push(" OR ");
-            contained(sql);
-            sql.push(")");
+            sql.push(&format!("{low} <= "))
+                .int_bind(s_high)
+                .push(&format!(" AND ({low} < "))
+                .int_bind(s_low)
+                .push(&format!(" OR {high} <= "))
+                .int_bind(s_high)
+                .push(")");
         }
         Prefix::Sa => {
             sql.push(&format!("{low} > ")).int_bind(s_high);
@@ -680,7 +744,11 @@ fn id_matching(rt: ResourceType, modifier: Option<&str>, values: &[String], c: &
         ids.text_bind(v.as_str());
     }
     ids.push(")");
-    Ok(Matching { negated, ids })
+    Ok(Matching {
+        negated,
+        ids,
+        probe: None,
+    })
 }
 
 fn last_updated_matching(
@@ -707,7 +775,11 @@ fn last_updated_matching(
         range_condition(&mut ids, prefix, "last_updated", "last_updated", range.low, range.high);
     }
     ids.push(")");
-    Ok(Matching { negated: false, ids })
+    Ok(Matching {
+        negated: false,
+        ids,
+        probe: None,
+    })
 }
 
 /// `ORDER BY` for `_sort`: a multi-valued parameter sorts by its lowest value ascending, its highest
@@ -777,12 +849,29 @@ mod tests {
     fn criteria_become_index_subqueries() {
         let p = planned("Appointment", &[("date", "ge2026-01-01"), ("actor", "Practitioner/d1")]).unwrap();
         let text = &p.from_where.text;
+        // The reference criterion drives; the date range probes its candidates by the owner index.
         assert!(
-            text.contains("r.res_id IN (SELECT res_id FROM idx_date WHERE res_type = ? AND param = ?"),
+            text.contains(
+                "EXISTS (SELECT 1 FROM idx_date WHERE res_type = r.res_type AND res_id = r.res_id AND param = ?"
+            ),
             "{text}"
         );
+        assert!(text.contains("r.res_id IN (SELECT res_id FROM idx_reference"), "{text}");
         assert!(text.contains("SELECT res_id FROM idx_reference WHERE res_type = ? AND param = ? AND ((target_type = ? AND target_id = ?))"), "{text}");
         assert!(!text.contains("body"), "never the stored JSON");
+    }
+
+    #[test]
+    fn a_lone_range_criterion_drives_and_negations_probe() {
+        let p = planned(
+            "Patient",
+            &[("birthdate", "lt2000"), ("family", "x"), ("gender:not", "male")],
+        )
+        .unwrap();
+        let text = &p.from_where.text;
+        assert!(text.contains("r.res_id IN (SELECT res_id FROM idx_date"), "{text}");
+        assert!(text.contains("EXISTS (SELECT 1 FROM idx_string"), "{text}");
+        assert!(text.contains("NOT EXISTS (SELECT 1 FROM idx_token"), "{text}");
     }
 
     #[test]

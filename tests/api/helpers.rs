@@ -203,6 +203,24 @@ impl TestApp {
         }
     }
 
+    /// Runs SQL statements directly on the test database (bulk data for plan tests).
+    pub fn execute(&self, sql: &str) {
+        use diesel::connection::SimpleConnection;
+        match self.backend {
+            Backend::Sqlite => {
+                let path = self.db.url.trim_start_matches("sqlite://");
+                let mut conn = diesel::SqliteConnection::establish(path).expect("open the test SQLite file");
+                conn.batch_execute("PRAGMA busy_timeout = 15000;")
+                    .expect("busy timeout");
+                conn.batch_execute(sql).expect("statements run");
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::establish(&self.db.url).expect("connect to the test schema");
+                conn.batch_execute(sql).expect("statements run");
+            }
+        }
+    }
+
     /// The number of versions stored on the server (system history), to prove nothing was written.
     pub async fn version_count(&self) -> usize {
         let bundle: Value = self

@@ -13,4 +13,6 @@ mod history;
 mod metadata;
 mod restart;
 mod search;
+mod search_paging;
 mod search_params;
+mod search_plan;

@@ -1,2 +1,3 @@
+DROP INDEX idx_date_high;
 DROP TABLE search_results;
 DROP TABLE search_snapshots;

@@ -14,3 +14,6 @@ CREATE TABLE search_results (
     res_id    TEXT   NOT NULL,
     PRIMARY KEY (search_id, pos)
 );
+
+-- Date criteria bounded by the end of a range (gt, ge, eb) search on high.
+CREATE INDEX idx_date_high ON idx_date (res_type, param, high);
