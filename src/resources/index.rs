@@ -54,6 +54,16 @@ pub struct NumberEntry {
     pub code: Option<String>,
 }
 
+/// A pair of token values taken from one element, for a composite parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompositeEntry {
+    pub param: String,
+    pub system1: Option<String>,
+    pub code1: Option<String>,
+    pub system2: Option<String>,
+    pub code2: Option<String>,
+}
+
 /// All index values of one resource.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Entries {
@@ -63,6 +73,7 @@ pub struct Entries {
     pub references: Vec<ReferenceEntry>,
     pub uris: Vec<UriEntry>,
     pub numbers: Vec<NumberEntry>,
+    pub composites: Vec<CompositeEntry>,
 }
 
 /// Suffix of the token rows that carry `Identifier.type` for the `:of-type` modifier
@@ -84,6 +95,11 @@ pub fn extract(rt: ResourceType, resource: &Value) -> Entries {
     for param in rt.search_params() {
         for path in &param.paths {
             match path {
+                Path::Steps(steps) if param.kind == ParamType::Composite => {
+                    for node in walk(resource, steps) {
+                        add_composite(&mut out, param, node);
+                    }
+                }
                 Path::Steps(steps) => {
                     for node in walk(resource, steps) {
                         add_value(&mut out, &param.code, param.kind, node);
@@ -208,6 +224,33 @@ fn add_value(out: &mut Entries, param: &str, kind: ParamType, node: &Value) {
         // Composite (Group characteristic-value) and special (Location near) parameters are searched
         // through their component parameters; nothing of their own to index.
         ParamType::Composite | ParamType::Special => {}
+    }
+}
+
+/// Every pair of the two token components found under one node (Group.characteristic: its code
+/// and its value).
+fn add_composite(out: &mut Entries, param: &super::SearchParam, node: &Value) {
+    let [(ParamType::Token, first), (ParamType::Token, second)] = param.components.as_slice() else {
+        return;
+    };
+    let tokens = |steps: &[Step]| {
+        let mut e = Entries::default();
+        for n in walk(node, steps) {
+            add_token(&mut e, "", n);
+        }
+        e.tokens.into_iter().filter(|t| t.code.is_some()).collect::<Vec<_>>()
+    };
+    let (left, right) = (tokens(first), tokens(second));
+    for l in &left {
+        for r in &right {
+            out.composites.push(CompositeEntry {
+                param: param.code.clone(),
+                system1: l.system.clone(),
+                code1: l.code.clone(),
+                system2: r.system.clone(),
+                code2: r.code.clone(),
+            });
+        }
     }
 }
 

@@ -69,6 +69,8 @@ pub struct SearchParam {
     pub description: String,
     /// The reference target types, for reference parameters.
     pub targets: Vec<String>,
+    /// For a composite parameter: each component's type and path relative to a node of `paths`.
+    pub components: Vec<(ParamType, Vec<Step>)>,
     /// The paths for this resource type (a union); empty when the server handles the parameter
     /// natively (`_id`, `_lastUpdated`) or when the definition has no expression (`_text`).
     pub paths: Vec<Path>,
@@ -96,6 +98,14 @@ struct Definition {
     expression: Option<String>,
     #[serde(default)]
     target: Vec<String>,
+    #[serde(default)]
+    component: Vec<ComponentDefinition>,
+}
+
+#[derive(Deserialize)]
+struct ComponentDefinition {
+    definition: String,
+    expression: String,
 }
 
 static DEFINITIONS: &str = include_str!("r4-search-parameters.json");
@@ -121,7 +131,7 @@ static BY_TYPE: LazyLock<BTreeMap<ResourceType, Vec<SearchParam>>> = LazyLock::n
                     .iter()
                     .any(|b| b == rt.as_str() || b == "Resource" || b == "DomainResource")
             })
-            .map(|d| compile(rt, d))
+            .map(|d| compile(rt, d, &bundle.entry))
             .collect();
         params.sort_by(|a, b| a.code.cmp(&b.code));
         map.insert(rt, params);
@@ -134,7 +144,16 @@ impl SearchParam {
     /// special) and either a path to index or native handling (`_id`, `_lastUpdated`).
     pub fn is_searchable(&self) -> bool {
         let native = matches!(self.code.as_str(), "_id" | "_lastUpdated");
-        !matches!(self.kind, ParamType::Composite | ParamType::Special) && (native || !self.paths.is_empty())
+        match self.kind {
+            ParamType::Special => false,
+            // Composites of two token components are indexed as pairs.
+            ParamType::Composite => {
+                !self.paths.is_empty()
+                    && self.components.len() == 2
+                    && self.components.iter().all(|(k, _)| *k == ParamType::Token)
+            }
+            _ => native || !self.paths.is_empty(),
+        }
     }
 }
 
@@ -147,7 +166,20 @@ pub fn load() {
     LazyLock::force(&BY_TYPE);
 }
 
-fn compile(rt: ResourceType, def: &Definition) -> SearchParam {
+fn compile(rt: ResourceType, def: &Definition, all: &[DefinitionEntry]) -> SearchParam {
+    // A component is named by its definition's URL; its type is that definition's type.
+    let components = def
+        .component
+        .iter()
+        .filter_map(|c| {
+            let kind = all.iter().find(|e| e.resource.url == c.definition)?.resource.kind;
+            let steps = split_dots(&c.expression)
+                .into_iter()
+                .map(compile_step)
+                .collect::<Option<Vec<_>>>()?;
+            Some((kind, steps))
+        })
+        .collect();
     let native = matches!(def.code.as_str(), "_id" | "_lastUpdated");
     let paths = match (&def.expression, native) {
         (Some(expr), false) => split_union(expr)
@@ -162,6 +194,7 @@ fn compile(rt: ResourceType, def: &Definition) -> SearchParam {
         kind: def.kind,
         description: def.description.clone(),
         targets: def.target.clone(),
+        components,
         paths,
     }
 }
@@ -349,7 +382,10 @@ mod tests {
         );
         assert!(p.is_searchable());
         assert!(!param("Patient", "_text").is_searchable());
-        assert!(!param("Group", "characteristic-value").is_searchable());
+        let composite = param("Group", "characteristic-value");
+        assert!(composite.is_searchable());
+        assert_eq!(composite.components.len(), 2);
+        assert!(!param("Location", "near").is_searchable());
     }
 
     #[test]

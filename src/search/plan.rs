@@ -336,7 +336,8 @@ fn table_of(kind: ParamType) -> Option<&'static str> {
         ParamType::Reference => Some("idx_reference"),
         ParamType::Uri => Some("idx_uri"),
         ParamType::Number | ParamType::Quantity => Some("idx_number"),
-        ParamType::Composite | ParamType::Special => None,
+        ParamType::Composite => Some("idx_composite"),
+        ParamType::Special => None,
     }
 }
 
@@ -425,6 +426,7 @@ fn param_matching(
                 probe: None,
             }));
         }
+        (ParamType::Composite, None) => (false, name.to_string(), composite_condition),
         (ParamType::Uri, None) => (false, name.to_string(), uri_condition),
         (ParamType::Uri, Some("below")) => (false, name.to_string(), uri_below_condition),
         (ParamType::Uri, Some("above")) => (false, name.to_string(), uri_above_condition),
@@ -492,6 +494,49 @@ fn token_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Erro
                 .text_bind(system)
                 .push(" AND code = ")
                 .text_bind(code);
+        }
+    }
+    Ok(())
+}
+
+/// `first$second`, each a token (`code`, `system|code`, `|code`, `system|`), both from one element.
+fn composite_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Error> {
+    let mut in_escape = false;
+    let split = value.char_indices().find_map(|(i, ch)| match ch {
+        '\\' if !in_escape => {
+            in_escape = true;
+            None
+        }
+        '$' if !in_escape => Some(i),
+        _ => {
+            in_escape = false;
+            None
+        }
+    });
+    let Some(at) = split else {
+        return Err(bad_value(c, value, "is not a composite value first$second"));
+    };
+    let mut parts = [
+        (value[..at].to_string(), "system1", "code1"),
+        (value[at + 1..].to_string(), "system2", "code2"),
+    ]
+    .into_iter()
+    .peekable();
+    while let Some((part, system_col, code_col)) = parts.next() {
+        match split_pipe(&part) {
+            (None, code) => sql.push(&format!("{code_col} = ")).text_bind(code),
+            (Some(system), code) if system.is_empty() => sql
+                .push(&format!("{system_col} IS NULL AND {code_col} = "))
+                .text_bind(code),
+            (Some(system), code) if code.is_empty() => sql.push(&format!("{system_col} = ")).text_bind(system),
+            (Some(system), code) => sql
+                .push(&format!("{system_col} = "))
+                .text_bind(system)
+                .push(&format!(" AND {code_col} = "))
+                .text_bind(code),
+        };
+        if parts.peek().is_some() {
+            sql.push(" AND ");
         }
     }
     Ok(())

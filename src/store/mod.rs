@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 pub use connection::AnyConnection;
 use pool::{DatabaseUrl, DbPool};
 use schema::{
-    idx_date, idx_number, idx_reference, idx_string, idx_token, idx_uri, resource_versions, resources, write_lock,
+    idx_composite, idx_date, idx_number, idx_reference, idx_string, idx_token, idx_uri, resource_versions, resources,
+    write_lock,
 };
 
 use crate::error::Error;
@@ -567,6 +568,7 @@ fn clear_index(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), 
     clear!(idx_reference);
     clear!(idx_uri);
     clear!(idx_number);
+    clear!(idx_composite);
     Ok(())
 }
 
@@ -642,6 +644,19 @@ fn write_index(
                 idx_number::value.eq(v.value),
                 idx_number::system.eq(&v.system),
                 idx_number::code.eq(&v.code),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.composites {
+        diesel::insert_into(idx_composite::table)
+            .values((
+                idx_composite::res_type.eq(t),
+                idx_composite::res_id.eq(id),
+                idx_composite::param.eq(&v.param),
+                idx_composite::system1.eq(&v.system1),
+                idx_composite::code1.eq(&v.code1),
+                idx_composite::system2.eq(&v.system2),
+                idx_composite::code2.eq(&v.code2),
             ))
             .execute(c)?;
     }

@@ -114,3 +114,16 @@ diesel::table! {
         res_id -> Text,
     }
 }
+
+diesel::table! {
+    idx_composite (row_id) {
+        row_id -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        param -> Text,
+        system1 -> Nullable<Text>,
+        code1 -> Nullable<Text>,
+        system2 -> Nullable<Text>,
+        code2 -> Nullable<Text>,
+    }
+}

@@ -154,6 +154,37 @@ both_backends! {
         assert_eq!(matches(&app, "Appointment?status=booked,fulfilled&_sort=_id").await, ["Appointment/s1", "Appointment/s2", "Appointment/s3"]);
     }
 
+    async fn composite_components_must_come_from_the_same_characteristic(app: TestApp) {
+        let c = |code: &str, value: Value| json!({"code": {"coding": [{"system": "urn:char", "code": code}]}, "exclude": false, "valueCodeableConcept": value});
+        put(&app, json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true, "characteristic": [
+            c("focus", json!({"coding": [{"system": "urn:focus", "code": "grief"}]})),
+            c("age", json!({"coding": [{"system": "urn:age", "code": "adult"}]}))]})).await;
+        put(&app, json!({"resourceType": "Group", "id": "g2", "type": "person", "actual": true, "characteristic": [
+            c("focus", json!({"coding": [{"system": "urn:focus", "code": "anxiety"}]})),
+            c("age", json!({"coding": [{"system": "urn:age", "code": "grief"}]}))]})).await;
+        assert_eq!(matches(&app, "Group?characteristic-value=focus$grief").await, ["Group/g1"]);
+        assert_eq!(matches(&app, "Group?characteristic-value=urn:char|focus$urn:focus|grief").await, ["Group/g1"]);
+        assert_eq!(matches(&app, "Group?characteristic-value=focus$anxiety,age$adult&_sort=_id").await, ["Group/g1", "Group/g2"]);
+        // g2 has focus and has grief, but not on one characteristic.
+        assert!(matches(&app, "Group?characteristic-value=age$anxiety").await.is_empty());
+        assert_eq!(matches(&app, "Group?characteristic=focus&value=grief&_sort=_id").await, ["Group/g1", "Group/g2"]);
+        assert_outcome(app.get("Group?characteristic-value=focus").await, 400, "invalid").await;
+    }
+
+    async fn token_text_and_uri_modifiers(app: TestApp) {
+        put(&app, json!({"resourceType": "CareTeam", "id": "t1", "status": "active",
+            "category": [{"text": "Grief support team", "coding": [{"system": "urn:cat", "code": "g"}]}],
+            "meta": {"profile": ["https://tandem.example.org/fhir/StructureDefinition/group-team"]}})).await;
+        put(&app, json!({"resourceType": "CareTeam", "id": "t2", "status": "active", "category": [{"text": "Individual therapy"}]})).await;
+        assert_eq!(matches(&app, "CareTeam?category:text=grief").await, ["CareTeam/t1"]);
+        assert_eq!(matches(&app, "CareTeam?category:text=THERAPY").await, ["CareTeam/t2"]);
+        assert_eq!(matches(&app, "CareTeam?_profile=https://tandem.example.org/fhir/StructureDefinition/group-team").await, ["CareTeam/t1"]);
+        assert_eq!(matches(&app, "CareTeam?_profile:below=https://tandem.example.org/fhir/").await, ["CareTeam/t1"]);
+        assert!(matches(&app, "CareTeam?_profile:below=https://other.example.org/").await.is_empty());
+        assert_eq!(matches(&app, "CareTeam?_profile:above=https://tandem.example.org/fhir/StructureDefinition/group-team/v2").await, ["CareTeam/t1"]);
+        assert!(matches(&app, "CareTeam?_profile=https://tandem.example.org/fhir/").await.is_empty());
+    }
+
     async fn missing_finds_resources_with_and_without_a_value(app: TestApp) {
         clinic(&app).await;
         assert_eq!(matches(&app, "Patient?active:missing=true").await, ["Patient/cy"]);

@@ -21,7 +21,9 @@ fn extra_resources() -> Vec<Value> {
                "extension": [{"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject", "valueReference": {"reference": "Group/extra-group"}}],
                "participant": [{"actor": {"reference": "Patient/extra-patient"}, "status": "accepted"}]}),
         json!({"resourceType": "Group", "id": "extra-group", "type": "person", "actual": true, "code": {"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/group-focus", "code": "grief"}]},
-               "identifier": [{"system": "urn:tandem:group", "value": "G-1"}], "managingEntity": {"reference": "Practitioner/extra-practitioner"}}),
+               "identifier": [{"system": "urn:tandem:group", "value": "G-1"}], "managingEntity": {"reference": "Practitioner/extra-practitioner"},
+               "characteristic": [{"code": {"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/group-characteristic", "code": "focus"}]},
+                                   "valueCodeableConcept": {"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/group-focus", "code": "grief"}]}, "exclude": false}]}),
         json!({"resourceType": "Practitioner", "id": "extra-practitioner", "active": true,
                "address": [{"use": "work", "city": "Harbourton", "state": "HT", "postalCode": "1234", "country": "NZ"}],
                "telecom": [{"system": "email", "value": "moss@clinic.example"}, {"system": "phone", "value": "+64 9 555 0100"}],
@@ -71,6 +73,16 @@ fn hit_query(e: &Entry) -> Option<(String, String)> {
             _ => None,
         },
         Entry::Uri(u) => Some((u.param.clone(), u.uri.clone())),
+        Entry::Composite(c) => {
+            let token = |system: &Option<String>, code: &Option<String>| match system {
+                Some(s) => format!("{}|{}", esc(s), esc(code.as_deref().unwrap_or(""))),
+                None => esc(code.as_deref().unwrap_or("")),
+            };
+            Some((
+                c.param.clone(),
+                format!("{}${}", token(&c.system1, &c.code1), token(&c.system2, &c.code2)),
+            ))
+        }
         _ => None,
     }
 }
@@ -84,6 +96,7 @@ fn miss_query(kind: tandem::resources::ParamType, param: &str) -> (String, Strin
         Date => (param.to_string(), "eb0001-01-01".into()),
         Reference => (param.to_string(), "Patient/no-such-patient".into()),
         Uri => (param.to_string(), "urn:no-such-uri".into()),
+        Composite => (param.to_string(), "urn:no-such-system|a$urn:no-such-system|b".into()),
         other => panic!("no miss query for {other:?}"),
     }
 }
@@ -94,6 +107,7 @@ enum Entry {
     Date(index::DateEntry),
     Reference(index::ReferenceEntry),
     Uri(index::UriEntry),
+    Composite(index::CompositeEntry),
 }
 
 async fn ids(app: &TestApp, rt: &str, key: &str, value: &str) -> Vec<String> {
@@ -147,7 +161,8 @@ both_backends! {
                 .chain(e.strings.into_iter().map(Entry::String))
                 .chain(e.dates.into_iter().map(Entry::Date))
                 .chain(e.references.into_iter().map(Entry::Reference))
-                .chain(e.uris.into_iter().map(Entry::Uri));
+                .chain(e.uris.into_iter().map(Entry::Uri))
+                .chain(e.composites.into_iter().map(Entry::Composite));
             let mut asked = BTreeSet::new();
             for entry in entries {
                 let Some((key, value)) = hit_query(&entry) else { continue };

@@ -17,3 +17,18 @@ CREATE TABLE search_results (
 
 -- Date criteria bounded by the end of a range (gt, ge, eb) search on high.
 CREATE INDEX idx_date_high ON idx_date (res_type, param, high);
+
+-- Composite search parameters of two token components (Group characteristic-value): one row per
+-- pair taken from the same element, so that both components must match together.
+CREATE TABLE idx_composite (
+    row_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    res_type TEXT NOT NULL,
+    res_id   TEXT NOT NULL,
+    param    TEXT NOT NULL,
+    system1  TEXT,
+    code1    TEXT,
+    system2  TEXT,
+    code2    TEXT
+);
+CREATE INDEX idx_composite_lookup ON idx_composite (res_type, param, code1, code2);
+CREATE INDEX idx_composite_owner ON idx_composite (res_type, res_id);
