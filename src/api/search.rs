@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::{blocking, query_pairs, read_body, resource_type, AppState, Ctx};
 use crate::error::Error;
 use crate::fhir;
-use crate::resources::{dates, ResourceType};
+use crate::resources::{dates, summary, ResourceType};
 use crate::search::plan::plan;
 use crate::search::{Include, Search, Summary, Total};
 use crate::store::Version;
@@ -303,6 +303,14 @@ type KeepElement<'a> = Box<dyn Fn(&str) -> bool + 'a>;
 
 /// `_summary=text|data` and `_elements`, marking the result SUBSETTED (search.html#summary).
 fn subset(resource: Value, summary: Summary, elements: &[String]) -> Value {
+    if summary == Summary::True {
+        let rt = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .and_then(ResourceType::parse);
+        let Some(rt) = rt else { return resource };
+        return mark_subsetted(summary::summarize(rt, resource));
+    }
     let Value::Object(map) = resource else { return resource };
     let resource_type = map
         .get("resourceType")
@@ -322,7 +330,15 @@ fn subset(resource: Value, summary: Summary, elements: &[String]) -> Value {
         _ => None,
     };
     let Some(keep) = keep else { return Value::Object(map) };
-    let mut out: Map<String, Value> = map.into_iter().filter(|(k, _)| keep(k)).collect();
+    let out: Map<String, Value> = map.into_iter().filter(|(k, _)| keep(k)).collect();
+    mark_subsetted(Value::Object(out))
+}
+
+/// Tags a subset so that no one takes it for the whole resource.
+fn mark_subsetted(resource: Value) -> Value {
+    let Value::Object(mut out) = resource else {
+        return resource;
+    };
     let meta = out.entry("meta").or_insert_with(|| json!({}));
     if let Some(meta) = meta.as_object_mut() {
         let tags = meta.entry("tag").or_insert_with(|| json!([]));

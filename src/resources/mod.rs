@@ -5,6 +5,7 @@
 pub mod dates;
 pub mod index;
 pub mod params;
+pub mod summary;
 
 pub use params::{ParamType, SearchParam};
 

@@ -59,6 +59,8 @@ pub enum Total {
 pub enum Summary {
     /// `_summary=false` or absent: whole resources.
     Full,
+    /// `_summary=true`: the elements R4 marks as summary.
+    True,
     Count,
     Text,
     Data,
@@ -165,11 +167,7 @@ impl Search {
                     "count" => Summary::Count,
                     "text" => Summary::Text,
                     "data" => Summary::Data,
-                    "true" => {
-                        return Err(Error::Invalid(
-                            "_summary=true is not supported yet; use _elements, _summary=text, data or count".into(),
-                        ))
-                    }
+                    "true" => Summary::True,
                     _ => return Err(invalid("expected true, text, data, count or false")),
                 }
             }

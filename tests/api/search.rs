@@ -304,6 +304,12 @@ both_backends! {
         let data = json(app.get("Appointment?_id=s1&_summary=data").await).await;
         assert!(data["entry"][0]["resource"].get("text").is_none());
         assert!(data["entry"][0]["resource"].get("participant").is_some());
+        let summary = json(app.get("Patient?_id=ann&_summary=true").await).await;
+        let r = &summary["entry"][0]["resource"];
+        assert_eq!(r["name"][0]["family"], "Ökafor");
+        assert_eq!(r["birthDate"], "1980-05-17");
+        assert!(r.get("generalPractitioner").is_none(), "not a summary element in R4");
+        assert!(r["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"));
         assert_outcome(app.get("Patient?_summary=maybe").await, 400, "invalid").await;
         assert_outcome(app.get("Patient?_count=-1").await, 400, "invalid").await;
     }
