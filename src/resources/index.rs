@@ -64,6 +64,21 @@ pub struct CompositeEntry {
     pub code2: Option<String>,
 }
 
+/// A position on the earth (WGS84 degrees) and its unit vector on the sphere, for `near`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PositionEntry {
+    pub param: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub xyz: [f64; 3],
+}
+
+/// The unit vector of a latitude/longitude in degrees.
+pub fn unit_vector(latitude: f64, longitude: f64) -> [f64; 3] {
+    let (lat, lon) = (latitude.to_radians(), longitude.to_radians());
+    [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
+}
+
 /// All index values of one resource.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Entries {
@@ -74,6 +89,7 @@ pub struct Entries {
     pub uris: Vec<UriEntry>,
     pub numbers: Vec<NumberEntry>,
     pub composites: Vec<CompositeEntry>,
+    pub positions: Vec<PositionEntry>,
 }
 
 /// Suffix of the token rows that carry `Identifier.type` for the `:of-type` modifier
@@ -221,9 +237,25 @@ fn add_value(out: &mut Entries, param: &str, kind: ParamType, node: &Value) {
             }
         }
         ParamType::Number | ParamType::Quantity => add_number(out, param, node),
-        // Composite (Group characteristic-value) and special (Location near) parameters are searched
-        // through their component parameters; nothing of their own to index.
-        ParamType::Composite | ParamType::Special => {}
+        // Location near: the position's coordinates.
+        ParamType::Special => {
+            let (lat, lon) = (
+                node.get("latitude").and_then(Value::as_f64),
+                node.get("longitude").and_then(Value::as_f64),
+            );
+            if let (Some(latitude), Some(longitude)) = (lat, lon) {
+                if (-90.0..=90.0).contains(&latitude) && (-180.0..=180.0).contains(&longitude) {
+                    out.positions.push(PositionEntry {
+                        param: param.to_string(),
+                        latitude,
+                        longitude,
+                        xyz: unit_vector(latitude, longitude),
+                    });
+                }
+            }
+        }
+        // Composites are indexed as pairs by add_composite.
+        ParamType::Composite => {}
     }
 }
 

@@ -145,7 +145,8 @@ impl SearchParam {
     pub fn is_searchable(&self) -> bool {
         let native = matches!(self.code.as_str(), "_id" | "_lastUpdated");
         match self.kind {
-            ParamType::Special => false,
+            // near is the one special parameter of our types: positions are indexed for it.
+            ParamType::Special => self.code == "near" && !self.paths.is_empty(),
             // Composites of two token components are indexed as pairs.
             ParamType::Composite => {
                 !self.paths.is_empty()
@@ -385,7 +386,7 @@ mod tests {
         let composite = param("Group", "characteristic-value");
         assert!(composite.is_searchable());
         assert_eq!(composite.components.len(), 2);
-        assert!(!param("Location", "near").is_searchable());
+        assert!(param("Location", "near").is_searchable());
     }
 
     #[test]

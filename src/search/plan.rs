@@ -337,7 +337,7 @@ fn table_of(kind: ParamType) -> Option<&'static str> {
         ParamType::Uri => Some("idx_uri"),
         ParamType::Number | ParamType::Quantity => Some("idx_number"),
         ParamType::Composite => Some("idx_composite"),
-        ParamType::Special => None,
+        ParamType::Special => Some("idx_position"),
     }
 }
 
@@ -427,6 +427,7 @@ fn param_matching(
             }));
         }
         (ParamType::Composite, None) => (false, name.to_string(), composite_condition),
+        (ParamType::Special, None) => (false, name.to_string(), near_condition),
         (ParamType::Uri, None) => (false, name.to_string(), uri_condition),
         (ParamType::Uri, Some("below")) => (false, name.to_string(), uri_below_condition),
         (ParamType::Uri, Some("above")) => (false, name.to_string(), uri_above_condition),
@@ -434,13 +435,6 @@ fn param_matching(
         (kind, Some(m)) => {
             return Err(Error::Invalid(format!(
                 "search parameter '{}': modifier ':{m}' is not supported for {} parameters",
-                c.raw_key,
-                kind.as_str()
-            )))
-        }
-        (kind, None) => {
-            return Err(Error::Invalid(format!(
-                "search parameter '{}': {} parameters are not supported yet",
                 c.raw_key,
                 kind.as_str()
             )))
@@ -496,6 +490,51 @@ fn token_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Erro
                 .text_bind(code);
         }
     }
+    Ok(())
+}
+
+/// Mean earth radius in km (WGS84 mean radius), for `near`.
+const EARTH_RADIUS_KM: f64 = 6371.0088;
+/// The distance `near` uses when the search gives none ("at the server's discretion"), in km.
+const DEFAULT_NEAR_KM: f64 = 5.0;
+
+/// `near=latitude|longitude|distance|units` (units km, m, [mi_i] or mi; km when absent): positions
+/// within that great-circle distance, as a latitude band (index) and a dot product of unit vectors.
+fn near_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Error> {
+    let parts: Vec<&str> = value.split('|').collect();
+    let number = |i: usize| parts.get(i).filter(|p| !p.is_empty()).map(|p| p.parse::<f64>());
+    let (Some(Ok(lat)), Some(Ok(lon))) = (number(0), number(1)) else {
+        return Err(bad_value(c, value, "is not latitude|longitude[|distance|units]"));
+    };
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return Err(bad_value(c, value, "has a latitude or longitude out of range"));
+    }
+    let distance = match number(2) {
+        None => DEFAULT_NEAR_KM,
+        Some(Ok(d)) if d >= 0.0 && d.is_finite() => d,
+        Some(_) => return Err(bad_value(c, value, "has a distance that is not a non-negative number")),
+    };
+    let km = match parts.get(3).copied().unwrap_or("km") {
+        "km" | "" => distance,
+        "m" => distance / 1000.0,
+        "[mi_i]" | "mi" => distance * 1.609_344,
+        _ => return Err(bad_value(c, value, "has units other than km, m or [mi_i]")),
+    };
+    let angle = (km / EARTH_RADIUS_KM).min(std::f64::consts::PI);
+    let band = angle.to_degrees();
+    let q = index::unit_vector(lat, lon);
+    sql.push("latitude >= ")
+        .float_bind(lat - band)
+        .push(" AND latitude <= ")
+        .float_bind(lat + band)
+        .push(" AND x * ")
+        .float_bind(q[0])
+        .push(" + y * ")
+        .float_bind(q[1])
+        .push(" + z * ")
+        .float_bind(q[2])
+        .push(" >= ")
+        .float_bind(angle.cos() - 1e-12);
     Ok(())
 }
 

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 pub use connection::AnyConnection;
 use pool::{DatabaseUrl, DbPool};
 use schema::{
-    idx_composite, idx_date, idx_number, idx_reference, idx_string, idx_token, idx_uri, resource_versions, resources,
-    write_lock,
+    idx_composite, idx_date, idx_number, idx_position, idx_reference, idx_string, idx_token, idx_uri,
+    resource_versions, resources, write_lock,
 };
 
 use crate::error::Error;
@@ -569,6 +569,7 @@ fn clear_index(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), 
     clear!(idx_uri);
     clear!(idx_number);
     clear!(idx_composite);
+    clear!(idx_position);
     Ok(())
 }
 
@@ -657,6 +658,20 @@ fn write_index(
                 idx_composite::code1.eq(&v.code1),
                 idx_composite::system2.eq(&v.system2),
                 idx_composite::code2.eq(&v.code2),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.positions {
+        diesel::insert_into(idx_position::table)
+            .values((
+                idx_position::res_type.eq(t),
+                idx_position::res_id.eq(id),
+                idx_position::param.eq(&v.param),
+                idx_position::latitude.eq(v.latitude),
+                idx_position::longitude.eq(v.longitude),
+                idx_position::x.eq(v.xyz[0]),
+                idx_position::y.eq(v.xyz[1]),
+                idx_position::z.eq(v.xyz[2]),
             ))
             .execute(c)?;
     }

@@ -127,3 +127,17 @@ diesel::table! {
         code2 -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    idx_position (row_id) {
+        row_id -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        param -> Text,
+        latitude -> Double,
+        longitude -> Double,
+        x -> Double,
+        y -> Double,
+        z -> Double,
+    }
+}

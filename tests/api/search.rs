@@ -185,6 +185,22 @@ both_backends! {
         assert!(matches(&app, "CareTeam?_profile=https://tandem.example.org/fhir/").await.is_empty());
     }
 
+    async fn near_finds_locations_within_a_great_circle_distance(app: TestApp) {
+        let at = |id: &str, lat: f64, lon: f64| json!({"resourceType": "Location", "id": id, "position": {"latitude": lat, "longitude": lon}});
+        put(&app, at("akl", -36.8485, 174.7633)).await; // Auckland
+        put(&app, at("wlg", -41.2865, 174.7762)).await; // Wellington, about 493 km south
+        put(&app, at("suva", -18.1416, 178.4419)).await; // Suva, across the dateline side of the sea
+        assert_eq!(matches(&app, "Location?near=-36.85|174.76|10|km").await, ["Location/akl"]);
+        assert_eq!(matches(&app, "Location?near=-36.85|174.76|480|km").await, ["Location/akl"]);
+        assert_eq!(matches(&app, "Location?near=-36.85|174.76|500|km&_sort=_id").await, ["Location/akl", "Location/wlg"]);
+        assert_eq!(matches(&app, "Location?near=-36.85|174.76|320|[mi_i]&_sort=_id").await, ["Location/akl", "Location/wlg"]);
+        assert_eq!(matches(&app, "Location?near=-36.85|174.76|5000|m").await, ["Location/akl"]);
+        assert_eq!(matches(&app, "Location?near=-36.85|174.76").await, ["Location/akl"], "default distance");
+        assert_outcome(app.get("Location?near=north").await, 400, "invalid").await;
+        assert_outcome(app.get("Location?near=95|0|1|km").await, 400, "invalid").await;
+        assert_outcome(app.get("Location?near=0|0|1|parsec").await, 400, "invalid").await;
+    }
+
     async fn missing_finds_resources_with_and_without_a_value(app: TestApp) {
         clinic(&app).await;
         assert_eq!(matches(&app, "Patient?active:missing=true").await, ["Patient/cy"]);

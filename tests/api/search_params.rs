@@ -73,6 +73,7 @@ fn hit_query(e: &Entry) -> Option<(String, String)> {
             _ => None,
         },
         Entry::Uri(u) => Some((u.param.clone(), u.uri.clone())),
+        Entry::Position(p) => Some((p.param.clone(), format!("{}|{}|1|km", p.latitude, p.longitude))),
         Entry::Composite(c) => {
             let token = |system: &Option<String>, code: &Option<String>| match system {
                 Some(s) => format!("{}|{}", esc(s), esc(code.as_deref().unwrap_or(""))),
@@ -97,6 +98,7 @@ fn miss_query(kind: tandem::resources::ParamType, param: &str) -> (String, Strin
         Reference => (param.to_string(), "Patient/no-such-patient".into()),
         Uri => (param.to_string(), "urn:no-such-uri".into()),
         Composite => (param.to_string(), "urn:no-such-system|a$urn:no-such-system|b".into()),
+        Special => (param.to_string(), "-60|-140|10|km".into()), // the southern Pacific
         other => panic!("no miss query for {other:?}"),
     }
 }
@@ -108,6 +110,7 @@ enum Entry {
     Reference(index::ReferenceEntry),
     Uri(index::UriEntry),
     Composite(index::CompositeEntry),
+    Position(index::PositionEntry),
 }
 
 async fn ids(app: &TestApp, rt: &str, key: &str, value: &str) -> Vec<String> {
@@ -162,7 +165,8 @@ both_backends! {
                 .chain(e.dates.into_iter().map(Entry::Date))
                 .chain(e.references.into_iter().map(Entry::Reference))
                 .chain(e.uris.into_iter().map(Entry::Uri))
-                .chain(e.composites.into_iter().map(Entry::Composite));
+                .chain(e.composites.into_iter().map(Entry::Composite))
+                .chain(e.positions.into_iter().map(Entry::Position));
             let mut asked = BTreeSet::new();
             for entry in entries {
                 let Some((key, value)) = hit_query(&entry) else { continue };

@@ -1,3 +1,4 @@
+DROP TABLE idx_position;
 DROP TABLE idx_composite;
 DROP INDEX idx_date_high;
 DROP TABLE search_results;

@@ -32,3 +32,20 @@ CREATE TABLE idx_composite (
 );
 CREATE INDEX idx_composite_lookup ON idx_composite (res_type, param, code1, code2);
 CREATE INDEX idx_composite_owner ON idx_composite (res_type, res_id);
+
+-- Positions (Location.position) for the special parameter near: latitude and longitude in degrees,
+-- and the unit vector (x, y, z) on the sphere, so that "within distance D" is a dot product
+-- x*qx + y*qy + z*qz >= cos(D / R) in plain SQL arithmetic; the latitude band narrows by index.
+CREATE TABLE idx_position (
+    row_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    res_type  TEXT NOT NULL,
+    res_id    TEXT NOT NULL,
+    param     TEXT NOT NULL,
+    latitude  DOUBLE PRECISION NOT NULL,
+    longitude DOUBLE PRECISION NOT NULL,
+    x         DOUBLE PRECISION NOT NULL,
+    y         DOUBLE PRECISION NOT NULL,
+    z         DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX idx_position_lookup ON idx_position (res_type, param, latitude);
+CREATE INDEX idx_position_owner ON idx_position (res_type, res_id);
