@@ -52,6 +52,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_COUNT", default_value_t = 500)]
     pub max_count: u32,
 
+    /// Canonical base URL of tandem's own extensions, code systems and search parameters.
+    #[arg(long, env = "TANDEM_CANONICAL_BASE", default_value = crate::scheduling::DEFAULT_CANONICAL_BASE)]
+    pub canonical_base: String,
+
+    /// Require an active group confidentiality agreement (Consent) to book a patient into a group
+    /// session.
+    #[arg(long, env = "TANDEM_REQUIRE_GROUP_CONSENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_group_consent: bool,
+
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "TANDEM_WORKERS")]
     pub workers: Option<usize>,
@@ -69,6 +78,12 @@ impl Config {
                     "TANDEM_BASE_URL '{base}' must be an absolute http(s) URL without a trailing slash"
                 ));
             }
+        }
+        if !(self.canonical_base.starts_with("http://") || self.canonical_base.starts_with("https://")) {
+            return Err(format!(
+                "TANDEM_CANONICAL_BASE '{}' must be an absolute http(s) URL",
+                self.canonical_base
+            ));
         }
         if self.max_body_bytes == 0 {
             return Err("TANDEM_MAX_BODY_BYTES must be greater than 0".into());

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod resources;
+pub mod scheduling;
 pub mod search;
 pub mod startup;
 pub mod store;

@@ -24,7 +24,11 @@ impl Application {
     pub fn build(config: Config) -> Result<Application, Error> {
         config.validate().map_err(Error::Invalid)?;
         resources::params::load();
-        let store = Store::open(&config.database_url, config.db_pool_size)?;
+        let rules = crate::scheduling::Rules {
+            canonical: crate::scheduling::Canonical::new(&config.canonical_base),
+            require_group_consent: config.require_group_consent,
+        };
+        let store = Store::open(&config.database_url, config.db_pool_size)?.with_rules(rules);
         let applied = store.migrate()?;
         tracing::info!(backend = store.backend(), applied, "database ready");
         let listener = TcpListener::bind(&config.listen)

@@ -3,6 +3,7 @@
 
 mod crud;
 mod history;
+mod operations;
 mod search;
 mod system;
 
@@ -36,6 +37,17 @@ pub const SUPPORTED: Supported<'static> = Supported {
     system_interactions: &["history-system", "search-system"],
     update_create: true,
     conditional_update: false,
+    operations: &[
+        ("Group", "book-session", "/OperationDefinition/Group-book-session"),
+        ("Group", "attendance", "/OperationDefinition/Group-attendance"),
+        ("Practitioner", "caseload", "/OperationDefinition/Practitioner-caseload"),
+        (
+            "Patient",
+            "everything",
+            "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        ),
+    ],
+    definition_types: &["StructureDefinition", "CodeSystem", "OperationDefinition"],
 };
 
 pub struct AppState {
@@ -55,6 +67,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(web::resource("/healthz").route(web::get().to(system::healthz)))
     .service(web::resource("/readyz").route(web::get().to(system::readyz)))
+    .service(
+        web::resource("/StructureDefinition")
+            .route(web::get().to(operations::definitions_list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/CodeSystem")
+            .route(web::get().to(operations::definitions_list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/OperationDefinition")
+            .route(web::get().to(operations::definitions_list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/OperationDefinition/{id}")
+            .route(web::get().to(operations::definition_read))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/StructureDefinition/{id}")
+            .route(web::get().to(operations::definition_read))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/CodeSystem/{id}")
+            .route(web::get().to(operations::definition_read))
+            .default_service(web::to(method_not_allowed)),
+    )
     .service(
         web::resource("/")
             .route(web::get().to(search::system_search))
@@ -98,6 +140,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/{type}/{id}/_history")
             .route(web::get().to(history::instance_history))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{type}/{id}/{operation}")
+            .route(web::get().to(operations::instance_operation))
+            .route(web::post().to(operations::instance_operation))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

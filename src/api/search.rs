@@ -13,7 +13,7 @@ use crate::fhir;
 use crate::resources::{dates, summary, ResourceType};
 use crate::search::plan::plan;
 use crate::search::{Include, Search, Summary, Total};
-use crate::store::Version;
+use crate::store::{SearchPage, Version};
 
 /// Rounds of `_include:iterate` / `_revinclude:iterate` followed at most.
 const MAX_ITERATIONS: usize = 4;
@@ -195,7 +195,42 @@ async fn run(
     let page = blocking(move || store.search(&page_plan, count, cursor.as_deref())).await?;
     let included = includes(state, &page.matches, &search.includes, &search.revincludes).await?;
 
-    let mut links = vec![json!({"relation": "self", "url": link(search.cursor.clone())})];
+    let outcome = (!planned.ignored.is_empty()).then(|| {
+        fhir::operation_outcome(
+            "warning",
+            "not-supported",
+            &format!("unknown search parameters were ignored: {}", planned.ignored.join(", ")),
+        )
+    });
+    let bundle = searchset(
+        ctx,
+        &page,
+        count,
+        search.cursor.clone(),
+        &link,
+        &included,
+        outcome,
+        search.total != Total::None,
+        |r| subset(r, search.summary, &search.elements),
+    )?;
+    Ok(ctx.body(HttpResponse::Ok(), &bundle))
+}
+
+/// A searchset Bundle for one page: self, next and previous links, the matches (shaped by
+/// `shape`), included resources, and an optional outcome entry.
+#[allow(clippy::too_many_arguments)]
+pub fn searchset(
+    ctx: &Ctx,
+    page: &SearchPage,
+    count: i64,
+    cursor: Option<String>,
+    link: &dyn Fn(Option<String>) -> String,
+    included: &[Version],
+    outcome: Option<Value>,
+    with_total: bool,
+    shape: impl Fn(Value) -> Value,
+) -> Result<Value, Error> {
+    let mut links = vec![json!({"relation": "self", "url": link(cursor)})];
     if let Some(snapshot) = &page.snapshot {
         if page.offset + count < page.total {
             links.push(json!({"relation": "next", "url": link(Some(format!("{snapshot}:{}", page.offset + count)))}));
@@ -206,18 +241,13 @@ async fn run(
     }
     let mut entries = Vec::with_capacity(page.matches.len() + included.len() + 1);
     for v in &page.matches {
-        let resource = subset(parse_body(v)?, search.summary, &search.elements);
+        let resource = shape(parse_body(v)?);
         entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": resource, "search": {"mode": "match"}}));
     }
-    for v in &included {
+    for v in included {
         entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": parse_body(v)?, "search": {"mode": "include"}}));
     }
-    if !planned.ignored.is_empty() {
-        let outcome = fhir::operation_outcome(
-            "warning",
-            "not-supported",
-            &format!("unknown search parameters were ignored: {}", planned.ignored.join(", ")),
-        );
+    if let Some(outcome) = outcome {
         entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));
     }
     let mut bundle = Map::new();
@@ -228,15 +258,15 @@ async fn run(
         json!({"lastUpdated": dates::format_instant(dates::now_millis())}),
     );
     bundle.insert("type".into(), json!("searchset"));
-    if search.total != Total::None {
+    if with_total {
         bundle.insert("total".into(), json!(page.total));
     }
     bundle.insert("link".into(), Value::Array(links));
     bundle.insert("entry".into(), Value::Array(entries));
-    Ok(ctx.body(HttpResponse::Ok(), &Value::Object(bundle)))
+    Ok(Value::Object(bundle))
 }
 
-fn parse_body(v: &Version) -> Result<Value, Error> {
+pub fn parse_body(v: &Version) -> Result<Value, Error> {
     let body = v
         .body
         .as_deref()

@@ -6,9 +6,10 @@ use serde_json::json;
 use super::{blocking, AppState, Ctx, SUPPORTED};
 use crate::fhir::capability::capability_statement;
 
-pub async fn metadata(ctx: Ctx) -> HttpResponse {
+pub async fn metadata(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = ctx.negotiated().map(|()| {
-        let statement = capability_statement(&ctx.base, env!("CARGO_PKG_VERSION"), &SUPPORTED);
+        let canonical = &state.store.rules().canonical.base;
+        let statement = capability_statement(&ctx.base, canonical, env!("CARGO_PKG_VERSION"), &SUPPORTED);
         ctx.body(HttpResponse::Ok(), &statement)
     });
     ctx.respond(result)

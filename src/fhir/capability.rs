@@ -14,10 +14,35 @@ pub struct Supported<'a> {
     pub system_interactions: &'a [&'a str],
     pub update_create: bool,
     pub conditional_update: bool,
+    /// Instance operations: (type, name, definition). A definition starting with `/` is tandem's own,
+    /// under the canonical base.
+    pub operations: &'a [(&'a str, &'a str, &'a str)],
+    /// Conformance resources served read-only (tandem's own definitions).
+    pub definition_types: &'a [&'a str],
 }
 
-pub fn capability_statement(base_url: &str, software_version: &str, supported: &Supported<'_>) -> Value {
-    let resources: Vec<Value> = ResourceType::all()
+pub fn capability_statement(
+    base_url: &str,
+    canonical_base: &str,
+    software_version: &str,
+    supported: &Supported<'_>,
+) -> Value {
+    let definition = |d: &str| {
+        if d.starts_with('/') {
+            format!("{canonical_base}{d}")
+        } else {
+            d.to_string()
+        }
+    };
+    let operations_of = |t: &str| -> Vec<Value> {
+        supported
+            .operations
+            .iter()
+            .filter(|(ot, _, _)| *ot == t)
+            .map(|(_, name, d)| json!({"name": name, "definition": definition(d)}))
+            .collect()
+    };
+    let mut resources: Vec<Value> = ResourceType::all()
         .map(|rt| {
             json!({
                 "type": rt.as_str(),
@@ -29,6 +54,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, supported: &
                 "conditionalUpdate": supported.conditional_update,
                 "conditionalDelete": "not-supported",
                 "referencePolicy": ["literal", "logical", "resolves"],
+                "operation": operations_of(rt.as_str()),
                 "searchInclude": ["*"],
                 "searchRevInclude": ["*"],
                 "searchParam": rt.search_params().iter().filter(|p| p.is_searchable()).map(|p| json!({
@@ -40,6 +66,22 @@ pub fn capability_statement(base_url: &str, software_version: &str, supported: &
             })
         })
         .collect();
+    resources.extend(supported.definition_types.iter().map(|t| {
+        json!({
+            "type": t,
+            "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
+            "documentation": format!("tandem's own {t} resources (its extensions and codes), read-only"),
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [{"name": "url", "definition": "http://hl7.org/fhir/SearchParameter/conformance-url", "type": "uri"}],
+        })
+    }));
+    for r in &mut resources {
+        if r.get("operation").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+            if let Some(map) = r.as_object_mut() {
+                map.remove("operation");
+            }
+        }
+    }
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",

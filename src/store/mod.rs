@@ -8,6 +8,7 @@
 
 mod connection;
 pub mod pool;
+mod scheduling;
 mod schema;
 mod search;
 
@@ -66,6 +67,7 @@ pub struct UpdateOutcome {
 pub struct Store {
     pool: DbPool,
     backend: &'static str,
+    rules: crate::scheduling::Rules,
 }
 
 /// Why a write transaction was abandoned: a real error, or a lost race worth trying again.
@@ -78,6 +80,8 @@ impl From<diesel::result::Error> for Abort {
     fn from(e: diesel::result::Error) -> Self {
         match e {
             diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+            // Another replica booked the same time first: the retry's overlap check names it.
+            | diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::ExclusionViolation, _)
             | diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::SerializationFailure, _) => {
                 Abort::Retry
             }
@@ -107,7 +111,18 @@ impl Store {
         Ok(Store {
             pool,
             backend: url.backend_name(),
+            rules: crate::scheduling::Rules::default(),
         })
+    }
+
+    /// The scheduling rules this store enforces (canonical base, consent policy).
+    pub fn with_rules(mut self, rules: crate::scheduling::Rules) -> Store {
+        self.rules = rules;
+        self
+    }
+
+    pub fn rules(&self) -> &crate::scheduling::Rules {
+        &self.rules
     }
 
     pub fn backend(&self) -> &'static str {
@@ -150,10 +165,12 @@ impl Store {
 
     /// Creates a resource with a server-assigned id (http.html#create).
     pub fn create(&self, rt: ResourceType, resource: Value) -> Result<Version, Error> {
-        let entries = index::extract(rt, &resource);
         self.write(|c| {
             let id = uuid::Uuid::new_v4().to_string();
             check_references(c, &resource, rt, &id)?;
+            let mut resource = resource.clone();
+            scheduling::before_write(c, &self.rules, rt, &id, &mut resource, None)?;
+            let entries = index::extract(rt, &resource);
             let now = dates::now_millis();
             let body = stamp(&resource, &id, 1, now);
             diesel::insert_into(resources::table)
@@ -189,10 +206,17 @@ impl Store {
         resource: Value,
         if_match: Option<i64>,
     ) -> Result<UpdateOutcome, Error> {
-        let entries = index::extract(rt, &resource);
         self.write(|c| {
             check_references(c, &resource, rt, id)?;
             let current = load_current_for_write(c, rt, id)?;
+            let previous: Option<Value> = current
+                .as_ref()
+                .filter(|cur| !cur.deleted)
+                .and_then(|cur| cur.body.as_deref())
+                .and_then(|b| serde_json::from_str(b).ok());
+            let mut resource = resource.clone();
+            scheduling::before_write(c, &self.rules, rt, id, &mut resource, previous.as_ref())?;
+            let entries = index::extract(rt, &resource);
             let now = dates::now_millis();
             let Some(current) = current else {
                 if let Some(v) = if_match {
@@ -278,6 +302,7 @@ impl Store {
             let version_id = current.version_id + 1;
             let last_updated = dates::now_millis().max(current.last_updated + 1);
             swap_current(c, rt, id, current.version_id, version_id, last_updated, None, None)?;
+            scheduling::on_delete(c, rt, id)?;
             let version = Version {
                 res_type: rt.as_str().into(),
                 res_id: id.into(),

@@ -141,3 +141,13 @@ diesel::table! {
         z -> Double,
     }
 }
+
+diesel::table! {
+    bookings (row_id) {
+        row_id -> BigInt,
+        appointment_id -> Text,
+        actor -> Text,
+        start_ms -> BigInt,
+        end_ms -> BigInt,
+    }
+}

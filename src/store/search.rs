@@ -33,9 +33,9 @@ struct IdRow {
 }
 
 #[derive(QueryableByName)]
-struct CountRow {
+pub(super) struct CountRow {
     #[diesel(sql_type = BigInt)]
-    n: i64,
+    pub(super) n: i64,
 }
 
 #[derive(QueryableByName)]
@@ -65,7 +65,7 @@ macro_rules! bound {
 }
 
 /// Runs a planned SELECT on whichever backend the connection is.
-fn load<T>(c: &mut AnyConnection, sql: &Sql) -> QueryResult<Vec<T>>
+pub(super) fn load<T>(c: &mut AnyConnection, sql: &Sql) -> QueryResult<Vec<T>>
 where
     T: QueryableByName<diesel::sqlite::Sqlite> + QueryableByName<diesel::pg::Pg> + 'static,
 {
@@ -98,10 +98,7 @@ impl Store {
         let mut pooled = self.pool.get()?;
         let conn: &mut AnyConnection = &mut pooled;
         if let Some(cursor) = cursor {
-            let (snapshot, offset) = cursor
-                .rsplit_once(':')
-                .and_then(|(s, o)| Some((s.to_string(), o.parse::<i64>().ok().filter(|o| *o >= 0)?)))
-                .ok_or_else(|| Error::Invalid(format!("_cursor '{cursor}' is not a cursor from a search link")))?;
+            let (snapshot, offset) = parse_cursor(cursor)?;
             return self.snapshot_page(conn, &snapshot, offset, count);
         }
         if count == 0 {
@@ -189,6 +186,84 @@ impl Store {
         sql.append(&planned.from_where);
         let rows: Vec<CountRow> = load(conn, &sql)?;
         Ok(rows.first().map_or(0, |r| r.n))
+    }
+
+    /// Every match of a search, in order, up to `cap` (more is refused: the caller narrows the query).
+    pub fn search_all(&self, planned: &Planned, cap: i64) -> Result<Vec<Version>, Error> {
+        let mut pooled = self.pool.get()?;
+        let conn: &mut AnyConnection = &mut pooled;
+        let rows: Vec<IdRow> = load(conn, &first_page_sql(planned, cap + 1))?;
+        if rows.len() as i64 > cap {
+            return Err(Error::Unprocessable(format!(
+                "more than {cap} resources match; narrow the period"
+            )));
+        }
+        let ids: Vec<(String, String)> = rows.into_iter().map(|r| (r.res_type, r.res_id)).collect();
+        Ok(load_current_many(conn, &ids)?)
+    }
+
+    /// One page of a fixed list of resources (an operation's result): a page from the list, or — when
+    /// it does not fit one page — from a snapshot of it, like a search.
+    pub fn page_of(&self, ids: &[(String, String)], count: i64, cursor: Option<&str>) -> Result<SearchPage, Error> {
+        let mut pooled = self.pool.get()?;
+        let conn: &mut AnyConnection = &mut pooled;
+        if let Some(cursor) = cursor {
+            let (snapshot, offset) = parse_cursor(cursor)?;
+            return self.snapshot_page(conn, &snapshot, offset, count);
+        }
+        if ids.len() as i64 <= count {
+            let matches = load_current_many(conn, ids)?;
+            return Ok(SearchPage {
+                total: matches.len() as i64,
+                matches,
+                snapshot: None,
+                offset: 0,
+            });
+        }
+        let snapshot = uuid::Uuid::new_v4().simple().to_string();
+        let now = dates::now_millis();
+        self.write(|c| {
+            for (pos, (t, id)) in ids.iter().enumerate() {
+                diesel::insert_into(search_results::table)
+                    .values((
+                        search_results::search_id.eq(&snapshot),
+                        search_results::pos.eq(pos as i64 + 1),
+                        search_results::res_type.eq(t),
+                        search_results::res_id.eq(id),
+                    ))
+                    .execute(c)?;
+            }
+            diesel::insert_into(search_snapshots::table)
+                .values((
+                    search_snapshots::id.eq(&snapshot),
+                    search_snapshots::created.eq(now),
+                    search_snapshots::total.eq(ids.len() as i64),
+                ))
+                .execute(c)?;
+            Ok(())
+        })?;
+        self.snapshot_page(conn, &snapshot, 0, count)
+    }
+
+    /// The resources of a patient's record here (for $everything): what refers to the patient
+    /// through the given (type, reference parameter) pairs, distinct, in type and id order.
+    pub fn referring(&self, target: (&str, &str), via: &[(&str, &str)]) -> Result<Vec<(String, String)>, Error> {
+        let mut conn = self.pool.get()?;
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (res_type, param) in via {
+            let found: Vec<(String, String)> = idx_reference::table
+                .filter(idx_reference::target_type.eq(target.0))
+                .filter(idx_reference::target_id.eq(target.1))
+                .filter(idx_reference::res_type.eq(*res_type))
+                .filter(idx_reference::param.eq(*param))
+                .select((idx_reference::res_type, idx_reference::res_id))
+                .distinct()
+                .load(&mut conn)?;
+            out.extend(found);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     /// The number of matches (`_summary=count`).
@@ -279,6 +354,13 @@ impl Store {
         sources.dedup();
         Ok(load_current_many(&mut conn, &sources)?)
     }
+}
+
+fn parse_cursor(cursor: &str) -> Result<(String, i64), Error> {
+    cursor
+        .rsplit_once(':')
+        .and_then(|(s, o)| Some((s.to_string(), o.parse::<i64>().ok().filter(|o| *o >= 0)?)))
+        .ok_or_else(|| Error::Invalid(format!("_cursor '{cursor}' is not a cursor from a search link")))
 }
 
 fn group_by_type(refs: &[(String, String)]) -> Vec<(String, Vec<String>)> {

@@ -119,9 +119,21 @@ impl TestApp {
         TestApp::spawn_on(backend, db).await
     }
 
+    /// Starts a server with some settings changed.
+    pub async fn spawn_configured(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let db = TestDb::new(backend);
+        let mut config = test_config(&db.url);
+        configure(&mut config);
+        TestApp::start(backend, db, config).await
+    }
+
     /// Starts a server on an existing test database (used to restart on the same data).
     pub async fn spawn_on(backend: Backend, db: TestDb) -> TestApp {
         let config = test_config(&db.url);
+        TestApp::start(backend, db, config).await
+    }
+
+    async fn start(backend: Backend, db: TestDb, config: Config) -> TestApp {
         let app = Application::build(config).expect("application starts");
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();

@@ -12,6 +12,7 @@ mod formats;
 mod history;
 mod metadata;
 mod restart;
+mod scheduling;
 mod search;
 mod search_paging;
 mod search_params;

@@ -12,7 +12,27 @@ both_backends! {
         assert_eq!(cs["format"], serde_json::json!(["application/fhir+json", "application/fhir+xml"]));
         let resources = cs["rest"][0]["resource"].as_array().unwrap();
         let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
-        assert_eq!(types, ["Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient", "Practitioner", "PractitionerRole"]);
+        assert_eq!(
+            types,
+            ["Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient", "Practitioner", "PractitionerRole",
+             "StructureDefinition", "CodeSystem", "OperationDefinition"]
+        );
+
+        // Every operation listed has a definition this server serves (or HL7's, for $everything).
+        let operations: Vec<(String, String, String)> = resources.iter().flat_map(|r| {
+            r["operation"].as_array().into_iter().flatten().map(move |o| (r["type"].as_str().unwrap().to_string(), o["name"].as_str().unwrap().to_string(), o["definition"].as_str().unwrap().to_string()))
+        }).collect();
+        let names: Vec<&str> = operations.iter().map(|(_, n, _)| n.as_str()).collect();
+        assert_eq!(names, ["book-session", "attendance", "everything", "caseload"]);
+        for (_, name, definition) in &operations {
+            if let Some(id) = definition.strip_prefix("https://tandem.example.org/fhir/OperationDefinition/") {
+                let d = json(app.get(&format!("OperationDefinition/{id}")).await).await;
+                assert_eq!(d["url"], definition.as_str());
+                assert_eq!(d["code"], name.as_str());
+            } else {
+                assert_eq!(definition, "http://hl7.org/fhir/OperationDefinition/Patient-everything");
+            }
+        }
 
         // Each declared interaction is answered by the server (not 404/405) for every declared type.
         for r in resources {

@@ -1,0 +1,495 @@
+//! tandem's operations (each documented in the README): Group $book-session and $attendance,
+//! Practitioner $caseload, Patient $everything; and the read-only StructureDefinitions and
+//! CodeSystems of its own extensions and codes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::search::searchset;
+use super::{blocking, query_pairs, read_body, resource_type, AppState, Ctx};
+use crate::error::Error;
+use crate::fhir::{self, Format};
+use crate::resources::{dates, ResourceType};
+use crate::scheduling::{self, definitions, APPOINTMENT_SUBJECT};
+use crate::search::plan::plan;
+use crate::search::Search;
+use crate::store::Version;
+
+/// Most sessions one $attendance or $caseload report reads.
+const REPORT_CAP: i64 = 10_000;
+
+/// `/{type}/{id}/$operation`: dispatches to the operation, or 404 for one this type does not have.
+pub async fn instance_operation(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<(String, String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (type_name, id, operation) = path.into_inner();
+    let result = async {
+        ctx.negotiated()?;
+        let rt = resource_type(&type_name)?;
+        let method = req.method().as_str();
+        match (rt.as_str(), operation.as_str(), method) {
+            ("Group", "$book-session", "POST") => book_session(&req, &ctx, &state, &id, payload).await,
+            ("Group", "$attendance", "GET") => attendance(&req, &ctx, &state, &id).await,
+            ("Practitioner", "$caseload", "GET") => caseload(&req, &ctx, &state, &id).await,
+            ("Patient", "$everything", "GET") => everything(&req, &ctx, &state, &id).await,
+            ("Group", "$book-session", _)
+            | ("Group", "$attendance", _)
+            | ("Practitioner", "$caseload", _)
+            | ("Patient", "$everything", _) => Err(Error::MethodNotAllowed(format!(
+                "{method} is not supported for {operation}"
+            ))),
+            _ => Err(Error::UnsupportedType(format!(
+                "{rt} has no operation '{operation}' on this server"
+            ))),
+        }
+    }
+    .await;
+    ctx.respond(result)
+}
+
+fn parameter<'a>(params: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
+    let name = name.to_string();
+    params
+        .get("parameter")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(move |p| p.get("name").and_then(Value::as_str) == Some(name.as_str()))
+}
+
+fn time_parameter(params: &Value, name: &str) -> Result<(String, i64), Error> {
+    let p = parameter(params, name)
+        .next()
+        .ok_or_else(|| Error::Invalid(format!("parameter '{name}' is required")))?;
+    let text = ["valueDateTime", "valueInstant"]
+        .iter()
+        .find_map(|k| p.get(*k).and_then(Value::as_str))
+        .ok_or_else(|| Error::Invalid(format!("parameter '{name}' must be a dateTime")))?;
+    let at = dates::parse_range(text)
+        .filter(|_| text.contains('T'))
+        .ok_or_else(|| Error::Invalid(format!("parameter '{name}' must be a dateTime with a time and zone")))?;
+    Ok((text.to_string(), at.low))
+}
+
+fn references(params: &Value, name: &str, expected_type: &str) -> Result<Vec<String>, Error> {
+    parameter(params, name)
+        .map(|p| {
+            let r = p
+                .get("valueReference")
+                .and_then(|v| v.get("reference"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if r.starts_with(&format!("{expected_type}/"))
+                || (r.contains("://") && r.contains(&format!("/{expected_type}/")))
+            {
+                Ok(r.to_string())
+            } else {
+                Err(Error::Invalid(format!(
+                    "parameter '{name}' must be a reference to a {expected_type}"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// POST Group/{id}/$book-session: one group session, every active member invited (or the chosen
+/// subset), checked against all scheduling rules in the one transaction that creates it.
+async fn book_session(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    group_id: &str,
+    payload: web::Payload,
+) -> Result<HttpResponse, Error> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(content_type)?;
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    let params = fhir::parse_resource(&body, format)?;
+    if params.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(Error::Structure("$book-session takes a Parameters resource".into()));
+    }
+    let (start_text, start) = time_parameter(&params, "start")?;
+    let (end_text, end) = time_parameter(&params, "end")?;
+    if end <= start {
+        return Err(Error::Invalid("'end' must be after 'start'".into()));
+    }
+    let practitioners = references(&params, "practitioner", "Practitioner")?;
+    if practitioners.is_empty() {
+        return Err(Error::Invalid(
+            "at least one 'practitioner' (the facilitator) is required".into(),
+        ));
+    }
+    let locations = references(&params, "location", "Location")?;
+    if locations.len() > 1 {
+        return Err(Error::Invalid("at most one 'location'".into()));
+    }
+    let chosen = references(&params, "member", "Patient")?;
+    let description = parameter(&params, "description")
+        .next()
+        .and_then(|p| p.get("valueString"))
+        .cloned();
+
+    let store = state.store.clone();
+    let gid = group_id.to_string();
+    let group = blocking(move || {
+        store.read(
+            ResourceType::parse("Group").ok_or_else(|| Error::Internal("Group".into()))?,
+            &gid,
+        )
+    })
+    .await?;
+    let group: Value = super::search::parse_body(&group)?;
+    let active: Vec<String> = scheduling::active_members(&group, start)
+        .into_iter()
+        .map(|id| format!("Patient/{id}"))
+        .collect();
+    let members = if chosen.is_empty() { active.clone() } else { chosen };
+    let outsiders: Vec<&String> = members.iter().filter(|m| !active.contains(m)).collect();
+    if !outsiders.is_empty() {
+        let list: Vec<&str> = outsiders.iter().map(|s| s.as_str()).collect();
+        return Err(Error::Unprocessable(format!(
+            "{} not an active member of Group/{group_id} on {}",
+            list.join(", "),
+            &start_text[..10]
+        )));
+    }
+    if members.is_empty() {
+        return Err(Error::Unprocessable(format!(
+            "Group/{group_id} has no active members on {}",
+            &start_text[..10]
+        )));
+    }
+    let mut participants: Vec<Value> = practitioners
+        .iter()
+        .map(|r| json!({"type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PPRF", "display": "primary performer"}]}],
+                        "actor": {"reference": r}, "required": "required", "status": "accepted"}))
+        .collect();
+    participants.extend(
+        locations
+            .iter()
+            .map(|r| json!({"actor": {"reference": r}, "required": "required", "status": "accepted"})),
+    );
+    participants.extend(
+        members
+            .iter()
+            .map(|r| json!({"actor": {"reference": r}, "required": "optional", "status": "needs-action"})),
+    );
+    let mut appointment = json!({
+        "resourceType": "Appointment",
+        "extension": [{"url": APPOINTMENT_SUBJECT, "valueReference": {"reference": format!("Group/{group_id}")}}],
+        "status": "booked",
+        "start": start_text,
+        "end": end_text,
+        "participant": participants,
+    });
+    if let Some(d) = description {
+        appointment["description"] = d;
+    }
+    let store = state.store.clone();
+    let appointment_rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
+    let created = blocking(move || store.create(appointment_rt, appointment)).await?;
+    let mut builder = HttpResponse::build(StatusCode::CREATED);
+    builder.insert_header((
+        header::LOCATION,
+        ctx.url(&format!(
+            "Appointment/{}/_history/{}",
+            created.res_id, created.version_id
+        )),
+    ));
+    ctx.version(builder, &created)
+}
+
+fn window_params(req: &HttpRequest) -> Result<(Option<String>, Option<String>), Error> {
+    let mut start = None;
+    let mut end = None;
+    for (k, v) in query_pairs(req) {
+        let check = |v: &str| {
+            dates::parse_range(v)
+                .map(|_| v.to_string())
+                .ok_or_else(|| Error::Invalid(format!("'{k}' must be a date or dateTime, not '{v}'")))
+        };
+        match k.as_str() {
+            "start" => start = Some(check(&v)?),
+            "end" => end = Some(check(&v)?),
+            _ => {}
+        }
+    }
+    Ok((start, end))
+}
+
+/// Appointments of `criterion` whose start falls in [start, end), read whole from the indexes.
+async fn sessions(
+    state: &AppState,
+    criterion: (&str, String),
+    start: &Option<String>,
+    end: &Option<String>,
+) -> Result<Vec<Value>, Error> {
+    let mut pairs = vec![(criterion.0.to_string(), criterion.1)];
+    if let Some(s) = start {
+        pairs.push(("date".into(), format!("ge{s}")));
+    }
+    if let Some(e) = end {
+        pairs.push(("date".into(), format!("lt{e}")));
+    }
+    let rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
+    let planned = plan(&[rt], &Search::parse(&pairs)?, true)?;
+    let store = state.store.clone();
+    let found = blocking(move || store.search_all(&planned, REPORT_CAP)).await?;
+    found.iter().map(super::search::parse_body).collect()
+}
+
+fn window_parameters(start: &Option<String>, end: &Option<String>) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(s) = start {
+        out.push(json!({"name": "start", "valueString": s}));
+    }
+    if let Some(e) = end {
+        out.push(json!({"name": "end", "valueString": e}));
+    }
+    out
+}
+
+/// Statuses of sessions that took place or are to take place (cancelled and proposed ones do not count).
+const COUNTED: [&str; 6] = ["pending", "booked", "arrived", "checked-in", "fulfilled", "noshow"];
+
+fn counted(session: &Value) -> bool {
+    session
+        .get("status")
+        .and_then(Value::as_str)
+        .is_some_and(|s| COUNTED.contains(&s))
+}
+
+/// GET Group/{id}/$attendance?start=&end=: per member, sessions invited, attended and missed.
+async fn attendance(req: &HttpRequest, ctx: &Ctx, state: &AppState, group_id: &str) -> Result<HttpResponse, Error> {
+    let (start, end) = window_params(req)?;
+    let store = state.store.clone();
+    let gid = group_id.to_string();
+    let group = blocking(move || {
+        store.read(
+            ResourceType::parse("Group").ok_or_else(|| Error::Internal("Group".into()))?,
+            &gid,
+        )
+    })
+    .await?;
+    let group: Value = super::search::parse_body(&group)?;
+    let found = sessions(state, ("group", format!("Group/{group_id}")), &start, &end).await?;
+    let canonical = &state.store.rules().canonical;
+    // Every member on the roster, and anyone who was in a session.
+    let mut tally: BTreeMap<String, [i64; 5]> = BTreeMap::new(); // invited, attended, no-show, late-cancel, unrecorded
+    for m in group.get("member").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(r) = m
+            .get("entity")
+            .and_then(|e| e.get("reference"))
+            .and_then(Value::as_str)
+            .filter(|r| r.starts_with("Patient/"))
+        {
+            tally.entry(r.to_string()).or_default();
+        }
+    }
+    let held: Vec<&Value> = found.iter().filter(|s| counted(s)).collect();
+    for session in &held {
+        for (patient, declined, code) in scheduling::patient_attendance(session, canonical) {
+            if declined {
+                continue;
+            }
+            let t = tally.entry(format!("Patient/{patient}")).or_default();
+            t[0] += 1;
+            match code {
+                Some("attended") => t[1] += 1,
+                Some("no-show") => t[2] += 1,
+                Some("late-cancel") => t[3] += 1,
+                _ => t[4] += 1,
+            }
+        }
+    }
+    let mut parameters = vec![json!({"name": "group", "valueReference": {"reference": format!("Group/{group_id}")}})];
+    parameters.extend(window_parameters(&start, &end));
+    parameters.push(json!({"name": "sessions", "valueInteger": held.len()}));
+    for (patient, [invited, attended, no_show, late_cancel, unrecorded]) in tally {
+        parameters.push(json!({"name": "member", "part": [
+            {"name": "patient", "valueReference": {"reference": patient}},
+            {"name": "invited", "valueInteger": invited},
+            {"name": "attended", "valueInteger": attended},
+            {"name": "missed", "valueInteger": no_show + late_cancel},
+            {"name": "noShow", "valueInteger": no_show},
+            {"name": "lateCancel", "valueInteger": late_cancel},
+            {"name": "unrecorded", "valueInteger": unrecorded}
+        ]}));
+    }
+    Ok(ctx.body(
+        HttpResponse::Ok(),
+        &json!({"resourceType": "Parameters", "parameter": parameters}),
+    ))
+}
+
+/// GET Practitioner/{id}/$caseload?start=&end=: booked hours split into individual and group
+/// sessions, and the number of distinct patients.
+async fn caseload(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    practitioner_id: &str,
+) -> Result<HttpResponse, Error> {
+    let (start, end) = window_params(req)?;
+    let store = state.store.clone();
+    let pid = practitioner_id.to_string();
+    blocking(move || {
+        store.read(
+            ResourceType::parse("Practitioner").ok_or_else(|| Error::Internal("Practitioner".into()))?,
+            &pid,
+        )
+    })
+    .await?;
+    let found = sessions(
+        state,
+        ("practitioner", format!("Practitioner/{practitioner_id}")),
+        &start,
+        &end,
+    )
+    .await?;
+    let me = format!("Practitioner/{practitioner_id}");
+    let (mut individual, mut group) = ((0i64, 0i64), (0i64, 0i64)); // (sessions, minutes)
+    let mut patients: BTreeSet<String> = BTreeSet::new();
+    for session in found
+        .iter()
+        .filter(|s| counted(s) && s.get("status").and_then(Value::as_str) != Some("noshow"))
+    {
+        if !scheduling::booked_actors(session).contains(&me) {
+            continue; // declined
+        }
+        let Some((s, e)) = scheduling::window(session) else {
+            continue;
+        };
+        let minutes = (e - s) / 60_000;
+        let slot = if scheduling::session_group(session).is_some() {
+            &mut group
+        } else {
+            &mut individual
+        };
+        slot.0 += 1;
+        slot.1 += minutes;
+        patients.extend(scheduling::patient_ids(session));
+    }
+    let hours = |minutes: i64| (minutes as f64 / 60.0 * 100.0).round() / 100.0;
+    let mut parameters = vec![json!({"name": "practitioner", "valueReference": {"reference": me}})];
+    parameters.extend(window_parameters(&start, &end));
+    parameters.extend([
+        json!({"name": "individualSessions", "valueInteger": individual.0}),
+        json!({"name": "individualHours", "valueDecimal": hours(individual.1)}),
+        json!({"name": "groupSessions", "valueInteger": group.0}),
+        json!({"name": "groupHours", "valueDecimal": hours(group.1)}),
+        json!({"name": "totalHours", "valueDecimal": hours(individual.1 + group.1)}),
+        json!({"name": "distinctPatients", "valueInteger": patients.len()}),
+    ]);
+    Ok(ctx.body(
+        HttpResponse::Ok(),
+        &json!({"resourceType": "Parameters", "parameter": parameters}),
+    ))
+}
+
+/// GET Patient/{id}/$everything: the patient, their Appointments, CareTeams, Groups and Consents,
+/// as a paged searchset Bundle.
+async fn everything(req: &HttpRequest, ctx: &Ctx, state: &AppState, patient_id: &str) -> Result<HttpResponse, Error> {
+    let mut count = i64::from(state.config.default_count);
+    let mut cursor = None;
+    for (k, v) in query_pairs(req) {
+        match k.as_str() {
+            "_count" => {
+                count = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Error::Invalid(format!("_count '{v}' is not a positive integer")))?
+                    .min(i64::from(state.config.max_count))
+            }
+            "_cursor" => cursor = Some(v),
+            _ => {}
+        }
+    }
+    let store = state.store.clone();
+    let pid = patient_id.to_string();
+    let page = blocking(move || {
+        let patient = store.read(
+            ResourceType::parse("Patient").ok_or_else(|| Error::Internal("Patient".into()))?,
+            &pid,
+        )?;
+        let mut ids = vec![(patient.res_type.clone(), patient.res_id.clone())];
+        let via = [
+            ("Appointment", "actor"),
+            ("CareTeam", "subject"),
+            ("CareTeam", "participant"),
+            ("Group", "member"),
+            ("Consent", "patient"),
+        ];
+        ids.extend(store.referring(("Patient", &pid), &via)?);
+        store.page_of(&ids, count, cursor.as_deref())
+    })
+    .await?;
+    let path = format!("Patient/{patient_id}/$everything");
+    let link = |c: Option<String>| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("_count", &count.to_string());
+        if let Some(c) = c {
+            q.append_pair("_cursor", &c);
+        }
+        format!("{}?{}", ctx.url(&path), q.finish())
+    };
+    let cursor = query_pairs(req)
+        .into_iter()
+        .find(|(k, _)| k == "_cursor")
+        .map(|(_, v)| v);
+    let bundle = searchset(ctx, &page, count, cursor, &link, &[] as &[Version], None, true, |r| r)?;
+    Ok(ctx.body(HttpResponse::Ok(), &bundle))
+}
+
+/// GET /StructureDefinition and /CodeSystem (optionally `?url=`): tandem's own definitions.
+pub async fn definitions_list(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    let result = (|| {
+        ctx.negotiated()?;
+        let res_type = req.path().trim_start_matches('/').split('/').next().unwrap_or("");
+        let all = definitions::of_type(&state.store.rules().canonical, res_type)
+            .ok_or_else(|| Error::NotFound(req.path().to_string()))?;
+        let wanted_url = query_pairs(&req).into_iter().find(|(k, _)| k == "url").map(|(_, v)| v);
+        let entries: Vec<Value> = all
+            .into_iter()
+            .filter(|d| wanted_url.as_deref().is_none_or(|u| d["url"] == u))
+            .map(|d| json!({"fullUrl": ctx.url(&format!("{res_type}/{}", d["id"].as_str().unwrap_or(""))), "resource": d, "search": {"mode": "match"}}))
+            .collect();
+        let bundle = json!({
+            "resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
+            "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
+            "type": "searchset", "total": entries.len(),
+            "link": [{"relation": "self", "url": ctx.url(req.path().trim_start_matches('/'))}],
+            "entry": entries,
+        });
+        Ok(ctx.body(HttpResponse::Ok(), &bundle))
+    })();
+    ctx.respond(result)
+}
+
+/// GET /StructureDefinition/{id} and /CodeSystem/{id}.
+pub async fn definition_read(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = (|| {
+        ctx.negotiated()?;
+        let res_type = req.path().trim_start_matches('/').split('/').next().unwrap_or("");
+        let found = definitions::of_type(&state.store.rules().canonical, res_type)
+            .into_iter()
+            .flatten()
+            .find(|d| d["id"] == path.as_str())
+            .ok_or_else(|| Error::NotFound(format!("{res_type}/{} is not known", path.as_str())))?;
+        Ok(ctx.body(HttpResponse::Ok(), &found))
+    })();
+    ctx.respond(result)
+}

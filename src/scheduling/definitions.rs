@@ -1,0 +1,231 @@
+//! tandem's own conformance resources, served read-only: the StructureDefinitions of its two
+//! extensions and its two CodeSystems, all under the configured canonical base.
+
+use serde_json::{json, Value};
+
+use super::{Canonical, GROUP_CONFIDENTIALITY};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn extension(
+    canonical: &Canonical,
+    id: &str,
+    name: &str,
+    title: &str,
+    context: &str,
+    description: &str,
+    value_type: &str,
+) -> Value {
+    let url = format!("{}/StructureDefinition/{id}", canonical.base);
+    json!({
+        "resourceType": "StructureDefinition",
+        "id": id,
+        "url": url,
+        "version": VERSION,
+        "name": name,
+        "title": title,
+        "status": "active",
+        "publisher": "tandem",
+        "description": description,
+        "fhirVersion": "4.0.1",
+        "kind": "complex-type",
+        "abstract": false,
+        "context": [{"type": "element", "expression": context}],
+        "type": "Extension",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension",
+        "derivation": "constraint",
+        "differential": {"element": [
+            {"id": "Extension", "path": "Extension", "short": title, "definition": description, "min": 0, "max": "1"},
+            {"id": "Extension.extension", "path": "Extension.extension", "max": "0"},
+            {"id": "Extension.url", "path": "Extension.url", "fixedUri": url},
+            {"id": "Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": value_type}]}
+        ]}
+    })
+}
+
+fn code_system(
+    canonical: &Canonical,
+    id: &str,
+    name: &str,
+    title: &str,
+    description: &str,
+    concepts: &[(&str, &str, &str)],
+) -> Value {
+    json!({
+        "resourceType": "CodeSystem",
+        "id": id,
+        "url": format!("{}/CodeSystem/{id}", canonical.base),
+        "version": VERSION,
+        "name": name,
+        "title": title,
+        "status": "active",
+        "publisher": "tandem",
+        "description": description,
+        "caseSensitive": true,
+        "content": "complete",
+        "count": concepts.len(),
+        "concept": concepts.iter().map(|(code, display, definition)| json!({"code": code, "display": display, "definition": definition})).collect::<Vec<_>>()
+    })
+}
+
+pub fn structure_definitions(canonical: &Canonical) -> Vec<Value> {
+    vec![
+        extension(
+            canonical,
+            "group-capacity",
+            "GroupCapacity",
+            "Group capacity",
+            "Group",
+            "The largest number of patients a support group's sessions may hold. The server refuses a group session (Appointment carrying the Group) with more patient participants who have not declined.",
+            "positiveInt",
+        ),
+        extension(
+            canonical,
+            "participant-attendance",
+            "ParticipantAttendance",
+            "Session attendance",
+            "Appointment.participant",
+            &format!(
+                "What happened for this participant of a session, recorded afterwards: a code from {} (attended, no-show, late-cancel). Appointment.participant.status keeps the answer to the invitation.",
+                canonical.attendance_codes()
+            ),
+            "code",
+        ),
+    ]
+}
+
+pub fn code_systems(canonical: &Canonical) -> Vec<Value> {
+    vec![
+        code_system(
+            canonical,
+            "attendance",
+            "Attendance",
+            "Session attendance",
+            "What happened for a participant of an individual or group session.",
+            &[
+                ("attended", "Attended", "The participant attended the session."),
+                ("no-show", "No-show", "The participant did not attend and did not cancel in time."),
+                ("late-cancel", "Late cancellation", "The participant cancelled after the clinic's cancellation deadline."),
+            ],
+        ),
+        code_system(
+            canonical,
+            "consent-category",
+            "ConsentCategory",
+            "tandem consent categories",
+            "Consent categories of group care.",
+            &[(
+                GROUP_CONFIDENTIALITY,
+                "Group confidentiality agreement",
+                "The patient agrees to keep confidential what other members share in a support group. Consent.provision.actor names the Group and provision.period the time it covers; a patient needs an active one to be booked into that group's sessions.",
+            )],
+        ),
+    ]
+}
+
+/// One operation parameter: (name, use, min, max, type, documentation).
+type OperationParameter<'a> = (&'a str, &'a str, u32, &'a str, &'a str, &'a str);
+
+fn operation(
+    canonical: &Canonical,
+    resource: &str,
+    code: &str,
+    name: &str,
+    affects_state: bool,
+    description: &str,
+    parameters: &[OperationParameter<'_>],
+) -> Value {
+    let id = format!("{resource}-{code}");
+    json!({
+        "resourceType": "OperationDefinition",
+        "id": id,
+        "url": format!("{}/OperationDefinition/{id}", canonical.base),
+        "version": VERSION,
+        "name": name,
+        "status": "active",
+        "kind": "operation",
+        "publisher": "tandem",
+        "description": description,
+        "affectsState": affects_state,
+        "code": code,
+        "resource": [resource],
+        "system": false,
+        "type": false,
+        "instance": true,
+        "parameter": parameters.iter().map(|(n, u, min, max, t, doc)| {
+            let mut p = json!({"name": n, "use": u, "min": min, "max": max, "documentation": doc});
+            // A parameter with parts has no type of its own.
+            if !t.is_empty() {
+                p["type"] = json!(t);
+            }
+            p
+        }).collect::<Vec<_>>()
+    })
+}
+
+pub fn operation_definitions(canonical: &Canonical) -> Vec<Value> {
+    vec![
+        operation(canonical, "Group", "book-session", "BookGroupSession", true,
+            "Books one session of a support group: an Appointment carrying the Group (R5 Appointment.subject extension), its facilitators and location, and every member active on the session's date (or the chosen subset) invited with status needs-action. All scheduling rules apply in the one transaction that creates it: no double-booking (409), members only, capacity, and group confidentiality agreements (422).",
+            &[("start", "in", 1, "1", "dateTime", "Start of the session, with time zone"),
+              ("end", "in", 1, "1", "dateTime", "End of the session"),
+              ("practitioner", "in", 1, "*", "Reference", "Facilitator(s): Practitioner references"),
+              ("location", "in", 0, "1", "Reference", "The room: a Location reference"),
+              ("member", "in", 0, "*", "Reference", "Only these members (Patient references; each must be an active member); all active members when absent"),
+              ("description", "in", 0, "1", "string", "Shown as Appointment.description"),
+              ("return", "out", 1, "1", "Appointment", "The session as created")]),
+        operation(canonical, "Group", "attendance", "GroupAttendance", false,
+            "Per member of a group: sessions invited, attended and missed (no-show plus late cancellation) among the group's sessions that start in [start, end), from the participant-attendance extension.",
+            &[("start", "in", 0, "1", "date", "First day (or instant) of the period"),
+              ("end", "in", 0, "1", "date", "End of the period (exclusive)"),
+              ("group", "out", 1, "1", "Reference", "The group"),
+              ("sessions", "out", 1, "1", "integer", "Sessions held or booked in the period"),
+              ("member", "out", 0, "*", "", "One per member: patient, invited, attended, missed, noShow, lateCancel, unrecorded")]),
+        operation(canonical, "Practitioner", "caseload", "PractitionerCaseload", false,
+            "A practitioner's booked hours in [start, end), split into individual and group sessions, and the number of distinct patients seen: the workload view that keeps a therapist's individual and group work in balance.",
+            &[("start", "in", 0, "1", "date", "First day (or instant) of the period"),
+              ("end", "in", 0, "1", "date", "End of the period (exclusive)"),
+              ("individualSessions", "out", 1, "1", "integer", "Individual sessions"),
+              ("individualHours", "out", 1, "1", "decimal", "Hours of individual sessions"),
+              ("groupSessions", "out", 1, "1", "integer", "Group sessions"),
+              ("groupHours", "out", 1, "1", "decimal", "Hours of group sessions"),
+              ("totalHours", "out", 1, "1", "decimal", "All booked hours"),
+              ("distinctPatients", "out", 1, "1", "integer", "Distinct patients across these sessions")]),
+    ]
+}
+
+/// The definitions of one type (StructureDefinition, CodeSystem or OperationDefinition), or None
+/// for another type.
+pub fn of_type(canonical: &Canonical, res_type: &str) -> Option<Vec<Value>> {
+    match res_type {
+        "StructureDefinition" => Some(structure_definitions(canonical)),
+        "CodeSystem" => Some(code_systems(canonical)),
+        "OperationDefinition" => Some(operation_definitions(canonical)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_are_valid_r4_and_use_the_canonical_base() {
+        let c = Canonical::new("https://fhir.clinic.example/fhir");
+        for r in structure_definitions(&c)
+            .into_iter()
+            .chain(code_systems(&c))
+            .chain(operation_definitions(&c))
+        {
+            assert!(r["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://fhir.clinic.example/fhir/"));
+            let body = serde_json::to_vec(&r).unwrap();
+            crate::fhir::parse_resource(&body, crate::fhir::Format::Json)
+                .unwrap_or_else(|e| panic!("{}: {e}", r["id"]));
+        }
+        assert_eq!(c.group_capacity(), structure_definitions(&c)[0]["url"]);
+        assert_eq!(c.participant_attendance(), structure_definitions(&c)[1]["url"]);
+    }
+}

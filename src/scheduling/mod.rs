@@ -1,0 +1,308 @@
+//! The group-therapy model (DESIGN.md): which appointments hold time and for whom, group sessions,
+//! rosters on a date, capacity, attendance, and the canonical URLs of tandem's own extensions and
+//! codes. Pure knowledge over resources in their JSON form; the store enforces it in transactions.
+
+pub mod definitions;
+
+use serde_json::{json, Value};
+
+use crate::resources::{dates, parse_reference, Target};
+
+/// HL7's R5 cross-version extension that carries the Group of a group session on an R4 Appointment.
+pub const APPOINTMENT_SUBJECT: &str = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject";
+
+/// Appointment statuses that hold the time of their participants (the double-booking rule).
+pub const ACTIVE_STATUSES: [&str; 4] = ["pending", "booked", "arrived", "checked-in"];
+
+/// The canonical URLs of tandem's own extensions and code systems, under one configurable base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canonical {
+    pub base: String,
+}
+
+impl Canonical {
+    pub fn new(base: &str) -> Canonical {
+        Canonical {
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+    /// Group extension: the most members a group's sessions may hold (valuePositiveInt).
+    pub fn group_capacity(&self) -> String {
+        format!("{}/StructureDefinition/group-capacity", self.base)
+    }
+    /// Appointment.participant extension: what happened (valueCode from the attendance code system).
+    pub fn participant_attendance(&self) -> String {
+        format!("{}/StructureDefinition/participant-attendance", self.base)
+    }
+    pub fn attendance_codes(&self) -> String {
+        format!("{}/CodeSystem/attendance", self.base)
+    }
+    /// Consent.category system whose code `group-confidentiality` marks a group confidentiality agreement.
+    pub fn consent_category(&self) -> String {
+        format!("{}/CodeSystem/consent-category", self.base)
+    }
+}
+
+pub const GROUP_CONFIDENTIALITY: &str = "group-confidentiality";
+
+/// The rules the store enforces, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub canonical: Canonical,
+    /// A patient needs an active group confidentiality agreement to be booked into a group session.
+    pub require_group_consent: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            canonical: Canonical::new(DEFAULT_CANONICAL_BASE),
+            require_group_consent: true,
+        }
+    }
+}
+
+pub const DEFAULT_CANONICAL_BASE: &str = "https://tandem.example.org/fhir";
+
+/// The time an appointment holds: [start, end) in ms, when it is active and has both.
+pub fn held_window(appointment: &Value) -> Option<(i64, i64)> {
+    let status = appointment.get("status").and_then(Value::as_str)?;
+    if !ACTIVE_STATUSES.contains(&status) {
+        return None;
+    }
+    window(appointment)
+}
+
+/// [start, end) of an appointment in ms, whatever its status.
+pub fn window(appointment: &Value) -> Option<(i64, i64)> {
+    let start = appointment
+        .get("start")
+        .and_then(Value::as_str)
+        .and_then(dates::parse_range)?
+        .low;
+    let end = appointment
+        .get("end")
+        .and_then(Value::as_str)
+        .and_then(dates::parse_range)?
+        .low;
+    (end > start).then_some((start, end))
+}
+
+fn participants(appointment: &Value) -> impl Iterator<Item = &Value> {
+    appointment
+        .get("participant")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+fn declined(participant: &Value) -> bool {
+    participant.get("status").and_then(Value::as_str) == Some("declined")
+}
+
+/// The key of a participant's actor for bookings, if it is a Practitioner, Patient or Location:
+/// `Type/id` for a local reference, the URL for an absolute one.
+fn actor_key(participant: &Value) -> Option<(String, String)> {
+    let reference = participant.get("actor")?.get("reference")?.as_str()?;
+    match parse_reference(reference) {
+        Target::Local { res_type, id, .. } => matches!(res_type.as_str(), "Practitioner" | "Patient" | "Location")
+            .then(|| (res_type.clone(), format!("{res_type}/{id}"))),
+        Target::External(url) => {
+            let t = ["Practitioner", "Patient", "Location"]
+                .into_iter()
+                .find(|t| url.contains(&format!("/{t}/")))?;
+            Some((t.to_string(), url))
+        }
+        Target::Contained(_) => None,
+    }
+}
+
+/// The practitioners, patients and locations whose time an appointment holds (declined ones do not).
+pub fn booked_actors(appointment: &Value) -> Vec<String> {
+    let mut actors: Vec<String> = participants(appointment)
+        .filter(|p| !declined(p))
+        .filter_map(actor_key)
+        .map(|(_, k)| k)
+        .collect();
+    actors.sort();
+    actors.dedup();
+    actors
+}
+
+/// Ids of the local Patient participants who have not declined.
+pub fn patient_ids(appointment: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = participants(appointment)
+        .filter(|p| !declined(p))
+        .filter_map(|p| p.get("actor")?.get("reference")?.as_str())
+        .filter_map(|r| match parse_reference(r) {
+            Target::Local { res_type, id, .. } if res_type == "Patient" => Some(id),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The Group of a group session (the id of a local reference in the R5 subject extension).
+pub fn session_group(appointment: &Value) -> Option<String> {
+    let ext = appointment
+        .get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(APPOINTMENT_SUBJECT))?;
+    let reference = ext.get("valueReference")?.get("reference")?.as_str()?;
+    match parse_reference(reference) {
+        Target::Local { res_type, id, .. } if res_type == "Group" => Some(id),
+        _ => None,
+    }
+}
+
+/// Patient ids of the members active at `at_ms`: a period covering it (an open end is open) and not
+/// inactive.
+pub fn active_members(group: &Value, at_ms: i64) -> Vec<String> {
+    let members = group.get("member").and_then(Value::as_array).into_iter().flatten();
+    let mut ids: Vec<String> = members
+        .filter(|m| m.get("inactive").and_then(Value::as_bool) != Some(true))
+        .filter(|m| {
+            let period = m.get("period");
+            let start = period
+                .and_then(|p| p.get("start"))
+                .and_then(Value::as_str)
+                .and_then(dates::parse_range)
+                .map_or(i64::MIN, |r| r.low);
+            let end = period
+                .and_then(|p| p.get("end"))
+                .and_then(Value::as_str)
+                .and_then(dates::parse_range)
+                .map_or(i64::MAX, |r| r.high);
+            start <= at_ms && at_ms <= end
+        })
+        .filter_map(|m| m.get("entity")?.get("reference")?.as_str())
+        .filter_map(|r| match parse_reference(r) {
+            Target::Local { res_type, id, .. } if res_type == "Patient" => Some(id),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The capacity extension of a group, if any.
+pub fn capacity(group: &Value, canonical: &Canonical) -> Option<u64> {
+    let url = canonical.group_capacity();
+    group
+        .get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))?
+        .get("valuePositiveInt")?
+        .as_u64()
+}
+
+/// Sets Group.quantity to the number of members active at `now_ms`, for a group that carries its
+/// roster (`member`). A group that enumerates no members (a herd described by its characteristics,
+/// as in HL7's own example) keeps the quantity its author stated.
+pub fn keep_group_quantity(group: &mut Value, now_ms: i64) {
+    if group.get("member").is_none() {
+        return;
+    }
+    let count = active_members(group, now_ms).len();
+    if let Some(map) = group.as_object_mut() {
+        map.insert("quantity".into(), json!(count));
+    }
+}
+
+/// A participant's attendance code (attended, no-show, late-cancel), from our extension.
+pub fn attendance<'a>(participant: &'a Value, canonical: &Canonical) -> Option<&'a str> {
+    let url = canonical.participant_attendance();
+    participant
+        .get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))?
+        .get("valueCode")?
+        .as_str()
+}
+
+/// Per local patient participant: (patient id, declined?, attendance code).
+pub fn patient_attendance<'a>(appointment: &'a Value, canonical: &Canonical) -> Vec<(String, bool, Option<&'a str>)> {
+    participants(appointment)
+        .filter_map(|p| {
+            let reference = p.get("actor")?.get("reference")?.as_str()?;
+            match parse_reference(reference) {
+                Target::Local { res_type, id, .. } if res_type == "Patient" => {
+                    Some((id, declined(p), attendance(p, canonical)))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(status: &str) -> Value {
+        json!({"resourceType": "Appointment", "status": status, "start": "2026-12-01T10:00:00Z", "end": "2026-12-01T11:00:00Z",
+        "extension": [{"url": APPOINTMENT_SUBJECT, "valueReference": {"reference": "Group/g1"}}],
+        "participant": [
+            {"actor": {"reference": "Practitioner/moss"}, "status": "accepted"},
+            {"actor": {"reference": "Patient/ann"}, "status": "accepted"},
+            {"actor": {"reference": "Patient/bob"}, "status": "declined"},
+            {"actor": {"reference": "https://ehr.example.org/fhir/Patient/7"}, "status": "tentative"},
+            {"actor": {"reference": "Location/room-1"}, "status": "accepted"},
+            {"actor": {"reference": "Device/d1"}, "status": "accepted"}
+        ]})
+    }
+
+    #[test]
+    fn active_appointments_hold_time_for_people_and_places_who_did_not_decline() {
+        let a = session("booked");
+        assert!(held_window(&a).is_some());
+        assert_eq!(
+            booked_actors(&a),
+            vec![
+                "Location/room-1",
+                "Patient/ann",
+                "Practitioner/moss",
+                "https://ehr.example.org/fhir/Patient/7"
+            ]
+        );
+        for status in ["cancelled", "noshow", "fulfilled", "proposed", "entered-in-error"] {
+            assert!(held_window(&session(status)).is_none(), "{status}");
+        }
+        assert_eq!(session_group(&a).as_deref(), Some("g1"));
+        assert_eq!(patient_ids(&a), vec!["ann"]);
+    }
+
+    #[test]
+    fn active_members_follow_periods_and_inactive() {
+        let g = json!({"resourceType": "Group", "type": "person", "actual": true, "member": [
+            {"entity": {"reference": "Patient/a"}, "period": {"start": "2026-01-01"}},
+            {"entity": {"reference": "Patient/b"}, "period": {"start": "2026-01-01", "end": "2026-06-30"}},
+            {"entity": {"reference": "Patient/c"}, "inactive": true},
+            {"entity": {"reference": "Patient/d"}, "period": {"start": "2026-09-01"}}]});
+        let at = |d: &str| dates::parse_range(d).unwrap().low;
+        assert_eq!(active_members(&g, at("2026-03-01")), vec!["a", "b"]);
+        assert_eq!(active_members(&g, at("2026-07-01")), vec!["a"]);
+        assert_eq!(active_members(&g, at("2026-10-01")), vec!["a", "d"]);
+        let mut g = g;
+        keep_group_quantity(&mut g, at("2026-10-01"));
+        assert_eq!(g["quantity"], 2);
+        let mut herd = json!({"resourceType": "Group", "type": "animal", "actual": true, "quantity": 25});
+        keep_group_quantity(&mut herd, at("2026-10-01"));
+        assert_eq!(herd["quantity"], 25);
+    }
+
+    #[test]
+    fn capacity_and_attendance_read_our_extensions() {
+        let c = Canonical::new("https://tandem.example.org/fhir/");
+        let g = json!({"extension": [{"url": "https://tandem.example.org/fhir/StructureDefinition/group-capacity", "valuePositiveInt": 8}]});
+        assert_eq!(capacity(&g, &c), Some(8));
+        let p = json!({"extension": [{"url": c.participant_attendance(), "valueCode": "no-show"}]});
+        assert_eq!(attendance(&p, &c), Some("no-show"));
+    }
+}

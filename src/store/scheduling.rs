@@ -1,0 +1,186 @@
+//! The scheduling rules, enforced inside the write transaction of the resource they concern
+//! (see crate::scheduling for the model). Double-booking is guarded by the database: the overlap
+//! check runs after SQLite's write lock is taken, and PostgreSQL's exclusion constraint refuses
+//! what a concurrent transaction slipped in (the write is then retried and the check names it).
+
+use diesel::prelude::*;
+use serde_json::Value;
+
+use super::schema::{bookings, resources};
+use super::search::{load, CountRow};
+use super::{Abort, AnyConnection};
+use crate::error::Error;
+use crate::resources::{dates, ResourceType};
+use crate::scheduling::{self, Rules, GROUP_CONFIDENTIALITY};
+use crate::search::plan::Sql;
+
+fn day(ms: i64) -> String {
+    dates::format_instant(ms)[..10].to_string()
+}
+
+/// Applies the rules for a write of `resource` (before it is stamped and stored): keeps Group.quantity,
+/// and checks and books an Appointment. `previous` is the version being replaced, if any.
+pub(super) fn before_write(
+    c: &mut AnyConnection,
+    rules: &Rules,
+    rt: ResourceType,
+    id: &str,
+    resource: &mut Value,
+    previous: Option<&Value>,
+) -> Result<(), Abort> {
+    match rt.as_str() {
+        "Group" => {
+            scheduling::keep_group_quantity(resource, dates::now_millis());
+            Ok(())
+        }
+        "Appointment" => {
+            book(c, id, resource)?;
+            check_group_session(c, rules, resource, previous)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Frees an Appointment's time when it is deleted.
+pub(super) fn on_delete(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), Abort> {
+    if rt.as_str() == "Appointment" {
+        diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(c)?;
+    }
+    Ok(())
+}
+
+/// Replaces the appointment's bookings; refuses (409) a clash with another active appointment.
+fn book(c: &mut AnyConnection, id: &str, appointment: &Value) -> Result<(), Abort> {
+    diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(c)?;
+    let Some((start, end)) = scheduling::held_window(appointment) else {
+        return Ok(());
+    };
+    for actor in scheduling::booked_actors(appointment) {
+        let clash: Option<(String, i64, i64)> = bookings::table
+            .filter(bookings::actor.eq(&actor))
+            .filter(bookings::start_ms.lt(end))
+            .filter(bookings::end_ms.gt(start))
+            .select((bookings::appointment_id, bookings::start_ms, bookings::end_ms))
+            .first(c)
+            .optional()?;
+        if let Some((other, s, e)) = clash {
+            return Err(Error::Conflict(format!(
+                "{actor} is already booked from {} to {} by Appointment/{other}",
+                dates::format_instant(s),
+                dates::format_instant(e)
+            ))
+            .into());
+        }
+        diesel::insert_into(bookings::table)
+            .values((
+                bookings::appointment_id.eq(id),
+                bookings::actor.eq(&actor),
+                bookings::start_ms.eq(start),
+                bookings::end_ms.eq(end),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+/// A group session may only hold active members of its group, no more than its capacity, each with a
+/// group confidentiality agreement covering the session (when the policy is on).
+fn check_group_session(
+    c: &mut AnyConnection,
+    rules: &Rules,
+    appointment: &Value,
+    previous: Option<&Value>,
+) -> Result<(), Abort> {
+    let Some(group_id) = scheduling::session_group(appointment) else {
+        return Ok(());
+    };
+    let Some((start, _)) = scheduling::held_window(appointment) else {
+        return Ok(());
+    };
+    let group: Option<Option<String>> = resources::table
+        .filter(resources::res_type.eq("Group"))
+        .filter(resources::res_id.eq(&group_id))
+        .filter(resources::deleted.eq(false))
+        .select(resources::body)
+        .first(c)
+        .optional()?;
+    let group: Value = group
+        .flatten()
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .ok_or_else(|| Error::Unprocessable(format!("the session's Group/{group_id} does not exist on this server")))?;
+
+    let patients = scheduling::patient_ids(appointment);
+    let members = scheduling::active_members(&group, start);
+    let outsiders: Vec<String> = patients
+        .iter()
+        .filter(|p| !members.contains(p))
+        .map(|p| format!("Patient/{p}"))
+        .collect();
+    if !outsiders.is_empty() {
+        return Err(Error::Unprocessable(format!(
+            "{} {} not an active member of Group/{group_id} on {}",
+            outsiders.join(", "),
+            if outsiders.len() == 1 { "is" } else { "are" },
+            day(start)
+        ))
+        .into());
+    }
+    if let Some(cap) = scheduling::capacity(&group, &rules.canonical) {
+        if patients.len() as u64 > cap {
+            return Err(Error::Unprocessable(format!(
+                "Group/{group_id} holds at most {cap} patients in a session; this one has {}",
+                patients.len()
+            ))
+            .into());
+        }
+    }
+    if !rules.require_group_consent {
+        return Ok(());
+    }
+    // Agreements are checked when a patient is booked: newly added, or the session moved or changed
+    // group. A later revocation does not undo bookings already made.
+    let unchanged = previous.filter(|p| {
+        scheduling::held_window(p).map(|w| w.0) == Some(start)
+            && scheduling::session_group(p).as_deref() == Some(group_id.as_str())
+    });
+    let already: Vec<String> = unchanged.map(scheduling::patient_ids).unwrap_or_default();
+    let mut lacking = Vec::new();
+    for patient in patients.iter().filter(|p| !already.contains(p)) {
+        if !has_agreement(c, rules, patient, &group_id, start)? {
+            lacking.push(format!("Patient/{patient}"));
+        }
+    }
+    if !lacking.is_empty() {
+        return Err(Error::Unprocessable(format!(
+            "{} {} no active group confidentiality agreement (Consent with category {}|{GROUP_CONFIDENTIALITY}) for Group/{group_id} covering {}",
+            lacking.join(", "),
+            if lacking.len() == 1 { "has" } else { "have" },
+            rules.canonical.consent_category(),
+            day(start)
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// An active Consent of the group-confidentiality category for this patient and group whose
+/// provision period covers `at` (or has none). Answered from the index tables.
+fn has_agreement(c: &mut AnyConnection, rules: &Rules, patient: &str, group: &str, at: i64) -> Result<bool, Abort> {
+    let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE r.res_type = 'Consent' AND r.deleted = false");
+    sql.push(" AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = 'Consent' AND param = 'patient' AND target_type = 'Patient' AND target_id = ")
+        .text_bind(patient)
+        .push(") AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = 'Consent' AND param = 'actor' AND target_type = 'Group' AND target_id = ")
+        .text_bind(group)
+        .push(") AND r.res_id IN (SELECT res_id FROM idx_token WHERE res_type = 'Consent' AND param = 'category' AND system = ")
+        .text_bind(rules.canonical.consent_category())
+        .push(" AND code = ")
+        .text_bind(GROUP_CONFIDENTIALITY)
+        .push(") AND r.res_id IN (SELECT res_id FROM idx_token WHERE res_type = 'Consent' AND param = 'status' AND code = 'active')")
+        .push(" AND (r.res_id IN (SELECT res_id FROM idx_date WHERE res_type = 'Consent' AND param = 'period' AND low <= ")
+        .int_bind(at)
+        .push(" AND high >= ")
+        .int_bind(at)
+        .push(") OR r.res_id NOT IN (SELECT res_id FROM idx_date WHERE res_type = 'Consent' AND param = 'period'))");
+    let rows: Vec<CountRow> = load(c, &sql)?;
+    Ok(rows.first().is_some_and(|r| r.n > 0))
+}
