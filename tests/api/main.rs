@@ -11,6 +11,7 @@ mod examples;
 mod formats;
 mod history;
 mod metadata;
+mod operations;
 mod restart;
 mod scheduling;
 mod search;

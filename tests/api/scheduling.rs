@@ -8,7 +8,7 @@ use crate::helpers::*;
 const SUBJECT: &str = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject";
 const CANON: &str = "https://tandem.example.org/fhir";
 
-async fn put(app: &TestApp, body: Value) -> reqwest::Response {
+pub async fn put(app: &TestApp, body: Value) -> reqwest::Response {
     let path = format!(
         "{}/{}",
         body["resourceType"].as_str().unwrap(),
@@ -17,12 +17,12 @@ async fn put(app: &TestApp, body: Value) -> reqwest::Response {
     app.put_json(&path, &body).await
 }
 
-async fn put_ok(app: &TestApp, body: Value) {
+pub async fn put_ok(app: &TestApp, body: Value) {
     let res = put(app, body).await;
     assert!(res.status().is_success(), "{}", res.text().await.unwrap());
 }
 
-fn appointment(id: &str, status: &str, start: &str, end: &str, actors: &[&str]) -> Value {
+pub fn appointment(id: &str, status: &str, start: &str, end: &str, actors: &[&str]) -> Value {
     json!({"resourceType": "Appointment", "id": id, "status": status, "start": start, "end": end,
         "participant": actors.iter().map(|a| json!({"actor": {"reference": a}, "status": "accepted"})).collect::<Vec<_>>()})
 }
@@ -43,7 +43,7 @@ fn agreement(id: &str, patient: &str, group: &str, status: &str, start: &str, en
 
 /// Two therapists, a room, six clients; a grief group of p1..p4 active, p5 who left in June and p6
 /// inactive, capacity 5; agreements for p1..p4 covering 2026.
-async fn clinic(app: &TestApp) {
+pub async fn clinic(app: &TestApp) {
     for (id, family) in [("moss", "Moss"), ("ngata", "Ngata")] {
         put_ok(
             app,
