@@ -85,6 +85,13 @@ impl From<diesel::result::Error> for Abort {
             | diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::SerializationFailure, _) => {
                 Abort::Retry
             }
+            // PostgreSQL chose this transaction as a deadlock victim (40P01, which diesel reports as
+            // Unknown): it wrote nothing, and running it again is the documented remedy.
+            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::Unknown, ref info)
+                if info.message().contains("deadlock detected") =>
+            {
+                Abort::Retry
+            }
             other => Abort::Error(other.into()),
         }
     }

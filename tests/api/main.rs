@@ -14,6 +14,7 @@ mod metadata;
 mod operations;
 mod restart;
 mod scheduling;
+mod scheduling_processes;
 mod search;
 mod search_paging;
 mod search_params;
