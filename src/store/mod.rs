@@ -172,36 +172,7 @@ impl Store {
 
     /// Creates a resource with a server-assigned id (http.html#create).
     pub fn create(&self, rt: ResourceType, resource: Value) -> Result<Version, Error> {
-        self.write(|c| {
-            let id = uuid::Uuid::new_v4().to_string();
-            check_references(c, &resource, rt, &id)?;
-            let mut resource = resource.clone();
-            scheduling::before_write(c, &self.rules, rt, &id, &mut resource, None)?;
-            let entries = index::extract(rt, &resource);
-            let now = dates::now_millis();
-            let body = stamp(&resource, &id, 1, now);
-            diesel::insert_into(resources::table)
-                .values((
-                    resources::res_type.eq(rt.as_str()),
-                    resources::res_id.eq(&id),
-                    resources::version_id.eq(1i64),
-                    resources::last_updated.eq(now),
-                    resources::deleted.eq(false),
-                    resources::body.eq(Some(&body)),
-                ))
-                .execute(c)?;
-            let version = Version {
-                res_type: rt.as_str().into(),
-                res_id: id,
-                version_id: 1,
-                last_updated: now,
-                method: "POST".into(),
-                body: Some(body),
-            };
-            insert_version(c, &version)?;
-            write_index(c, rt, &version.res_id, &entries)?;
-            Ok(version)
-        })
+        self.write(|c| create_in(c, &self.rules, rt, &resource, &uuid::Uuid::new_v4().to_string(), true))
     }
 
     /// Updates a resource, or creates it with the client's id when it does not exist
@@ -213,115 +184,13 @@ impl Store {
         resource: Value,
         if_match: Option<i64>,
     ) -> Result<UpdateOutcome, Error> {
-        self.write(|c| {
-            check_references(c, &resource, rt, id)?;
-            let current = load_current_for_write(c, rt, id)?;
-            let previous: Option<Value> = current
-                .as_ref()
-                .filter(|cur| !cur.deleted)
-                .and_then(|cur| cur.body.as_deref())
-                .and_then(|b| serde_json::from_str(b).ok());
-            let mut resource = resource.clone();
-            scheduling::before_write(c, &self.rules, rt, id, &mut resource, previous.as_ref())?;
-            let entries = index::extract(rt, &resource);
-            let now = dates::now_millis();
-            let Some(current) = current else {
-                if let Some(v) = if_match {
-                    return Err(Error::PreconditionFailed(format!(
-                        "{rt}/{id} does not exist, so version {v} does not match"
-                    ))
-                    .into());
-                }
-                let body = stamp(&resource, id, 1, now);
-                // A concurrent creator of the same id makes this insert fail; the retry then updates.
-                diesel::insert_into(resources::table)
-                    .values((
-                        resources::res_type.eq(rt.as_str()),
-                        resources::res_id.eq(id),
-                        resources::version_id.eq(1i64),
-                        resources::last_updated.eq(now),
-                        resources::deleted.eq(false),
-                        resources::body.eq(Some(&body)),
-                    ))
-                    .execute(c)?;
-                let version = Version {
-                    res_type: rt.as_str().into(),
-                    res_id: id.into(),
-                    version_id: 1,
-                    last_updated: now,
-                    method: "PUT".into(),
-                    body: Some(body),
-                };
-                insert_version(c, &version)?;
-                write_index(c, rt, id, &entries)?;
-                return Ok(UpdateOutcome { version, created: true });
-            };
-            if let Some(v) = if_match {
-                if v != current.version_id {
-                    return Err(Error::PreconditionFailed(format!(
-                        "version {v} of {rt}/{id} is not the current one (version {})",
-                        current.version_id
-                    ))
-                    .into());
-                }
-            }
-            let version_id = current.version_id + 1;
-            let last_updated = now.max(current.last_updated + 1);
-            let body = stamp(&resource, id, version_id, last_updated);
-            swap_current(
-                c,
-                rt,
-                id,
-                current.version_id,
-                version_id,
-                last_updated,
-                Some(&body),
-                if_match,
-            )?;
-            let version = Version {
-                res_type: rt.as_str().into(),
-                res_id: id.into(),
-                version_id,
-                last_updated,
-                method: "PUT".into(),
-                body: Some(body),
-            };
-            insert_version(c, &version)?;
-            clear_index(c, rt, id)?;
-            write_index(c, rt, id, &entries)?;
-            Ok(UpdateOutcome {
-                version,
-                created: current.deleted,
-            })
-        })
+        self.write(|c| update_in(c, &self.rules, rt, id, &resource, if_match, true))
     }
 
     /// Deletes a resource logically (http.html#delete). Returns the deletion version, or None when
     /// there was nothing to delete (unknown, or already deleted).
     pub fn delete(&self, rt: ResourceType, id: &str) -> Result<Option<Version>, Error> {
-        self.write(|c| {
-            let Some(current) = load_current_for_write(c, rt, id)? else {
-                return Ok(None);
-            };
-            if current.deleted {
-                return Ok(None);
-            }
-            let version_id = current.version_id + 1;
-            let last_updated = dates::now_millis().max(current.last_updated + 1);
-            swap_current(c, rt, id, current.version_id, version_id, last_updated, None, None)?;
-            scheduling::on_delete(c, rt, id)?;
-            let version = Version {
-                res_type: rt.as_str().into(),
-                res_id: id.into(),
-                version_id,
-                last_updated,
-                method: "DELETE".into(),
-                body: None,
-            };
-            insert_version(c, &version)?;
-            clear_index(c, rt, id)?;
-            Ok(Some(version))
-        })
+        self.write(|c| delete_in(c, rt, id))
     }
 
     /// The current version. NotFound for an unknown id, Gone for a deleted resource.
@@ -412,6 +281,164 @@ impl Store {
             next_before: if more { last_seq } else { None },
         })
     }
+}
+
+/// Creates `rt/id` (the id chosen by the caller) on an open write transaction. `check_refs` is false
+/// inside a transaction Bundle, whose references are checked once all its entries are written.
+fn create_in(
+    c: &mut AnyConnection,
+    rules: &crate::scheduling::Rules,
+    rt: ResourceType,
+    resource: &Value,
+    id: &str,
+    check_refs: bool,
+) -> Result<Version, Abort> {
+    if check_refs {
+        check_references(c, resource, rt, id)?;
+    }
+    let mut resource = resource.clone();
+    scheduling::before_write(c, rules, rt, id, &mut resource, None)?;
+    let entries = index::extract(rt, &resource);
+    let now = dates::now_millis();
+    let body = stamp(&resource, id, 1, now);
+    diesel::insert_into(resources::table)
+        .values((
+            resources::res_type.eq(rt.as_str()),
+            resources::res_id.eq(id),
+            resources::version_id.eq(1i64),
+            resources::last_updated.eq(now),
+            resources::deleted.eq(false),
+            resources::body.eq(Some(&body)),
+        ))
+        .execute(c)?;
+    let version = Version {
+        res_type: rt.as_str().into(),
+        res_id: id.to_string(),
+        version_id: 1,
+        last_updated: now,
+        method: "POST".into(),
+        body: Some(body),
+    };
+    insert_version(c, &version)?;
+    write_index(c, rt, &version.res_id, &entries)?;
+    Ok(version)
+}
+
+/// Updates (or creates with the client's id) `rt/id` on an open write transaction.
+fn update_in(
+    c: &mut AnyConnection,
+    rules: &crate::scheduling::Rules,
+    rt: ResourceType,
+    id: &str,
+    resource: &Value,
+    if_match: Option<i64>,
+    check_refs: bool,
+) -> Result<UpdateOutcome, Abort> {
+    if check_refs {
+        check_references(c, resource, rt, id)?;
+    }
+    let current = load_current_for_write(c, rt, id)?;
+    let previous: Option<Value> = current
+        .as_ref()
+        .filter(|cur| !cur.deleted)
+        .and_then(|cur| cur.body.as_deref())
+        .and_then(|b| serde_json::from_str(b).ok());
+    let mut resource = resource.clone();
+    scheduling::before_write(c, rules, rt, id, &mut resource, previous.as_ref())?;
+    let entries = index::extract(rt, &resource);
+    let now = dates::now_millis();
+    let Some(current) = current else {
+        if let Some(v) = if_match {
+            return Err(
+                Error::PreconditionFailed(format!("{rt}/{id} does not exist, so version {v} does not match")).into(),
+            );
+        }
+        let body = stamp(&resource, id, 1, now);
+        // A concurrent creator of the same id makes this insert fail; the retry then updates.
+        diesel::insert_into(resources::table)
+            .values((
+                resources::res_type.eq(rt.as_str()),
+                resources::res_id.eq(id),
+                resources::version_id.eq(1i64),
+                resources::last_updated.eq(now),
+                resources::deleted.eq(false),
+                resources::body.eq(Some(&body)),
+            ))
+            .execute(c)?;
+        let version = Version {
+            res_type: rt.as_str().into(),
+            res_id: id.into(),
+            version_id: 1,
+            last_updated: now,
+            method: "PUT".into(),
+            body: Some(body),
+        };
+        insert_version(c, &version)?;
+        write_index(c, rt, id, &entries)?;
+        return Ok(UpdateOutcome { version, created: true });
+    };
+    if let Some(v) = if_match {
+        if v != current.version_id {
+            return Err(Error::PreconditionFailed(format!(
+                "version {v} of {rt}/{id} is not the current one (version {})",
+                current.version_id
+            ))
+            .into());
+        }
+    }
+    let version_id = current.version_id + 1;
+    let last_updated = now.max(current.last_updated + 1);
+    let body = stamp(&resource, id, version_id, last_updated);
+    swap_current(
+        c,
+        rt,
+        id,
+        current.version_id,
+        version_id,
+        last_updated,
+        Some(&body),
+        if_match,
+    )?;
+    let version = Version {
+        res_type: rt.as_str().into(),
+        res_id: id.into(),
+        version_id,
+        last_updated,
+        method: "PUT".into(),
+        body: Some(body),
+    };
+    insert_version(c, &version)?;
+    clear_index(c, rt, id)?;
+    write_index(c, rt, id, &entries)?;
+    Ok(UpdateOutcome {
+        version,
+        created: current.deleted,
+    })
+}
+
+/// Deletes `rt/id` logically on an open write transaction; None when there was nothing to delete.
+fn delete_in(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Option<Version>, Abort> {
+    let Some(current) = load_current_for_write(c, rt, id)? else {
+        return Ok(None);
+    };
+    if current.deleted {
+        return Ok(None);
+    }
+    let version_id = current.version_id + 1;
+    let last_updated = dates::now_millis().max(current.last_updated + 1);
+    swap_current(c, rt, id, current.version_id, version_id, last_updated, None, None)?;
+    scheduling::on_delete(c, rt, id)?;
+    let version = Version {
+        res_type: rt.as_str().into(),
+        res_id: id.into(),
+        version_id,
+        last_updated,
+        method: "DELETE".into(),
+        body: None,
+    };
+    insert_version(c, &version)?;
+    clear_index(c, rt, id)?;
+    Ok(Some(version))
 }
 
 type VersionColumns = (
