@@ -58,6 +58,26 @@ impl Error {
         }
     }
 
+    /// The same error with `context` before its message (which entry of a Bundle failed, say).
+    pub fn in_context(self, context: &str) -> Error {
+        let with = |m: String| format!("{context}: {m}");
+        match self {
+            Error::Invalid(m) => Error::Invalid(with(m)),
+            Error::Structure(m) => Error::Structure(with(m)),
+            Error::NotFound(m) => Error::NotFound(with(m)),
+            Error::UnsupportedType(m) => Error::UnsupportedType(with(m)),
+            Error::MethodNotAllowed(m) => Error::MethodNotAllowed(with(m)),
+            Error::NotAcceptable(m) => Error::NotAcceptable(with(m)),
+            Error::Conflict(m) => Error::Conflict(with(m)),
+            Error::Gone(m) => Error::Gone(with(m)),
+            Error::PreconditionFailed(m) => Error::PreconditionFailed(with(m)),
+            Error::PayloadTooLarge(m) => Error::PayloadTooLarge(with(m)),
+            Error::UnsupportedMediaType(m) => Error::UnsupportedMediaType(with(m)),
+            Error::Unprocessable(m) => Error::Unprocessable(with(m)),
+            Error::Internal(m) => Error::Internal(with(m)),
+        }
+    }
+
     /// What the caller is told. Internal causes stay in the log.
     pub fn diagnostics(&self, request_id: &str) -> String {
         match self {

@@ -1,6 +1,7 @@
 //! HTTP: routes and thin handlers. Each handler parses the request, calls one store function and
 //! renders the answer; every failure leaves as an OperationOutcome in the negotiated format.
 
+mod bundle;
 mod crud;
 mod history;
 mod operations;
@@ -34,7 +35,7 @@ pub const SUPPORTED: Supported<'static> = Supported {
         "create",
         "search-type",
     ],
-    system_interactions: &["history-system", "search-system"],
+    system_interactions: &["transaction", "batch", "history-system", "search-system"],
     update_create: true,
     conditional_update: false,
     operations: &[
@@ -100,6 +101,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/")
             .route(web::get().to(search::system_search))
+            .route(web::post().to(bundle::transaction_or_batch))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -193,10 +193,113 @@ impl Store {
         self.write(|c| delete_in(c, rt, id))
     }
 
+    /// Runs a transaction Bundle's entries (already in processing order) in one database
+    /// transaction: all are written, or none. References are checked once every entry is written, so
+    /// entries may refer to each other. A failure names its entry (`label`).
+    pub fn transaction(&self, ops: &[BundleOp]) -> Result<Vec<BundleResult>, Error> {
+        self.write(|c| {
+            let mut results = Vec::with_capacity(ops.len());
+            let in_entry = |label: &str, a: Abort| match a {
+                Abort::Error(e) => Abort::Error(e.in_context(label)),
+                retry => retry,
+            };
+            for op in ops {
+                let result = match op {
+                    BundleOp::Create {
+                        label,
+                        rt,
+                        id,
+                        resource,
+                    } => create_in(c, &self.rules, *rt, resource, id, false)
+                        .map(BundleResult::Created)
+                        .map_err(|a| in_entry(label, a))?,
+                    BundleOp::Update {
+                        label,
+                        rt,
+                        id,
+                        resource,
+                        if_match,
+                    } => update_in(c, &self.rules, *rt, id, resource, *if_match, false)
+                        .map(BundleResult::Updated)
+                        .map_err(|a| in_entry(label, a))?,
+                    BundleOp::Delete { label, rt, id } => delete_in(c, *rt, id)
+                        .map(BundleResult::Deleted)
+                        .map_err(|a| in_entry(label, a))?,
+                    BundleOp::Read { label, rt, id } => read_in(c, *rt, id)
+                        .map(BundleResult::Read)
+                        .map_err(|e| in_entry(label, e.into()))?,
+                };
+                results.push(result);
+            }
+            for op in ops {
+                if let BundleOp::Create {
+                    label,
+                    rt,
+                    id,
+                    resource,
+                }
+                | BundleOp::Update {
+                    label,
+                    rt,
+                    id,
+                    resource,
+                    ..
+                } = op
+                {
+                    check_references(c, resource, *rt, id).map_err(|a| in_entry(label, a))?;
+                }
+            }
+            Ok(results)
+        })
+    }
+
     /// The current version. NotFound for an unknown id, Gone for a deleted resource.
     pub fn read(&self, rt: ResourceType, id: &str) -> Result<Version, Error> {
         let mut conn = self.pool.get()?;
-        let current = load_current(&mut conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
+        read_in(&mut conn, rt, id)
+    }
+}
+
+/// One entry of a transaction Bundle, for [`Store::transaction`]; `label` names it in errors.
+#[derive(Debug, Clone)]
+pub enum BundleOp {
+    Create {
+        label: String,
+        rt: ResourceType,
+        id: String,
+        resource: Value,
+    },
+    Update {
+        label: String,
+        rt: ResourceType,
+        id: String,
+        resource: Value,
+        if_match: Option<i64>,
+    },
+    Delete {
+        label: String,
+        rt: ResourceType,
+        id: String,
+    },
+    Read {
+        label: String,
+        rt: ResourceType,
+        id: String,
+    },
+}
+
+#[derive(Debug)]
+pub enum BundleResult {
+    Created(Version),
+    Updated(UpdateOutcome),
+    /// The deletion version, or None when there was nothing to delete.
+    Deleted(Option<Version>),
+    Read(Version),
+}
+
+fn read_in(conn: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Version, Error> {
+    {
+        let current = load_current(conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
         match current.body {
             Some(body) if !current.deleted => Ok(Version {
                 res_type: rt.as_str().into(),
@@ -212,7 +315,9 @@ impl Store {
             ))),
         }
     }
+}
 
+impl Store {
     /// One version (http.html#vread). A deletion version answers Gone.
     pub fn vread(&self, rt: ResourceType, id: &str, version_id: i64) -> Result<Version, Error> {
         let mut conn = self.pool.get()?;

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod bundles;
 mod concurrency;
 mod crud;
 mod errors;

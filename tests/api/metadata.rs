@@ -1,3 +1,5 @@
+use serde_json::json;
+
 use crate::both_backends;
 use crate::helpers::*;
 
@@ -56,7 +58,9 @@ both_backends! {
             }
         }
         let system: Vec<&str> = cs["rest"][0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-        assert_eq!(system, ["history-system", "search-system"]);
+        assert_eq!(system, ["transaction", "batch", "history-system", "search-system"]);
+        let empty = json!({"resourceType": "Bundle", "type": "transaction"});
+        assert_eq!(app.post_json("", &empty).await.status(), 200);
         assert_eq!(app.get("_history").await.status(), 200);
         assert_eq!(app.get("").await.status(), 200);
 
