@@ -5,7 +5,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::{
-    blocking, if_match, read_body, resource_type, return_preference, version_headers, AppState, Ctx, ReturnPreference,
+    blocking, if_match, instance, read_body, resource_type, return_preference, version_headers, AppState, Ctx,
+    ReturnPreference,
 };
 use crate::error::Error;
 use crate::fhir::{self, Format};
@@ -89,10 +90,7 @@ pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<
     let result = async {
         ctx.negotiated()?;
         let (type_name, id) = path.into_inner();
-        let rt = resource_type(&type_name)?;
-        if !is_valid_id(&id) {
-            return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
-        }
+        let (rt, id) = instance(&type_name, id)?;
         let store = state.store.clone();
         let version = blocking(move || store.read(rt, &id)).await?;
         ctx.version(HttpResponse::Ok(), &version)
@@ -168,10 +166,7 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
     let result = async {
         ctx.negotiated()?;
         let (type_name, id) = path.into_inner();
-        let rt = resource_type(&type_name)?;
-        if !is_valid_id(&id) {
-            return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
-        }
+        let (rt, id) = instance(&type_name, id)?;
         let store = state.store.clone();
         let deleted = blocking(move || store.delete(rt, &id)).await?;
         // http.html#delete: deleting a resource that does not exist, or no longer exists, also succeeds.

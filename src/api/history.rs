@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::{blocking, query_pairs, resource_type, AppState, Ctx};
 use crate::error::Error;
-use crate::resources::{dates, is_valid_id};
+use crate::resources::dates;
 use crate::store::{HistoryScope, Version};
 
 /// `_count`, `_since` and the paging cursor of a history request.
@@ -83,24 +83,11 @@ async fn history(
 
 /// The link to this history page (cursor None) or the next one, keeping the client's parameters.
 fn link(ctx: &Ctx, path: &str, req: &HttpRequest, cursor: Option<i64>) -> String {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in query_pairs(req) {
-        if k != "_cursor" {
-            query.append_pair(&k, &v);
-        }
-    }
-    if let Some(c) = cursor {
-        query.append_pair("_cursor", &c.to_string());
-    } else if let Some((_, c)) = query_pairs(req).into_iter().find(|(k, _)| k == "_cursor") {
-        query.append_pair("_cursor", &c);
-    }
-    let q = query.finish();
-    let url = ctx.url(path);
-    if q.is_empty() {
-        url
-    } else {
-        format!("{url}?{q}")
-    }
+    let pairs = query_pairs(req);
+    let kept: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_cursor").cloned().collect();
+    let current = pairs.iter().find(|(k, _)| k == "_cursor").map(|(_, c)| c.clone());
+    let cursor = cursor.map(|c| c.to_string()).or(current);
+    super::page_link(ctx, path, &kept, cursor.as_deref())
 }
 
 fn entry(ctx: &Ctx, v: &Version) -> Result<Value, Error> {
@@ -148,10 +135,7 @@ pub async fn instance_history(
 ) -> HttpResponse {
     let result = async {
         let (type_name, id) = path.into_inner();
-        let rt = resource_type(&type_name)?;
-        if !is_valid_id(&id) {
-            return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
-        }
+        let (rt, id) = super::instance(&type_name, id)?;
         history(
             req,
             &ctx,

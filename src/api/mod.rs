@@ -271,6 +271,37 @@ pub fn resource_type(name: &str) -> Result<ResourceType, Error> {
         .ok_or_else(|| Error::UnsupportedType(format!("resource type '{name}' is not supported by this server")))
 }
 
+/// The hosted type and a well-formed id from an instance URL; a malformed id names no resource (404).
+pub fn instance(type_name: &str, id: String) -> Result<(ResourceType, String), Error> {
+    let rt = resource_type(type_name)?;
+    if !crate::resources::is_valid_id(&id) {
+        return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
+    }
+    Ok((rt, id))
+}
+
+/// A link to `path` with these query parameters and, for a page link, its cursor.
+pub fn page_link(ctx: &Ctx, path: &str, params: &[(String, String)], cursor: Option<&str>) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        q.append_pair(k, v);
+    }
+    if let Some(c) = cursor {
+        q.append_pair("_cursor", c);
+    }
+    let q = q.finish();
+    let url = if path.is_empty() {
+        ctx.base.clone()
+    } else {
+        ctx.url(path)
+    };
+    if q.is_empty() {
+        url
+    } else {
+        format!("{url}?{q}")
+    }
+}
+
 pub fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
     url_pairs(req.query_string())
 }

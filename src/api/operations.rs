@@ -18,6 +18,15 @@ use crate::search::plan::plan;
 use crate::search::Search;
 use crate::store::Version;
 
+/// The current version of `res_type/id`, as JSON (404/410 as for a read).
+async fn read_json(state: &AppState, res_type: &'static str, id: &str) -> Result<Value, Error> {
+    let rt = ResourceType::parse(res_type).ok_or_else(|| Error::Internal(format!("{res_type} is not hosted")))?;
+    let store = state.store.clone();
+    let id = id.to_string();
+    let version = blocking(move || store.read(rt, &id)).await?;
+    super::search::parse_body(&version)
+}
+
 /// Most sessions one $attendance or $caseload report reads.
 const REPORT_CAP: i64 = 10_000;
 
@@ -136,16 +145,7 @@ async fn book_session(
         .and_then(|p| p.get("valueString"))
         .cloned();
 
-    let store = state.store.clone();
-    let gid = group_id.to_string();
-    let group = blocking(move || {
-        store.read(
-            ResourceType::parse("Group").ok_or_else(|| Error::Internal("Group".into()))?,
-            &gid,
-        )
-    })
-    .await?;
-    let group: Value = super::search::parse_body(&group)?;
+    let group = read_json(state, "Group", group_id).await?;
     let active: Vec<String> = scheduling::active_members(&group, start)
         .into_iter()
         .map(|id| format!("Patient/{id}"))
@@ -269,16 +269,7 @@ fn counted(session: &Value) -> bool {
 /// GET Group/{id}/$attendance?start=&end=: per member, sessions invited, attended and missed.
 async fn attendance(req: &HttpRequest, ctx: &Ctx, state: &AppState, group_id: &str) -> Result<HttpResponse, Error> {
     let (start, end) = window_params(req)?;
-    let store = state.store.clone();
-    let gid = group_id.to_string();
-    let group = blocking(move || {
-        store.read(
-            ResourceType::parse("Group").ok_or_else(|| Error::Internal("Group".into()))?,
-            &gid,
-        )
-    })
-    .await?;
-    let group: Value = super::search::parse_body(&group)?;
+    let group = read_json(state, "Group", group_id).await?;
     let found = sessions(state, ("group", format!("Group/{group_id}")), &start, &end).await?;
     let canonical = &state.store.rules().canonical;
     // Every member on the roster, and anyone who was in a session.
@@ -433,14 +424,8 @@ async fn everything(req: &HttpRequest, ctx: &Ctx, state: &AppState, patient_id: 
     })
     .await?;
     let path = format!("Patient/{patient_id}/$everything");
-    let link = |c: Option<String>| {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        q.append_pair("_count", &count.to_string());
-        if let Some(c) = c {
-            q.append_pair("_cursor", &c);
-        }
-        format!("{}?{}", ctx.url(&path), q.finish())
-    };
+    let params = [("_count".to_string(), count.to_string())];
+    let link = |c: Option<String>| super::page_link(ctx, &path, &params, c.as_deref());
     let cursor = query_pairs(req)
         .into_iter()
         .find(|(k, _)| k == "_cursor")

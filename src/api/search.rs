@@ -157,26 +157,7 @@ async fn run(
             .filter(|(k, _)| LINKED_RESULT_PARAMS.contains(&k.split(':').next().unwrap_or("")))
             .cloned(),
     );
-    let link = |cursor: Option<String>| {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &linked {
-            q.append_pair(k, v);
-        }
-        if let Some(c) = cursor {
-            q.append_pair("_cursor", &c);
-        }
-        let q = q.finish();
-        let url = if path.is_empty() {
-            ctx.base.clone()
-        } else {
-            ctx.url(path)
-        };
-        if q.is_empty() {
-            url
-        } else {
-            format!("{url}?{q}")
-        }
-    };
+    let link = |cursor: Option<String>| super::page_link(ctx, path, &linked, cursor.as_deref());
 
     let store = state.store.clone();
     if search.summary == Summary::Count {

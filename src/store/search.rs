@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
 
 use super::schema::{idx_reference, resources, search_results, search_snapshots};
-use super::{AnyConnection, Store, Version};
+use super::{Abort, AnyConnection, Store, Version};
 use crate::error::Error;
 use crate::resources::{dates, ResourceType};
 use crate::search::plan::{Bind, Planned, Sql};
@@ -121,6 +121,22 @@ impl Store {
                 offset: 0,
             });
         }
+        let snapshot = self.new_snapshot(|c, id| {
+            let mut insert = Sql::new("INSERT INTO search_results (search_id, pos, res_type, res_id) SELECT ");
+            insert
+                .text_bind(id)
+                .push(", ROW_NUMBER() OVER (ORDER BY ")
+                .append(&planned.order_by)
+                .push("), r.res_type, r.res_id ");
+            insert.append(&planned.from_where);
+            Ok(execute(c, &insert)? as i64)
+        })?;
+        self.snapshot_page(conn, &snapshot, 0, count)
+    }
+
+    /// Stores a new snapshot whose rows `fill` writes (returning how many), after removing expired
+    /// ones; returns its id.
+    fn new_snapshot(&self, fill: impl Fn(&mut AnyConnection, &str) -> Result<i64, Abort>) -> Result<String, Error> {
         let snapshot = uuid::Uuid::new_v4().simple().to_string();
         let now = dates::now_millis();
         self.write(|c| {
@@ -131,14 +147,7 @@ impl Store {
                 .load(c)?;
             diesel::delete(search_results::table.filter(search_results::search_id.eq_any(&old))).execute(c)?;
             diesel::delete(search_snapshots::table.filter(search_snapshots::created.lt(expired))).execute(c)?;
-            let mut insert = Sql::new("INSERT INTO search_results (search_id, pos, res_type, res_id) SELECT ");
-            insert
-                .text_bind(snapshot.as_str())
-                .push(", ROW_NUMBER() OVER (ORDER BY ")
-                .append(&planned.order_by)
-                .push("), r.res_type, r.res_id ");
-            insert.append(&planned.from_where);
-            let total = execute(c, &insert)? as i64;
+            let total = fill(c, &snapshot)?;
             diesel::insert_into(search_snapshots::table)
                 .values((
                     search_snapshots::id.eq(&snapshot),
@@ -148,7 +157,7 @@ impl Store {
                 .execute(c)?;
             Ok(())
         })?;
-        self.snapshot_page(conn, &snapshot, 0, count)
+        Ok(snapshot)
     }
 
     fn snapshot_page(
@@ -220,27 +229,18 @@ impl Store {
                 offset: 0,
             });
         }
-        let snapshot = uuid::Uuid::new_v4().simple().to_string();
-        let now = dates::now_millis();
-        self.write(|c| {
-            for (pos, (t, id)) in ids.iter().enumerate() {
+        let snapshot = self.new_snapshot(|c, id| {
+            for (pos, (t, res_id)) in ids.iter().enumerate() {
                 diesel::insert_into(search_results::table)
                     .values((
-                        search_results::search_id.eq(&snapshot),
+                        search_results::search_id.eq(id),
                         search_results::pos.eq(pos as i64 + 1),
                         search_results::res_type.eq(t),
-                        search_results::res_id.eq(id),
+                        search_results::res_id.eq(res_id),
                     ))
                     .execute(c)?;
             }
-            diesel::insert_into(search_snapshots::table)
-                .values((
-                    search_snapshots::id.eq(&snapshot),
-                    search_snapshots::created.eq(now),
-                    search_snapshots::total.eq(ids.len() as i64),
-                ))
-                .execute(c)?;
-            Ok(())
+            Ok(ids.len() as i64)
         })?;
         self.snapshot_page(conn, &snapshot, 0, count)
     }
