@@ -19,6 +19,10 @@ pub enum Bind {
 pub struct Sql {
     pub text: String,
     pub binds: Vec<Bind>,
+    /// Conditions written for a probe of one candidate (EXISTS) leave out the redundant bounds that
+    /// only help a criterion that lists its own matches: given them, a planner without statistics
+    /// may search by the bound instead of by the candidate.
+    pub probe: bool,
 }
 
 impl Sql {
@@ -26,6 +30,7 @@ impl Sql {
         Sql {
             text: text.to_string(),
             binds: Vec::new(),
+            probe: false,
         }
     }
 
@@ -445,30 +450,36 @@ fn param_matching(
     } else {
         table
     };
-    let mut tail = Sql::new(" AND param = ");
-    tail.text_bind(column_param.as_str()).push(" AND (");
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            tail.push(" OR ");
+    let tail = |probe: bool| -> Result<Sql, Error> {
+        let mut tail = Sql::new(" AND param = ");
+        tail.probe = probe;
+        tail.text_bind(column_param.as_str()).push(" AND (");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                tail.push(" OR ");
+            }
+            tail.push("(");
+            per_value(&mut tail, v, c)?;
+            tail.push(")");
         }
-        tail.push("(");
-        per_value(&mut tail, v, c)?;
         tail.push(")");
-    }
-    tail.push(")");
+        Ok(tail)
+    };
     let mut ids = Sql::new(&format!("SELECT res_id FROM {table} WHERE res_type = "));
-    ids.text_bind(rt.as_str()).append(&tail);
+    ids.text_bind(rt.as_str()).append(&tail(false)?);
     let is_range = matches!(
         p.kind,
-        ParamType::Date | ParamType::String | ParamType::Number | ParamType::Quantity
+        ParamType::Date | ParamType::String | ParamType::Number | ParamType::Quantity | ParamType::Special
     ) || (p.kind == ParamType::Token && modifier == Some("text"));
-    let probe = (is_range || negated).then(|| {
+    let probe = if is_range || negated {
         let mut probe = Sql::new(&format!(
             "SELECT 1 FROM {table} WHERE res_type = r.res_type AND res_id = r.res_id"
         ));
-        probe.append(&tail);
-        probe
-    });
+        probe.append(&tail(true)?);
+        Some(probe)
+    } else {
+        None
+    };
     Ok(Some(Matching { negated, ids, probe }))
 }
 
@@ -684,18 +695,20 @@ fn range_condition(sql: &mut Sql, prefix: Prefix, low: &str, high: &str, s_low: 
         // (a range not above it that starts within it also ends within it); le likewise. Each
         // implies a plain bound, written first so an index on that bound narrows the rows.
         Prefix::Ge => {
-            sql.push(&format!("{high} >= "))
-                .int_bind(s_low)
-                .push(&format!(" AND ({high} > "))
+            if !sql.probe {
+                sql.push(&format!("{high} >= ")).int_bind(s_low).push(" AND ");
+            }
+            sql.push(&format!("({high} > "))
                 .int_bind(s_high)
                 .push(&format!(" OR {low} >= "))
                 .int_bind(s_low)
                 .push(")");
         }
         Prefix::Le => {
-            sql.push(&format!("{low} <= "))
-                .int_bind(s_high)
-                .push(&format!(" AND ({low} < "))
+            if !sql.probe {
+                sql.push(&format!("{low} <= ")).int_bind(s_high).push(" AND ");
+            }
+            sql.push(&format!("({low} < "))
                 .int_bind(s_low)
                 .push(&format!(" OR {high} <= "))
                 .int_bind(s_high)

@@ -64,9 +64,12 @@ impl ManageConnection for Manager {
                 let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
                 // WAL lets readers run beside the one writer; busy_timeout makes a second writer wait
                 // for the lock instead of failing at once.
+                // `optimize=0x10002` (bounded by analysis_limit) refreshes the planner's statistics where
+                // they are missing or stale, as SQLite advises for long-lived connections.
                 conn.batch_execute(
                     "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                     PRAGMA analysis_limit = 400; PRAGMA optimize = 0x10002;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(AnyConnection::Sqlite(conn))

@@ -23,7 +23,9 @@ CREATE TABLE resource_versions (
 CREATE INDEX resource_versions_type_seq ON resource_versions (res_type, seq);
 CREATE INDEX resource_versions_updated ON resource_versions (last_updated);
 
--- Search indexes, rewritten for a resource on each of its writes, in the same transaction.
+-- Search indexes, rewritten for a resource on each of its writes, in the same transaction. The
+-- owner indexes lead with (res_type, res_id, param): they serve the rewrite, and a search criterion
+-- that checks one candidate resource (EXISTS) finds its rows by three equalities.
 CREATE TABLE idx_token (
     row_id   BIGSERIAL PRIMARY KEY,
     res_type TEXT NOT NULL,
@@ -34,7 +36,7 @@ CREATE TABLE idx_token (
     display  TEXT -- normalised text of the CodeableConcept / Coding / Identifier.type, for :text and :of-type
 );
 CREATE INDEX idx_token_lookup ON idx_token (res_type, param, code, system);
-CREATE INDEX idx_token_owner ON idx_token (res_type, res_id);
+CREATE INDEX idx_token_owner ON idx_token (res_type, res_id, param);
 
 CREATE TABLE idx_string (
     row_id   BIGSERIAL PRIMARY KEY,
@@ -45,7 +47,7 @@ CREATE TABLE idx_string (
     exact    TEXT NOT NULL
 );
 CREATE INDEX idx_string_lookup ON idx_string (res_type, param, norm);
-CREATE INDEX idx_string_owner ON idx_string (res_type, res_id);
+CREATE INDEX idx_string_owner ON idx_string (res_type, res_id, param);
 
 CREATE TABLE idx_date (
     row_id   BIGSERIAL PRIMARY KEY,
@@ -56,7 +58,7 @@ CREATE TABLE idx_date (
     high     BIGINT NOT NULL  -- inclusive, ms since epoch (i64::MAX when open)
 );
 CREATE INDEX idx_date_lookup ON idx_date (res_type, param, low, high);
-CREATE INDEX idx_date_owner ON idx_date (res_type, res_id);
+CREATE INDEX idx_date_owner ON idx_date (res_type, res_id, param, low, high);
 
 CREATE TABLE idx_reference (
     row_id      BIGSERIAL PRIMARY KEY,
@@ -69,7 +71,7 @@ CREATE TABLE idx_reference (
 );
 CREATE INDEX idx_reference_lookup ON idx_reference (res_type, param, target_id, target_type);
 CREATE INDEX idx_reference_target ON idx_reference (target_type, target_id);
-CREATE INDEX idx_reference_owner ON idx_reference (res_type, res_id);
+CREATE INDEX idx_reference_owner ON idx_reference (res_type, res_id, param);
 
 CREATE TABLE idx_uri (
     row_id   BIGSERIAL PRIMARY KEY,
@@ -79,7 +81,7 @@ CREATE TABLE idx_uri (
     uri      TEXT NOT NULL
 );
 CREATE INDEX idx_uri_lookup ON idx_uri (res_type, param, uri);
-CREATE INDEX idx_uri_owner ON idx_uri (res_type, res_id);
+CREATE INDEX idx_uri_owner ON idx_uri (res_type, res_id, param);
 
 CREATE TABLE idx_number (
     row_id   BIGSERIAL PRIMARY KEY,
@@ -91,5 +93,5 @@ CREATE TABLE idx_number (
     code     TEXT
 );
 CREATE INDEX idx_number_lookup ON idx_number (res_type, param, value);
-CREATE INDEX idx_number_owner ON idx_number (res_type, res_id);
+CREATE INDEX idx_number_owner ON idx_number (res_type, res_id, param);
 

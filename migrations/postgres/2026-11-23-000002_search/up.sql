@@ -31,7 +31,7 @@ CREATE TABLE idx_composite (
     code2    TEXT
 );
 CREATE INDEX idx_composite_lookup ON idx_composite (res_type, param, code1, code2);
-CREATE INDEX idx_composite_owner ON idx_composite (res_type, res_id);
+CREATE INDEX idx_composite_owner ON idx_composite (res_type, res_id, param);
 
 -- Positions (Location.position) for the special parameter near: latitude and longitude in degrees,
 -- and the unit vector (x, y, z) on the sphere, so that "within distance D" is a dot product
@@ -48,4 +48,4 @@ CREATE TABLE idx_position (
     z         DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX idx_position_lookup ON idx_position (res_type, param, latitude);
-CREATE INDEX idx_position_owner ON idx_position (res_type, res_id);
+CREATE INDEX idx_position_owner ON idx_position (res_type, res_id, param);
