@@ -6,7 +6,8 @@
 //! It seeds practitioners and patients (with ids of its own, by PUT), then runs each scenario for the
 //! given time with that many concurrent clients, and prints one markdown row per scenario:
 //! throughput, p50 and p99 latency, and errors. Appointments are given distinct times per therapist
-//! and client, so creates never clash.
+//! and client, so creates never clash; the date search looks at the hours this run booked (so run
+//! `create` in the same run as `search`). `--only create,search` runs some scenarios only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,10 @@ use serde_json::json;
 
 struct Args {
     base: String,
+    /// Scenarios to run (all when empty), by their short names.
+    only: Vec<String>,
+    /// The first appointment number of this run (see `main`).
+    run_offset: u64,
     concurrency: usize,
     seconds: u64,
     practitioners: u64,
@@ -25,6 +30,8 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         base: String::new(),
+        only: Vec::new(),
+        run_offset: 0,
         concurrency: 32,
         seconds: 10,
         practitioners: 200,
@@ -39,6 +46,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = value().parse().expect("--seconds N"),
             "--practitioners" => a.practitioners = value().parse().expect("--practitioners N"),
             "--patients" => a.patients = value().parse().expect("--patients N"),
+            "--only" => a.only = value().split(',').map(str::to_string).collect(),
             "--bench" => {} // passed by cargo bench
             other => panic!("unknown argument {other}"),
         }
@@ -96,6 +104,17 @@ enum Scenario {
 }
 
 impl Scenario {
+    fn short(&self) -> &'static str {
+        match self {
+            Scenario::Create => "create",
+            Scenario::Read => "read",
+            Scenario::Update => "update",
+            Scenario::SearchDateActor => "search",
+            Scenario::SearchInclude => "include",
+            Scenario::Everything => "everything",
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Scenario::Create => "create Appointment",
@@ -137,10 +156,12 @@ async fn request(client: &reqwest::Client, a: &Args, scenario: Scenario, i: u64,
                 .await
         }
         Scenario::SearchDateActor => {
+            // A 30-day window starting within the first days of this run's appointments.
             let p = i % a.practitioners;
-            let day = (i / a.practitioners) % 30;
-            let from = instant(T0 + day as i64 * 86_400_000);
-            let to = instant(T0 + (day as i64 + 30) * 86_400_000);
+            let first_hour = (a.run_offset / a.practitioners) as i64;
+            let from_ms = T0 + (first_hour + (i / a.practitioners % 3) as i64 * 24) * 3_600_000;
+            let from = instant(from_ms);
+            let to = instant(from_ms + 30 * 86_400_000);
             client
                 .get(format!(
                     "{}/Appointment?date=ge{from}&date=lt{to}&actor=Practitioner/bench-pr{p}&_count=20",
@@ -221,7 +242,14 @@ async fn run(client: &reqwest::Client, a: &Arc<Args>, scenario: Scenario, create
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let a = Arc::new(args());
+    let mut a = args();
+    // Each run books new hours (a different offset per run, at most decades ahead), so runs against
+    // one database do not clash.
+    a.run_offset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() % 10_000)
+        * 10_000;
+    let a = Arc::new(a);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(a.concurrency)
         .build()
@@ -258,13 +286,7 @@ async fn main() {
 
     println!("| scenario | requests | req/s | p50 ms | p99 ms | errors |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    // Each run books new hours (a different offset per run, at most decades ahead), so runs against
-    // one database do not clash.
-    let run_offset = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() % 10_000)
-        * 10_000;
-    let created = Arc::new(AtomicU64::new(run_offset));
+    let created = Arc::new(AtomicU64::new(a.run_offset));
     for scenario in [
         Scenario::Create,
         Scenario::Read,
@@ -273,6 +295,8 @@ async fn main() {
         Scenario::SearchInclude,
         Scenario::Everything,
     ] {
-        run(&client, &a, scenario, &created).await;
+        if a.only.is_empty() || a.only.iter().any(|o| o == scenario.short()) {
+            run(&client, &a, scenario, &created).await;
+        }
     }
 }

@@ -95,31 +95,37 @@ fn first_page_sql(planned: &Planned, limit: i64) -> Sql {
 impl Store {
     /// One page of matches: the first (no cursor) or the one a cursor from a link names.
     pub fn search(&self, planned: &Planned, count: i64, cursor: Option<&str>) -> Result<SearchPage, Error> {
-        let mut pooled = self.pool.get()?;
-        let conn: &mut AnyConnection = &mut pooled;
         if let Some(cursor) = cursor {
             let (snapshot, offset) = parse_cursor(cursor)?;
-            return self.snapshot_page(conn, &snapshot, offset, count);
+            let mut pooled = self.pool.get()?;
+            return self.snapshot_page(&mut pooled, &snapshot, offset, count);
         }
-        if count == 0 {
-            let total = self.count_in(conn, planned)?;
-            return Ok(SearchPage {
-                matches: Vec::new(),
-                total,
-                snapshot: None,
-                offset: 0,
-            });
-        }
-        let first: Vec<IdRow> = load(conn, &first_page_sql(planned, count + 1))?;
-        if first.len() as i64 <= count {
-            let ids: Vec<(String, String)> = first.into_iter().map(|r| (r.res_type, r.res_id)).collect();
-            let matches = load_current_many(conn, &ids)?;
-            return Ok(SearchPage {
-                total: ids.len() as i64,
-                matches,
-                snapshot: None,
-                offset: 0,
-            });
+        {
+            let mut pooled = self.pool.get()?;
+            let conn: &mut AnyConnection = &mut pooled;
+            if count == 0 {
+                let total = self.count_in(conn, planned)?;
+                return Ok(SearchPage {
+                    matches: Vec::new(),
+                    total,
+                    snapshot: None,
+                    offset: 0,
+                });
+            }
+            let first: Vec<IdRow> = load(conn, &first_page_sql(planned, count + 1))?;
+            if first.len() as i64 <= count {
+                let ids: Vec<(String, String)> = first.into_iter().map(|r| (r.res_type, r.res_id)).collect();
+                let matches = load_current_many(conn, &ids)?;
+                return Ok(SearchPage {
+                    total: ids.len() as i64,
+                    matches,
+                    snapshot: None,
+                    offset: 0,
+                });
+            }
+            // The connection goes back to the pool here: the snapshot's write transaction takes its
+            // own, and a request must never hold one connection while waiting for another (with every
+            // connection so held, the pool would deadlock).
         }
         let snapshot = self.new_snapshot(|c, id| {
             let mut insert = Sql::new("INSERT INTO search_results (search_id, pos, res_type, res_id) SELECT ");
@@ -131,7 +137,8 @@ impl Store {
             insert.append(&planned.from_where);
             Ok(execute(c, &insert)? as i64)
         })?;
-        self.snapshot_page(conn, &snapshot, 0, count)
+        let mut pooled = self.pool.get()?;
+        self.snapshot_page(&mut pooled, &snapshot, 0, count)
     }
 
     /// Stores a new snapshot whose rows `fill` writes (returning how many), after removing expired
@@ -214,14 +221,14 @@ impl Store {
     /// One page of a fixed list of resources (an operation's result): a page from the list, or — when
     /// it does not fit one page — from a snapshot of it, like a search.
     pub fn page_of(&self, ids: &[(String, String)], count: i64, cursor: Option<&str>) -> Result<SearchPage, Error> {
-        let mut pooled = self.pool.get()?;
-        let conn: &mut AnyConnection = &mut pooled;
         if let Some(cursor) = cursor {
             let (snapshot, offset) = parse_cursor(cursor)?;
-            return self.snapshot_page(conn, &snapshot, offset, count);
+            let mut pooled = self.pool.get()?;
+            return self.snapshot_page(&mut pooled, &snapshot, offset, count);
         }
         if ids.len() as i64 <= count {
-            let matches = load_current_many(conn, ids)?;
+            let mut pooled = self.pool.get()?;
+            let matches = load_current_many(&mut pooled, ids)?;
             return Ok(SearchPage {
                 total: matches.len() as i64,
                 matches,
@@ -242,7 +249,8 @@ impl Store {
             }
             Ok(ids.len() as i64)
         })?;
-        self.snapshot_page(conn, &snapshot, 0, count)
+        let mut pooled = self.pool.get()?;
+        self.snapshot_page(&mut pooled, &snapshot, 0, count)
     }
 
     /// The resources of a patient's record here (for $everything): what refers to the patient

@@ -86,3 +86,22 @@ both_backends! {
         assert_outcome(app.get("Patient?family=walker&_cursor=nosuchsnapshot:37").await, 410, "deleted").await;
     }
 }
+
+both_backends! {
+    async fn concurrent_searches_that_need_snapshots_do_not_exhaust_a_small_pool(app: TestApp) {
+        let _ = &app;
+        let app = TestApp::spawn_configured(app.backend, |c| c.db_pool_size = 2).await;
+        for i in 0..30 {
+            assert_eq!(app.post_json("Patient", &walker(i)).await.status(), 201);
+        }
+        // Each search has more matches than its page, so each writes a snapshot while others read.
+        let searches = (0..12).map(|_| app.get("Patient?family=walker&_count=5"));
+        let pages = join_all(searches).await;
+        for page in pages {
+            assert_eq!(page.status(), 200);
+            let bundle: Value = page.json().await.unwrap();
+            assert_eq!(bundle["total"], 30);
+            assert!(bundle["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+        }
+    }
+}
