@@ -96,6 +96,14 @@ pub fn parse_reference(reference: &str) -> Target {
     }
 }
 
+/// The id of a relative reference to `res_type` (`Patient/7` → `7`), or None for anything else.
+pub fn local_id(reference: &str, res_type: &str) -> Option<String> {
+    match parse_reference(reference) {
+        Target::Local { res_type: t, id, .. } if t == res_type => Some(id),
+        _ => None,
+    }
+}
+
 fn starts_upper(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
 }
@@ -167,6 +175,9 @@ mod tests {
             Target::External("https://ehr.example.org/fhir/Patient/7".into())
         );
         assert_eq!(parse_reference("#p1"), Target::Contained("p1".into()));
+        assert_eq!(local_id("Patient/7/_history/2", "Patient").as_deref(), Some("7"));
+        assert_eq!(local_id("Group/7", "Patient"), None);
+        assert_eq!(local_id("https://ehr.example.org/fhir/Patient/7", "Patient"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod definitions;
 
 use serde_json::{json, Value};
 
-use crate::resources::{dates, parse_reference, Target};
+use crate::resources::{dates, local_id, parse_reference, Target};
 
 /// HL7's R5 cross-version extension that carries the Group of a group session on an R4 Appointment.
 pub const APPOINTMENT_SUBJECT: &str = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject";
@@ -134,10 +134,7 @@ pub fn patient_ids(appointment: &Value) -> Vec<String> {
     let mut ids: Vec<String> = participants(appointment)
         .filter(|p| !declined(p))
         .filter_map(|p| p.get("actor")?.get("reference")?.as_str())
-        .filter_map(|r| match parse_reference(r) {
-            Target::Local { res_type, id, .. } if res_type == "Patient" => Some(id),
-            _ => None,
-        })
+        .filter_map(|r| local_id(r, "Patient"))
         .collect();
     ids.sort();
     ids.dedup();
@@ -152,10 +149,7 @@ pub fn session_group(appointment: &Value) -> Option<String> {
         .iter()
         .find(|e| e.get("url").and_then(Value::as_str) == Some(APPOINTMENT_SUBJECT))?;
     let reference = ext.get("valueReference")?.get("reference")?.as_str()?;
-    match parse_reference(reference) {
-        Target::Local { res_type, id, .. } if res_type == "Group" => Some(id),
-        _ => None,
-    }
+    local_id(reference, "Group")
 }
 
 /// Patient ids of the members active at `at_ms`: a period covering it (an open end is open) and not
@@ -179,10 +173,7 @@ pub fn active_members(group: &Value, at_ms: i64) -> Vec<String> {
             start <= at_ms && at_ms <= end
         })
         .filter_map(|m| m.get("entity")?.get("reference")?.as_str())
-        .filter_map(|r| match parse_reference(r) {
-            Target::Local { res_type, id, .. } if res_type == "Patient" => Some(id),
-            _ => None,
-        })
+        .filter_map(|r| local_id(r, "Patient"))
         .collect();
     ids.sort();
     ids.dedup();
@@ -231,12 +222,7 @@ pub fn patient_attendance<'a>(appointment: &'a Value, canonical: &Canonical) -> 
     participants(appointment)
         .filter_map(|p| {
             let reference = p.get("actor")?.get("reference")?.as_str()?;
-            match parse_reference(reference) {
-                Target::Local { res_type, id, .. } if res_type == "Patient" => {
-                    Some((id, declined(p), attendance(p, canonical)))
-                }
-                _ => None,
-            }
+            local_id(reference, "Patient").map(|id| (id, declined(p), attendance(p, canonical)))
         })
         .collect()
 }
