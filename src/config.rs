@@ -2,6 +2,7 @@
 //! Validated once at start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
@@ -64,6 +65,58 @@ pub struct Config {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "TANDEM_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Directory for local state: the development signing key (when no key is configured and the
+    /// server listens on loopback only).
+    #[arg(long, env = "TANDEM_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// A JWKS file with the RS256/ES256 public keys that verify bearer tokens (selected by `kid`).
+    #[arg(long, env = "TANDEM_AUTH_JWKS_FILE")]
+    pub auth_jwks_file: Option<PathBuf>,
+
+    /// A PEM public key (RSA for RS256, P-256 for ES256) that verifies bearer tokens.
+    #[arg(long, env = "TANDEM_AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<PathBuf>,
+
+    /// The issuer (`iss`) tokens must carry. Required with configured keys.
+    #[arg(long, env = "TANDEM_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// The audience (`aud`) tokens must carry, usually this server's base URL. Required with
+    /// configured keys.
+    #[arg(long, env = "TANDEM_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// Accept HS256 tokens signed with the shared secret in TANDEM_AUTH_HS256_SECRET_FILE.
+    #[arg(long, env = "TANDEM_AUTH_ALLOW_HS256", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auth_allow_hs256: bool,
+
+    /// A file holding the HS256 shared secret (at least 32 bytes); used only with
+    /// TANDEM_AUTH_ALLOW_HS256=true.
+    #[arg(long, env = "TANDEM_AUTH_HS256_SECRET_FILE")]
+    pub auth_hs256_secret_file: Option<PathBuf>,
+
+    /// The authorization server's token endpoint, advertised in /.well-known/smart-configuration.
+    #[arg(long, env = "TANDEM_AUTH_TOKEN_ENDPOINT")]
+    pub auth_token_endpoint: Option<String>,
+
+    /// The authorization server's authorize endpoint, advertised in /.well-known/smart-configuration.
+    #[arg(long, env = "TANDEM_AUTH_AUTHORIZATION_ENDPOINT")]
+    pub auth_authorization_endpoint: Option<String>,
+
+    /// Seconds a client may take to send a request body, and a read-only request may run, before the
+    /// server gives up (408 / 503).
+    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
+
+    /// Most entries in a transaction or batch Bundle; more is 413.
+    #[arg(long, env = "TANDEM_MAX_BUNDLE_ENTRIES", default_value_t = 1000)]
+    pub max_bundle_entries: usize,
+
+    /// Most search criteria (and _include/_revinclude) in one search; more is 400 (too-costly).
+    #[arg(long, env = "TANDEM_MAX_SEARCH_PARAMS", default_value_t = 32)]
+    pub max_search_params: usize,
 }
 
 impl Config {
@@ -90,6 +143,22 @@ impl Config {
         }
         if self.db_pool_size == 0 {
             return Err("TANDEM_DB_POOL_SIZE must be greater than 0".into());
+        }
+        for (name, value) in [
+            ("TANDEM_AUTH_TOKEN_ENDPOINT", &self.auth_token_endpoint),
+            ("TANDEM_AUTH_AUTHORIZATION_ENDPOINT", &self.auth_authorization_endpoint),
+        ] {
+            if let Some(url) = value {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(format!("{name} '{url}' must be an absolute http(s) URL"));
+                }
+            }
+        }
+        if self.request_timeout_seconds == 0 {
+            return Err("TANDEM_REQUEST_TIMEOUT_SECONDS must be greater than 0".into());
+        }
+        if self.max_bundle_entries == 0 || self.max_search_params == 0 {
+            return Err("TANDEM_MAX_BUNDLE_ENTRIES and TANDEM_MAX_SEARCH_PARAMS must be greater than 0".into());
         }
         if self.default_count == 0 || self.default_count > self.max_count {
             return Err("TANDEM_DEFAULT_COUNT must be between 1 and TANDEM_MAX_COUNT".into());

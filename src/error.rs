@@ -11,6 +11,12 @@ pub enum Error {
     /// The body parses but breaks the structure of FHIR (unknown element, wrong resourceType, id mismatch).
     #[error("{0}")]
     Structure(String),
+    /// No valid bearer token (401, with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token whose scopes do not cover the interaction (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// A resource type or interaction this server does not support.
@@ -28,6 +34,15 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A request that asks for more work than the server allows (too many criteria, …).
+    #[error("{0}")]
+    TooCostly(String),
+    /// The client took too long to send its request.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The server could not answer in time, or its database is unavailable; try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// Valid FHIR that breaks a rule of this server (an unresolvable reference, …).
@@ -44,6 +59,8 @@ impl Error {
         match self {
             Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             Error::Structure(_) => (StatusCode::BAD_REQUEST, "structure"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "login"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Error::UnsupportedType(_) => (StatusCode::NOT_FOUND, "not-supported"),
             Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "not-supported"),
@@ -52,6 +69,9 @@ impl Error {
             Error::Gone(_) => (StatusCode::GONE, "deleted"),
             Error::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "conflict"),
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-costly"),
+            Error::TooCostly(_) => (StatusCode::BAD_REQUEST, "too-costly"),
+            Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
             Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "exception"),
@@ -64,6 +84,8 @@ impl Error {
         match self {
             Error::Invalid(m) => Error::Invalid(with(m)),
             Error::Structure(m) => Error::Structure(with(m)),
+            Error::Unauthorized(m) => Error::Unauthorized(with(m)),
+            Error::Forbidden(m) => Error::Forbidden(with(m)),
             Error::NotFound(m) => Error::NotFound(with(m)),
             Error::UnsupportedType(m) => Error::UnsupportedType(with(m)),
             Error::MethodNotAllowed(m) => Error::MethodNotAllowed(with(m)),
@@ -72,6 +94,9 @@ impl Error {
             Error::Gone(m) => Error::Gone(with(m)),
             Error::PreconditionFailed(m) => Error::PreconditionFailed(with(m)),
             Error::PayloadTooLarge(m) => Error::PayloadTooLarge(with(m)),
+            Error::TooCostly(m) => Error::TooCostly(with(m)),
+            Error::RequestTimeout(m) => Error::RequestTimeout(with(m)),
+            Error::Unavailable(m) => Error::Unavailable(with(m)),
             Error::UnsupportedMediaType(m) => Error::UnsupportedMediaType(with(m)),
             Error::Unprocessable(m) => Error::Unprocessable(with(m)),
             Error::Internal(m) => Error::Internal(with(m)),
@@ -119,6 +144,8 @@ mod tests {
         let table = [
             (Error::Invalid(String::new()), 400, "invalid"),
             (Error::Structure(String::new()), 400, "structure"),
+            (Error::Unauthorized(String::new()), 401, "login"),
+            (Error::Forbidden(String::new()), 403, "forbidden"),
             (Error::NotFound(String::new()), 404, "not-found"),
             (Error::UnsupportedType(String::new()), 404, "not-supported"),
             (Error::MethodNotAllowed(String::new()), 405, "not-supported"),
@@ -127,6 +154,9 @@ mod tests {
             (Error::Gone(String::new()), 410, "deleted"),
             (Error::PreconditionFailed(String::new()), 412, "conflict"),
             (Error::PayloadTooLarge(String::new()), 413, "too-costly"),
+            (Error::TooCostly(String::new()), 400, "too-costly"),
+            (Error::RequestTimeout(String::new()), 408, "timeout"),
+            (Error::Unavailable(String::new()), 503, "transient"),
             (Error::UnsupportedMediaType(String::new()), 415, "not-supported"),
             (Error::Unprocessable(String::new()), 422, "processing"),
             (Error::Internal(String::new()), 500, "exception"),

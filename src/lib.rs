@@ -4,6 +4,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;

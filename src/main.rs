@@ -18,17 +18,52 @@ enum Command {
     Serve,
     /// Apply the pending database migrations and exit.
     Migrate,
+    /// Print a short-lived bearer token signed with the local development key (the key a server
+    /// with no configured key creates under TANDEM_DATA_DIR when it listens on loopback).
+    Token {
+        /// SMART scopes, space-separated, such as "system/*.cruds" or "patient/*.rs".
+        #[arg(long)]
+        scope: String,
+        /// The patient in context, for patient/ scopes.
+        #[arg(long)]
+        patient: Option<String>,
+        /// The subject (sub) of the token.
+        #[arg(long, default_value = "local-developer")]
+        sub: String,
+        /// The user's FHIR resource (fhirUser claim), such as Practitioner/rivera.
+        #[arg(long)]
+        fhir_user: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        lifetime: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = telemetry::init(&cli.config.log, cli.config.log_format) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // `token` prints only the token on stdout, so that TOKEN=$(tandem token …) works.
+    let log = if matches!(command, Command::Token { .. }) {
+        "off"
+    } else {
+        cli.config.log.as_str()
+    };
+    if let Err(e) = telemetry::init(log, cli.config.log_format) {
         eprintln!("tandem: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let result = match command {
         Command::Serve => serve(cli.config),
         Command::Migrate => migrate(cli.config),
+        Command::Token {
+            scope,
+            patient,
+            sub,
+            fhir_user,
+            lifetime,
+        } => {
+            tandem::auth::token::mint(&cli.config, &scope, patient, &sub, fhir_user, lifetime).map(|t| println!("{t}"))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

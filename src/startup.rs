@@ -1,15 +1,17 @@
-//! Builds the application from a Config: opens and migrates the database, wires the routes and the
-//! request middleware, and binds the listener (port 0 picks a free port, for tests).
+//! Builds the application from a Config: checks the token keys, opens and migrates the database,
+//! starts the audit writer, wires the routes and the request middleware, and binds the listener
+//! (port 0 picks a free port, for tests).
 
 use std::net::TcpListener;
-use std::time::Instant;
+use std::time::Duration;
 
-use actix_web::dev::{Server, Service};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, App, HttpMessage, HttpServer};
-use tracing::Instrument;
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
 
-use crate::api::{self, AppState, RequestId};
+use crate::api::{self, middleware, AppState};
+use crate::audit::{AuditSink, AuditWriter};
+use crate::auth::token::Verifier;
 use crate::config::Config;
 use crate::error::Error;
 use crate::resources;
@@ -18,11 +20,15 @@ use crate::store::Store;
 pub struct Application {
     port: u16,
     server: Server,
+    audit_writer: AuditWriter,
 }
 
 impl Application {
     pub fn build(config: Config) -> Result<Application, Error> {
         config.validate().map_err(Error::Invalid)?;
+        // Before anything else: a server that could not check tokens must not start.
+        let (verifier, _local_key) = Verifier::from_config(&config).map_err(Error::Invalid)?;
+        tracing::info!(keys = %verifier.source, issuer = verifier.issuer(), audience = verifier.audience(), "bearer tokens verified");
         resources::params::load();
         let rules = crate::scheduling::Rules {
             canonical: crate::scheduling::Canonical::new(&config.canonical_base),
@@ -38,37 +44,29 @@ impl Application {
             .map_err(|e| Error::Internal(e.to_string()))?
             .port();
         let workers = config.workers;
-        let state = web::Data::new(AppState { store, config });
+        let request_timeout = Duration::from_secs(config.request_timeout_seconds);
+        let (audit, audit_writer) = AuditSink::start(store.clone());
+        let state = web::Data::new(AppState {
+            store,
+            config,
+            verifier,
+            audit,
+        });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .wrap_fn(|req, srv| {
-                    let request_id = api::request_id_from(req.headers().get("x-request-id"));
-                    req.extensions_mut().insert(RequestId(request_id.clone()));
-                    let method = req.method().to_string();
-                    let span = tracing::info_span!("request", request_id = %request_id, method = %method);
-                    let started = Instant::now();
-                    let fut = srv.call(req);
-                    async move {
-                        let mut res = fut.await?;
-                        // The route pattern (/{type}/{id}), never the path: ids and query values stay out of logs.
-                        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
-                        tracing::info!(
-                            status = res.status().as_u16(),
-                            route = %route,
-                            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                            "request completed"
-                        );
-                        if let Ok(v) = HeaderValue::from_str(&request_id) {
-                            res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
-                        }
-                        Ok(res)
-                    }
-                    .instrument(span)
-                })
+                .app_data(web::PathConfig::default().error_handler(api::extractor_error))
+                .app_data(web::QueryConfig::default().error_handler(api::extractor_error))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
+                // Outermost last: frame (request id, logs, headers) → audit → authenticate → routes.
+                .wrap(from_fn(middleware::authenticate))
+                .wrap(from_fn(middleware::audit))
+                .wrap(from_fn(middleware::frame))
         })
+        // A client that does not send its request head in time is cut off (slowloris).
+        .client_request_timeout(request_timeout.min(Duration::from_secs(10)))
+        .client_disconnect_timeout(Duration::from_secs(5))
         .listen(listener)
         .map_err(|e| Error::Internal(format!("listening: {e}")))?;
         if let Some(n) = workers {
@@ -77,6 +75,7 @@ impl Application {
         Ok(Application {
             port,
             server: server.run(),
+            audit_writer,
         })
     }
 
@@ -89,7 +88,13 @@ impl Application {
         self.port
     }
 
+    /// Serves until stopped (SIGTERM, SIGINT or the handle), then writes the queued audit events.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        let writer = self.audit_writer;
+        if let Err(e) = actix_web::rt::task::spawn_blocking(move || writer.finish()).await {
+            tracing::error!(cause = %e, "finishing the audit writer");
+        }
+        result
     }
 }

@@ -8,10 +8,33 @@ use super::{
     blocking, if_match, instance, read_body, resource_type, return_preference, version_headers, AppState, Ctx,
     ReturnPreference,
 };
+use crate::auth::{Grant, Permission};
 use crate::error::Error;
 use crate::fhir::{self, Format};
 use crate::resources::{is_valid_id, ResourceType};
-use crate::store::Version;
+use crate::store::{Version, WriteAccess};
+
+/// What a caller holding `grant` may write (an update also needs create to create).
+pub(super) fn write_access(ctx: &Ctx, rt: ResourceType, grant: &Grant) -> WriteAccess {
+    WriteAccess {
+        compartment: grant.patient().map(str::to_string),
+        may_create: ctx.grant(rt.as_str(), Permission::Create).is_ok(),
+    }
+}
+
+/// A version the caller may read: a `patient/` token sees only its compartment, and anything else
+/// is answered as if it did not exist (404), so that a probe learns nothing.
+pub(super) fn readable(rt: ResourceType, grant: &Grant, v: Version) -> Result<Version, Error> {
+    crate::store::visible_to(grant.patient(), rt, v)
+}
+
+/// Records the version acted on in the request's audit record.
+fn audit_version(ctx: &Ctx, rt: ResourceType, v: &Version) {
+    ctx.audit(|d| {
+        d.entities = vec![format!("{rt}/{}/_history/{}", v.res_id, v.version_id)];
+        d.resource = v.body.clone().map(|b| (rt, b));
+    });
+}
 
 /// Reads, parses and checks a request body for `rt`.
 async fn parse_body(
@@ -76,10 +99,13 @@ pub async fn create(
                 "conditional create (If-None-Exist) is not supported".into(),
             ));
         }
+        let grant = ctx.grant(rt.as_str(), Permission::Create)?;
         let resource = parse_body(&req, payload, &state, rt).await?;
         let store = state.store.clone();
+        let access = write_access(&ctx, rt, &grant);
         // http.html#create: an id in the body is ignored; the server assigns one.
-        let version = blocking(move || store.create(rt, resource)).await?;
+        let version = blocking(move || store.create(rt, resource, &access)).await?;
+        audit_version(&ctx, rt, &version);
         written(&ctx, &req, StatusCode::CREATED, &version)
     }
     .await;
@@ -91,8 +117,10 @@ pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<
         ctx.negotiated()?;
         let (type_name, id) = path.into_inner();
         let (rt, id) = instance(&type_name, id)?;
+        let grant = ctx.grant(rt.as_str(), Permission::Read)?;
         let store = state.store.clone();
-        let version = blocking(move || store.read(rt, &id)).await?;
+        let version = readable(rt, &grant, blocking(move || store.read(rt, &id)).await?)?;
+        audit_version(&ctx, rt, &version);
         ctx.version(HttpResponse::Ok(), &version)
     }
     .await;
@@ -104,13 +132,15 @@ pub async fn vread(ctx: Ctx, path: web::Path<(String, String, String)>, state: w
         ctx.negotiated()?;
         let (type_name, id, vid) = path.into_inner();
         let rt = resource_type(&type_name)?;
+        let grant = ctx.grant(rt.as_str(), Permission::Read)?;
         let version_id = vid
             .parse::<i64>()
             .ok()
             .filter(|_| is_valid_id(&id))
             .ok_or_else(|| Error::NotFound(format!("{rt}/{id} has no version '{vid}'")))?;
         let store = state.store.clone();
-        let version = blocking(move || store.vread(rt, &id, version_id)).await?;
+        let version = readable(rt, &grant, blocking(move || store.vread(rt, &id, version_id)).await?)?;
+        audit_version(&ctx, rt, &version);
         ctx.version(HttpResponse::Ok(), &version)
     }
     .await;
@@ -133,6 +163,8 @@ pub async fn update(
                 "'{id}' is not a valid resource id (1 to 64 of A-Z a-z 0-9 - .)"
             )));
         }
+        let grant = ctx.grant(rt.as_str(), Permission::Update)?;
+        let access = write_access(&ctx, rt, &grant);
         let expected = if_match(&req)?;
         let resource = parse_body(&req, payload, &state, rt).await?;
         // http.html#update: the body SHALL carry the id of the URL.
@@ -150,7 +182,8 @@ pub async fn update(
             }
         }
         let store = state.store.clone();
-        let outcome = blocking(move || store.update(rt, &id, resource, expected)).await?;
+        let outcome = blocking(move || store.update(rt, &id, resource, expected, &access)).await?;
+        audit_version(&ctx, rt, &outcome.version);
         let status = if outcome.created {
             StatusCode::CREATED
         } else {
@@ -167,8 +200,10 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
         ctx.negotiated()?;
         let (type_name, id) = path.into_inner();
         let (rt, id) = instance(&type_name, id)?;
+        let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
+        let access = write_access(&ctx, rt, &grant);
         let store = state.store.clone();
-        let deleted = blocking(move || store.delete(rt, &id)).await?;
+        let deleted = blocking(move || store.delete(rt, &id, &access)).await?;
         // http.html#delete: deleting a resource that does not exist, or no longer exists, also succeeds.
         let mut builder = HttpResponse::NoContent();
         if let Some(v) = &deleted {

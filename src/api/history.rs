@@ -4,9 +4,30 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::{blocking, query_pairs, resource_type, AppState, Ctx};
+use crate::auth::{Grant, Permission};
 use crate::error::Error;
-use crate::resources::dates;
+use crate::resources::{compartment, dates, ResourceType};
 use crate::store::{HistoryScope, Version};
+
+/// Whether a version may appear in the caller's history: its type is granted (`permission`), and
+/// for a `patient/` grant on a Patient-compartment type, the version itself is in the compartment
+/// (deletions, which have no body, are left out).
+fn visible_version(ctx: &Ctx, permission: Permission, v: &Version) -> bool {
+    let Some(rt) = ResourceType::parse(&v.res_type) else {
+        return false;
+    };
+    match ctx.grant(rt.as_str(), permission) {
+        Ok(Grant::All) => true,
+        Ok(Grant::Patient(p)) => {
+            compartment::patient_params(rt).is_none()
+                || v.body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str::<Value>(b).ok())
+                    .is_some_and(|body| compartment::contains(&p, rt, &body))
+        }
+        Err(_) => false,
+    }
+}
 
 /// `_count`, `_since` and the paging cursor of a history request.
 struct HistoryParams {
@@ -57,6 +78,36 @@ async fn history(
     scope: OwnedScope,
 ) -> Result<HttpResponse, Error> {
     ctx.negotiated()?;
+    let permission = match &scope {
+        OwnedScope::Instance(rt, _) => {
+            ctx.grant(rt.as_str(), Permission::Read)?;
+            Permission::Read
+        }
+        OwnedScope::Type(rt) => {
+            ctx.grant(rt.as_str(), Permission::Search)?;
+            Permission::Search
+        }
+        OwnedScope::System => {
+            if !ResourceType::all().any(|rt| ctx.grant(rt.as_str(), Permission::Search).is_ok()) {
+                return Err(Error::Forbidden(
+                    "the token's scopes grant search on no resource type".into(),
+                ));
+            }
+            Permission::Search
+        }
+    };
+    if let OwnedScope::Instance(rt, id) = &scope {
+        // A patient/ token learns nothing of a resource outside its compartment, not even its history.
+        let grant = ctx.grant(rt.as_str(), Permission::Read)?;
+        if grant.patient().is_some() && compartment::patient_params(*rt).is_some() {
+            let (store, rt, id) = (state.store.clone(), *rt, id.clone());
+            let current = blocking(move || store.read(rt, &id)).await.map_err(|e| match e {
+                Error::Gone(m) => Error::NotFound(m),
+                other => other,
+            })?;
+            super::crud::readable(rt, &grant, current)?;
+        }
+    }
     let params = history_params(&req, &state)?;
     let store = state.store.clone();
     let (count, since, cursor) = (params.count, params.since, params.cursor);
@@ -68,6 +119,7 @@ async fn history(
     let entries = page
         .entries
         .iter()
+        .filter(|v| visible_version(ctx, permission, v))
         .map(|v| entry(ctx, v))
         .collect::<Result<Vec<_>, _>>()?;
     let bundle = json!({

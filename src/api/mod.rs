@@ -1,9 +1,11 @@
 //! HTTP: routes and thin handlers. Each handler parses the request, calls one store function and
 //! renders the answer; every failure leaves as an OperationOutcome in the negotiated format.
 
+mod audit;
 mod bundle;
 mod crud;
 mod history;
+pub mod middleware;
 mod operations;
 mod search;
 mod system;
@@ -15,6 +17,9 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpRe
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use crate::audit::AuditSink;
+use crate::auth::token::Verifier;
+use crate::auth::{Grant, Permission, Principal};
 use crate::config::Config;
 use crate::error::Error;
 use crate::fhir::capability::Supported;
@@ -49,11 +54,14 @@ pub const SUPPORTED: Supported<'static> = Supported {
         ),
     ],
     definition_types: &["StructureDefinition", "CodeSystem", "OperationDefinition"],
+    audit_event_params: &crate::search::audit::AUDIT_PARAMS,
 };
 
 pub struct AppState {
     pub store: Store,
     pub config: Config,
+    pub verifier: Verifier,
+    pub audit: AuditSink,
 }
 
 /// The request id, set by the request middleware and echoed in `X-Request-Id`.
@@ -64,6 +72,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/metadata")
             .route(web::get().to(system::metadata))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/.well-known/smart-configuration")
+            .route(web::get().to(system::smart_configuration))
             .default_service(web::to(method_not_allowed)),
     )
     .service(web::resource("/healthz").route(web::get().to(system::healthz)))
@@ -112,6 +125,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/_history")
             .route(web::get().to(history::system_history))
+            .default_service(web::to(method_not_allowed)),
+    )
+    // The audit trail: read and search only (before /{type}, which would take it for a hosted type).
+    .service(
+        web::resource("/AuditEvent")
+            .route(web::get().to(audit::search))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/AuditEvent/_search")
+            .route(web::post().to(audit::search_post))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/AuditEvent/{id}")
+            .route(web::get().to(audit::read))
+            .route(web::head().to(audit::read))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -165,6 +195,10 @@ pub struct Ctx {
     pub pretty: bool,
     pub base: String,
     pub request_id: String,
+    /// The caller, from the bearer token (None on the public endpoints).
+    pub principal: Option<Principal>,
+    /// The request, for adding to its audit record (None for a detached context).
+    request: Option<HttpRequest>,
 }
 
 impl FromRequest for Ctx {
@@ -172,6 +206,21 @@ impl FromRequest for Ctx {
     type Future = Ready<Result<Ctx, actix_web::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(Ok(Ctx::of(req)))
+    }
+}
+
+impl Ctx {
+    /// The context of a request that a response is made for outside routing (by the middleware):
+    /// it keeps no handle on the request, which routing needs to hold alone.
+    pub fn detached(req: &HttpRequest) -> Ctx {
+        let mut ctx = Ctx::of(req);
+        ctx.request = None;
+        ctx
+    }
+
+    /// The context of a request.
+    pub fn of(req: &HttpRequest) -> Ctx {
         let query = query_pairs(req);
         let format_param = query.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.as_str());
         let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
@@ -192,17 +241,45 @@ impl FromRequest for Ctx {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        ready(Ok(Ctx {
+        let principal = req.extensions().get::<Principal>().cloned();
+        Ctx {
             format,
             negotiation_error,
             pretty,
             base,
             request_id,
-        }))
+            principal,
+            request: Some(req.clone()),
+        }
     }
-}
 
-impl Ctx {
+    /// What the caller may do with `p` on `res_type` (403 when the token's scopes do not cover it).
+    pub fn grant(&self, res_type: &str, p: Permission) -> Result<Grant, Error> {
+        self.principal
+            .as_ref()
+            .ok_or_else(|| Error::Unauthorized("this endpoint needs a bearer token".into()))?
+            .grant(res_type, p)
+    }
+
+    /// Like [`Ctx::grant`], for interactions that reach many patients' records: a `patient/` grant
+    /// is not enough.
+    pub fn grant_all(&self, res_type: &str, p: Permission) -> Result<(), Error> {
+        match self.grant(res_type, p)? {
+            Grant::All => Ok(()),
+            Grant::Patient(_) => Err(Error::Forbidden(format!(
+                "'{}' on {res_type} here reaches many patients' records; a patient/ scope does not grant it",
+                p.letter()
+            ))),
+        }
+    }
+
+    /// Adds to this request's audit record.
+    pub fn audit(&self, update: impl FnOnce(&mut middleware::AuditDetail)) {
+        if let Some(req) = &self.request {
+            middleware::add_audit_detail(req, update);
+        }
+    }
+
     /// Fails when the response format could not be negotiated (406).
     pub fn negotiated(&self) -> Result<(), Error> {
         match &self.negotiation_error {
@@ -222,7 +299,18 @@ impl Ctx {
             tracing::error!(cause = %cause, "request failed");
         }
         let outcome = fhir::operation_outcome("error", code, &e.diagnostics(&self.request_id));
-        self.body(HttpResponse::build(status), &outcome)
+        let mut response = self.body(HttpResponse::build(status), &outcome);
+        let challenge = match e {
+            Error::Unauthorized(_) => Some("Bearer realm=\"tandem\""),
+            Error::Forbidden(_) => Some("Bearer realm=\"tandem\", error=\"insufficient_scope\""),
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        response
     }
 
     /// A response with a FHIR body (any resource held as JSON).
@@ -323,15 +411,24 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usiz
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large());
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Error::Invalid(format!("reading the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(30, |s| s.config.request_timeout_seconds);
+    let receive = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| Error::Invalid(format!("reading the request body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    // A client that trickles its body ties up a worker no longer than the request timeout.
+    tokio::time::timeout(std::time::Duration::from_secs(timeout), receive)
+        .await
+        .map_err(|_| Error::RequestTimeout(format!("the request body did not arrive within {timeout} seconds")))?
 }
 
 /// Runs blocking store work off the async workers, inside the request's span.
@@ -391,7 +488,8 @@ fn allowed_methods(pattern: &str) -> &'static str {
         "/{type}" | "/{type}/_search" => "GET, POST",
         "/_search" => "POST",
         "/{type}/{id}" => "GET, HEAD, PUT, DELETE",
-        "/{type}/{id}/_history/{vid}" => "GET, HEAD",
+        "/{type}/{id}/_history/{vid}" | "/AuditEvent/{id}" => "GET, HEAD",
+        "/AuditEvent/_search" => "POST",
         _ => "GET",
     }
 }
@@ -411,6 +509,12 @@ async fn method_not_allowed(ctx: Ctx, req: HttpRequest) -> HttpResponse {
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allowed_methods(&pattern)));
     response
+}
+
+/// Turns a failed path or query extraction into a 400 OperationOutcome (not actix's plain text).
+pub fn extractor_error<E: std::fmt::Display>(e: E, req: &HttpRequest) -> actix_web::Error {
+    let response = Ctx::of(req).error_response(&Error::Invalid(format!("the request URL is malformed: {e}")));
+    actix_web::error::InternalError::from_response(e.to_string(), response).into()
 }
 
 /// Anything that matches no route.

@@ -10,13 +10,15 @@ use serde_json::{json, Value};
 
 use super::search::searchset;
 use super::{blocking, query_pairs, read_body, resource_type, AppState, Ctx};
+use crate::auth::Permission;
 use crate::error::Error;
 use crate::fhir::{self, Format};
 use crate::resources::{dates, ResourceType};
 use crate::scheduling::{self, definitions, APPOINTMENT_SUBJECT};
-use crate::search::plan::plan;
+use crate::search::plan::{plan, see_everything};
 use crate::search::Search;
 use crate::store::Version;
+use crate::store::WriteAccess;
 
 /// The current version of `res_type/id`, as JSON (404/410 as for a read).
 async fn read_json(state: &AppState, res_type: &'static str, id: &str) -> Result<Value, Error> {
@@ -44,10 +46,30 @@ pub async fn instance_operation(
         let rt = resource_type(&type_name)?;
         let method = req.method().as_str();
         match (rt.as_str(), operation.as_str(), method) {
-            ("Group", "$book-session", "POST") => book_session(&req, &ctx, &state, &id, payload).await,
-            ("Group", "$attendance", "GET") => attendance(&req, &ctx, &state, &id).await,
-            ("Practitioner", "$caseload", "GET") => caseload(&req, &ctx, &state, &id).await,
-            ("Patient", "$everything", "GET") => everything(&req, &ctx, &state, &id).await,
+            ("Group", "$book-session", "POST") => {
+                ctx.grant_all("Group", Permission::Read)?;
+                ctx.grant_all("Appointment", Permission::Create)?;
+                book_session(&req, &ctx, &state, &id, payload).await
+            }
+            ("Group", "$attendance", "GET") => {
+                ctx.grant_all("Group", Permission::Read)?;
+                ctx.grant_all("Appointment", Permission::Search)?;
+                attendance(&req, &ctx, &state, &id).await
+            }
+            ("Practitioner", "$caseload", "GET") => {
+                ctx.grant_all("Practitioner", Permission::Read)?;
+                ctx.grant_all("Appointment", Permission::Search)?;
+                caseload(&req, &ctx, &state, &id).await
+            }
+            ("Patient", "$everything", "GET") => {
+                // A patient/ token may ask for its own patient only; any other id is as unknown.
+                let grant = ctx.grant("Patient", Permission::Read)?;
+                if grant.patient().is_some_and(|p| p != id) {
+                    return Err(Error::NotFound(format!("Patient/{id} is not known")));
+                }
+                ctx.audit(|d| d.patients = vec![id.clone()]);
+                everything(&req, &ctx, &state, &id).await
+            }
             ("Group", "$book-session", _)
             | ("Group", "$attendance", _)
             | ("Practitioner", "$caseload", _)
@@ -194,7 +216,14 @@ async fn book_session(
     }
     let store = state.store.clone();
     let appointment_rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
-    let created = blocking(move || store.create(appointment_rt, appointment)).await?;
+    let created = blocking(move || store.create(appointment_rt, appointment, &WriteAccess::full())).await?;
+    ctx.audit(|d| {
+        d.entities = vec![
+            format!("Group/{group_id}"),
+            format!("Appointment/{}/_history/{}", created.res_id, created.version_id),
+        ];
+        d.resource = created.body.clone().map(|b| (appointment_rt, b));
+    });
     let mut builder = HttpResponse::build(StatusCode::CREATED);
     builder.insert_header((
         header::LOCATION,
@@ -239,7 +268,7 @@ async fn sessions(
         pairs.push(("date".into(), format!("lt{e}")));
     }
     let rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
-    let planned = plan(&[rt], &Search::parse(&pairs)?, true)?;
+    let planned = plan(&[rt], &Search::parse(&pairs)?, true, &see_everything)?;
     let store = state.store.clone();
     let found = blocking(move || store.search_all(&planned, REPORT_CAP)).await?;
     found.iter().map(super::search::parse_body).collect()
@@ -404,6 +433,17 @@ async fn everything(req: &HttpRequest, ctx: &Ctx, state: &AppState, patient_id: 
             _ => {}
         }
     }
+    // What refers to the patient, in the types the caller may search.
+    let via: Vec<(&'static str, &'static str)> = [
+        ("Appointment", "actor"),
+        ("CareTeam", "subject"),
+        ("CareTeam", "participant"),
+        ("Group", "member"),
+        ("Consent", "patient"),
+    ]
+    .into_iter()
+    .filter(|(t, _)| ctx.grant(t, Permission::Search).is_ok())
+    .collect();
     let store = state.store.clone();
     let pid = patient_id.to_string();
     let page = blocking(move || {
@@ -412,13 +452,6 @@ async fn everything(req: &HttpRequest, ctx: &Ctx, state: &AppState, patient_id: 
             &pid,
         )?;
         let mut ids = vec![(patient.res_type.clone(), patient.res_id.clone())];
-        let via = [
-            ("Appointment", "actor"),
-            ("CareTeam", "subject"),
-            ("CareTeam", "participant"),
-            ("Group", "member"),
-            ("Consent", "patient"),
-        ];
         ids.extend(store.referring(("Patient", &pid), &via)?);
         store.page_of(&ids, count, cursor.as_deref())
     })

@@ -8,15 +8,58 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::{blocking, query_pairs, read_body, resource_type, AppState, Ctx};
+use crate::auth::{Grant, Permission};
+use crate::config::Config;
 use crate::error::Error;
 use crate::fhir;
-use crate::resources::{dates, summary, ResourceType};
+use crate::resources::{compartment, dates, summary, ResourceType};
 use crate::search::plan::plan;
 use crate::search::{Include, Search, Summary, Total};
 use crate::store::{SearchPage, Version};
 
 /// Rounds of `_include:iterate` / `_revinclude:iterate` followed at most.
-const MAX_ITERATIONS: usize = 4;
+pub const MAX_ITERATIONS: usize = 4;
+/// Resources included in one page at most; past it the page says so in an OperationOutcome.
+pub const MAX_INCLUDED: usize = 1000;
+
+/// The query of a POST `_search` as it would read in a URL (for the audit record).
+pub(super) fn encode_pairs(pairs: &[(String, String)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    q.finish()
+}
+
+/// Refuses searches with more criteria and includes than the server allows (400 too-costly).
+pub(super) fn check_cost(search: &Search, config: &Config) -> Result<(), Error> {
+    let n = search.criteria.len() + search.includes.len() + search.revincludes.len();
+    if n > config.max_search_params {
+        return Err(Error::TooCostly(format!(
+            "the search has {n} criteria and includes; this server allows {} (TANDEM_MAX_SEARCH_PARAMS)",
+            config.max_search_params
+        )));
+    }
+    Ok(())
+}
+
+/// The caller's visibility for searching `rt`: everything, one patient's compartment, or 403.
+pub(super) fn search_visibility(ctx: &Ctx, rt: ResourceType) -> Result<Option<String>, Error> {
+    Ok(ctx
+        .grant(rt.as_str(), Permission::Search)?
+        .patient()
+        .map(str::to_string))
+}
+
+/// Whether the caller may read `resource` (of `rt`): its type is granted, and it is in the
+/// compartment of a `patient/` token's patient when its type belongs to the Patient compartment.
+pub(super) fn may_read(ctx: &Ctx, rt: ResourceType, resource: &Value) -> bool {
+    match ctx.grant(rt.as_str(), Permission::Read) {
+        Ok(Grant::All) => true,
+        Ok(Grant::Patient(p)) => compartment::patient_params(rt).is_none() || compartment::contains(&p, rt, resource),
+        Err(_) => false,
+    }
+}
 
 /// The result parameters repeated in page links (criteria come from the plan).
 const LINKED_RESULT_PARAMS: [&str; 8] = [
@@ -30,7 +73,7 @@ const LINKED_RESULT_PARAMS: [&str; 8] = [
     "_type",
 ];
 
-fn strict_handling(req: &HttpRequest) -> bool {
+pub(super) fn strict_handling(req: &HttpRequest) -> bool {
     req.headers()
         .get_all("prefer")
         .filter_map(|v| v.to_str().ok())
@@ -39,7 +82,7 @@ fn strict_handling(req: &HttpRequest) -> bool {
 }
 
 /// The parameters of a POST `_search`: the form body and the URL query together.
-async fn form_pairs(
+pub(super) async fn form_pairs(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
@@ -88,13 +131,16 @@ pub async fn type_search_post(
     let result = async {
         let rt = resource_type(&path)?;
         let pairs = form_pairs(&req, payload, &state).await?;
+        ctx.audit(|d| d.query = Some(encode_pairs(&pairs)));
         run(&req, &ctx, &state, vec![rt], pairs, rt.as_str()).await
     }
     .await;
     ctx.respond(result)
 }
 
-fn system_types(pairs: &[(String, String)]) -> Result<Vec<ResourceType>, Error> {
+/// The types of a system search: those `_type` names (each must be granted), or every type the
+/// caller may search.
+fn system_types(ctx: &Ctx, pairs: &[(String, String)]) -> Result<Vec<ResourceType>, Error> {
     let named: Vec<&str> = pairs
         .iter()
         .filter(|(k, _)| k == "_type")
@@ -103,7 +149,15 @@ fn system_types(pairs: &[(String, String)]) -> Result<Vec<ResourceType>, Error> 
         .filter(|t| !t.is_empty())
         .collect();
     if named.is_empty() {
-        return Ok(ResourceType::all().collect());
+        let granted: Vec<ResourceType> = ResourceType::all()
+            .filter(|rt| ctx.grant(rt.as_str(), Permission::Search).is_ok())
+            .collect();
+        if granted.is_empty() {
+            return Err(Error::Forbidden(
+                "the token's scopes grant search on no resource type".into(),
+            ));
+        }
+        return Ok(granted);
     }
     named.into_iter().map(resource_type).collect()
 }
@@ -111,7 +165,7 @@ fn system_types(pairs: &[(String, String)]) -> Result<Vec<ResourceType>, Error> 
 pub async fn system_search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         let pairs = query_pairs(&req);
-        let types = system_types(&pairs)?;
+        let types = system_types(&ctx, &pairs)?;
         run(&req, &ctx, &state, types, pairs, "").await
     }
     .await;
@@ -126,7 +180,8 @@ pub async fn system_search_post(
 ) -> HttpResponse {
     let result = async {
         let pairs = form_pairs(&req, payload, &state).await?;
-        let types = system_types(&pairs)?;
+        ctx.audit(|d| d.query = Some(encode_pairs(&pairs)));
+        let types = system_types(&ctx, &pairs)?;
         run(&req, &ctx, &state, types, pairs, "").await
     }
     .await;
@@ -143,7 +198,9 @@ async fn run(
 ) -> Result<HttpResponse, Error> {
     ctx.negotiated()?;
     let search = Search::parse(&pairs)?;
-    let planned = plan(&types, &search, strict_handling(req))?;
+    check_cost(&search, &state.config)?;
+    let visible = |rt: ResourceType| search_visibility(ctx, rt);
+    let planned = plan(&types, &search, strict_handling(req), &visible)?;
     let count = search
         .count
         .unwrap_or(i64::from(state.config.default_count))
@@ -174,15 +231,22 @@ async fn run(
 
     let (page_plan, cursor) = (planned.clone(), search.cursor.clone());
     let page = blocking(move || store.search(&page_plan, count, cursor.as_deref())).await?;
-    let included = includes(state, &page.matches, &search.includes, &search.revincludes).await?;
+    let (included, cut) = includes(ctx, state, &page.matches, &search.includes, &search.revincludes).await?;
 
-    let outcome = (!planned.ignored.is_empty()).then(|| {
-        fhir::operation_outcome(
-            "warning",
-            "not-supported",
-            &format!("unknown search parameters were ignored: {}", planned.ignored.join(", ")),
-        )
-    });
+    let mut warnings = Vec::new();
+    if !planned.ignored.is_empty() {
+        warnings.push(format!(
+            "unknown search parameters were ignored: {}",
+            planned.ignored.join(", ")
+        ));
+    }
+    if cut {
+        warnings.push(format!(
+            "more than {MAX_INCLUDED} resources would be included; only the first {MAX_INCLUDED} are"
+        ));
+    }
+    let outcome =
+        (!warnings.is_empty()).then(|| fhir::operation_outcome("warning", "too-costly", &warnings.join("; ")));
     let bundle = searchset(
         ctx,
         &page,
@@ -255,15 +319,17 @@ pub fn parse_body(v: &Version) -> Result<Value, Error> {
     serde_json::from_str(body).map_err(|e| Error::Internal(format!("stored JSON: {e}")))
 }
 
-/// `_include` and `_revinclude` for a page, following `:iterate` over what was included.
+/// `_include` and `_revinclude` for a page, following `:iterate` over what was included, keeping
+/// only what the caller may read. True when the cap ([`MAX_INCLUDED`]) cut the list.
 async fn includes(
+    ctx: &Ctx,
     state: &AppState,
     matches: &[Version],
     includes: &[Include],
     revincludes: &[Include],
-) -> Result<Vec<Version>, Error> {
+) -> Result<(Vec<Version>, bool), Error> {
     if includes.is_empty() && revincludes.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     }
     let key = |v: &Version| (v.res_type.clone(), v.res_id.clone());
     let mut seen: HashSet<(String, String)> = matches.iter().map(key).collect();
@@ -291,13 +357,22 @@ async fn includes(
         .await?;
         frontier.clear();
         for v in found {
-            if seen.insert(key(&v)) {
-                frontier.push(key(&v));
-                included.push(v);
+            if !seen.insert(key(&v)) {
+                continue;
             }
+            let readable = ResourceType::parse(&v.res_type)
+                .is_some_and(|rt| parse_body(&v).is_ok_and(|body| may_read(ctx, rt, &body)));
+            if !readable {
+                continue;
+            }
+            if included.len() == MAX_INCLUDED {
+                return Ok((included, true));
+            }
+            frontier.push(key(&v));
+            included.push(v);
         }
     }
-    Ok(included)
+    Ok((included, false))
 }
 
 /// Elements every resource of a type must keep in a subset (its top-level required elements).

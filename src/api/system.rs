@@ -1,18 +1,103 @@
-//! /metadata, /healthz, /readyz.
+//! /metadata, /.well-known/smart-configuration, /healthz, /readyz.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{blocking, AppState, Ctx, SUPPORTED};
 use crate::fhir::capability::capability_statement;
 
+/// The scopes tandem understands, as advertised (each resource type may stand for `*`).
+const SCOPES_SUPPORTED: [&str; 12] = [
+    "system/*.cruds",
+    "system/*.rs",
+    "system/AuditEvent.rs",
+    "user/*.cruds",
+    "user/*.rs",
+    "patient/*.cruds",
+    "patient/*.rs",
+    "system/*.read",
+    "user/*.read",
+    "patient/*.read",
+    "launch/patient",
+    "fhirUser",
+];
+
+/// CapabilityStatement.rest.security: SMART on FHIR bearer tokens.
+fn security(state: &AppState) -> Value {
+    let config = &state.config;
+    let mut security = json!({
+        "cors": false,
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR",
+            "display": "SMART-on-FHIR"
+        }], "text": "OAuth2 bearer tokens with SMART App Launch v2 scopes"}],
+        "description": format!(
+            "Every request but /metadata, /.well-known/smart-configuration, the conformance resources, the \
+             probes, /metrics and /docs needs `Authorization: Bearer <JWT>`: RS256 or ES256 (HS256 only where \
+             enabled), issuer {}, audience {}. SMART v2 scopes (c r u d s; v1 read/write accepted) are enforced per \
+             interaction; patient/ scopes reach only the compartment of the token's patient claim; the audit \
+             trail (AuditEvent) needs system/AuditEvent.rs.",
+            state.verifier.issuer(),
+            state.verifier.audience()
+        ),
+    });
+    let mut uris = Vec::new();
+    if let Some(t) = &config.auth_token_endpoint {
+        uris.push(json!({"url": "token", "valueUri": t}));
+    }
+    if let Some(a) = &config.auth_authorization_endpoint {
+        uris.push(json!({"url": "authorize", "valueUri": a}));
+    }
+    if !uris.is_empty() {
+        security["extension"] = json!([{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": uris,
+        }]);
+    }
+    security
+}
+
 pub async fn metadata(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = ctx.negotiated().map(|()| {
         let canonical = &state.store.rules().canonical.base;
-        let statement = capability_statement(&ctx.base, canonical, env!("CARGO_PKG_VERSION"), &SUPPORTED);
+        let statement = capability_statement(
+            &ctx.base,
+            canonical,
+            env!("CARGO_PKG_VERSION"),
+            &SUPPORTED,
+            security(&state),
+        );
         ctx.body(HttpResponse::Ok(), &statement)
     });
     ctx.respond(result)
+}
+
+/// GET /.well-known/smart-configuration (SMART App Launch 2.0 discovery). tandem is a resource
+/// server: the endpoints are those of the configured authorization server, when one is named.
+pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
+    let config = &state.config;
+    let mut doc = json!({
+        "issuer": state.verifier.issuer(),
+        "scopes_supported": SCOPES_SUPPORTED,
+        "capabilities": ["permission-v2", "permission-v1", "permission-patient", "permission-user"],
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+    });
+    if let Some(t) = &config.auth_token_endpoint {
+        doc["token_endpoint"] = json!(t);
+    }
+    if let Some(a) = &config.auth_authorization_endpoint {
+        doc["authorization_endpoint"] = json!(a);
+        doc["grant_types_supported"] = json!(["authorization_code", "client_credentials"]);
+        doc["response_types_supported"] = json!(["code"]);
+        doc["code_challenge_methods_supported"] = json!(["S256"]);
+        if let Some(caps) = doc["capabilities"].as_array_mut() {
+            caps.extend([json!("launch-standalone"), json!("context-standalone-patient")]);
+        }
+    }
+    HttpResponse::Ok().json(doc)
 }
 
 /// The process is alive.

@@ -19,6 +19,9 @@ pub struct Supported<'a> {
     pub operations: &'a [(&'a str, &'a str, &'a str)],
     /// Conformance resources served read-only (tandem's own definitions).
     pub definition_types: &'a [&'a str],
+    /// The search parameters of the audit trail (AuditEvent: read and search only): name, type,
+    /// documentation.
+    pub audit_event_params: &'a [(&'a str, &'a str, &'a str)],
 }
 
 pub fn capability_statement(
@@ -26,6 +29,7 @@ pub fn capability_statement(
     canonical_base: &str,
     software_version: &str,
     supported: &Supported<'_>,
+    security: Value,
 ) -> Value {
     let definition = |d: &str| {
         if d.starts_with('/') {
@@ -75,6 +79,26 @@ pub fn capability_statement(
             "searchParam": [{"name": "url", "definition": "http://hl7.org/fhir/SearchParameter/conformance-url", "type": "uri"}],
         })
     }));
+    resources.push(json!({
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "The audit trail: one AuditEvent per interaction, refused ones included. Read and search \
+            only, with a system/ scope that names AuditEvent (wildcards do not reach it); never updated or deleted.",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "no-version",
+        "readHistory": false,
+        "updateCreate": false,
+        "searchParam": supported.audit_event_params.iter().map(|(name, kind, doc)| json!({
+            "name": name,
+            "definition": if name.starts_with('_') {
+                format!("http://hl7.org/fhir/SearchParameter/Resource{}", name.replace('_', "-"))
+            } else {
+                format!("http://hl7.org/fhir/SearchParameter/AuditEvent-{name}")
+            },
+            "type": kind,
+            "documentation": doc,
+        })).collect::<Vec<_>>(),
+    }));
     for r in &mut resources {
         if r.get("operation").and_then(Value::as_array).is_some_and(Vec::is_empty) {
             if let Some(map) = r.as_object_mut() {
@@ -94,6 +118,7 @@ pub fn capability_statement(
         "format": Format::ADVERTISED,
         "rest": [{
             "mode": "server",
+            "security": security,
             "resource": resources,
             "interaction": supported.system_interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
         }]

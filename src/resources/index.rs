@@ -137,6 +137,21 @@ pub fn extract(rt: ResourceType, resource: &Value) -> Entries {
     out
 }
 
+/// The reference values of only the named parameters of `rt` (a cheap subset of [`extract`]).
+pub fn references(rt: ResourceType, resource: &Value, params: &[&str]) -> Vec<ReferenceEntry> {
+    let mut out = Entries::default();
+    for param in rt.search_params().iter().filter(|p| params.contains(&p.code.as_str())) {
+        for path in &param.paths {
+            if let Path::Steps(steps) = path {
+                for node in walk(resource, steps) {
+                    add_reference(&mut out, &param.code, node);
+                }
+            }
+        }
+    }
+    out.references
+}
+
 fn walk<'a>(root: &'a Value, steps: &[Step]) -> Vec<&'a Value> {
     let mut nodes = vec![root];
     for step in steps {

@@ -2,6 +2,7 @@
 //! the official R4 SearchParameter definitions), how to extract index values from a resource, and which
 //! references a resource makes. Pure knowledge: this module imports nothing from search, store or api.
 
+pub mod compartment;
 pub mod dates;
 pub mod index;
 pub mod params;

@@ -1,6 +1,7 @@
 //! FHIR search (search.html): parse a query into a typed search, then plan it into SQL over the
 //! index tables ([`plan`]). Nothing here scans stored JSON.
 
+pub mod audit;
 pub mod plan;
 
 use crate::error::Error;

@@ -5,7 +5,7 @@
 
 use super::{reference_targets, split_pipe, unescape, Criterion, Key, Search, SortKey};
 use crate::error::Error;
-use crate::resources::{dates, index, ParamType, ResourceType, SearchParam};
+use crate::resources::{compartment, dates, index, ParamType, ResourceType, SearchParam};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Bind {
@@ -110,22 +110,88 @@ pub struct Planned {
     pub applied: Vec<(String, String)>,
 }
 
-/// Plans a search over one type, or several (whole-system search).
-pub fn plan(types: &[ResourceType], search: &Search, strict: bool) -> Result<Planned, Error> {
+/// Which resources of a type a search may see: `Ok(None)` all of them, `Ok(Some(patient))` only
+/// the compartment of that patient (for types in the Patient compartment), `Err` none (403). Applied
+/// to the types searched and to every type a chain or `_has` passes through, so that no criterion
+/// can reveal what the caller could not read.
+pub type Visibility<'a> = &'a dyn Fn(ResourceType) -> Result<Option<String>, Error>;
+
+/// The visibility of a caller who may see everything (reports run on behalf of a full grant).
+pub fn see_everything(_: ResourceType) -> Result<Option<String>, Error> {
+    Ok(None)
+}
+
+/// The ids of `rt` in the compartment of Patient/`patient`, or None when `rt` is not in the Patient
+/// compartment. Local references only: an absolute reference names another server's patient.
+pub fn compartment_ids(rt: ResourceType, patient: &str) -> Option<Sql> {
+    let params = compartment::patient_params(rt)?;
+    let mut sql = Sql::new("SELECT res_id FROM idx_reference WHERE target_type = 'Patient' AND target_id = ");
+    sql.text_bind(patient)
+        .push(" AND url IS NULL AND res_type = ")
+        .text_bind(rt.as_str())
+        .push(" AND param IN (");
+    for (i, p) in params.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.text_bind(*p);
+    }
+    sql.push(")");
+    if rt.as_str() == "Patient" {
+        sql.push(" UNION SELECT res_id FROM resources WHERE res_type = 'Patient' AND res_id = ")
+            .text_bind(patient);
+    }
+    Some(sql)
+}
+
+/// `column IN (the visible ids of rt)`, or None when every resource of `rt` is visible.
+fn visible_condition(column: &str, rt: ResourceType, visible: Visibility) -> Result<Option<Sql>, Error> {
+    let Some(patient) = visible(rt)? else { return Ok(None) };
+    Ok(compartment_ids(rt, &patient).map(|ids| {
+        let mut sql = Sql::new(&format!("{column} IN ("));
+        sql.append(&ids).push(")");
+        sql
+    }))
+}
+
+/// Plans a search over one type, or several (whole-system search), showing only what `visible` allows.
+pub fn plan(types: &[ResourceType], search: &Search, strict: bool, visible: Visibility) -> Result<Planned, Error> {
     let mut from_where = Sql::new("FROM resources r WHERE r.deleted = false AND ");
     match types {
         [rt] => {
             from_where.push("r.res_type = ").text_bind(rt.as_str());
+            if let Some(cond) = visible_condition("r.res_id", *rt, visible)? {
+                from_where.push(" AND ").append(&cond);
+            }
         }
         _ => {
-            from_where.push("r.res_type IN (");
-            for (i, rt) in types.iter().enumerate() {
-                if i > 0 {
-                    from_where.push(", ");
+            let conditions = types
+                .iter()
+                .map(|rt| visible_condition("r.res_id", *rt, visible))
+                .collect::<Result<Vec<_>, _>>()?;
+            if conditions.iter().all(Option::is_none) {
+                from_where.push("r.res_type IN (");
+                for (i, rt) in types.iter().enumerate() {
+                    if i > 0 {
+                        from_where.push(", ");
+                    }
+                    from_where.text_bind(rt.as_str());
                 }
-                from_where.text_bind(rt.as_str());
+                from_where.push(")");
+            } else {
+                from_where.push("(");
+                for (i, (rt, cond)) in types.iter().zip(conditions).enumerate() {
+                    if i > 0 {
+                        from_where.push(" OR ");
+                    }
+                    from_where.push("(r.res_type = ").text_bind(rt.as_str());
+                    if let Some(cond) = cond {
+                        from_where.push(" AND ").append(&cond);
+                    }
+                    from_where.push(")");
+                }
+                from_where.push(")");
             }
-            from_where.push(")");
         }
     }
     let mut ignored = Vec::new();
@@ -134,7 +200,7 @@ pub fn plan(types: &[ResourceType], search: &Search, strict: bool) -> Result<Pla
     for criterion in &search.criteria {
         let mut per_type = Vec::new();
         for rt in types {
-            if let Some(m) = matching(*rt, &criterion.key, &criterion.values, criterion)? {
+            if let Some(m) = matching(*rt, &criterion.key, &criterion.values, criterion, visible)? {
                 per_type.push((*rt, m));
             }
         }
@@ -218,7 +284,7 @@ fn find_param(rt: ResourceType, name: &str) -> Option<&'static SearchParam> {
     rt.search_params().iter().find(|p| p.code == name)
 }
 
-fn bad_value(criterion: &Criterion, value: &str, why: &str) -> Error {
+pub(super) fn bad_value(criterion: &Criterion, value: &str, why: &str) -> Error {
     Error::Invalid(format!(
         "search parameter '{}': value '{value}' {why}",
         criterion.raw_key
@@ -226,7 +292,13 @@ fn bad_value(criterion: &Criterion, value: &str, why: &str) -> Error {
 }
 
 /// The ids of `rt` that match `key` with any of `values`. None when the parameter is unknown for `rt`.
-fn matching(rt: ResourceType, key: &Key, values: &[String], c: &Criterion) -> Result<Option<Matching>, Error> {
+fn matching(
+    rt: ResourceType,
+    key: &Key,
+    values: &[String],
+    c: &Criterion,
+    visible: Visibility,
+) -> Result<Option<Matching>, Error> {
     match key {
         Key::Param { name, modifier } => param_matching(rt, name, modifier.as_deref(), values, c),
         Key::Chain {
@@ -251,9 +323,10 @@ fn matching(rt: ResourceType, key: &Key, values: &[String], c: &Criterion) -> Re
                 let Some(target_rt) = ResourceType::parse(&target) else {
                     continue;
                 };
-                let Some(inner) = matching(target_rt, rest, values, c)? else {
+                let Some(inner) = matching(target_rt, rest, values, c, visible)? else {
                     continue;
                 };
+                let hidden = visible_condition("target_id", target_rt, visible)?;
                 if any {
                     ids.push(" OR ");
                 }
@@ -261,7 +334,11 @@ fn matching(rt: ResourceType, key: &Key, values: &[String], c: &Criterion) -> Re
                 ids.push("(target_type = ")
                     .text_bind(target_rt.as_str())
                     .push(" AND target_id IN (");
-                ids.append(&positive(target_rt, inner)).push("))");
+                ids.append(&positive(target_rt, inner)).push(")");
+                if let Some(cond) = hidden {
+                    ids.push(" AND ").append(&cond);
+                }
+                ids.push(")");
             }
             if !any {
                 return Err(Error::Invalid(format!(
@@ -296,7 +373,7 @@ fn matching(rt: ResourceType, key: &Key, values: &[String], c: &Criterion) -> Re
                     )))
                 }
             }
-            let Some(inner) = matching(source, rest, values, c)? else {
+            let Some(inner) = matching(source, rest, values, c, visible)? else {
                 return Err(Error::Invalid(format!(
                     "search parameter '{}': unknown parameter for {source}",
                     c.raw_key
@@ -311,6 +388,9 @@ fn matching(rt: ResourceType, key: &Key, values: &[String], c: &Criterion) -> Re
                 .push(" AND res_id IN (")
                 .append(&positive(source, inner))
                 .push(")");
+            if let Some(cond) = visible_condition("res_id", source, visible)? {
+                ids.push(" AND ").append(&cond);
+            }
             Ok(Some(Matching {
                 negated: false,
                 ids,
@@ -734,9 +814,20 @@ fn range_condition(sql: &mut Sql, prefix: Prefix, low: &str, high: &str, s_low: 
 }
 
 fn date_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Error> {
+    date_columns_condition(sql, value, c, "low", "high")
+}
+
+/// A date value (with its prefix) against the range held in columns `low` and `high`.
+pub(super) fn date_columns_condition(
+    sql: &mut Sql,
+    value: &str,
+    c: &Criterion,
+    low: &str,
+    high: &str,
+) -> Result<(), Error> {
     let (prefix, date) = split_prefix(value);
     let range = dates::parse_range(date).ok_or_else(|| bad_value(c, value, "is not a FHIR date (such as 2026, 2026-11, 2026-11-23 or 2026-11-23T10:00:00Z) with an optional prefix (eq ne lt gt le ge sa eb ap)"))?;
-    range_condition(sql, prefix, "low", "high", range.low, range.high);
+    range_condition(sql, prefix, low, high, range.low, range.high);
     Ok(())
 }
 
@@ -931,7 +1022,12 @@ mod tests {
 
     fn planned(rt: &str, q: &[(&str, &str)]) -> Result<Planned, Error> {
         let pairs: Vec<(String, String)> = q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        plan(&[ResourceType::parse(rt).unwrap()], &Search::parse(&pairs)?, false)
+        plan(
+            &[ResourceType::parse(rt).unwrap()],
+            &Search::parse(&pairs)?,
+            false,
+            &see_everything,
+        )
     }
 
     #[test]
@@ -979,7 +1075,8 @@ mod tests {
         assert!(plan(
             &[ResourceType::parse("Patient").unwrap()],
             &Search::parse(&pairs).unwrap(),
-            true
+            true,
+            &see_everything
         )
         .is_err());
     }

@@ -6,12 +6,14 @@
 //! (type, id, version) in the version table, so two writers can never both produce version n+1.
 //! On SQLite every write transaction first takes the database write lock.
 
+mod audit;
 mod connection;
 pub mod pool;
 mod scheduling;
 mod schema;
 mod search;
 
+pub use audit::{AuditPage, AuditRow};
 pub use search::SearchPage;
 
 use diesel::prelude::*;
@@ -25,7 +27,7 @@ use schema::{
 };
 
 use crate::error::Error;
-use crate::resources::{dates, index, local_references, ResourceType};
+use crate::resources::{compartment, dates, index, local_references, ResourceType};
 
 /// How many times a write is retried after losing a race with another writer (no If-Match given).
 const WRITE_ATTEMPTS: usize = 5;
@@ -55,6 +57,39 @@ pub enum HistoryScope<'a> {
 pub struct HistoryPage {
     pub entries: Vec<Version>,
     pub next_before: Option<i64>,
+}
+
+/// What a writer may touch, checked inside the write transaction against the rows it locks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteAccess {
+    /// Only resources in this patient's compartment, before and after the write.
+    pub compartment: Option<String>,
+    /// Whether an update may create the resource (the caller also holds create on the type).
+    pub may_create: bool,
+}
+
+impl WriteAccess {
+    /// A caller who may write anything.
+    pub fn full() -> WriteAccess {
+        WriteAccess {
+            compartment: None,
+            may_create: true,
+        }
+    }
+
+    /// Refuses (403) a resource outside the caller's compartment. `id` is the resource's id.
+    fn check(&self, rt: ResourceType, id: &str, resource: &Value) -> Result<(), Error> {
+        let Some(patient) = &self.compartment else {
+            return Ok(());
+        };
+        let own_record = rt.as_str() == "Patient" && id == patient;
+        if own_record || compartment::contains(patient, rt, resource) {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "{rt}/{id} is outside the compartment of Patient/{patient}, the only one this token may write"
+        )))
+    }
 }
 
 #[derive(Debug)]
@@ -186,7 +221,7 @@ impl Store {
     /// PostgreSQL's autovacuum does the same on its side.
     fn after_write(&self, conn: &mut AnyConnection) {
         let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if n % OPTIMIZE_EVERY_WRITES != 0 {
+        if !n.is_multiple_of(OPTIMIZE_EVERY_WRITES) {
             return;
         }
         if let AnyConnection::Sqlite(c) = conn {
@@ -198,8 +233,11 @@ impl Store {
     }
 
     /// Creates a resource with a server-assigned id (http.html#create).
-    pub fn create(&self, rt: ResourceType, resource: Value) -> Result<Version, Error> {
-        self.write(|c| create_in(c, &self.rules, rt, &resource, &uuid::Uuid::new_v4().to_string(), true))
+    pub fn create(&self, rt: ResourceType, resource: Value, access: &WriteAccess) -> Result<Version, Error> {
+        self.write(|c| {
+            let id = uuid::Uuid::new_v4().to_string();
+            create_in(c, &self.rules, rt, &resource, &id, true, access)
+        })
     }
 
     /// Updates a resource, or creates it with the client's id when it does not exist
@@ -210,14 +248,15 @@ impl Store {
         id: &str,
         resource: Value,
         if_match: Option<i64>,
+        access: &WriteAccess,
     ) -> Result<UpdateOutcome, Error> {
-        self.write(|c| update_in(c, &self.rules, rt, id, &resource, if_match, true))
+        self.write(|c| update_in(c, &self.rules, rt, id, &resource, if_match, true, access))
     }
 
     /// Deletes a resource logically (http.html#delete). Returns the deletion version, or None when
     /// there was nothing to delete (unknown, or already deleted).
-    pub fn delete(&self, rt: ResourceType, id: &str) -> Result<Option<Version>, Error> {
-        self.write(|c| delete_in(c, rt, id))
+    pub fn delete(&self, rt: ResourceType, id: &str, access: &WriteAccess) -> Result<Option<Version>, Error> {
+        self.write(|c| delete_in(c, rt, id, access))
     }
 
     /// Runs a transaction Bundle's entries (already in processing order) in one database
@@ -237,7 +276,8 @@ impl Store {
                         rt,
                         id,
                         resource,
-                    } => create_in(c, &self.rules, *rt, resource, id, false)
+                        access,
+                    } => create_in(c, &self.rules, *rt, resource, id, false, access)
                         .map(BundleResult::Created)
                         .map_err(|a| in_entry(label, a))?,
                     BundleOp::Update {
@@ -246,13 +286,20 @@ impl Store {
                         id,
                         resource,
                         if_match,
-                    } => update_in(c, &self.rules, *rt, id, resource, *if_match, false)
+                        access,
+                    } => update_in(c, &self.rules, *rt, id, resource, *if_match, false, access)
                         .map(BundleResult::Updated)
                         .map_err(|a| in_entry(label, a))?,
-                    BundleOp::Delete { label, rt, id } => delete_in(c, *rt, id)
+                    BundleOp::Delete { label, rt, id, access } => delete_in(c, *rt, id, access)
                         .map(BundleResult::Deleted)
                         .map_err(|a| in_entry(label, a))?,
-                    BundleOp::Read { label, rt, id } => read_in(c, *rt, id)
+                    BundleOp::Read {
+                        label,
+                        rt,
+                        id,
+                        compartment,
+                    } => read_in(c, *rt, id)
+                        .and_then(|v| visible_to(compartment.as_deref(), *rt, v))
                         .map(BundleResult::Read)
                         .map_err(|e| in_entry(label, e.into()))?,
                 };
@@ -264,6 +311,7 @@ impl Store {
                     rt,
                     id,
                     resource,
+                    ..
                 }
                 | BundleOp::Update {
                     label,
@@ -295,6 +343,7 @@ pub enum BundleOp {
         rt: ResourceType,
         id: String,
         resource: Value,
+        access: WriteAccess,
     },
     Update {
         label: String,
@@ -302,17 +351,39 @@ pub enum BundleOp {
         id: String,
         resource: Value,
         if_match: Option<i64>,
+        access: WriteAccess,
     },
     Delete {
         label: String,
         rt: ResourceType,
         id: String,
+        access: WriteAccess,
     },
     Read {
         label: String,
         rt: ResourceType,
         id: String,
+        /// A `patient/` reader sees only this patient's compartment.
+        compartment: Option<String>,
     },
+}
+
+/// The version, if a reader limited to `patient`'s compartment may see it; else NotFound, as if
+/// it did not exist.
+pub fn visible_to(patient: Option<&str>, rt: ResourceType, v: Version) -> Result<Version, Error> {
+    let (Some(patient), Some(_)) = (patient, compartment::patient_params(rt)) else {
+        return Ok(v);
+    };
+    let body: Value = v
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    if compartment::contains(patient, rt, &body) {
+        Ok(v)
+    } else {
+        Err(not_found(rt, &v.res_id))
+    }
 }
 
 #[derive(Debug)]
@@ -424,7 +495,9 @@ fn create_in(
     resource: &Value,
     id: &str,
     check_refs: bool,
+    access: &WriteAccess,
 ) -> Result<Version, Abort> {
+    access.check(rt, id, resource)?;
     if check_refs {
         check_references(c, resource, rt, id)?;
     }
@@ -457,6 +530,7 @@ fn create_in(
 }
 
 /// Updates (or creates with the client's id) `rt/id` on an open write transaction.
+#[allow(clippy::too_many_arguments)]
 fn update_in(
     c: &mut AnyConnection,
     rules: &crate::scheduling::Rules,
@@ -465,7 +539,9 @@ fn update_in(
     resource: &Value,
     if_match: Option<i64>,
     check_refs: bool,
+    access: &WriteAccess,
 ) -> Result<UpdateOutcome, Abort> {
+    access.check(rt, id, resource)?;
     if check_refs {
         check_references(c, resource, rt, id)?;
     }
@@ -475,6 +551,14 @@ fn update_in(
         .filter(|cur| !cur.deleted)
         .and_then(|cur| cur.body.as_deref())
         .and_then(|b| serde_json::from_str(b).ok());
+    if let Some(previous) = &previous {
+        access.check(rt, id, previous)?;
+    } else if !access.may_create {
+        return Err(Error::Forbidden(format!(
+            "{rt}/{id} does not exist, and the token's scopes do not grant create on {rt}"
+        ))
+        .into());
+    }
     let mut resource = resource.clone();
     scheduling::before_write(c, rules, rt, id, &mut resource, previous.as_ref())?;
     let entries = index::extract(rt, &resource);
@@ -549,12 +633,25 @@ fn update_in(
 }
 
 /// Deletes `rt/id` logically on an open write transaction; None when there was nothing to delete.
-fn delete_in(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Option<Version>, Abort> {
+fn delete_in(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    access: &WriteAccess,
+) -> Result<Option<Version>, Abort> {
     let Some(current) = load_current_for_write(c, rt, id)? else {
         return Ok(None);
     };
     if current.deleted {
         return Ok(None);
+    }
+    if access.compartment.is_some() {
+        let body: Value = current
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        access.check(rt, id, &body)?;
     }
     let version_id = current.version_id + 1;
     let last_updated = dates::now_millis().max(current.last_updated + 1);

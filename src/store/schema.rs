@@ -151,3 +151,27 @@ diesel::table! {
         end_ms -> BigInt,
     }
 }
+
+diesel::table! {
+    audit_events (seq) {
+        seq -> BigInt,
+        id -> Text,
+        recorded -> BigInt,
+        action -> Text,
+        subtype -> Text,
+        outcome -> Text,
+        altid -> Nullable<Text>,
+        client_id -> Nullable<Text>,
+        address -> Nullable<Text>,
+        body -> Text,
+    }
+}
+
+diesel::table! {
+    audit_refs (event_id, kind, ref_) {
+        event_id -> Text,
+        kind -> Text,
+        #[sql_name = "ref"]
+        ref_ -> Text,
+    }
+}

@@ -262,6 +262,7 @@ impl Store {
             let found: Vec<(String, String)> = idx_reference::table
                 .filter(idx_reference::target_type.eq(target.0))
                 .filter(idx_reference::target_id.eq(target.1))
+                .filter(idx_reference::url.is_null())
                 .filter(idx_reference::res_type.eq(*res_type))
                 .filter(idx_reference::param.eq(*param))
                 .select((idx_reference::res_type, idx_reference::res_id))

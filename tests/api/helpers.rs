@@ -47,19 +47,20 @@ struct Cli {
 /// PostgreSQL schema (dropped when the test ends).
 pub struct TestDb {
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    /// The server's data directory (its local signing key lives there).
+    pub dir: tempfile::TempDir,
     pg_schema: Option<(String, String)>,
 }
 
 impl TestDb {
     pub fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("temporary directory");
         match backend {
             Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temporary directory");
                 let path: PathBuf = dir.path().join("tandem.db");
                 TestDb {
                     url: format!("sqlite://{}", path.display()),
-                    _dir: Some(dir),
+                    dir,
                     pg_schema: None,
                 }
             }
@@ -77,7 +78,7 @@ impl TestDb {
                 let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
                 TestDb {
                     url,
-                    _dir: None,
+                    dir,
                     pg_schema: Some((base, schema)),
                 }
             }
@@ -95,10 +96,11 @@ impl Drop for TestDb {
     }
 }
 
-pub fn test_config(database_url: &str) -> Config {
+pub fn test_config(db: &TestDb) -> Config {
     let mut config = Cli::parse_from(["tandem"]).config;
     config.listen = "127.0.0.1:0".into();
-    config.database_url = database_url.into();
+    config.database_url = db.url.clone();
+    config.data_dir = db.dir.path().to_path_buf();
     config.db_pool_size = 4;
     config.workers = Some(2);
     config.base_url = None;
@@ -107,10 +109,14 @@ pub fn test_config(database_url: &str) -> Config {
 
 pub struct TestApp {
     pub address: String,
+    /// A client that sends a `system/*.cruds` token with every request.
     pub client: reqwest::Client,
+    /// A client that sends no token.
+    pub anonymous: reqwest::Client,
     pub backend: Backend,
     pub handle: actix_web::dev::ServerHandle,
     pub db: TestDb,
+    pub config: Config,
 }
 
 impl TestApp {
@@ -122,29 +128,55 @@ impl TestApp {
     /// Starts a server with some settings changed.
     pub async fn spawn_configured(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
         let db = TestDb::new(backend);
-        let mut config = test_config(&db.url);
+        let mut config = test_config(&db);
+        configure(&mut config);
+        TestApp::start(backend, db, config).await
+    }
+
+    /// Starts a server on a given test database with some settings changed.
+    pub async fn spawn_configured_on(backend: Backend, db: TestDb, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config(&db);
         configure(&mut config);
         TestApp::start(backend, db, config).await
     }
 
     /// Starts a server on an existing test database (used to restart on the same data).
     pub async fn spawn_on(backend: Backend, db: TestDb) -> TestApp {
-        let config = test_config(&db.url);
+        let config = test_config(&db);
         TestApp::start(backend, db, config).await
     }
 
     async fn start(backend: Backend, db: TestDb, config: Config) -> TestApp {
-        let app = Application::build(config).expect("application starts");
+        let app = Application::build(config.clone()).expect("application starts");
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
-        TestApp {
+        let mut test_app = TestApp {
             address,
             client: reqwest::Client::new(),
+            anonymous: reqwest::Client::new(),
             backend,
             handle,
             db,
+            config,
+        };
+        // With the local key, the default client carries a full token; servers configured with other
+        // keys get tokens from their test's own issuer.
+        if let Ok(token) = tandem::auth::token::mint(&test_app.config, "system/*.cruds", None, "test-user", None, 600) {
+            test_app.client = bearer_client(&token);
         }
+        test_app
+    }
+
+    /// A token signed by this server's local key.
+    pub fn token(&self, scope: &str, patient: Option<&str>) -> String {
+        tandem::auth::token::mint(&self.config, scope, patient.map(str::to_string), "test-user", None, 600)
+            .expect("mint a token")
+    }
+
+    /// A client that sends a token with these scopes (and patient) with every request.
+    pub fn client_with(&self, scope: &str, patient: Option<&str>) -> reqwest::Client {
+        bearer_client(&self.token(scope, patient))
     }
 
     /// Stops the server and hands back its database.
@@ -243,6 +275,17 @@ impl TestApp {
             .expect("history bundle");
         bundle["entry"].as_array().map_or(0, Vec::len)
     }
+}
+
+/// A client that sends `Authorization: Bearer <token>` with every request.
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
 }
 
 pub async fn json(res: reqwest::Response) -> Value {

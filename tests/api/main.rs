@@ -4,6 +4,8 @@
 
 mod helpers;
 
+mod auth_scopes;
+mod auth_tokens;
 mod bundles;
 mod concurrency;
 mod crud;

@@ -17,7 +17,7 @@ both_backends! {
         assert_eq!(
             types,
             ["Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient", "Practitioner", "PractitionerRole",
-             "StructureDefinition", "CodeSystem", "OperationDefinition"]
+             "StructureDefinition", "CodeSystem", "OperationDefinition", "AuditEvent"]
         );
 
         // Every operation listed has a definition this server serves (or HL7's, for $everything).
@@ -65,7 +65,21 @@ both_backends! {
         assert_eq!(app.get("").await.status(), 200);
 
         // Every search parameter listed is one the server answers (not refused as unknown/unsupported).
-        for r in resources {
+        // The audit trail's parameters, with a privacy officer's token, each with a value of its type.
+        let officer = app.client_with("system/AuditEvent.rs", None);
+        for r in resources.iter().filter(|r| r["type"] == "AuditEvent") {
+            for p in r["searchParam"].as_array().unwrap() {
+                let name = p["name"].as_str().unwrap();
+                let value = match p["type"].as_str().unwrap() {
+                    "date" => "ge2026-01-01",
+                    "reference" => "Patient/x",
+                    _ => "x",
+                };
+                let res = officer.get(app.url("AuditEvent")).query(&[(name, value)]).header("Prefer", "handling=strict").send().await.unwrap();
+                assert_eq!(res.status(), 200, "AuditEvent?{name}={value}: {}", res.text().await.unwrap());
+            }
+        }
+        for r in resources.iter().filter(|r| r["type"] != "AuditEvent") {
             let rt = r["type"].as_str().unwrap();
             for p in r["searchParam"].as_array().unwrap() {
                 let name = p["name"].as_str().unwrap();

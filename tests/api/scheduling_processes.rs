@@ -23,7 +23,7 @@ impl Drop for Server {
     }
 }
 
-async fn start_process(database_url: &str) -> Server {
+async fn start_process(db: &TestDb) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -32,7 +32,8 @@ async fn start_process(database_url: &str) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .arg("serve")
         .env("TANDEM_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TANDEM_DATABASE_URL", database_url)
+        .env("TANDEM_DATABASE_URL", &db.url)
+        .env("TANDEM_DATA_DIR", db.dir.path())
         .env("TANDEM_LOG", "warn")
         .env("TANDEM_WORKERS", "2")
         .env("TANDEM_DB_POOL_SIZE", "4")
@@ -68,7 +69,7 @@ both_backends! {
             let res = app.put_json(&format!("Patient/p{i}"), &json!({"resourceType": "Patient", "id": format!("p{i}")})).await;
             assert_eq!(res.status(), 201);
         }
-        let servers = [start_process(&app.db.url).await, start_process(&app.db.url).await];
+        let servers = [start_process(&app.db).await, start_process(&app.db).await];
 
         // Client i asks for an hour with moss starting i*15 minutes after 09:00: each slot overlaps
         // its neighbours, and every request goes to one of the two processes at the same time.

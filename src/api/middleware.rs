@@ -1,0 +1,335 @@
+//! What every request passes through, outermost first:
+//! - [`frame`]: the request id and its log span, the `request completed` log line (route pattern,
+//!   never the path or query), security headers, and the time limit of read-only requests;
+//! - [`audit`]: an AuditEvent for every FHIR interaction, refused ones included;
+//! - [`authenticate`]: a valid bearer token, or 401. What the token may do is decided by each
+//!   handler, which knows the interaction and the resource type.
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest};
+use tracing::Instrument;
+
+use super::{AppState, Ctx, RequestId};
+use crate::audit::AuditRecord;
+use crate::auth::Principal;
+use crate::error::Error;
+use crate::resources::{dates, ResourceType};
+
+/// Paths that need no token and leave no audit record: conformance and discovery documents, probes,
+/// metrics and the API docs. None of them holds anyone's record.
+pub fn is_public(path: &str) -> bool {
+    const EXACT: [&str; 7] = [
+        "/metadata",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/.well-known/smart-configuration",
+        "/openapi.json",
+        "/docs",
+    ];
+    const UNDER: [&str; 4] = ["/docs/", "/StructureDefinition", "/CodeSystem", "/OperationDefinition"];
+    EXACT.contains(&path) || UNDER.iter().any(|p| path.starts_with(p))
+}
+
+/// What a handler adds to the audit record of its request.
+#[derive(Debug, Clone, Default)]
+pub struct AuditDetail {
+    /// Overrides the interaction read from the route (a POST to the base is a transaction or a batch).
+    pub interaction: Option<&'static str>,
+    pub entities: Vec<String>,
+    pub resource: Option<(ResourceType, String)>,
+    pub patients: Vec<String>,
+    /// The search parameters, when they came in a form body rather than the URL.
+    pub query: Option<String>,
+}
+
+/// Adds to the audit record of the request `req`.
+pub fn add_audit_detail(req: &HttpRequest, update: impl FnOnce(&mut AuditDetail)) {
+    let mut ext = req.extensions_mut();
+    if ext.get::<AuditDetail>().is_none() {
+        ext.insert(AuditDetail::default());
+    }
+    if let Some(detail) = ext.get_mut::<AuditDetail>() {
+        update(detail);
+    }
+}
+
+fn security_headers(path: &str, headers: &mut header::HeaderMap) {
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    let csp = if path == "/docs" || path.starts_with("/docs/") {
+        // The API browser: its own scripts and styles only, no outside origin, no framing.
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+         connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    } else {
+        // FHIR and JSON answers are data, never a page to render.
+        "default-src 'none'; frame-ancestors 'none'; sandbox"
+    };
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        // Health records must not stay in shared or browser caches.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// The outermost layer: request id, log span and line, security headers, read-only time limit.
+pub async fn frame(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let request_id = super::request_id_from(req.headers().get("x-request-id"));
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method());
+    let started = Instant::now();
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(30, |s| s.config.request_timeout_seconds);
+    // A read changes nothing, so giving up on it is safe (writes run to their commit or rollback).
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    let timeout_ctx = read_only.then(|| Ctx::detached(req.request()));
+    async move {
+        let result = match timeout_ctx {
+            Some(ctx) => match tokio::time::timeout(Duration::from_secs(timeout), next.call(req)).await {
+                Ok(r) => r.map(ServiceResponse::map_into_boxed_body),
+                Err(_) => {
+                    let mut response = ctx.error_response(&Error::Unavailable(format!(
+                        "the request did not complete within {timeout} seconds; narrow it or try again"
+                    )));
+                    tracing::warn!(
+                        status = 503,
+                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "request timed out"
+                    );
+                    let headers = response.headers_mut();
+                    if let Ok(v) = HeaderValue::from_str(&request_id) {
+                        headers.insert(HeaderName::from_static("x-request-id"), v);
+                    }
+                    security_headers("", headers);
+                    // The request went into the abandoned call: the response leaves as an error.
+                    return Err(actix_web::error::InternalError::from_response("request timed out", response).into());
+                }
+            },
+            None => next.call(req).await.map(ServiceResponse::map_into_boxed_body),
+        };
+        let mut res = result?;
+        // The route pattern (/{type}/{id}), never the path: ids and query values stay out of logs.
+        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+        tracing::info!(
+            status = res.status().as_u16(),
+            route = %route,
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request completed"
+        );
+        let path = res.request().path().to_string();
+        let headers = res.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+        security_headers(&path, headers);
+        Ok(res)
+    }
+    .instrument(span)
+    .await
+}
+
+/// The restful interaction (and operation name) of a routed request.
+fn interaction(method: &Method, pattern: &str, operation: Option<&str>) -> Option<(&'static str, Option<String>)> {
+    let i = match (pattern, method.as_str()) {
+        ("/{type}" | "/AuditEvent", "GET") | ("/{type}/_search" | "/AuditEvent/_search", _) => "search-type",
+        ("/{type}", "POST") => "create",
+        ("/", "GET") | ("/_search", _) => "search-system",
+        ("/", "POST") => "transaction",
+        ("/_history", _) => "history-system",
+        ("/{type}/_history", _) => "history-type",
+        ("/{type}/{id}" | "/AuditEvent/{id}", "GET" | "HEAD") => "read",
+        ("/{type}/{id}", "PUT") => "update",
+        ("/{type}/{id}", "PATCH") => "patch",
+        ("/{type}/{id}", "DELETE") => "delete",
+        ("/{type}/{id}/_history", _) => "history-instance",
+        ("/{type}/{id}/_history/{vid}", _) => "vread",
+        ("/{type}/{id}/{operation}" | "/{type}/{operation}" | "/{operation}", _) => {
+            return Some(("operation", operation.map(str::to_string)));
+        }
+        ("/AuditEvent" | "/AuditEvent/{id}", _) => "operation",
+        _ => return None,
+    };
+    Some((i, None))
+}
+
+/// Records an AuditEvent for every routed, non-public request, whatever its outcome.
+pub async fn audit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if is_public(req.path()) {
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    }
+    let res = next.call(req).await?.map_into_boxed_body();
+    let request = res.request();
+    let Some(pattern) = request.match_pattern() else {
+        return Ok(res); // no FHIR endpoint: nothing was touched
+    };
+    let info = request.match_info();
+    let Some((mut interaction, operation)) = interaction(request.method(), &pattern, info.get("operation")) else {
+        return Ok(res);
+    };
+    let detail = request.extensions().get::<AuditDetail>().cloned().unwrap_or_default();
+    if let Some(i) = detail.interaction {
+        interaction = i;
+    }
+    let mut entities = detail.entities;
+    if entities.is_empty() {
+        let res_type = info
+            .get("type")
+            .map(str::to_string)
+            .or_else(|| pattern.starts_with("/AuditEvent").then(|| "AuditEvent".to_string()));
+        match (res_type, info.get("id"), info.get("vid")) {
+            (Some(t), Some(id), Some(v)) => entities.push(format!("{t}/{id}/_history/{v}")),
+            (Some(t), Some(id), None) => entities.push(format!("{t}/{id}")),
+            _ => {}
+        }
+    }
+    let query = match interaction {
+        "search-type" | "search-system" | "history-type" | "history-system" => {
+            let text = detail.query.unwrap_or_else(|| request.query_string().to_string());
+            let res_type = info
+                .get("type")
+                .map(str::to_string)
+                .or_else(|| pattern.starts_with("/AuditEvent").then(|| "AuditEvent".to_string()));
+            Some((res_type, text))
+        }
+        _ => None,
+    };
+    let record = AuditRecord {
+        recorded: dates::now_millis(),
+        interaction: interaction.to_string(),
+        operation,
+        status: res.status().as_u16(),
+        principal: request.extensions().get::<Principal>().cloned(),
+        address: request.peer_addr().map(|a| a.ip().to_string()),
+        entities,
+        query,
+        resource: detail.resource,
+        patients: detail.patients,
+        request_id: request
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+        method: request.method().to_string(),
+    };
+    if let Some(state) = request.app_data::<web::Data<AppState>>() {
+        state.audit.record(record).await;
+    }
+    Ok(res)
+}
+
+/// The bearer token of the request: None without an Authorization header, Err for a malformed one.
+fn bearer(req: &ServiceRequest) -> Option<Result<String, ()>> {
+    let value = req.headers().get(header::AUTHORIZATION)?;
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().split_once(' '))
+        .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .map(|(_, token)| token.trim().to_string());
+    Some(parsed.ok_or(()))
+}
+
+/// Lets a request in only with a valid bearer token (401 otherwise, with `WWW-Authenticate`).
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if is_public(req.path()) {
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    }
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return Err(actix_web::error::ErrorInternalServerError("application state missing"));
+    };
+    let refusal = match bearer(&req) {
+        Some(Ok(token)) => match state.verifier.verify(&token) {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+            }
+            Err(refused) => ("invalid_token", refused.0),
+        },
+        Some(Err(())) => (
+            "invalid_request",
+            "the Authorization header must be 'Bearer <token>'".to_string(),
+        ),
+        None => (
+            "",
+            "this endpoint needs a bearer token (Authorization: Bearer <token>)".to_string(),
+        ),
+    };
+    let (code, description) = refusal;
+    let http_request = req.request().clone();
+    let ctx = Ctx::detached(&http_request);
+    let mut response = ctx.error_response(&Error::Unauthorized(description.clone()));
+    let challenge = if code.is_empty() {
+        "Bearer realm=\"tandem\"".to_string()
+    } else {
+        format!(
+            "Bearer realm=\"tandem\", error=\"{code}\", error_description=\"{}\"",
+            description.replace('"', "'")
+        )
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    Ok(ServiceResponse::new(http_request, response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_map_to_restful_interactions() {
+        assert_eq!(interaction(&Method::GET, "/{type}/{id}", None), Some(("read", None)));
+        assert_eq!(interaction(&Method::PUT, "/{type}/{id}", None), Some(("update", None)));
+        assert_eq!(interaction(&Method::POST, "/{type}", None), Some(("create", None)));
+        assert_eq!(interaction(&Method::GET, "/{type}", None), Some(("search-type", None)));
+        assert_eq!(
+            interaction(&Method::GET, "/{type}/{id}/_history/{vid}", None),
+            Some(("vread", None))
+        );
+        assert_eq!(
+            interaction(&Method::GET, "/{type}/{id}/{operation}", Some("$everything")),
+            Some(("operation", Some("$everything".into())))
+        );
+        assert_eq!(interaction(&Method::GET, "/nowhere", None), None);
+    }
+
+    #[test]
+    fn discovery_and_probes_are_public_and_records_are_not() {
+        for p in [
+            "/metadata",
+            "/healthz",
+            "/.well-known/smart-configuration",
+            "/docs/",
+            "/CodeSystem/attendance",
+        ] {
+            assert!(is_public(p), "{p}");
+        }
+        for p in [
+            "/Patient",
+            "/",
+            "/_history",
+            "/AuditEvent",
+            "/Patient/1/$everything",
+            "/metadata2",
+        ] {
+            assert!(!is_public(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The audit trail: every FHIR interaction, refused ones included, becomes an R4 AuditEvent in the
+//! service's own database, searchable at `/AuditEvent` (by a token with `system/AuditEvent.rs` only).
+//!
+//! Requests hand their [`AuditRecord`] to a [`AuditSink`]: a bounded queue drained by one writer
+//! thread that inserts events in batches, one transaction per batch, so that auditing a read costs
+//! the request no database write. When the queue is full, requests wait for room (nothing is
+//! dropped). On shutdown the queue is drained before the process exits; a crash can lose at most
+//! the events still queued (written within milliseconds under normal load).
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::auth::Principal;
+use crate::resources::{compartment, dates, ResourceType};
+use crate::store::{AuditRow, Store};
+
+/// Events queued at most before requests wait for the writer.
+const QUEUE_CAPACITY: usize = 20_000;
+/// Events written in one transaction at most.
+const BATCH: usize = 500;
+
+/// What one request did, as the audit middleware and the handler saw it.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub recorded: i64,
+    /// The restful interaction (http://hl7.org/fhir/restful-interaction): read, vread, update,
+    /// patch, delete, history-instance, history-type, history-system, create, search-type,
+    /// search-system, transaction, batch, operation.
+    pub interaction: String,
+    /// The operation's name (`$everything`) when interaction is `operation`.
+    pub operation: Option<String>,
+    pub status: u16,
+    pub principal: Option<Principal>,
+    pub address: Option<String>,
+    /// The resources acted on: `Type/id` or `Type/id/_history/n`.
+    pub entities: Vec<String>,
+    /// For a search: the type searched (or None for a system search) and the query string.
+    pub query: Option<(Option<String>, String)>,
+    /// The resource read or written, for finding the patients it belongs to.
+    pub resource: Option<(ResourceType, String)>,
+    /// Patients the request concerned, known without the resource (`$everything`, the token's).
+    pub patients: Vec<String>,
+    pub request_id: String,
+    pub method: String,
+}
+
+/// AuditEvent.action for a restful interaction (C R U D E).
+pub fn action(interaction: &str) -> &'static str {
+    match interaction {
+        "create" => "C",
+        "read" | "vread" | "history-instance" | "history-type" | "history-system" => "R",
+        "update" | "patch" => "U",
+        "delete" => "D",
+        _ => "E", // search, transaction, batch, operations
+    }
+}
+
+/// AuditEvent.outcome for an HTTP status.
+fn outcome(status: u16) -> &'static str {
+    match status {
+        0..=399 => "0",
+        400..=499 => "4",
+        _ => "8",
+    }
+}
+
+fn reason(status: u16) -> String {
+    let text = actix_web::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("{status} {text}")
+}
+
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+
+impl AuditRecord {
+    /// The event as it is stored and served: the AuditEvent resource and its searchable values.
+    pub fn to_row(&self) -> AuditRow {
+        let id = uuid::Uuid::new_v4().to_string();
+        let recorded = dates::format_instant(self.recorded);
+        let mut patients = self.patients.clone();
+        if let Some((rt, body)) = &self.resource {
+            if let Ok(value) = serde_json::from_str::<Value>(body) {
+                patients.extend(compartment::patients_of(*rt, &value));
+            }
+        }
+        if let Some(p) = self.principal.as_ref().and_then(|p| p.patient.clone()) {
+            patients.push(p);
+        }
+        patients.sort();
+        patients.dedup();
+
+        let mut agents = Vec::new();
+        let mut agent_refs = Vec::new();
+        if let Some(p) = &self.principal {
+            let who = match &p.fhir_user {
+                Some(u) => {
+                    agent_refs.push(u.clone());
+                    json!({"reference": u})
+                }
+                None => json!({"identifier": {"system": p.issuer, "value": p.subject.clone().unwrap_or_default()}}),
+            };
+            let mut agent = json!({
+                "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+                "who": who,
+                "requestor": true,
+                "policy": [p.issuer.clone()],
+            });
+            if let Some(sub) = &p.subject {
+                agent["altId"] = json!(sub);
+            }
+            if let Some(address) = &self.address {
+                agent["network"] = json!({"address": address, "type": "2"});
+            }
+            agents.push(agent);
+            if let Some(client) = &p.client_id {
+                agents.push(json!({
+                    "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+                    "who": {"identifier": {"system": "urn:ietf:params:oauth:client-id", "value": client}},
+                    "requestor": false,
+                }));
+            }
+        } else {
+            // No valid token: the attempt is still recorded, with where it came from.
+            let mut agent = json!({"who": {"display": "unauthenticated caller"}, "requestor": true});
+            if let Some(address) = &self.address {
+                agent["network"] = json!({"address": address, "type": "2"});
+            }
+            agents.push(agent);
+        }
+
+        let mut entities: Vec<Value> = self
+            .entities
+            .iter()
+            .map(|e| json!({"what": {"reference": e}, "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"}}))
+            .collect();
+        for p in &patients {
+            entities.push(json!({
+                "what": {"reference": format!("Patient/{p}")},
+                "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
+            }));
+        }
+        if let Some((res_type, query)) = &self.query {
+            let mut e = json!({
+                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+                "query": base64::engine::general_purpose::STANDARD.encode(query.as_bytes()),
+            });
+            if let Some(t) = res_type {
+                e["description"] = json!(t);
+            }
+            entities.push(e);
+        }
+        entities.push(json!({
+            "type": {"system": ENTITY_TYPE, "code": "4", "display": "Other"},
+            "description": "HTTP request",
+            "detail": [
+                {"type": "method", "valueString": self.method},
+                {"type": "request-id", "valueString": self.request_id},
+            ],
+        }));
+
+        let mut subtype = vec![
+            json!({"system": "http://hl7.org/fhir/restful-interaction", "code": self.interaction, "display": self.interaction}),
+        ];
+        if let Some(op) = &self.operation {
+            subtype.push(json!({"system": "urn:tandem:operation", "code": op}));
+        }
+        let action = action(&self.interaction);
+        let outcome = outcome(self.status);
+        let body = json!({
+            "resourceType": "AuditEvent",
+            "id": id,
+            "meta": {"versionId": "1", "lastUpdated": recorded},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+            "subtype": subtype,
+            "action": action,
+            "recorded": recorded,
+            "outcome": outcome,
+            "outcomeDesc": reason(self.status),
+            "agent": agents,
+            "source": {
+                "site": "tandem",
+                "observer": {"display": "tandem FHIR server"},
+                "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
+            },
+            "entity": entities,
+        });
+
+        let mut refs: Vec<(&'static str, String)> = Vec::new();
+        refs.extend(agent_refs.into_iter().map(|r| ("agent", r)));
+        refs.extend(self.entities.iter().map(|e| ("entity", strip_version(e))));
+        refs.extend(patients.iter().map(|p| ("patient", format!("Patient/{p}"))));
+        refs.sort();
+        refs.dedup();
+        AuditRow {
+            id,
+            recorded: self.recorded,
+            action: action.to_string(),
+            subtype: self.interaction.clone(),
+            outcome: outcome.to_string(),
+            altid: self.principal.as_ref().and_then(|p| p.subject.clone()),
+            client_id: self.principal.as_ref().and_then(|p| p.client_id.clone()),
+            address: self.address.clone(),
+            body: body.to_string(),
+            refs,
+        }
+    }
+}
+
+/// `Type/id/_history/n` → `Type/id`.
+fn strip_version(reference: &str) -> String {
+    match reference.split_once("/_history/") {
+        Some((base, _)) => base.to_string(),
+        None => reference.to_string(),
+    }
+}
+
+enum Message {
+    Event(Box<AuditRecord>),
+    /// Write everything queued before this, then stop.
+    Stop,
+}
+
+/// The queue into the audit writer. Cheap to clone; every clone feeds the same writer.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::SyncSender<Message>,
+}
+
+/// The writer thread, joined at shutdown once the queue is drained.
+pub struct AuditWriter {
+    tx: mpsc::SyncSender<Message>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AuditSink {
+    /// Starts the writer on `store` and returns the queue into it.
+    pub fn start(store: Store) -> (AuditSink, AuditWriter) {
+        let (tx, rx) = mpsc::sync_channel::<Message>(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("tandem-audit".into())
+            .spawn(move || write_loop(&store, &rx))
+            .ok();
+        if thread.is_none() {
+            tracing::error!("the audit writer thread could not start");
+        }
+        (AuditSink { tx: tx.clone() }, AuditWriter { tx, thread })
+    }
+
+    /// Queues one event. Waits (off the async workers) while the queue is full.
+    pub async fn record(&self, record: AuditRecord) {
+        match self.tx.try_send(Message::Event(Box::new(record))) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(message)) => {
+                let tx = self.tx.clone();
+                if let Err(e) = actix_web::rt::task::spawn_blocking(move || tx.send(message)).await {
+                    tracing::error!(cause = %e, "queueing an audit event failed");
+                }
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                tracing::error!("the audit writer has stopped; an audit event was not recorded");
+            }
+        }
+    }
+}
+
+impl AuditWriter {
+    /// Writes every queued event, then stops the writer.
+    pub fn finish(mut self) {
+        let _ = self.tx.send(Message::Stop);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the audit writer panicked");
+            }
+        }
+    }
+}
+
+fn write_loop(store: &Store, rx: &mpsc::Receiver<Message>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { return };
+        let mut batch = Vec::with_capacity(BATCH);
+        let push = |m: Message, batch: &mut Vec<AuditRow>| match m {
+            Message::Event(r) => {
+                batch.push(r.to_row());
+                false
+            }
+            Message::Stop => true,
+        };
+        stopping = push(first, &mut batch);
+        while !stopping && batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => stopping = push(m, &mut batch),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        // A database that is down is waited for: events are kept, not dropped. At shutdown the wait
+        // is bounded, so a process whose database is gone still exits.
+        let mut delay = Duration::from_millis(50);
+        let mut attempts = 0;
+        loop {
+            match store.insert_audit(&batch) {
+                Ok(()) => break,
+                Err(e) => {
+                    attempts += 1;
+                    tracing::error!(cause = %e, events = batch.len(), attempts, "writing audit events failed; retrying");
+                    if stopping && attempts >= 5 {
+                        tracing::error!(
+                            events = batch.len(),
+                            "audit events lost at shutdown: the database is unavailable"
+                        );
+                        break;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_follow_the_interaction() {
+        assert_eq!(action("create"), "C");
+        assert_eq!(action("vread"), "R");
+        assert_eq!(action("patch"), "U");
+        assert_eq!(action("delete"), "D");
+        assert_eq!(action("search-type"), "E");
+        assert_eq!(action("operation"), "E");
+    }
+
+    #[test]
+    fn a_refused_read_records_who_what_and_where() {
+        let record = AuditRecord {
+            recorded: 0,
+            interaction: "read".into(),
+            operation: None,
+            status: 403,
+            principal: Some(Principal {
+                issuer: "https://idp".into(),
+                subject: Some("u1".into()),
+                fhir_user: Some("Practitioner/7".into()),
+                client_id: Some("app".into()),
+                patient: None,
+                scopes: vec![],
+            }),
+            address: Some("10.0.0.1".into()),
+            entities: vec!["Appointment/a1".into()],
+            query: None,
+            resource: Some((
+                ResourceType::parse("Appointment").unwrap(),
+                r#"{"resourceType":"Appointment","participant":[{"actor":{"reference":"Patient/p1"}}]}"#.into(),
+            )),
+            patients: vec![],
+            request_id: "r1".into(),
+            method: "GET".into(),
+        };
+        let row = record.to_row();
+        let body: Value = serde_json::from_str(&row.body).unwrap();
+        assert_eq!(body["outcome"], "4");
+        assert_eq!(body["action"], "R");
+        assert_eq!(body["agent"][0]["who"]["reference"], "Practitioner/7");
+        assert_eq!(body["agent"][0]["altId"], "u1");
+        assert_eq!(body["agent"][0]["network"]["address"], "10.0.0.1");
+        assert_eq!(body["agent"][1]["who"]["identifier"]["value"], "app");
+        assert!(row.refs.contains(&("patient", "Patient/p1".into())));
+        assert!(row.refs.contains(&("entity", "Appointment/a1".into())));
+        assert!(row.refs.contains(&("agent", "Practitioner/7".into())));
+    }
+}

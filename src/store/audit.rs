@@ -1,0 +1,151 @@
+//! The audit trail's table: batched appends from the audit writer, reads and keyset-paged searches.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use super::schema::{audit_events, audit_refs};
+use super::search::{load, CountRow};
+use super::{AnyConnection, Store};
+use crate::error::Error;
+use crate::search::audit::AuditPlan;
+use crate::search::plan::Sql;
+
+/// One AuditEvent as stored, with the references its search parameters use.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub id: String,
+    pub recorded: i64,
+    pub action: String,
+    pub subtype: String,
+    pub outcome: String,
+    pub altid: Option<String>,
+    pub client_id: Option<String>,
+    pub address: Option<String>,
+    pub body: String,
+    /// (kind, reference): agent, entity and patient references.
+    pub refs: Vec<(&'static str, String)>,
+}
+
+/// A page of AuditEvents, and the cursor of the next one.
+#[derive(Debug)]
+pub struct AuditPage {
+    pub bodies: Vec<String>,
+    pub next_cursor: Option<i64>,
+    pub total: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct AuditHit {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Text)]
+    body: String,
+}
+
+/// Rows per INSERT statement (SQLite allows 32,766 bound values; 10 columns each).
+const INSERT_CHUNK: usize = 200;
+
+impl Store {
+    /// Appends a batch of events in one transaction.
+    pub fn insert_audit(&self, rows: &[AuditRow]) -> Result<(), Error> {
+        self.write(|c| {
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                let events: Vec<_> = chunk
+                    .iter()
+                    .map(|r| {
+                        (
+                            audit_events::id.eq(&r.id),
+                            audit_events::recorded.eq(r.recorded),
+                            audit_events::action.eq(&r.action),
+                            audit_events::subtype.eq(&r.subtype),
+                            audit_events::outcome.eq(&r.outcome),
+                            audit_events::altid.eq(&r.altid),
+                            audit_events::client_id.eq(&r.client_id),
+                            audit_events::address.eq(&r.address),
+                            audit_events::body.eq(&r.body),
+                        )
+                    })
+                    .collect();
+                let insert = diesel::insert_into(audit_events::table).values(events);
+                match c {
+                    AnyConnection::Sqlite(c) => insert.execute(c)?,
+                    AnyConnection::Postgresql(c) => insert.execute(c)?,
+                };
+                let refs: Vec<_> = chunk
+                    .iter()
+                    .flat_map(|r| {
+                        r.refs.iter().map(move |(kind, reference)| {
+                            (
+                                audit_refs::event_id.eq(&r.id),
+                                audit_refs::kind.eq(*kind),
+                                audit_refs::ref_.eq(reference),
+                            )
+                        })
+                    })
+                    .collect();
+                for part in refs.chunks(INSERT_CHUNK * 3) {
+                    let insert = diesel::insert_into(audit_refs::table).values(part);
+                    match c {
+                        AnyConnection::Sqlite(c) => insert.execute(c)?,
+                        AnyConnection::Postgresql(c) => insert.execute(c)?,
+                    };
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// One AuditEvent as FHIR JSON.
+    pub fn audit_read(&self, id: &str) -> Result<Option<String>, Error> {
+        let mut conn = self.pool.get()?;
+        Ok(audit_events::table
+            .filter(audit_events::id.eq(id))
+            .select(audit_events::body)
+            .first(&mut conn)
+            .optional()?)
+    }
+
+    /// A page of a planned AuditEvent search, after the keyset `cursor` (a seq from the last page).
+    pub fn audit_search(
+        &self,
+        plan: &AuditPlan,
+        count: i64,
+        cursor: Option<i64>,
+        with_total: bool,
+    ) -> Result<AuditPage, Error> {
+        let mut pooled = self.pool.get()?;
+        let conn: &mut AnyConnection = &mut pooled;
+        let total = if with_total {
+            let mut sql = Sql::new("SELECT COUNT(*) AS n FROM audit_events a WHERE ");
+            sql.append(&plan.where_sql);
+            let rows: Vec<CountRow> = load(conn, &sql)?;
+            Some(rows.first().map_or(0, |r| r.n))
+        } else {
+            None
+        };
+        let mut sql = Sql::new("SELECT a.seq, a.body FROM audit_events a WHERE ");
+        sql.append(&plan.where_sql);
+        if let Some(after) = cursor {
+            sql.push(if plan.newest_first {
+                " AND a.seq < "
+            } else {
+                " AND a.seq > "
+            })
+            .int_bind(after);
+        }
+        sql.push(if plan.newest_first {
+            " ORDER BY a.seq DESC LIMIT "
+        } else {
+            " ORDER BY a.seq ASC LIMIT "
+        })
+        .int_bind(count + 1);
+        let mut hits: Vec<AuditHit> = load(conn, &sql)?;
+        let more = hits.len() as i64 > count;
+        hits.truncate(count.max(0) as usize);
+        Ok(AuditPage {
+            next_cursor: if more { hits.last().map(|h| h.seq) } else { None },
+            bodies: hits.into_iter().map(|h| h.body).collect(),
+            total,
+        })
+    }
+}
