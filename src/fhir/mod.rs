@@ -123,7 +123,8 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
     let invalid = |e: String| Error::Structure(format!("the body is not a valid FHIR R4 resource in {what}: {e}"));
     let mut value = match format {
         Format::Json => {
-            let resource: R4Resource = fhirbolt::json::from_slice(body, config).map_err(|e| invalid(e.to_string()))?;
+            let resource: R4Resource =
+                guarded(|| fhirbolt::json::from_slice(body, config)).map_err(|e| invalid(e.to_string()))?;
             to_json(resource)?
         }
         Format::Xml => {
@@ -131,7 +132,8 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
             let token = uuid::Uuid::new_v4().simple().to_string();
             let (xml, divs) = narrative::cut_from_xml(text, &token);
             check_xml_depth(&xml).map_err(invalid)?;
-            let resource: R4Resource = fhirbolt::xml::from_str(&xml, config).map_err(|e| invalid(e.to_string()))?;
+            let resource: R4Resource =
+                guarded(|| fhirbolt::xml::from_str(&xml, config)).map_err(|e| invalid(e.to_string()))?;
             let mut value = to_json(resource)?;
             narrative::restore_input(&mut value, &token, &divs);
             value
@@ -161,26 +163,53 @@ fn check_xml_depth(xml: &str) -> Result<(), String> {
 }
 
 fn to_json(resource: R4Resource) -> Result<Value, Error> {
-    fhirbolt::json::to_json_value(resource, None)
+    guarded(|| fhirbolt::json::to_json_value(resource, None))
         .map_err(|e| Error::Internal(format!("serializing a parsed resource: {e}")))
+}
+
+/// Runs a fhirbolt call, turning a panic inside it (it has a few `unwrap`s on shapes it does not
+/// expect) into an error, so that no input can take a worker down.
+fn guarded<T, E: std::fmt::Display>(work: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("the FHIR model library could not process this content".into()),
+    }
+}
+
+/// FHIR JSON has no empty arrays, empty objects or nulls (json.html): leave them out of what is sent.
+fn prune_empty(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.values_mut().for_each(prune_empty);
+            map.retain(|_, v| match v {
+                Value::Null => false,
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(o) => !o.is_empty(),
+                _ => true,
+            });
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune_empty),
+        _ => {}
+    }
 }
 
 /// Renders a resource (canonical JSON) in the wanted format. XML goes through the typed model, so
 /// whatever leaves is valid R4 (and is always indented).
 pub fn render(resource: &Value, format: Format, pretty: bool) -> Result<Vec<u8>, Error> {
+    let mut value = resource.clone();
+    prune_empty(&mut value);
     match format {
         Format::Json if pretty => {
-            serde_json::to_vec_pretty(resource).map_err(|e| Error::Internal(format!("rendering JSON: {e}")))
+            serde_json::to_vec_pretty(&value).map_err(|e| Error::Internal(format!("rendering JSON: {e}")))
         }
-        Format::Json => serde_json::to_vec(resource).map_err(|e| Error::Internal(format!("rendering JSON: {e}"))),
+        Format::Json => serde_json::to_vec(&value).map_err(|e| Error::Internal(format!("rendering JSON: {e}"))),
         Format::Xml => {
             let token = uuid::Uuid::new_v4().simple().to_string();
-            let mut value = resource.clone();
             let divs = narrative::cut_from_json(&mut value, &token);
-            let typed: R4Resource = fhirbolt::json::from_json_value(value, None)
+            let typed: R4Resource = guarded(|| fhirbolt::json::from_json_value(value, None))
                 .map_err(|e| Error::Internal(format!("rendering XML: {e}")))?;
-            let xml =
-                fhirbolt::xml::to_string(&typed, None).map_err(|e| Error::Internal(format!("rendering XML: {e}")))?;
+            let xml = guarded(|| fhirbolt::xml::to_string(&typed, None))
+                .map_err(|e| Error::Internal(format!("rendering XML: {e}")))?;
             Ok(narrative::splice_output(&xml, &token, &divs).into_bytes())
         }
     }

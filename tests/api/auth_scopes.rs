@@ -97,10 +97,10 @@ both_backends! {
         let res = patients_only.get(app.url("")).send().await.unwrap();
         assert_eq!(res.status(), 200);
         let bundle = json(res).await;
-        assert!(bundle["entry"].as_array().unwrap().iter().all(|e| e["resource"]["resourceType"] == "Patient"));
+        assert!(entries(&bundle).iter().all(|e| e["resource"]["resourceType"] == "Patient"));
         assert_eq!(patients_only.get(app.url("?_type=Practitioner")).send().await.unwrap().status(), 403);
         let history = json(patients_only.get(app.url("_history")).send().await.unwrap()).await;
-        assert!(history["entry"].as_array().unwrap().iter().all(|e| e["request"]["url"].as_str().unwrap().starts_with("Patient")));
+        assert!(entries(&history).iter().all(|e| e["request"]["url"].as_str().unwrap().starts_with("Patient")));
         assert_eq!(app.client_with("system/Patient.c", None).get(app.url("_history")).send().await.unwrap().status(), 403);
 
         // A transaction with one entry the token may not do is refused whole; a batch answers that entry alone.
@@ -177,7 +177,7 @@ both_backends! {
         assert_eq!(status("Practitioner/moss").await, 200);
 
         let ids = |bundle: &Value| -> Vec<String> {
-            let mut v: Vec<String> = bundle["entry"].as_array().unwrap().iter()
+            let mut v: Vec<String> = entries(bundle).iter()
                 .filter(|e| e["resource"]["resourceType"] != "OperationOutcome")
                 .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap()))
                 .collect();
@@ -204,7 +204,7 @@ both_backends! {
         assert_eq!(ids(&search("Patient?_has:Appointment:actor:_id=both").await), ["Patient/ann"]);
         // History shows only versions in her compartment.
         let history = search("Appointment/_history").await;
-        assert!(history["entry"].as_array().unwrap().iter().all(|e| !e["fullUrl"].as_str().unwrap().ends_with("ben-1")), "{history}");
+        assert!(entries(&history).iter().all(|e| !e["fullUrl"].as_str().unwrap().ends_with("ben-1")), "{history}");
         // $everything: hers only.
         let everything = ids(&search("Patient/ann/$everything").await);
         assert_eq!(everything, ["Appointment/ann-1", "Appointment/both", "Patient/ann"]);

@@ -288,6 +288,12 @@ pub fn bearer_client(token: &str) -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// The entries of a Bundle (none when it has no `entry`: FHIR JSON has no empty arrays).
+pub fn entries(bundle: &Value) -> Vec<Value> {
+    assert_eq!(bundle["resourceType"], "Bundle", "{bundle}");
+    bundle["entry"].as_array().cloned().unwrap_or_default()
+}
+
 pub async fn json(res: reqwest::Response) -> Value {
     res.json().await.expect("a JSON body")
 }
@@ -320,4 +326,71 @@ pub fn fixture(path: &str) -> String {
 
 pub fn patient(family: &str) -> Value {
     serde_json::json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Ann"]}], "gender": "female", "birthDate": "1980-05-17"})
+}
+
+/// A `tandem serve` process on a test database (and its data directory, so that the test app's
+/// tokens are valid there), killed when dropped. Its stdout (the JSON log) goes to a file.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub address: String,
+    pub log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    pub async fn start(db: &TestDb, env: &[(&str, &str)]) -> ServerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = db.dir.path().join(format!("server-{port}.log"));
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+        command
+            .arg("serve")
+            .env("TANDEM_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TANDEM_DATABASE_URL", &db.url)
+            .env("TANDEM_DATA_DIR", db.dir.path())
+            .env("TANDEM_LOG", "warn")
+            .env("TANDEM_WORKERS", "2")
+            .env("TANDEM_DB_POOL_SIZE", "4")
+            .stdout(std::fs::File::create(&log).expect("log file"))
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start tandem serve");
+        let server = ServerProcess {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..400 {
+            if client
+                .get(format!("{}/healthz", server.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return server;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("tandem serve did not start at {}", server.address);
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

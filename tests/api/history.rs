@@ -3,10 +3,6 @@ use serde_json::{json, Value};
 use crate::both_backends;
 use crate::helpers::*;
 
-fn entries(bundle: &Value) -> &Vec<Value> {
-    bundle["entry"].as_array().expect("entries")
-}
-
 both_backends! {
     async fn instance_history_is_newest_first_with_request_and_response(app: TestApp) {
         let created = app.create(&patient("Vega")).await;

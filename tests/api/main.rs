@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod audit;
 mod auth_scopes;
 mod auth_tokens;
 mod bundles;
@@ -12,7 +13,9 @@ mod crud;
 mod errors;
 mod examples;
 mod formats;
+mod fuzz;
 mod history;
+mod hostile;
 mod metadata;
 mod operations;
 mod restart;

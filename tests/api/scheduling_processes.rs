@@ -1,64 +1,11 @@
 //! Two `tandem serve` processes on one database, many clients booking one therapist into overlapping
 //! slots at once: afterwards no overlap exists, and every refused client got a 409.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use crate::both_backends;
 use crate::helpers::*;
-
-/// A server process, stopped when dropped.
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_process(db: &TestDb) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .arg("serve")
-        .env("TANDEM_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TANDEM_DATABASE_URL", &db.url)
-        .env("TANDEM_DATA_DIR", db.dir.path())
-        .env("TANDEM_LOG", "warn")
-        .env("TANDEM_WORKERS", "2")
-        .env("TANDEM_DB_POOL_SIZE", "4")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tandem serve");
-    let server = Server {
-        child,
-        address: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client
-            .get(format!("{}/readyz", server.address))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("tandem serve did not become ready at {}", server.address);
-}
 
 both_backends! {
     async fn two_processes_never_double_book_a_therapist(app: TestApp) {
@@ -69,7 +16,7 @@ both_backends! {
             let res = app.put_json(&format!("Patient/p{i}"), &json!({"resourceType": "Patient", "id": format!("p{i}")})).await;
             assert_eq!(res.status(), 201);
         }
-        let servers = [start_process(&app.db).await, start_process(&app.db).await];
+        let servers = [ServerProcess::start(&app.db, &[]).await, ServerProcess::start(&app.db, &[]).await];
 
         // Client i asks for an hour with moss starting i*15 minutes after 09:00: each slot overlaps
         // its neighbours, and every request goes to one of the two processes at the same time.
