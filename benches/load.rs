@@ -1,7 +1,7 @@
 //! A FHIR REST load generator: it speaks only HTTP to the base URL given on its command line, so the
 //! same requests can measure any FHIR R4 server with the same data.
 //!
-//!     cargo bench --bench load -- --base http://127.0.0.1:8080 [--concurrency 32] [--seconds 10]
+//!     cargo bench --bench load -- --base http://127.0.0.1:8080 --token "$TOKEN" [--concurrency 32] [--seconds 10]
 //!
 //! It seeds practitioners and patients (with ids of its own, by PUT), then runs each scenario for the
 //! given time with that many concurrent clients, and prints one markdown row per scenario:
@@ -17,6 +17,8 @@ use serde_json::json;
 
 struct Args {
     base: String,
+    /// A bearer token sent with every request (`--token`, or the TANDEM_BENCH_TOKEN variable).
+    token: Option<String>,
     /// Scenarios to run (all when empty), by their short names.
     only: Vec<String>,
     /// The first appointment number of this run (see `main`).
@@ -30,6 +32,7 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         base: String::new(),
+        token: std::env::var("TANDEM_BENCH_TOKEN").ok(),
         only: Vec::new(),
         run_offset: 0,
         concurrency: 32,
@@ -42,6 +45,7 @@ fn args() -> Args {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--base" => a.base = value().trim_end_matches('/').to_string(),
+            "--token" => a.token = Some(value()),
             "--concurrency" => a.concurrency = value().parse().expect("--concurrency N"),
             "--seconds" => a.seconds = value().parse().expect("--seconds N"),
             "--practitioners" => a.practitioners = value().parse().expect("--practitioners N"),
@@ -250,8 +254,14 @@ async fn main() {
         .map_or(0, |d| d.as_secs() % 10_000)
         * 10_000;
     let a = Arc::new(a);
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &a.token {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(a.concurrency)
+        .default_headers(headers)
         .build()
         .expect("client");
     // Seed (idempotent PUTs, so a second run reuses the data).

@@ -116,6 +116,13 @@ impl From<diesel::result::Error> for Error {
     fn from(e: diesel::result::Error) -> Self {
         // Database messages can carry bound values (ids, keys): keep only the kind and the constraint.
         match e {
+            // PostgreSQL cancelled a statement that ran past statement_timeout (57014), or SQLite
+            // waited past its busy timeout for the write lock: the server is too busy, try again.
+            diesel::result::Error::DatabaseError(_, ref info)
+                if info.message().contains("statement timeout") || info.message().contains("database is locked") =>
+            {
+                Error::Unavailable("the database did not answer in time; try again".into())
+            }
             diesel::result::Error::DatabaseError(kind, info) => Error::Internal(format!(
                 "database error {kind:?} (constraint {:?})",
                 info.constraint_name()

@@ -34,7 +34,12 @@ impl Application {
             canonical: crate::scheduling::Canonical::new(&config.canonical_base),
             require_group_consent: config.require_group_consent,
         };
-        let store = Store::open(&config.database_url, config.db_pool_size)?.with_rules(rules);
+        let store = Store::open_with_timeout(
+            &config.database_url,
+            config.db_pool_size,
+            config.request_timeout_seconds * 1000,
+        )?
+        .with_rules(rules);
         let applied = store.migrate()?;
         tracing::info!(backend = store.backend(), applied, "database ready");
         let listener = TcpListener::bind(&config.listen)

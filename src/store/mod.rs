@@ -153,8 +153,14 @@ struct Current {
 
 impl Store {
     pub fn open(url: &str, pool_size: u32) -> Result<Store, Error> {
+        Store::open_with_timeout(url, pool_size, 0)
+    }
+
+    /// Opens the store; on PostgreSQL no statement may run longer than `statement_timeout_ms`
+    /// (0: no limit), and one that does fails with 503 instead of holding its connection.
+    pub fn open_with_timeout(url: &str, pool_size: u32, statement_timeout_ms: u64) -> Result<Store, Error> {
         let url = DatabaseUrl::parse(url);
-        let pool = pool::open_pool(&url, pool_size)?;
+        let pool = pool::open_pool(&url, pool_size, statement_timeout_ms)?;
         Ok(Store {
             pool,
             backend: url.backend_name(),

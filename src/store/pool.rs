@@ -49,6 +49,8 @@ impl DatabaseUrl {
 #[derive(Debug)]
 pub struct Manager {
     url: DatabaseUrl,
+    /// PostgreSQL `statement_timeout` in milliseconds (0: none): no query runs longer.
+    statement_timeout_ms: u64,
 }
 
 impl ManageConnection for Manager {
@@ -57,9 +59,14 @@ impl ManageConnection for Manager {
 
     fn connect(&self) -> Result<AnyConnection, r2d2::Error> {
         match &self.url {
-            DatabaseUrl::Postgres(url) => PgConnection::establish(url)
-                .map(AnyConnection::Postgresql)
-                .map_err(r2d2::Error::ConnectionError),
+            DatabaseUrl::Postgres(url) => {
+                let mut conn = PgConnection::establish(url).map_err(r2d2::Error::ConnectionError)?;
+                if self.statement_timeout_ms > 0 {
+                    conn.batch_execute(&format!("SET statement_timeout = {}", self.statement_timeout_ms))
+                        .map_err(r2d2::Error::QueryError)?;
+                }
+                Ok(AnyConnection::Postgresql(conn))
+            }
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
                 // WAL lets readers run beside the one writer; busy_timeout makes a second writer wait
@@ -88,7 +95,7 @@ impl ManageConnection for Manager {
 
 pub type DbPool = Pool<Manager>;
 
-pub fn open_pool(url: &DatabaseUrl, max_size: u32) -> Result<DbPool, Error> {
+pub fn open_pool(url: &DatabaseUrl, max_size: u32, statement_timeout_ms: u64) -> Result<DbPool, Error> {
     if let DatabaseUrl::Sqlite(path) = url {
         if let Some(dir) = std::path::Path::new(path)
             .parent()
@@ -101,7 +108,10 @@ pub fn open_pool(url: &DatabaseUrl, max_size: u32) -> Result<DbPool, Error> {
     Pool::builder()
         .max_size(max_size)
         .connection_timeout(std::time::Duration::from_secs(10))
-        .build(Manager { url: url.clone() })
+        .build(Manager {
+            url: url.clone(),
+            statement_timeout_ms,
+        })
         .map_err(|e| Error::Internal(format!("opening the {} database: {e}", url.backend_name())))
 }
 

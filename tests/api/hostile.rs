@@ -112,3 +112,25 @@ both_backends! {
         }
     }
 }
+
+/// A read that cannot finish (its table locked by another session) is cut off after the request
+/// timeout with a 503, and the server goes on serving. PostgreSQL only: SQLite readers in WAL mode
+/// are never blocked, so no read there can be made to hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_hangs_is_answered_503_after_the_timeout() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let app = TestApp::spawn_configured(Backend::Postgres, |c| c.request_timeout_seconds = 1).await;
+    app.put_json("Patient/p", &json!({"resourceType": "Patient", "id": "p"}))
+        .await;
+    let mut locker = diesel::PgConnection::establish(&app.db.url).unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE resources IN ACCESS EXCLUSIVE MODE;")
+        .unwrap();
+    let started = Instant::now();
+    let res = app.get("Patient/p").await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_outcome(res, 503, "transient").await;
+    locker.batch_execute("ROLLBACK;").unwrap();
+    assert_eq!(app.get("Patient/p").await.status(), 200);
+}
