@@ -19,7 +19,9 @@ HELM_SHA256=419706b9693518b86011fc0e035e025a06efc7d236ce2f62999ef201c77bc428
 # (Chart.yaml kubeVersion >=1.27) and the version the chart is rendered for.
 RENDER_KUBE_VERSION=1.30.0
 VALIDATE_KUBE_VERSIONS=(1.27.0 1.30.0)
-REQUIRED_SECRETS=(--set database.existingSecret=tandem-db --set auth.existingSecret=tandem-auth)
+REQUIRED_SECRETS=(--set database.existingSecret=tandem-db --set auth.existingSecret=tandem-auth
+  --set config.TANDEM_AUTH_ISSUER=https://idp.example --set config.TANDEM_AUTH_AUDIENCE=https://fhir.example)
+ISSUER_AUDIENCE=(--set config.TANDEM_AUTH_ISSUER=https://idp.example --set config.TANDEM_AUTH_AUDIENCE=https://fhir.example)
 
 step() { printf '\n== %s\n' "$*"; }
 die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
@@ -137,9 +139,15 @@ expect_failure() {
 }
 step "helm template must fail"
 expect_failure "without database.existingSecret" "database.existingSecret is required" \
-  --set auth.existingSecret=tandem-auth
+  --set auth.existingSecret=tandem-auth "${ISSUER_AUDIENCE[@]}"
 expect_failure "without auth.existingSecret" "auth.existingSecret is required" \
-  --set database.existingSecret=tandem-db
+  --set database.existingSecret=tandem-db "${ISSUER_AUDIENCE[@]}"
+expect_failure "without the token issuer" "config.TANDEM_AUTH_ISSUER is required" \
+  --set database.existingSecret=tandem-db --set auth.existingSecret=tandem-auth \
+  --set config.TANDEM_AUTH_AUDIENCE=https://fhir.example
+expect_failure "without the token audience" "config.TANDEM_AUTH_AUDIENCE is required" \
+  --set database.existingSecret=tandem-db --set auth.existingSecret=tandem-auth \
+  --set config.TANDEM_AUTH_ISSUER=https://idp.example
 expect_failure "without auth.existingSecret (production values)" "auth.existingSecret is required" \
   -f "$CHART/ci/production-values.yaml" --set auth.existingSecret=
 expect_failure "without any Secret name" "existingSecret is required"
@@ -148,4 +156,4 @@ expect_failure "with config.TANDEM_LISTEN" "config.TANDEM_LISTEN is set by the c
 expect_failure "with a grace period shorter than the drain" "terminationGracePeriodSeconds (20) must be larger" \
   "${REQUIRED_SECRETS[@]}" --set terminationGracePeriodSeconds=20
 
-step "packaging checks passed: hadolint, shellcheck, helm lint x2, 4 renderings validated (Kubernetes ${VALIDATE_KUBE_VERSIONS[*]}), 6 refusals"
+step "packaging checks passed: hadolint, shellcheck, helm lint x2, 4 renderings validated (Kubernetes ${VALIDATE_KUBE_VERSIONS[*]}), 8 refusals"

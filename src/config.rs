@@ -114,6 +114,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_BUNDLE_ENTRIES", default_value_t = 1000)]
     pub max_bundle_entries: usize,
 
+    /// Apply pending migrations when `serve` starts. Off where a separate step migrates (the Helm
+    /// chart's migration Job), so that replicas never race to migrate.
+    #[arg(long, env = "TANDEM_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
+    /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
+    #[arg(long, env = "TANDEM_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+
     /// Most search criteria (and _include/_revinclude) in one search; more is 400 (too-costly).
     #[arg(long, env = "TANDEM_MAX_SEARCH_PARAMS", default_value_t = 32)]
     pub max_search_params: usize,

@@ -48,12 +48,47 @@ pub enum Error {
     /// Valid FHIR that breaks a rule of this server (an unresolvable reference, …).
     #[error("{0}")]
     Unprocessable(String),
+    /// A session that the scheduling rules refuse: 409 for a double booking, 422 for the others.
+    #[error("{message}")]
+    BookingRefused { reason: BookingRefusal, message: String },
     /// Our fault. The message goes to the log only; the caller sees an opaque text and the request id.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// Why the scheduling rules refused a session (a label of the bookings-refused metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookingRefusal {
+    /// A practitioner, patient or location already booked at that time.
+    DoubleBooking,
+    /// A patient who is not an active member of the session's group.
+    NotAMember,
+    /// More patients than the group's capacity.
+    OverCapacity,
+    /// A patient without a group confidentiality agreement covering the session.
+    NoAgreement,
+    /// The session's group does not exist.
+    UnknownGroup,
+}
+
+impl BookingRefusal {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BookingRefusal::DoubleBooking => "double-booking",
+            BookingRefusal::NotAMember => "not-a-member",
+            BookingRefusal::OverCapacity => "over-capacity",
+            BookingRefusal::NoAgreement => "no-agreement",
+            BookingRefusal::UnknownGroup => "unknown-group",
+        }
+    }
+}
+
 impl Error {
+    /// A refusal by the scheduling rules.
+    pub fn booking(reason: BookingRefusal, message: String) -> Error {
+        Error::BookingRefused { reason, message }
+    }
+
     /// The status and OperationOutcome issue code of each variant.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -74,6 +109,11 @@ impl Error {
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
             Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),
+            Error::BookingRefused {
+                reason: BookingRefusal::DoubleBooking,
+                ..
+            } => (StatusCode::CONFLICT, "conflict"),
+            Error::BookingRefused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "exception"),
         }
     }
@@ -99,6 +139,10 @@ impl Error {
             Error::Unavailable(m) => Error::Unavailable(with(m)),
             Error::UnsupportedMediaType(m) => Error::UnsupportedMediaType(with(m)),
             Error::Unprocessable(m) => Error::Unprocessable(with(m)),
+            Error::BookingRefused { reason, message } => Error::BookingRefused {
+                reason,
+                message: with(message),
+            },
             Error::Internal(m) => Error::Internal(with(m)),
         }
     }
@@ -134,7 +178,9 @@ impl From<diesel::result::Error> for Error {
 
 impl From<r2d2_error::PoolError> for Error {
     fn from(e: r2d2_error::PoolError) -> Self {
-        Error::Internal(format!("database pool: {e}"))
+        // No connection within the pool's wait: the database is down or every connection is busy.
+        tracing::warn!(cause = %e, "no database connection");
+        Error::Unavailable("the database is unavailable; try again".into())
     }
 }
 
@@ -166,6 +212,16 @@ mod tests {
             (Error::Unavailable(String::new()), 503, "transient"),
             (Error::UnsupportedMediaType(String::new()), 415, "not-supported"),
             (Error::Unprocessable(String::new()), 422, "processing"),
+            (
+                Error::booking(BookingRefusal::DoubleBooking, String::new()),
+                409,
+                "conflict",
+            ),
+            (
+                Error::booking(BookingRefusal::NoAgreement, String::new()),
+                422,
+                "processing",
+            ),
             (Error::Internal(String::new()), 500, "exception"),
         ];
         for (err, status, code) in table {

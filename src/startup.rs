@@ -14,6 +14,7 @@ use crate::audit::{AuditSink, AuditWriter};
 use crate::auth::token::Verifier;
 use crate::config::Config;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::resources;
 use crate::store::Store;
 
@@ -40,8 +41,16 @@ impl Application {
             config.request_timeout_seconds * 1000,
         )?
         .with_rules(rules);
-        let applied = store.migrate()?;
-        tracing::info!(backend = store.backend(), applied, "database ready");
+        if config.migrate_on_start {
+            let applied = store.migrate()?;
+            tracing::info!(backend = store.backend(), applied, "database migrated");
+        } else {
+            // Another step migrates (the chart's migration Job); /readyz answers 503 until it has.
+            tracing::info!(
+                backend = store.backend(),
+                "not migrating at start (TANDEM_MIGRATE_ON_START=false)"
+            );
+        }
         let listener = TcpListener::bind(&config.listen)
             .map_err(|e| Error::Internal(format!("binding {}: {e}", config.listen)))?;
         let port = listener
@@ -49,6 +58,7 @@ impl Application {
             .map_err(|e| Error::Internal(e.to_string()))?
             .port();
         let workers = config.workers;
+        let grace = config.shutdown_grace_seconds;
         let request_timeout = Duration::from_secs(config.request_timeout_seconds);
         let (audit, audit_writer) = AuditSink::start(store.clone());
         let state = web::Data::new(AppState {
@@ -56,6 +66,7 @@ impl Application {
             config,
             verifier,
             audit,
+            metrics: Metrics::new(),
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -72,6 +83,8 @@ impl Application {
         // A client that does not send its request head in time is cut off (slowloris).
         .client_request_timeout(request_timeout.min(Duration::from_secs(10)))
         .client_disconnect_timeout(Duration::from_secs(5))
+        // SIGTERM (and SIGINT): stop accepting, let in-flight requests finish for this long, then exit.
+        .shutdown_timeout(grace)
         .listen(listener)
         .map_err(|e| Error::Internal(format!("listening: {e}")))?;
         if let Some(n) = workers {

@@ -203,6 +203,7 @@ fn entry(ctx: &Ctx, index: usize, mut e: Value, ids: &mut HashMap<String, String
 
 /// The entry of a batch-response for a failed entry.
 fn error_entry(ctx: &Ctx, e: &Error) -> Value {
+    ctx.note(e);
     let (status, code) = e.status_and_code();
     json!({"response": {"status": reason(status), "outcome": fhir::operation_outcome("error", code, &e.diagnostics(&ctx.request_id))}})
 }

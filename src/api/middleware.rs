@@ -119,14 +119,24 @@ pub async fn frame(
             None => next.call(req).await.map(ServiceResponse::map_into_boxed_body),
         };
         let mut res = result?;
+        let elapsed = started.elapsed().as_secs_f64();
         // The route pattern (/{type}/{id}), never the path: ids and query values stay out of logs.
         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
         tracing::info!(
             status = res.status().as_u16(),
             route = %route,
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms = elapsed * 1000.0,
             "request completed"
         );
+        if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
+            let (interaction, resource_type) = metric_labels(res.request());
+            state
+                .metrics
+                .observe_request(interaction, resource_type, res.status().as_u16(), elapsed);
+            if let Some(refusals) = res.request().extensions().get::<BookingRefusals>() {
+                refusals.0.iter().for_each(|r| state.metrics.booking_refused(r));
+            }
+        }
         let path = res.request().path().to_string();
         let headers = res.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -162,6 +172,45 @@ fn interaction(method: &Method, pattern: &str, operation: Option<&str>) -> Optio
     };
     Some((i, None))
 }
+
+/// The metric labels of a request: its interaction (or, for the public endpoints, what they are),
+/// and its resource type when it names a hosted one. Closed sets only: nothing from the URL.
+fn metric_labels(req: &HttpRequest) -> (&'static str, &'static str) {
+    let Some(pattern) = req.match_pattern() else {
+        return ("unmatched", "none");
+    };
+    let info = req.match_info();
+    let resource_type = info
+        .get("type")
+        .and_then(ResourceType::parse)
+        .map(|rt| rt.as_str())
+        .or_else(|| {
+            ["AuditEvent", "StructureDefinition", "CodeSystem", "OperationDefinition"]
+                .into_iter()
+                .find(|t| pattern.starts_with(&format!("/{t}")))
+        })
+        .unwrap_or("none");
+    let interaction = match pattern.as_str() {
+        "/metadata" => "capabilities",
+        "/healthz" | "/readyz" => "health",
+        "/metrics" => "metrics",
+        "/.well-known/smart-configuration" => "discovery",
+        p if p == "/openapi.json" || p.starts_with("/docs") => "docs",
+        p if resource_type != "none" && !p.starts_with("/{") && !p.starts_with("/AuditEvent") => {
+            if p.ends_with("{id}") {
+                "read"
+            } else {
+                "search-type"
+            }
+        }
+        p => interaction(req.method(), p, info.get("operation")).map_or("other", |(i, _)| i),
+    };
+    (interaction, resource_type)
+}
+
+/// Why the scheduling rules refused sessions in this request (read by [`frame`] for the metrics).
+#[derive(Debug, Clone, Default)]
+pub struct BookingRefusals(pub Vec<&'static str>);
 
 /// Records an AuditEvent for every routed, non-public request, whatever its outcome.
 pub async fn audit(

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::fhir::capability::Supported;
 use crate::fhir::{self, Format};
+use crate::metrics::Metrics;
 use crate::resources::{dates, ResourceType};
 use crate::store::{Store, Version};
 
@@ -62,6 +63,7 @@ pub struct AppState {
     pub config: Config,
     pub verifier: Verifier,
     pub audit: AuditSink,
+    pub metrics: Metrics,
 }
 
 /// The request id, set by the request middleware and echoed in `X-Request-Id`.
@@ -80,6 +82,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(web::resource("/healthz").route(web::get().to(system::healthz)))
+    .service(web::resource("/metrics").route(web::get().to(system::metrics)))
     .service(web::resource("/readyz").route(web::get().to(system::readyz)))
     .service(
         web::resource("/StructureDefinition")
@@ -273,6 +276,19 @@ impl Ctx {
         }
     }
 
+    /// Notes what the metrics count about an error (a session the scheduling rules refused).
+    pub fn note(&self, e: &Error) {
+        if let (Error::BookingRefused { reason, .. }, Some(req)) = (e, &self.request) {
+            let mut ext = req.extensions_mut();
+            match ext.get_mut::<middleware::BookingRefusals>() {
+                Some(r) => r.0.push(reason.as_str()),
+                None => {
+                    ext.insert(middleware::BookingRefusals(vec![reason.as_str()]));
+                }
+            }
+        }
+    }
+
     /// Adds to this request's audit record.
     pub fn audit(&self, update: impl FnOnce(&mut middleware::AuditDetail)) {
         if let Some(req) = &self.request {
@@ -294,6 +310,7 @@ impl Ctx {
     }
 
     pub fn error_response(&self, e: &Error) -> HttpResponse {
+        self.note(e);
         let (status, code) = e.status_and_code();
         if let Error::Internal(cause) = e {
             tracing::error!(cause = %cause, "request failed");

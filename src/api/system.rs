@@ -105,15 +105,31 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// The database answers and its migrations are current.
+/// How long readiness waits for a database connection before it answers 503.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The database answers and the migrations this build needs are applied.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.store.clone();
-    match blocking(move || store.ready()).await {
+    match blocking(move || store.ready(READY_WAIT)).await {
         Ok(true) => HttpResponse::Ok().json(json!({"status": "ready"})),
         Ok(false) => HttpResponse::ServiceUnavailable().json(json!({"status": "migrations pending"})),
         Err(e) => {
             tracing::warn!(cause = %e, "readiness check failed");
             HttpResponse::ServiceUnavailable().json(json!({"status": "database unavailable"}))
+        }
+    }
+}
+
+/// Prometheus metrics, in the OpenMetrics text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    match state.metrics.render(state.store.pool_state()) {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(text),
+        Err(e) => {
+            tracing::error!(cause = %e, "encoding metrics");
+            HttpResponse::InternalServerError().finish()
         }
     }
 }

@@ -187,9 +187,16 @@ impl Store {
         pool::run_migrations(&self.pool)
     }
 
-    /// The database answers and no migration is pending.
-    pub fn ready(&self) -> Result<bool, Error> {
-        pool::migrations_current(&self.pool)
+    /// The database answers within `wait` and no migration of this build is pending (migrations of a
+    /// newer build do not matter: an older replica still serves during a rolling upgrade).
+    pub fn ready(&self, wait: std::time::Duration) -> Result<bool, Error> {
+        pool::migrations_current(&self.pool, wait)
+    }
+
+    /// The connection pool now: (connections open, idle, most allowed).
+    pub fn pool_state(&self) -> (u32, u32, u32) {
+        let state = self.pool.state();
+        (state.connections, state.idle_connections, self.pool.max_size())
     }
 
     /// Runs `work` in a write transaction, retrying when it lost a race to another writer.

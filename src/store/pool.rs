@@ -132,8 +132,8 @@ pub fn run_migrations(pool: &DbPool) -> Result<usize, Error> {
 }
 
 /// True when no migration is pending (for readiness).
-pub fn migrations_current(pool: &DbPool) -> Result<bool, Error> {
-    let mut conn = pool.get()?;
+pub fn migrations_current(pool: &DbPool, wait: std::time::Duration) -> Result<bool, Error> {
+    let mut conn = pool.get_timeout(wait)?;
     let pending = match &mut *conn {
         AnyConnection::Sqlite(c) => c.pending_migrations(SQLITE_MIGRATIONS).map(|v| v.is_empty()),
         AnyConnection::Postgresql(c) => c.pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.is_empty()),

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::schema::{bookings, resources};
 use super::search::{load, CountRow};
 use super::{Abort, AnyConnection};
-use crate::error::Error;
+use crate::error::{BookingRefusal, Error};
 use crate::resources::{dates, ResourceType};
 use crate::scheduling::{self, Rules, GROUP_CONFIDENTIALITY};
 use crate::search::plan::Sql;
@@ -64,11 +64,14 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value) -> Result<(), Abor
             .first(c)
             .optional()?;
         if let Some((other, s, e)) = clash {
-            return Err(Error::Conflict(format!(
-                "{actor} is already booked from {} to {} by Appointment/{other}",
-                dates::format_instant(s),
-                dates::format_instant(e)
-            ))
+            return Err(Error::booking(
+                BookingRefusal::DoubleBooking,
+                format!(
+                    "{actor} is already booked from {} to {} by Appointment/{other}",
+                    dates::format_instant(s),
+                    dates::format_instant(e)
+                ),
+            )
             .into());
         }
         diesel::insert_into(bookings::table)
@@ -107,7 +110,12 @@ fn check_group_session(
     let group: Value = group
         .flatten()
         .and_then(|b| serde_json::from_str(&b).ok())
-        .ok_or_else(|| Error::Unprocessable(format!("the session's Group/{group_id} does not exist on this server")))?;
+        .ok_or_else(|| {
+            Error::booking(
+                BookingRefusal::UnknownGroup,
+                format!("the session's Group/{group_id} does not exist on this server"),
+            )
+        })?;
 
     let patients = scheduling::patient_ids(appointment);
     let members = scheduling::active_members(&group, start);
@@ -117,20 +125,26 @@ fn check_group_session(
         .map(|p| format!("Patient/{p}"))
         .collect();
     if !outsiders.is_empty() {
-        return Err(Error::Unprocessable(format!(
-            "{} {} not an active member of Group/{group_id} on {}",
-            outsiders.join(", "),
-            if outsiders.len() == 1 { "is" } else { "are" },
-            day(start)
-        ))
+        return Err(Error::booking(
+            BookingRefusal::NotAMember,
+            format!(
+                "{} {} not an active member of Group/{group_id} on {}",
+                outsiders.join(", "),
+                if outsiders.len() == 1 { "is" } else { "are" },
+                day(start)
+            ),
+        )
         .into());
     }
     if let Some(cap) = scheduling::capacity(&group, &rules.canonical) {
         if patients.len() as u64 > cap {
-            return Err(Error::Unprocessable(format!(
-                "Group/{group_id} holds at most {cap} patients in a session; this one has {}",
-                patients.len()
-            ))
+            return Err(Error::booking(
+                BookingRefusal::OverCapacity,
+                format!(
+                    "Group/{group_id} holds at most {cap} patients in a session; this one has {}",
+                    patients.len()
+                ),
+            )
             .into());
         }
     }
@@ -151,13 +165,16 @@ fn check_group_session(
         }
     }
     if !lacking.is_empty() {
-        return Err(Error::Unprocessable(format!(
-            "{} {} no active group confidentiality agreement (Consent with category {}|{GROUP_CONFIDENTIALITY}) for Group/{group_id} covering {}",
-            lacking.join(", "),
-            if lacking.len() == 1 { "has" } else { "have" },
-            rules.canonical.consent_category(),
-            day(start)
-        ))
+        return Err(Error::booking(
+            BookingRefusal::NoAgreement,
+            format!(
+                "{} {} no active group confidentiality agreement (Consent with category {}|{GROUP_CONFIDENTIALITY}) for Group/{group_id} covering {}",
+                lacking.join(", "),
+                if lacking.len() == 1 { "has" } else { "have" },
+                rules.canonical.consent_category(),
+                day(start)
+            ),
+        )
         .into());
     }
     Ok(())

@@ -18,6 +18,7 @@ mod history;
 mod hostile;
 mod metadata;
 mod operations;
+mod platform;
 mod restart;
 mod scheduling;
 mod scheduling_processes;

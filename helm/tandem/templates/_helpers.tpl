@@ -94,6 +94,8 @@ Name of the Secret with the database URL; rendering fails when it is not given.
 Name of the Secret with the JWKS verification keys; rendering fails when it is not given.
 */}}
 {{- define "tandem.authSecret" -}}
+{{- $_ := required "config.TANDEM_AUTH_ISSUER is required: the server checks every token's iss against it (set --set config.TANDEM_AUTH_ISSUER=https://your-idp/realms/clinic)" .Values.config.TANDEM_AUTH_ISSUER }}
+{{- $_ := required "config.TANDEM_AUTH_AUDIENCE is required: the server checks every token's aud against it (usually the FHIR base URL)" .Values.config.TANDEM_AUTH_AUDIENCE }}
 {{- required "auth.existingSecret is required: tandem refuses to serve on a non-loopback address without token verification keys; create a Secret holding a JWKS document (kubectl create secret generic tandem-auth --from-file=jwks.json=./jwks.json) and set --set auth.existingSecret=tandem-auth" .Values.auth.existingSecret }}
 {{- end }}
 
