@@ -1,0 +1,522 @@
+//! Writing one resource on an open write transaction: create, update, delete, with the version
+//! row, the search-index rows and the scheduling rules, all in that transaction.
+
+use diesel::prelude::*;
+use serde_json::{Map, Value};
+
+use super::schema::{
+    idx_composite, idx_date, idx_number, idx_position, idx_reference, idx_string, idx_token, idx_uri,
+    resource_versions, resources,
+};
+use super::{scheduling, schema, Abort, AnyConnection, UpdateOutcome, Version, WriteAccess};
+use crate::error::Error;
+use crate::resources::{dates, index, local_references, ResourceType};
+
+#[derive(Queryable)]
+pub(super) struct Current {
+    version_id: i64,
+    last_updated: i64,
+    deleted: bool,
+    body: Option<String>,
+}
+
+pub(super) fn read_in(conn: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Version, Error> {
+    {
+        let current = load_current(conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
+        match current.body {
+            Some(body) if !current.deleted => Ok(Version {
+                res_type: rt.as_str().into(),
+                res_id: id.into(),
+                version_id: current.version_id,
+                last_updated: current.last_updated,
+                method: "PUT".into(),
+                body: Some(body),
+            }),
+            _ => Err(Error::Gone(format!(
+                "{rt}/{id} was deleted (version {})",
+                current.version_id
+            ))),
+        }
+    }
+}
+
+/// Creates `rt/id` (the id chosen by the caller) on an open write transaction. `check_refs` is false
+/// inside a transaction Bundle, whose references are checked once all its entries are written.
+pub(super) fn create_in(
+    c: &mut AnyConnection,
+    rules: &crate::scheduling::Rules,
+    rt: ResourceType,
+    resource: &Value,
+    id: &str,
+    check_refs: bool,
+    access: &WriteAccess,
+) -> Result<Version, Abort> {
+    access.check(rt, id, resource)?;
+    if check_refs {
+        check_references(c, resource, rt, id)?;
+    }
+    let mut resource = resource.clone();
+    scheduling::before_write(c, rules, rt, id, &mut resource, None)?;
+    let entries = index::extract(rt, &resource);
+    let now = dates::now_millis();
+    let body = stamp(&resource, id, 1, now);
+    diesel::insert_into(resources::table)
+        .values((
+            resources::res_type.eq(rt.as_str()),
+            resources::res_id.eq(id),
+            resources::version_id.eq(1i64),
+            resources::last_updated.eq(now),
+            resources::deleted.eq(false),
+            resources::body.eq(Some(&body)),
+        ))
+        .execute(c)?;
+    let version = Version {
+        res_type: rt.as_str().into(),
+        res_id: id.to_string(),
+        version_id: 1,
+        last_updated: now,
+        method: "POST".into(),
+        body: Some(body),
+    };
+    insert_version(c, &version)?;
+    write_index(c, rt, &version.res_id, &entries)?;
+    Ok(version)
+}
+
+/// Updates (or creates with the client's id) `rt/id` on an open write transaction.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn update_in(
+    c: &mut AnyConnection,
+    rules: &crate::scheduling::Rules,
+    rt: ResourceType,
+    id: &str,
+    resource: &Value,
+    if_match: Option<i64>,
+    check_refs: bool,
+    access: &WriteAccess,
+) -> Result<UpdateOutcome, Abort> {
+    access.check(rt, id, resource)?;
+    if check_refs {
+        check_references(c, resource, rt, id)?;
+    }
+    let current = load_current_for_write(c, rt, id)?;
+    let previous: Option<Value> = current
+        .as_ref()
+        .filter(|cur| !cur.deleted)
+        .and_then(|cur| cur.body.as_deref())
+        .and_then(|b| serde_json::from_str(b).ok());
+    if let Some(previous) = &previous {
+        access.check(rt, id, previous)?;
+    } else if !access.may_create {
+        return Err(Error::Forbidden(format!(
+            "{rt}/{id} does not exist, and the token's scopes do not grant create on {rt}"
+        ))
+        .into());
+    }
+    let mut resource = resource.clone();
+    scheduling::before_write(c, rules, rt, id, &mut resource, previous.as_ref())?;
+    let entries = index::extract(rt, &resource);
+    let now = dates::now_millis();
+    let Some(current) = current else {
+        if let Some(v) = if_match {
+            return Err(
+                Error::PreconditionFailed(format!("{rt}/{id} does not exist, so version {v} does not match")).into(),
+            );
+        }
+        let body = stamp(&resource, id, 1, now);
+        // A concurrent creator of the same id makes this insert fail; the retry then updates.
+        diesel::insert_into(resources::table)
+            .values((
+                resources::res_type.eq(rt.as_str()),
+                resources::res_id.eq(id),
+                resources::version_id.eq(1i64),
+                resources::last_updated.eq(now),
+                resources::deleted.eq(false),
+                resources::body.eq(Some(&body)),
+            ))
+            .execute(c)?;
+        let version = Version {
+            res_type: rt.as_str().into(),
+            res_id: id.into(),
+            version_id: 1,
+            last_updated: now,
+            method: "PUT".into(),
+            body: Some(body),
+        };
+        insert_version(c, &version)?;
+        write_index(c, rt, id, &entries)?;
+        return Ok(UpdateOutcome { version, created: true });
+    };
+    if let Some(v) = if_match {
+        if v != current.version_id {
+            return Err(Error::PreconditionFailed(format!(
+                "version {v} of {rt}/{id} is not the current one (version {})",
+                current.version_id
+            ))
+            .into());
+        }
+    }
+    let version_id = current.version_id + 1;
+    let last_updated = now.max(current.last_updated + 1);
+    let body = stamp(&resource, id, version_id, last_updated);
+    swap_current(
+        c,
+        rt,
+        id,
+        current.version_id,
+        version_id,
+        last_updated,
+        Some(&body),
+        if_match,
+    )?;
+    let version = Version {
+        res_type: rt.as_str().into(),
+        res_id: id.into(),
+        version_id,
+        last_updated,
+        method: "PUT".into(),
+        body: Some(body),
+    };
+    insert_version(c, &version)?;
+    clear_index(c, rt, id)?;
+    write_index(c, rt, id, &entries)?;
+    Ok(UpdateOutcome {
+        version,
+        created: current.deleted,
+    })
+}
+
+/// Deletes `rt/id` logically on an open write transaction; None when there was nothing to delete.
+pub(super) fn delete_in(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    access: &WriteAccess,
+) -> Result<Option<Version>, Abort> {
+    let Some(current) = load_current_for_write(c, rt, id)? else {
+        return Ok(None);
+    };
+    if current.deleted {
+        return Ok(None);
+    }
+    if access.compartment.is_some() {
+        let body: Value = current
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        access.check(rt, id, &body)?;
+    }
+    let version_id = current.version_id + 1;
+    let last_updated = dates::now_millis().max(current.last_updated + 1);
+    swap_current(c, rt, id, current.version_id, version_id, last_updated, None, None)?;
+    scheduling::on_delete(c, rt, id)?;
+    let version = Version {
+        res_type: rt.as_str().into(),
+        res_id: id.into(),
+        version_id,
+        last_updated,
+        method: "DELETE".into(),
+        body: None,
+    };
+    insert_version(c, &version)?;
+    clear_index(c, rt, id)?;
+    Ok(Some(version))
+}
+
+type VersionColumns = (
+    resource_versions::res_type,
+    resource_versions::res_id,
+    resource_versions::version_id,
+    resource_versions::last_updated,
+    resource_versions::method,
+    resource_versions::body,
+);
+
+pub(super) fn version_columns() -> VersionColumns {
+    (
+        resource_versions::res_type,
+        resource_versions::res_id,
+        resource_versions::version_id,
+        resource_versions::last_updated,
+        resource_versions::method,
+        resource_versions::body,
+    )
+}
+
+pub(super) fn not_found(rt: ResourceType, id: &str) -> Error {
+    Error::NotFound(format!("{rt}/{id} is not known"))
+}
+
+/// Reads the current row for a write. On PostgreSQL the row is locked first, so concurrent writers of
+/// one resource queue behind each other instead of failing the compare-and-swap (SQLite writers are
+/// already serialized by its write lock).
+fn load_current_for_write(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+) -> Result<Option<Current>, diesel::result::Error> {
+    if let AnyConnection::Postgresql(pg) = c {
+        diesel::sql_query("SELECT 1 FROM resources WHERE res_type = $1 AND res_id = $2 FOR UPDATE")
+            .bind::<diesel::sql_types::Text, _>(rt.as_str())
+            .bind::<diesel::sql_types::Text, _>(id)
+            .execute(pg)?;
+    }
+    load_current(c, rt, id)
+}
+
+pub(super) fn load_current(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Option<Current>, diesel::result::Error> {
+    resources::table
+        .filter(resources::res_type.eq(rt.as_str()))
+        .filter(resources::res_id.eq(id))
+        .select((
+            resources::version_id,
+            resources::last_updated,
+            resources::deleted,
+            resources::body,
+        ))
+        .first::<Current>(c)
+        .optional()
+}
+
+/// Moves the current row from `from_version` to `to_version`, only if no one else moved it first.
+#[allow(clippy::too_many_arguments)]
+fn swap_current(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    from_version: i64,
+    to_version: i64,
+    last_updated: i64,
+    body: Option<&String>,
+    if_match: Option<i64>,
+) -> Result<(), Abort> {
+    let changed = diesel::update(
+        resources::table
+            .filter(resources::res_type.eq(rt.as_str()))
+            .filter(resources::res_id.eq(id))
+            .filter(resources::version_id.eq(from_version)),
+    )
+    .set((
+        resources::version_id.eq(to_version),
+        resources::last_updated.eq(last_updated),
+        resources::deleted.eq(body.is_none()),
+        resources::body.eq(body),
+    ))
+    .execute(c)?;
+    match (changed, if_match) {
+        (1, _) => Ok(()),
+        // Someone else wrote a version after we read: the version the client matched is stale.
+        (_, Some(v)) => {
+            Err(Error::PreconditionFailed(format!("version {v} of {rt}/{id} is no longer the current one")).into())
+        }
+        (_, None) => Err(Abort::Retry),
+    }
+}
+
+fn insert_version(c: &mut AnyConnection, v: &Version) -> Result<(), Abort> {
+    diesel::insert_into(resource_versions::table)
+        .values((
+            resource_versions::res_type.eq(&v.res_type),
+            resource_versions::res_id.eq(&v.res_id),
+            resource_versions::version_id.eq(v.version_id),
+            resource_versions::last_updated.eq(v.last_updated),
+            resource_versions::method.eq(&v.method),
+            resource_versions::body.eq(&v.body),
+        ))
+        .execute(c)?;
+    Ok(())
+}
+
+/// Every relative reference to a hosted type must name a resource that exists and is not deleted.
+/// One query per referenced type.
+pub(super) fn check_references(c: &mut AnyConnection, resource: &Value, rt: ResourceType, own_id: &str) -> Result<(), Abort> {
+    let refs = local_references(resource);
+    let mut by_type: std::collections::BTreeMap<ResourceType, Vec<String>> = std::collections::BTreeMap::new();
+    for (t, id) in refs {
+        if !(t == rt && id == own_id) {
+            by_type.entry(t).or_default().push(id);
+        }
+    }
+    let mut missing = Vec::new();
+    for (t, ids) in by_type {
+        let found: Vec<String> = schema::resources::table
+            .filter(schema::resources::res_type.eq(t.as_str()))
+            .filter(schema::resources::res_id.eq_any(&ids))
+            .filter(schema::resources::deleted.eq(false))
+            .select(schema::resources::res_id)
+            .load(c)?;
+        missing.extend(
+            ids.iter()
+                .filter(|id| !found.contains(id))
+                .map(|id| format!("{t}/{id}")),
+        );
+    }
+    if !missing.is_empty() {
+        return Err(Error::Unprocessable(format!(
+            "the resource refers to {} which {} not exist on this server",
+            missing.join(", "),
+            if missing.len() == 1 { "does" } else { "do" }
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The resource as stored: server-kept id, meta.versionId and meta.lastUpdated, in FHIR element order.
+pub(super) fn stamp(resource: &Value, id: &str, version_id: i64, last_updated: i64) -> String {
+    let mut out = Map::new();
+    let empty = Map::new();
+    let fields = resource.as_object().unwrap_or(&empty);
+    out.insert(
+        "resourceType".into(),
+        fields.get("resourceType").cloned().unwrap_or(Value::Null),
+    );
+    out.insert("id".into(), Value::String(id.to_string()));
+    let mut meta = fields
+        .get("meta")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    meta.shift_remove("versionId");
+    meta.shift_remove("lastUpdated");
+    let mut new_meta = Map::new();
+    new_meta.insert("versionId".into(), Value::String(version_id.to_string()));
+    new_meta.insert("lastUpdated".into(), Value::String(dates::format_instant(last_updated)));
+    new_meta.extend(meta);
+    out.insert("meta".into(), Value::Object(new_meta));
+    for (k, v) in fields {
+        if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(out).to_string()
+}
+
+fn clear_index(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), diesel::result::Error> {
+    macro_rules! clear {
+        ($table:ident) => {
+            diesel::delete(
+                $table::table
+                    .filter($table::res_type.eq(rt.as_str()))
+                    .filter($table::res_id.eq(id)),
+            )
+            .execute(c)?;
+        };
+    }
+    clear!(idx_token);
+    clear!(idx_string);
+    clear!(idx_date);
+    clear!(idx_reference);
+    clear!(idx_uri);
+    clear!(idx_number);
+    clear!(idx_composite);
+    clear!(idx_position);
+    Ok(())
+}
+
+fn write_index(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    e: &index::Entries,
+) -> Result<(), diesel::result::Error> {
+    let t = rt.as_str();
+    for v in &e.tokens {
+        diesel::insert_into(idx_token::table)
+            .values((
+                idx_token::res_type.eq(t),
+                idx_token::res_id.eq(id),
+                idx_token::param.eq(&v.param),
+                idx_token::system.eq(&v.system),
+                idx_token::code.eq(&v.code),
+                idx_token::display.eq(&v.display),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.strings {
+        diesel::insert_into(idx_string::table)
+            .values((
+                idx_string::res_type.eq(t),
+                idx_string::res_id.eq(id),
+                idx_string::param.eq(&v.param),
+                idx_string::norm.eq(&v.norm),
+                idx_string::exact.eq(&v.exact),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.dates {
+        diesel::insert_into(idx_date::table)
+            .values((
+                idx_date::res_type.eq(t),
+                idx_date::res_id.eq(id),
+                idx_date::param.eq(&v.param),
+                idx_date::low.eq(v.low),
+                idx_date::high.eq(v.high),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.references {
+        diesel::insert_into(idx_reference::table)
+            .values((
+                idx_reference::res_type.eq(t),
+                idx_reference::res_id.eq(id),
+                idx_reference::param.eq(&v.param),
+                idx_reference::target_type.eq(&v.target_type),
+                idx_reference::target_id.eq(&v.target_id),
+                idx_reference::url.eq(&v.url),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.uris {
+        diesel::insert_into(idx_uri::table)
+            .values((
+                idx_uri::res_type.eq(t),
+                idx_uri::res_id.eq(id),
+                idx_uri::param.eq(&v.param),
+                idx_uri::uri.eq(&v.uri),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.numbers {
+        diesel::insert_into(idx_number::table)
+            .values((
+                idx_number::res_type.eq(t),
+                idx_number::res_id.eq(id),
+                idx_number::param.eq(&v.param),
+                idx_number::value.eq(v.value),
+                idx_number::system.eq(&v.system),
+                idx_number::code.eq(&v.code),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.composites {
+        diesel::insert_into(idx_composite::table)
+            .values((
+                idx_composite::res_type.eq(t),
+                idx_composite::res_id.eq(id),
+                idx_composite::param.eq(&v.param),
+                idx_composite::system1.eq(&v.system1),
+                idx_composite::code1.eq(&v.code1),
+                idx_composite::system2.eq(&v.system2),
+                idx_composite::code2.eq(&v.code2),
+            ))
+            .execute(c)?;
+    }
+    for v in &e.positions {
+        diesel::insert_into(idx_position::table)
+            .values((
+                idx_position::res_type.eq(t),
+                idx_position::res_id.eq(id),
+                idx_position::param.eq(&v.param),
+                idx_position::latitude.eq(v.latitude),
+                idx_position::longitude.eq(v.longitude),
+                idx_position::x.eq(v.xyz[0]),
+                idx_position::y.eq(v.xyz[1]),
+                idx_position::z.eq(v.xyz[2]),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
