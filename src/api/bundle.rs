@@ -1,18 +1,20 @@
 //! transaction and batch Bundles at the base URL (http.html#transaction).
 
-use std::collections::HashMap;
-
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
 use serde_json::{json, Value};
 
-use super::crud::write_access;
+use super::crud::{criteria, write_access};
 use super::{blocking, etag, read_body, AppState, Ctx};
 use crate::auth::Permission;
+use crate::config::Config;
 use crate::error::Error;
 use crate::fhir::{self, Format};
 use crate::resources::{dates, is_valid_id, ResourceType};
-use crate::store::{BundleOp, BundleResult, Version};
+use crate::search::plan::plan;
+use crate::search::Search;
+use crate::store::{BundleOp, BundleResult, Target, Version, WriteAccess};
 
 /// The processing order of http.html#trules: DELETE, POST, PUT (and PATCH), GET.
 fn method_rank(method: &str) -> u8 {
@@ -35,75 +37,79 @@ fn reason(status: StatusCode) -> String {
     format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
 }
 
-/// Rewrites every `reference` equal to a `urn:uuid:` fullUrl into the id the server gave it.
-fn rewrite_references(value: &mut Value, ids: &HashMap<String, String>) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if key == "reference" {
-                    if let Some(new) = v.as_str().and_then(|r| ids.get(r)) {
-                        *v = json!(new);
-                        continue;
-                    }
-                }
-                rewrite_references(v, ids);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, ids)),
-        _ => {}
-    }
-}
-
-/// Reads the entries of a Bundle into store operations (urn:uuid creates get their ids first),
-/// checking each against the caller's scopes. Each entry is read on its own: a transaction fails
-/// on the first bad one, a batch answers it in its own response entry.
-fn entries(ctx: &Ctx, bundle: &mut Value, max_entries: usize) -> Result<Vec<Result<Entry, Error>>, Error> {
+/// Reads the entries of a Bundle into store operations, checking each against the caller's scopes.
+/// Each entry is read on its own: a transaction fails on the first bad one, a batch answers it in
+/// its own response entry. (`urn:uuid:` references are resolved by the store, once conditional
+/// entries have found or been given their ids.)
+fn entries(ctx: &Ctx, bundle: &mut Value, config: &Config) -> Result<Vec<Result<Entry, Error>>, Error> {
     let raw = bundle
         .get_mut("entry")
         .and_then(Value::as_array_mut)
         .map(std::mem::take)
         .unwrap_or_default();
+    let max_entries = config.max_bundle_entries;
     if raw.len() > max_entries {
         return Err(Error::PayloadTooLarge(format!(
             "the Bundle has {} entries; this server takes at most {max_entries} (TANDEM_MAX_BUNDLE_ENTRIES)",
             raw.len()
         )));
     }
-    let mut ids: HashMap<String, String> = HashMap::new();
-    let mut planned = Vec::with_capacity(raw.len());
-    for (index, e) in raw.into_iter().enumerate() {
-        planned.push(entry(ctx, index, e, &mut ids));
-    }
-    for entry in planned.iter_mut().flatten() {
-        if let BundleOp::Create { resource, .. } | BundleOp::Update { resource, .. } = &mut entry.op {
-            rewrite_references(resource, &ids);
+    Ok(raw
+        .into_iter()
+        .enumerate()
+        .map(|(index, e)| entry(ctx, config, index, e))
+        .collect())
+}
+
+/// A JSON Patch carried by a Binary (http.html#transaction: PATCH entries hold a Binary whose
+/// content type says what the patch is).
+fn binary_patch(resource: Option<Value>, label: &str) -> Result<crate::store::Patcher, Error> {
+    let r =
+        resource.ok_or_else(|| Error::Invalid(format!("{label}: a PATCH entry needs a Binary holding the patch")))?;
+    match r.get("resourceType").and_then(Value::as_str) {
+        Some("Binary") => {}
+        Some("Parameters") => {
+            return Err(Error::Invalid(format!(
+                "{label}: FHIRPath Patch is not supported; send a JSON Patch in a Binary"
+            )))
+        }
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{label}: a PATCH entry needs a Binary holding the patch"
+            )))
         }
     }
-    Ok(planned)
+    if r.get("contentType").and_then(Value::as_str) != Some("application/json-patch+json") {
+        return Err(Error::Invalid(format!(
+            "{label}: the Binary's contentType must be application/json-patch+json"
+        )));
+    }
+    let data = r.get("data").and_then(Value::as_str).unwrap_or("");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| Error::Invalid(format!("{label}: the Binary's data is not base64: {e}")))?;
+    super::crud::json_patch(&bytes).map_err(|e| e.in_context(label))
 }
 
 /// One request entry as a store operation, or why it cannot be run.
-fn entry(ctx: &Ctx, index: usize, mut e: Value, ids: &mut HashMap<String, String>) -> Result<Entry, Error> {
+fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry, Error> {
     let label = format!("entry {index}");
     let request = e
         .get("request")
         .cloned()
         .ok_or_else(|| Error::Invalid(format!("{label} has no request")))?;
     let method = request.get("method").and_then(Value::as_str).unwrap_or("").to_string();
-    let url = request
-        .get("url")
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    let raw_url = request.get("url").and_then(Value::as_str).unwrap_or("");
+    // A full URL on this server is as good as a relative one.
+    let url = raw_url
+        .strip_prefix(&format!("{}/", ctx.base))
+        .unwrap_or(raw_url)
         .trim_start_matches('/')
         .to_string();
     let label = format!("entry {index} ({method} {url})");
-    if url.contains('?')
-        || request.get("ifNoneExist").is_some()
-        || request.get("ifNoneMatch").is_some()
-        || request.get("ifModifiedSince").is_some()
-    {
+    if request.get("ifNoneMatch").is_some() || request.get("ifModifiedSince").is_some() {
         return Err(Error::Invalid(format!(
-            "{label}: conditional requests in Bundles are not supported yet"
+            "{label}: conditional reads (ifNoneMatch, ifModifiedSince) are not supported"
         )));
     }
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
@@ -115,8 +121,14 @@ fn entry(ctx: &Ctx, index: usize, mut e: Value, ids: &mut HashMap<String, String
         ),
         None => None,
     };
+    let if_none_exist = request.get("ifNoneExist").and_then(Value::as_str).map(str::to_string);
     let resource = e.get_mut("resource").map(Value::take);
-    let parts: Vec<&str> = url.split('/').collect();
+    let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_string);
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (url.clone(), None),
+    };
+    let parts: Vec<&str> = path.split('/').collect();
     let type_of = |name: &str| {
         ResourceType::parse(name)
             .ok_or_else(|| Error::UnsupportedType(format!("{label}: resource type '{name}' is not supported")))
@@ -129,72 +141,145 @@ fn entry(ctx: &Ctx, index: usize, mut e: Value, ids: &mut HashMap<String, String
         }
         Ok(r)
     };
-    let op = match (method.as_str(), parts.as_slice()) {
-        ("POST", [t]) => {
+    let in_label = |e: Error| e.in_context(&label);
+    if if_none_exist.is_some() && method != "POST" {
+        return Err(Error::Invalid(format!("{label}: ifNoneExist belongs to POST entries")));
+    }
+    if if_match.is_some() && !matches!(method.as_str(), "PUT" | "PATCH") {
+        return Err(Error::Invalid(format!(
+            "{label}: ifMatch is supported on PUT and PATCH entries"
+        )));
+    }
+    let op = match (method.as_str(), parts.as_slice(), &query) {
+        ("POST", [t], None) => {
             let rt = type_of(t)?;
-            let access = write_access(ctx, rt, &grant(rt, Permission::Create)?);
-            let id = uuid::Uuid::new_v4().to_string();
-            if let Some(full) = e
-                .get("fullUrl")
-                .and_then(Value::as_str)
-                .filter(|f| f.starts_with("urn:uuid:"))
-            {
-                ids.insert(full.to_string(), format!("{rt}/{id}"));
-            }
-            let resource = body(resource, rt)?;
+            let g = grant(rt, Permission::Create)?;
+            let if_none_exist = match &if_none_exist {
+                Some(q) => Some(criteria(ctx, rt, &g, q).map_err(in_label)?),
+                None => None,
+            };
             BundleOp::Create {
                 label: label.clone(),
                 rt,
-                id,
-                resource,
-                access,
+                id: uuid::Uuid::new_v4().to_string(),
+                resource: body(resource, rt)?,
+                access: write_access(ctx, rt, &g),
+                if_none_exist,
+                full_url,
             }
         }
-        ("PUT", [t, id]) if is_valid_id(id) => {
+        ("PUT", [t, id], None) if is_valid_id(id) => {
             let rt = type_of(t)?;
             let access = write_access(ctx, rt, &grant(rt, Permission::Update)?);
             let resource = body(resource, rt)?;
             if resource.get("id").and_then(Value::as_str) != Some(*id) {
                 return Err(Error::Structure(format!("{label}: the resource's id must be '{id}'")));
             }
-            if let Some(full) = e
-                .get("fullUrl")
-                .and_then(Value::as_str)
-                .filter(|f| f.starts_with("urn:uuid:"))
-            {
-                ids.insert(full.to_string(), format!("{rt}/{id}"));
-            }
             BundleOp::Update {
                 label: label.clone(),
                 rt,
-                id: id.to_string(),
+                target: Target::Id(id.to_string()),
                 resource,
                 if_match,
                 access,
+                full_url,
             }
         }
-        ("DELETE", [t, id]) if is_valid_id(id) => {
+        ("PUT", [t], Some(q)) => {
+            let rt = type_of(t)?;
+            let g = grant(rt, Permission::Update)?;
+            BundleOp::Update {
+                label: label.clone(),
+                rt,
+                target: Target::Search(criteria(ctx, rt, &g, q).map_err(in_label)?),
+                resource: body(resource, rt)?,
+                if_match,
+                access: write_access(ctx, rt, &g),
+                full_url,
+            }
+        }
+        ("PATCH", [t, rest @ ..], _) if rest.len() <= 1 => {
+            let rt = type_of(t)?;
+            let g = grant(rt, Permission::Update)?;
+            let target = match (rest, &query) {
+                ([id], None) if is_valid_id(id) => Target::Id(id.to_string()),
+                ([], Some(q)) => Target::Search(criteria(ctx, rt, &g, q).map_err(in_label)?),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "{label}: expected PATCH Type/id or Type?criteria"
+                    )))
+                }
+            };
+            BundleOp::Patch {
+                label: label.clone(),
+                rt,
+                target,
+                patcher: binary_patch(resource, &label)?,
+                if_match,
+                access: WriteAccess {
+                    may_create: false,
+                    ..write_access(ctx, rt, &g)
+                },
+            }
+        }
+        ("DELETE", [t, id], None) if is_valid_id(id) => {
             let rt = type_of(t)?;
             BundleOp::Delete {
                 access: write_access(ctx, rt, &grant(rt, Permission::Delete)?),
                 rt,
                 label: label.clone(),
-                id: id.to_string(),
+                target: Target::Id(id.to_string()),
             }
         }
-        ("GET", [t, id]) if is_valid_id(id) => {
+        ("DELETE", [t], Some(q)) => {
             let rt = type_of(t)?;
+            let g = grant(rt, Permission::Delete)?;
+            BundleOp::Delete {
+                target: Target::Search(criteria(ctx, rt, &g, q).map_err(in_label)?),
+                access: write_access(ctx, rt, &g),
+                rt,
+                label: label.clone(),
+            }
+        }
+        ("GET", [t, id], None) | ("GET", [t, id, "_history", _], None) if is_valid_id(id) => {
+            let rt = type_of(t)?;
+            let version = match parts.as_slice() {
+                [_, _, _, v] => Some(
+                    v.parse::<i64>()
+                        .map_err(|_| Error::NotFound(format!("{label}: no version '{v}'")))?,
+                ),
+                _ => None,
+            };
             BundleOp::Read {
                 compartment: grant(rt, Permission::Read)?.patient().map(str::to_string),
                 rt,
                 label: label.clone(),
                 id: id.to_string(),
+                version,
             }
         }
-        ("PATCH", _) => return Err(Error::Invalid(format!("{label}: PATCH is not supported yet"))),
+        ("GET", [t], q) => {
+            let rt = type_of(t)?;
+            grant(rt, Permission::Search)?;
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let search = Search::parse(&pairs).map_err(in_label)?;
+            let visible = |t: ResourceType| super::search::search_visibility(ctx, t);
+            let count = search
+                .count
+                .unwrap_or(i64::from(config.default_count))
+                .min(i64::from(config.max_count));
+            BundleOp::Search {
+                planned: plan(&[rt], &search, true, &visible).map_err(in_label)?,
+                label: label.clone(),
+                count,
+            }
+        }
         _ => {
             return Err(Error::Invalid(format!(
-                "{label}: expected POST Type, PUT Type/id, DELETE Type/id or GET Type/id"
+                "{label}: expected POST Type, PUT Type/id or Type?criteria, PATCH Type/id or Type?criteria, \
+                 DELETE Type/id or Type?criteria, GET Type/id[/_history/n] or Type?criteria"
             )))
         }
     };
@@ -227,16 +312,33 @@ fn written_entry(ctx: &Ctx, status: StatusCode, v: &Version) -> Result<Value, Er
 fn result_entry(ctx: &Ctx, result: &BundleResult) -> Result<Value, Error> {
     match result {
         BundleResult::Created(v) => written_entry(ctx, StatusCode::CREATED, v),
+        BundleResult::Existing(v) | BundleResult::Read(v) => written_entry(ctx, StatusCode::OK, v),
         BundleResult::Updated(o) => written_entry(
             ctx,
             if o.created { StatusCode::CREATED } else { StatusCode::OK },
             &o.version,
         ),
-        BundleResult::Read(v) => written_entry(ctx, StatusCode::OK, v),
         BundleResult::Deleted(Some(v)) => {
             Ok(json!({"response": {"status": reason(StatusCode::NO_CONTENT), "etag": etag(v.version_id)}}))
         }
         BundleResult::Deleted(None) => Ok(json!({"response": {"status": reason(StatusCode::NO_CONTENT)}})),
+        BundleResult::Found { matches, total } => {
+            let entries = matches
+                .iter()
+                .map(|v| {
+                    Ok(json!({
+                        "fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)),
+                        "resource": super::search::parse_body(v)?,
+                        "search": {"mode": "match"},
+                    }))
+                })
+                .collect::<Result<Vec<Value>, Error>>()?;
+            Ok(json!({
+                "resource": {"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(), "type": "searchset",
+                             "total": total, "entry": entries},
+                "response": {"status": reason(StatusCode::OK)},
+            }))
+        }
     }
 }
 
@@ -262,7 +364,7 @@ pub async fn transaction_or_batch(
         let (response_type, responses) = match kind.as_str() {
             "transaction" => {
                 ctx.audit(|d| d.interaction = Some("transaction"));
-                let mut planned = entries(&ctx, &mut bundle, state.config.max_bundle_entries)?
+                let mut planned = entries(&ctx, &mut bundle, &state.config)?
                     .into_iter()
                     .collect::<Result<Vec<Entry>, Error>>()?;
                 planned.sort_by_key(|e| method_rank(&e.method));
@@ -282,7 +384,7 @@ pub async fn transaction_or_batch(
             }
             "batch" => {
                 ctx.audit(|d| d.interaction = Some("batch"));
-                let planned = entries(&ctx, &mut bundle, state.config.max_bundle_entries)?;
+                let planned = entries(&ctx, &mut bundle, &state.config)?;
                 let mut out = Vec::with_capacity(planned.len());
                 for entry in planned {
                     let entry = match entry {

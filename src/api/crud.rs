@@ -1,4 +1,5 @@
-//! create, read, vread, update, delete (http.html).
+//! create, read, vread, update, patch, delete (http.html), and their conditional forms: create with
+//! `If-None-Exist`, and update, patch and delete of `[type]?criteria`.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -12,7 +13,9 @@ use crate::auth::{Grant, Permission};
 use crate::error::Error;
 use crate::fhir::{self, Format};
 use crate::resources::{is_valid_id, ResourceType};
-use crate::store::{Version, WriteAccess};
+use crate::search::plan::{plan, Planned};
+use crate::search::Search;
+use crate::store::{BundleOp, BundleResult, Patcher, Target, UpdateOutcome, Version, WriteAccess};
 
 /// What a caller holding `grant` may write (an update also needs create to create).
 pub(super) fn write_access(ctx: &Ctx, rt: ResourceType, grant: &Grant) -> WriteAccess {
@@ -26,6 +29,50 @@ pub(super) fn write_access(ctx: &Ctx, rt: ResourceType, grant: &Grant) -> WriteA
 /// is answered as if it did not exist (404), so that a probe learns nothing.
 pub(super) fn readable(rt: ResourceType, grant: &Grant, v: Version) -> Result<Version, Error> {
     crate::store::visible_to(grant.patient(), rt, v)
+}
+
+/// The criteria of a conditional interaction on `rt` (the query of `[type]?…`, or an If-None-Exist),
+/// planned with what the caller may see: `grant` for `rt` itself, search grants for the types a chain
+/// passes through. Unknown parameters are refused: ignoring one would widen the match.
+pub(super) fn criteria(ctx: &Ctx, rt: ResourceType, grant: &Grant, query: &str) -> Result<Planned, Error> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+        .collect();
+    let search = Search::parse(&pairs)?;
+    if search.criteria.is_empty() {
+        return Err(Error::Invalid(format!(
+            "a conditional interaction on {rt} needs search criteria, such as identifier=system|value"
+        )));
+    }
+    let own = grant.patient().map(str::to_string);
+    let visible = |t: ResourceType| {
+        if t == rt {
+            Ok(own.clone())
+        } else {
+            super::search::search_visibility(ctx, t)
+        }
+    };
+    plan(&[rt], &search, true, &visible)
+}
+
+/// A JSON Patch document (RFC 6902) as a change to the current version; the result must still be a
+/// valid R4 resource (422 otherwise).
+pub(super) fn json_patch(bytes: &[u8]) -> Result<Patcher, Error> {
+    let patch: json_patch::Patch = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Invalid(format!("the body is not a JSON Patch document (RFC 6902): {e}")))?;
+    Ok(Patcher(std::sync::Arc::new(move |current: &Value| {
+        let mut doc = current.clone();
+        json_patch::patch(&mut doc, &patch)
+            .map_err(|e| Error::Unprocessable(format!("the patch does not apply: {e}")))?;
+        let bytes = serde_json::to_vec(&doc).map_err(|e| Error::Internal(format!("patched JSON: {e}")))?;
+        fhir::parse_resource(&bytes, Format::Json).map_err(|e| match e {
+            Error::Structure(m) | Error::Invalid(m) => {
+                Error::Unprocessable(format!("the patched resource is not valid: {m}"))
+            }
+            other => other,
+        })
+    })))
 }
 
 /// Records the version acted on in the request's audit record.
@@ -94,19 +141,41 @@ pub async fn create(
     let result = async {
         ctx.negotiated()?;
         let rt = resource_type(&path)?;
-        if req.headers().contains_key("if-none-exist") {
-            return Err(Error::Invalid(
-                "conditional create (If-None-Exist) is not supported".into(),
-            ));
-        }
         let grant = ctx.grant(rt.as_str(), Permission::Create)?;
+        let if_none_exist = match req.headers().get("if-none-exist") {
+            Some(v) => {
+                let text = v
+                    .to_str()
+                    .map_err(|_| Error::Invalid("If-None-Exist is not a valid header value".into()))?;
+                Some(criteria(&ctx, rt, &grant, text)?)
+            }
+            None => None,
+        };
         let resource = parse_body(&req, payload, &state, rt).await?;
+        let op = BundleOp::Create {
+            label: format!("create {rt}"),
+            rt,
+            // http.html#create: an id in the body is ignored; the server assigns one.
+            id: uuid::Uuid::new_v4().to_string(),
+            resource,
+            access: write_access(&ctx, rt, &grant),
+            if_none_exist,
+            full_url: None,
+        };
         let store = state.store.clone();
-        let access = write_access(&ctx, rt, &grant);
-        // http.html#create: an id in the body is ignored; the server assigns one.
-        let version = blocking(move || store.create(rt, resource, &access)).await?;
-        audit_version(&ctx, rt, &version);
-        written(&ctx, &req, StatusCode::CREATED, &version)
+        match blocking(move || store.run(op)).await? {
+            BundleResult::Created(version) => {
+                audit_version(&ctx, rt, &version);
+                written(&ctx, &req, StatusCode::CREATED, &version)
+            }
+            // http.html#ccreate: one match, so nothing is created; 200 with the match.
+            BundleResult::Existing(version) => {
+                let version = readable(rt, &grant, version)?;
+                audit_version(&ctx, rt, &version);
+                written(&ctx, &req, StatusCode::OK, &version)
+            }
+            other => Err(Error::Internal(format!("create answered {other:?}"))),
+        }
     }
     .await;
     ctx.respond(result)
@@ -147,6 +216,25 @@ pub async fn vread(ctx: Ctx, path: web::Path<(String, String, String)>, state: w
     ctx.respond(result)
 }
 
+/// Runs an update or patch and answers it (201 when it created the resource).
+async fn run_write(
+    ctx: &Ctx,
+    req: &HttpRequest,
+    state: &AppState,
+    rt: ResourceType,
+    op: BundleOp,
+) -> Result<HttpResponse, Error> {
+    let store = state.store.clone();
+    match blocking(move || store.run(op)).await? {
+        BundleResult::Updated(UpdateOutcome { version, created }) => {
+            audit_version(ctx, rt, &version);
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            written(ctx, req, status, &version)
+        }
+        other => Err(Error::Internal(format!("update answered {other:?}"))),
+    }
+}
+
 pub async fn update(
     req: HttpRequest,
     ctx: Ctx,
@@ -164,7 +252,6 @@ pub async fn update(
             )));
         }
         let grant = ctx.grant(rt.as_str(), Permission::Update)?;
-        let access = write_access(&ctx, rt, &grant);
         let expected = if_match(&req)?;
         let resource = parse_body(&req, payload, &state, rt).await?;
         // http.html#update: the body SHALL carry the id of the URL.
@@ -181,18 +268,148 @@ pub async fn update(
                 )))
             }
         }
-        let store = state.store.clone();
-        let outcome = blocking(move || store.update(rt, &id, resource, expected, &access)).await?;
-        audit_version(&ctx, rt, &outcome.version);
-        let status = if outcome.created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
+        let op = BundleOp::Update {
+            label: format!("update {rt}/{id}"),
+            rt,
+            target: Target::Id(id),
+            resource,
+            if_match: expected,
+            access: write_access(&ctx, rt, &grant),
+            full_url: None,
         };
-        written(&ctx, &req, status, &outcome.version)
+        run_write(&ctx, &req, &state, rt, op).await
     }
     .await;
     ctx.respond(result)
+}
+
+/// PUT [type]?criteria (http.html#cond-update): one match is updated, none creates, more is 412.
+pub async fn conditional_update(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        ctx.negotiated()?;
+        let rt = resource_type(&path)?;
+        let grant = ctx.grant(rt.as_str(), Permission::Update)?;
+        let planned = criteria(&ctx, rt, &grant, req.query_string())?;
+        let expected = if_match(&req)?;
+        let resource = parse_body(&req, payload, &state, rt).await?;
+        let op = BundleOp::Update {
+            label: format!("conditional update of {rt}"),
+            rt,
+            target: Target::Search(planned),
+            resource,
+            if_match: expected,
+            access: write_access(&ctx, rt, &grant),
+            full_url: None,
+        };
+        run_write(&ctx, &req, &state, rt, op).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// PATCH [type]/[id] with a JSON Patch body.
+pub async fn patch(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (type_name, id) = path.into_inner();
+    let result = run_patch(&req, &ctx, &state, payload, &type_name, Some(id)).await;
+    ctx.respond(result)
+}
+
+/// PATCH [type]?criteria with a JSON Patch body: the one matching resource is patched.
+pub async fn conditional_patch(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = run_patch(&req, &ctx, &state, payload, &path, None).await;
+    ctx.respond(result)
+}
+
+async fn run_patch(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    payload: web::Payload,
+    type_name: &str,
+    id: Option<String>,
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let rt = resource_type(type_name)?;
+    let grant = ctx.grant(rt.as_str(), Permission::Update)?;
+    let target = match id {
+        Some(id) if is_valid_id(&id) => Target::Id(id),
+        Some(id) => return Err(Error::NotFound(format!("'{id}' is not a valid resource id"))),
+        None => Target::Search(criteria(ctx, rt, &grant, req.query_string())?),
+    };
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/json-patch+json")
+    {
+        return Err(Error::UnsupportedMediaType(
+            "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)".into(),
+        ));
+    }
+    let expected = if_match(req)?;
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    let op = BundleOp::Patch {
+        label: format!("patch of {rt}"),
+        rt,
+        target,
+        patcher: json_patch(&body)?,
+        if_match: expected,
+        access: WriteAccess {
+            may_create: false,
+            ..write_access(ctx, rt, &grant)
+        },
+    };
+    run_write(ctx, req, state, rt, op).await
+}
+
+/// Deletes by id, or by criteria (http.html#cdelete: none matching is success; more than one is 412).
+async fn run_delete(
+    ctx: &Ctx,
+    state: &AppState,
+    rt: ResourceType,
+    target: Target,
+    grant: &Grant,
+) -> Result<HttpResponse, Error> {
+    let op = BundleOp::Delete {
+        label: format!("delete of {rt}"),
+        rt,
+        target,
+        access: write_access(ctx, rt, grant),
+    };
+    let store = state.store.clone();
+    let deleted = match blocking(move || store.run(op)).await? {
+        BundleResult::Deleted(d) => d,
+        other => return Err(Error::Internal(format!("delete answered {other:?}"))),
+    };
+    // http.html#delete: deleting a resource that does not exist, or no longer exists, also succeeds.
+    let mut builder = HttpResponse::NoContent();
+    if let Some(v) = &deleted {
+        ctx.audit(|d| d.entities = vec![format!("{rt}/{}/_history/{}", v.res_id, v.version_id)]);
+        builder.insert_header((header::ETAG, super::etag(v.version_id)));
+    }
+    Ok(builder.finish())
 }
 
 pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
@@ -201,15 +418,24 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
         let (type_name, id) = path.into_inner();
         let (rt, id) = instance(&type_name, id)?;
         let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
-        let access = write_access(&ctx, rt, &grant);
-        let store = state.store.clone();
-        let deleted = blocking(move || store.delete(rt, &id, &access)).await?;
-        // http.html#delete: deleting a resource that does not exist, or no longer exists, also succeeds.
-        let mut builder = HttpResponse::NoContent();
-        if let Some(v) = &deleted {
-            builder.insert_header((header::ETAG, super::etag(v.version_id)));
-        }
-        Ok(builder.finish())
+        run_delete(&ctx, &state, rt, Target::Id(id), &grant).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn conditional_delete(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        ctx.negotiated()?;
+        let rt = resource_type(&path)?;
+        let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
+        let planned = criteria(&ctx, rt, &grant, req.query_string())?;
+        run_delete(&ctx, &state, rt, Target::Search(planned), &grant).await
     }
     .await;
     ctx.respond(result)

@@ -29,17 +29,20 @@ fn visible_version(ctx: &Ctx, permission: Permission, v: &Version) -> bool {
     }
 }
 
-/// `_count`, `_since` and the paging cursor of a history request.
+/// `_count`, `_since`, `_at` and the paging cursor of a history request.
 struct HistoryParams {
     count: i64,
     since: Option<i64>,
-    cursor: Option<i64>,
+    at: Option<(i64, i64)>,
+    /// From a next link: the page's position (seq) and the walk's watermark.
+    cursor: Option<(i64, i64)>,
 }
 
 fn history_params(req: &HttpRequest, state: &AppState) -> Result<HistoryParams, Error> {
     let mut p = HistoryParams {
         count: i64::from(state.config.default_count),
         since: None,
+        at: None,
         cursor: None,
     };
     for (key, value) in query_pairs(req) {
@@ -57,12 +60,19 @@ fn history_params(req: &HttpRequest, state: &AppState) -> Result<HistoryParams, 
                     .ok_or_else(|| Error::Invalid(format!("_since '{value}' is not a FHIR instant")))?;
                 p.since = Some(range.low);
             }
+            "_at" => {
+                let range = dates::parse_range(&value)
+                    .ok_or_else(|| Error::Invalid(format!("_at '{value}' is not a FHIR date or dateTime")))?;
+                p.at = Some((range.low, range.high));
+            }
             "_cursor" => {
-                p.cursor = Some(
-                    value
-                        .parse()
-                        .map_err(|_| Error::Invalid(format!("_cursor '{value}' is not a cursor from a next link")))?,
-                );
+                let parsed = value
+                    .split_once('.')
+                    .and_then(|(seq, w)| Some((seq.parse().ok()?, w.parse().ok()?)));
+                p.cursor =
+                    Some(parsed.ok_or_else(|| {
+                        Error::Invalid(format!("_cursor '{value}' is not a cursor from a next link"))
+                    })?);
             }
             _ => {}
         }
@@ -110,11 +120,22 @@ async fn history(
     }
     let params = history_params(&req, &state)?;
     let store = state.store.clone();
-    let (count, since, cursor) = (params.count, params.since, params.cursor);
-    let page = blocking(move || store.history(scope.borrowed(), since, cursor, count)).await?;
+    let (count, since, at, cursor) = (params.count, params.since, params.at, params.cursor);
+    // The watermark is taken before the first page is read, and kept through the walk: every write
+    // stamped before it is committed and in these pages; every later one is at or after it, so
+    // `_since=<Bundle.meta.lastUpdated>` next time misses nothing.
+    let (page, watermark) = blocking(move || {
+        let watermark = match cursor {
+            Some((_, w)) => w,
+            None => store.watermark()?,
+        };
+        let page = store.history(scope.borrowed(), since, at, cursor.map(|c| c.0), count)?;
+        Ok((page, watermark))
+    })
+    .await?;
     let mut links = vec![json!({"relation": "self", "url": link(ctx, &path, &req, None)})];
     if let Some(next) = page.next_before {
-        links.push(json!({"relation": "next", "url": link(ctx, &path, &req, Some(next))}));
+        links.push(json!({"relation": "next", "url": link(ctx, &path, &req, Some(format!("{next}.{watermark}")))}));
     }
     let entries = page
         .entries
@@ -125,7 +146,7 @@ async fn history(
     let bundle = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
+        "meta": {"lastUpdated": dates::format_instant(watermark)},
         "type": "history",
         "link": links,
         "entry": entries,
@@ -134,11 +155,11 @@ async fn history(
 }
 
 /// The link to this history page (cursor None) or the next one, keeping the client's parameters.
-fn link(ctx: &Ctx, path: &str, req: &HttpRequest, cursor: Option<i64>) -> String {
+fn link(ctx: &Ctx, path: &str, req: &HttpRequest, cursor: Option<String>) -> String {
     let pairs = query_pairs(req);
     let kept: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_cursor").cloned().collect();
     let current = pairs.iter().find(|(k, _)| k == "_cursor").map(|(_, c)| c.clone());
-    let cursor = cursor.map(|c| c.to_string()).or(current);
+    let cursor = cursor.or(current);
     super::page_link(ctx, path, &kept, cursor.as_deref())
 }
 

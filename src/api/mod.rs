@@ -35,6 +35,7 @@ pub const SUPPORTED: Supported<'static> = Supported {
         "read",
         "vread",
         "update",
+        "patch",
         "delete",
         "history-instance",
         "history-type",
@@ -43,7 +44,9 @@ pub const SUPPORTED: Supported<'static> = Supported {
     ],
     system_interactions: &["transaction", "batch", "history-system", "search-system"],
     update_create: true,
-    conditional_update: false,
+    conditional_create: true,
+    conditional_update: true,
+    conditional_delete: "single",
     operations: &[
         ("Group", "book-session", "/OperationDefinition/Group-book-session"),
         ("Group", "attendance", "/OperationDefinition/Group-attendance"),
@@ -151,6 +154,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/{type}")
             .route(web::get().to(search::type_search))
             .route(web::post().to(crud::create))
+            .route(web::put().to(crud::conditional_update))
+            .route(web::patch().to(crud::conditional_patch))
+            .route(web::delete().to(crud::conditional_delete))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -169,6 +175,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(crud::read))
             .route(web::head().to(crud::read))
             .route(web::put().to(crud::update))
+            .route(web::patch().to(crud::patch))
             .route(web::delete().to(crud::delete))
             .default_service(web::to(method_not_allowed)),
     )
@@ -502,9 +509,10 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, Error> {
 /// The methods each route serves, for the `Allow` header of a 405.
 fn allowed_methods(pattern: &str) -> &'static str {
     match pattern {
-        "/{type}" | "/{type}/_search" => "GET, POST",
+        "/{type}" => "GET, POST, PUT, PATCH, DELETE",
+        "/{type}/_search" => "GET, POST",
         "/_search" => "POST",
-        "/{type}/{id}" => "GET, HEAD, PUT, DELETE",
+        "/{type}/{id}" => "GET, HEAD, PUT, PATCH, DELETE",
         "/{type}/{id}/_history/{vid}" | "/AuditEvent/{id}" => "GET, HEAD",
         "/AuditEvent/_search" => "POST",
         _ => "GET",

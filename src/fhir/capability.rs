@@ -13,7 +13,10 @@ pub struct Supported<'a> {
     /// Whole-system interactions (history-system…).
     pub system_interactions: &'a [&'a str],
     pub update_create: bool,
+    pub conditional_create: bool,
     pub conditional_update: bool,
+    /// not-supported, single or multiple.
+    pub conditional_delete: &'a str,
     /// Instance operations: (type, name, definition). A definition starting with `/` is tandem's own,
     /// under the canonical base.
     pub operations: &'a [(&'a str, &'a str, &'a str)],
@@ -55,8 +58,10 @@ pub fn capability_statement(
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": supported.update_create,
+                "conditionalCreate": supported.conditional_create,
                 "conditionalUpdate": supported.conditional_update,
-                "conditionalDelete": "not-supported",
+                "conditionalDelete": supported.conditional_delete,
+                "conditionalRead": "not-supported",
                 "referencePolicy": ["literal", "logical", "resolves"],
                 "operation": operations_of(rt.as_str()),
                 "searchInclude": ["*"],

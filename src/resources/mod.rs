@@ -109,6 +109,25 @@ fn starts_upper(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
 }
 
+/// Rewrites every `reference` equal to a `urn:uuid:` fullUrl into the id the server gave it.
+pub fn rewrite_references(value: &mut serde_json::Value, ids: &std::collections::HashMap<String, String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "reference" {
+                    if let Some(new) = v.as_str().and_then(|r| ids.get(r)) {
+                        *v = serde_json::Value::String(new.clone());
+                        continue;
+                    }
+                }
+                rewrite_references(v, ids);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, ids)),
+        _ => {}
+    }
+}
+
 /// Every relative reference in the resource to a type hosted here (these must resolve), deduplicated.
 pub fn local_references(resource: &serde_json::Value) -> Vec<(ResourceType, String)> {
     let mut out = Vec::new();

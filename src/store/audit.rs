@@ -48,7 +48,7 @@ const INSERT_CHUNK: usize = 200;
 impl Store {
     /// Appends a batch of events in one transaction.
     pub fn insert_audit(&self, rows: &[AuditRow]) -> Result<(), Error> {
-        self.write(|c| {
+        self.write(|c, _| {
             for chunk in rows.chunks(INSERT_CHUNK) {
                 let events: Vec<_> = chunk
                     .iter()

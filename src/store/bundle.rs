@@ -1,42 +1,88 @@
-//! transaction Bundles in one database transaction (see api::bundle for the HTTP side).
+//! Every write runs as a list of operations in one database transaction: a single create, update,
+//! patch or delete is a list of one; a transaction Bundle is its entries in processing order
+//! (see api::bundle for the HTTP side). One executor, so conditional resolution, `urn:uuid`
+//! references, access checks and the scheduling rules behave the same everywhere.
+
+use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::write::{check_references, create_in, delete_in, not_found, read_in, update_in};
-use super::{Abort, Store, UpdateOutcome, Version, WriteAccess};
+use super::conditional::{matches, resolve, Patcher, Target};
+use super::search::{first_page_sql, load, load_current_many, IdRow};
+use super::write::{
+    check_references, create_in, delete_in, load_current_for_write, not_found, read_in, update_in, vread_in,
+};
+use super::{Abort, AnyConnection, Store, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
-use crate::resources::{compartment, ResourceType};
+use crate::resources::{compartment, rewrite_references, ResourceType};
+use crate::search::plan::Planned;
 
-/// One entry of a transaction Bundle, for [`Store::transaction`]; `label` names it in errors.
+/// One operation; `label` names it in errors (the Bundle entry).
 #[derive(Debug, Clone)]
 pub enum BundleOp {
+    /// Create with the server-chosen `id`, unless `if_none_exist` criteria match a resource.
     Create {
         label: String,
         rt: ResourceType,
         id: String,
         resource: Value,
         access: WriteAccess,
+        if_none_exist: Option<Planned>,
+        /// The entry's `urn:uuid:` fullUrl, which references in other entries may use.
+        full_url: Option<String>,
     },
     Update {
         label: String,
         rt: ResourceType,
-        id: String,
+        target: Target,
         resource: Value,
+        if_match: Option<i64>,
+        access: WriteAccess,
+        full_url: Option<String>,
+    },
+    Patch {
+        label: String,
+        rt: ResourceType,
+        target: Target,
+        patcher: Patcher,
         if_match: Option<i64>,
         access: WriteAccess,
     },
     Delete {
         label: String,
         rt: ResourceType,
-        id: String,
+        target: Target,
         access: WriteAccess,
     },
     Read {
         label: String,
         rt: ResourceType,
         id: String,
+        /// A version (vread), or None for the current one.
+        version: Option<i64>,
         /// A `patient/` reader sees only this patient's compartment.
         compartment: Option<String>,
+    },
+    /// A search inside a Bundle (`GET Patient?identifier=…`): its first page.
+    Search {
+        label: String,
+        planned: Planned,
+        count: i64,
+    },
+}
+
+#[derive(Debug)]
+pub enum BundleResult {
+    Created(Version),
+    /// A conditional create whose criteria matched this resource: nothing was written.
+    Existing(Version),
+    Updated(UpdateOutcome),
+    /// The deletion version, or None when there was nothing to delete.
+    Deleted(Option<Version>),
+    Read(Version),
+    Found {
+        matches: Vec<Version>,
+        total: i64,
     },
 }
 
@@ -58,83 +104,326 @@ pub fn visible_to(patient: Option<&str>, rt: ResourceType, v: Version) -> Result
     }
 }
 
-#[derive(Debug)]
-pub enum BundleResult {
-    Created(Version),
-    Updated(UpdateOutcome),
-    /// The deletion version, or None when there was nothing to delete.
-    Deleted(Option<Version>),
-    Read(Version),
+/// What an operation resolved to before anything is written.
+enum Resolved {
+    /// Create this id.
+    New(String),
+    /// A conditional create matched this existing resource.
+    Existing(String),
+    /// Write to this id.
+    At(String),
+    /// A conditional delete that matched nothing.
+    Nothing,
+    /// Reads and searches resolve nothing.
+    Unused,
 }
 
 impl Store {
-    /// Runs a transaction Bundle's entries (already in processing order) in one database
-    /// transaction: all are written, or none. References are checked once every entry is written, so
-    /// entries may refer to each other. A failure names its entry (`label`).
+    /// Runs one operation in its own transaction.
+    pub fn run(&self, op: BundleOp) -> Result<BundleResult, Error> {
+        let mut results = self.transaction(std::slice::from_ref(&op))?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Internal("an operation gave no result".into()))
+    }
+
+    /// Creates a resource with a server-assigned id and full access (server-side writes, operations).
+    pub fn create(&self, rt: ResourceType, resource: Value, access: &WriteAccess) -> Result<Version, Error> {
+        let op = BundleOp::Create {
+            label: format!("create {rt}"),
+            rt,
+            id: uuid::Uuid::new_v4().to_string(),
+            resource,
+            access: access.clone(),
+            if_none_exist: None,
+            full_url: None,
+        };
+        match self.run(op)? {
+            BundleResult::Created(v) => Ok(v),
+            other => Err(Error::Internal(format!("create answered {other:?}"))),
+        }
+    }
+
+    /// Runs operations (already in processing order) in one database transaction: all are written,
+    /// or none. Conditional targets are resolved first, then `urn:uuid:` references are rewritten to
+    /// the ids found or assigned, then the operations run, then references are checked (so entries
+    /// may refer to each other). A failure names its operation (`label`).
     pub fn transaction(&self, ops: &[BundleOp]) -> Result<Vec<BundleResult>, Error> {
-        self.write(|c| {
+        // A single write checks its references before the scheduling rules, as a plain interaction.
+        let check_early = ops.len() == 1;
+        self.write(|c, now| {
+            let resolved = ops
+                .iter()
+                .map(|op| resolve_op(c, op).map_err(|a| in_entry(label_of(op), a)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let urns = urn_map(ops, &resolved);
             let mut results = Vec::with_capacity(ops.len());
-            let in_entry = |label: &str, a: Abort| match a {
-                Abort::Error(e) => Abort::Error(e.in_context(label)),
-                retry => retry,
-            };
-            for op in ops {
-                let result = match op {
-                    BundleOp::Create {
-                        label,
-                        rt,
-                        id,
-                        resource,
-                        access,
-                    } => create_in(c, &self.rules, *rt, resource, id, false, access)
-                        .map(BundleResult::Created)
-                        .map_err(|a| in_entry(label, a))?,
-                    BundleOp::Update {
-                        label,
-                        rt,
-                        id,
-                        resource,
-                        if_match,
-                        access,
-                    } => update_in(c, &self.rules, *rt, id, resource, *if_match, false, access)
-                        .map(BundleResult::Updated)
-                        .map_err(|a| in_entry(label, a))?,
-                    BundleOp::Delete { label, rt, id, access } => delete_in(c, *rt, id, access)
-                        .map(BundleResult::Deleted)
-                        .map_err(|a| in_entry(label, a))?,
-                    BundleOp::Read {
-                        label,
-                        rt,
-                        id,
-                        compartment,
-                    } => read_in(c, *rt, id)
-                        .and_then(|v| visible_to(compartment.as_deref(), *rt, v))
-                        .map(BundleResult::Read)
-                        .map_err(|e| in_entry(label, e.into()))?,
-                };
+            let mut written: Vec<(&str, ResourceType, String, Value)> = Vec::new();
+            for (op, target) in ops.iter().zip(resolved) {
+                let label = label_of(op);
+                let result = self
+                    .execute(c, now, op, target, &urns, check_early)
+                    .map_err(|a| in_entry(label, a))?;
+                if !check_early {
+                    if let (
+                        BundleResult::Created(v) | BundleResult::Updated(UpdateOutcome { version: v, .. }),
+                        Some(rt),
+                    ) = (&result, ResourceType::parse(&result_type(&result)))
+                    {
+                        if let Some(body) = v.body.as_deref().and_then(|b| serde_json::from_str(b).ok()) {
+                            written.push((label, rt, v.res_id.clone(), body));
+                        }
+                    }
+                }
                 results.push(result);
             }
-            for op in ops {
-                if let BundleOp::Create {
-                    label,
-                    rt,
-                    id,
-                    resource,
-                    ..
-                }
-                | BundleOp::Update {
-                    label,
-                    rt,
-                    id,
-                    resource,
-                    ..
-                } = op
-                {
-                    check_references(c, resource, *rt, id).map_err(|a| in_entry(label, a))?;
-                }
+            for (label, rt, id, body) in &written {
+                check_references(c, body, *rt, id).map_err(|a| in_entry(label, a))?;
             }
             Ok(results)
         })
     }
 
+    fn execute(
+        &self,
+        c: &mut AnyConnection,
+        now: i64,
+        op: &BundleOp,
+        target: Resolved,
+        urns: &HashMap<String, String>,
+        check_refs: bool,
+    ) -> Result<BundleResult, Abort> {
+        let rewritten = |resource: &Value| {
+            let mut r = resource.clone();
+            if !urns.is_empty() {
+                rewrite_references(&mut r, urns);
+            }
+            r
+        };
+        Ok(match (op, target) {
+            (BundleOp::Create { rt, .. }, Resolved::Existing(id)) => BundleResult::Existing(read_in(c, *rt, &id)?),
+            (
+                BundleOp::Create {
+                    rt, resource, access, ..
+                },
+                Resolved::New(id),
+            ) => BundleResult::Created(create_in(
+                c,
+                &self.rules,
+                *rt,
+                &rewritten(resource),
+                &id,
+                check_refs,
+                access,
+                now,
+            )?),
+            (
+                BundleOp::Update {
+                    rt,
+                    resource,
+                    if_match,
+                    access,
+                    ..
+                },
+                Resolved::At(id),
+            ) => BundleResult::Updated(update_in(
+                c,
+                &self.rules,
+                *rt,
+                &id,
+                &rewritten(resource),
+                *if_match,
+                check_refs,
+                access,
+                now,
+            )?),
+            (
+                BundleOp::Patch {
+                    rt,
+                    patcher,
+                    if_match,
+                    access,
+                    ..
+                },
+                Resolved::At(id),
+            ) => {
+                // The current version is locked before it is read, so no other write slips between
+                // the patch's read and its write.
+                let current = load_current_for_write(c, *rt, &id)?.ok_or_else(|| not_found(*rt, &id))?;
+                let body: Value = match (&current.body, current.deleted) {
+                    (Some(b), false) => {
+                        serde_json::from_str(b).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?
+                    }
+                    _ => return Err(Error::Gone(format!("{rt}/{id} was deleted")).into()),
+                };
+                if let Some(v) = if_match {
+                    if *v != current.version_id {
+                        return Err(Error::PreconditionFailed(format!(
+                            "version {v} of {rt}/{id} is not the current one (version {})",
+                            current.version_id
+                        ))
+                        .into());
+                    }
+                }
+                let patched = (patcher.0)(&body)?;
+                if patched.get("resourceType") != body.get("resourceType") || patched.get("id") != body.get("id") {
+                    return Err(
+                        Error::Unprocessable("a patch may not change the resourceType or the id".into()).into(),
+                    );
+                }
+                BundleResult::Updated(update_in(
+                    c,
+                    &self.rules,
+                    *rt,
+                    &id,
+                    &patched,
+                    *if_match,
+                    check_refs,
+                    access,
+                    now,
+                )?)
+            }
+            (BundleOp::Delete { rt, access, .. }, Resolved::At(id)) => {
+                BundleResult::Deleted(delete_in(c, *rt, &id, access, now)?)
+            }
+            (BundleOp::Delete { .. }, Resolved::Nothing) => BundleResult::Deleted(None),
+            (
+                BundleOp::Read {
+                    rt,
+                    id,
+                    version,
+                    compartment,
+                    ..
+                },
+                _,
+            ) => {
+                let v = match version {
+                    Some(n) => vread_in(c, *rt, id, *n)?,
+                    None => read_in(c, *rt, id)?,
+                };
+                BundleResult::Read(visible_to(compartment.as_deref(), *rt, v)?)
+            }
+            (BundleOp::Search { planned, count, .. }, _) => {
+                let rows: Vec<IdRow> = load(c, &first_page_sql(planned, *count))?;
+                let ids: Vec<(String, String)> = rows.into_iter().map(|r| (r.res_type, r.res_id)).collect();
+                let matches = load_current_many(c, &ids)?;
+                BundleResult::Found {
+                    total: matches.len() as i64,
+                    matches,
+                }
+            }
+            _ => return Err(Error::Internal("an operation resolved to a target it cannot use".into()).into()),
+        })
+    }
+}
+
+fn label_of(op: &BundleOp) -> &str {
+    match op {
+        BundleOp::Create { label, .. }
+        | BundleOp::Update { label, .. }
+        | BundleOp::Patch { label, .. }
+        | BundleOp::Delete { label, .. }
+        | BundleOp::Read { label, .. }
+        | BundleOp::Search { label, .. } => label,
+    }
+}
+
+fn result_type(r: &BundleResult) -> String {
+    match r {
+        BundleResult::Created(v) | BundleResult::Existing(v) | BundleResult::Read(v) => v.res_type.clone(),
+        BundleResult::Updated(o) => o.version.res_type.clone(),
+        _ => String::new(),
+    }
+}
+
+fn in_entry(label: &str, a: Abort) -> Abort {
+    match a {
+        Abort::Error(e) => Abort::Error(e.in_context(label)),
+        retry => retry,
+    }
+}
+
+/// Which resource each operation is for, found on the transaction before anything is written.
+fn resolve_op(c: &mut AnyConnection, op: &BundleOp) -> Result<Resolved, Abort> {
+    Ok(match op {
+        BundleOp::Create {
+            id,
+            if_none_exist: None,
+            ..
+        } => Resolved::New(id.clone()),
+        BundleOp::Create {
+            rt,
+            id,
+            if_none_exist: Some(planned),
+            ..
+        } => {
+            let mut found = matches(c, planned)?;
+            match found.len() {
+                0 => Resolved::New(id.clone()),
+                1 => Resolved::Existing(found.remove(0)),
+                _ => {
+                    return Err(Error::PreconditionFailed(format!(
+                        "the If-None-Exist criteria match more than one {rt}"
+                    ))
+                    .into())
+                }
+            }
+        }
+        BundleOp::Update {
+            rt, target, resource, ..
+        } => Resolved::At(update_id(c, *rt, target, resource)?),
+        BundleOp::Patch { rt, target, .. } => match resolve(c, *rt, target)? {
+            Some(id) => Resolved::At(id),
+            None => return Err(Error::NotFound(format!("no {rt} matches the criteria of the patch")).into()),
+        },
+        BundleOp::Delete { rt, target, .. } => match resolve(c, *rt, target)? {
+            Some(id) => Resolved::At(id),
+            None => Resolved::Nothing,
+        },
+        BundleOp::Read { .. } | BundleOp::Search { .. } => Resolved::Unused,
+    })
+}
+
+/// The id a (conditional) update writes to. With criteria (http.html#cond-update): one match is
+/// updated (an id in the body must be its id); no match creates — with the body's id when it has
+/// one that is not taken, else a new id.
+fn update_id(c: &mut AnyConnection, rt: ResourceType, target: &Target, resource: &Value) -> Result<String, Abort> {
+    let body_id = resource.get("id").and_then(Value::as_str);
+    match (resolve(c, rt, target)?, target, body_id) {
+        (Some(id), Target::Id(_), _) => Ok(id),
+        (Some(id), Target::Search(_), Some(b)) if b != id => {
+            Err(Error::Invalid(format!("the criteria match {rt}/{id}, but the body's id is '{b}'")).into())
+        }
+        (Some(id), _, _) => Ok(id),
+        (None, _, Some(b)) => {
+            if load_current_many(c, &[(rt.as_str().to_string(), b.to_string())])?.is_empty() {
+                Ok(b.to_string())
+            } else {
+                Err(Error::Conflict(format!(
+                    "{rt}/{b} exists but does not match the criteria; update it by its id instead"
+                ))
+                .into())
+            }
+        }
+        (None, _, None) => Ok(uuid::Uuid::new_v4().to_string()),
+    }
+}
+
+/// `urn:uuid:` fullUrls of creates and updates, mapped to the `Type/id` they resolved to.
+fn urn_map(ops: &[BundleOp], resolved: &[Resolved]) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    for (op, r) in ops.iter().zip(resolved) {
+        let (rt, full_url) = match op {
+            BundleOp::Create { rt, full_url, .. } | BundleOp::Update { rt, full_url, .. } => (rt, full_url),
+            _ => continue,
+        };
+        let id = match r {
+            Resolved::New(id) | Resolved::Existing(id) | Resolved::At(id) => id,
+            _ => continue,
+        };
+        if let Some(u) = full_url.as_ref().filter(|u| u.starts_with("urn:uuid:")) {
+            map.insert(u.clone(), format!("{rt}/{id}"));
+        }
+    }
+    map
 }

@@ -8,6 +8,7 @@
 
 mod audit;
 mod bundle;
+mod conditional;
 mod connection;
 pub mod pool;
 mod scheduling;
@@ -17,6 +18,7 @@ mod write;
 
 pub use audit::{AuditPage, AuditRow};
 pub use bundle::{visible_to, BundleOp, BundleResult};
+pub use conditional::{Patcher, Target};
 pub use search::SearchPage;
 
 use diesel::prelude::*;
@@ -24,8 +26,8 @@ use serde_json::Value;
 
 pub use connection::AnyConnection;
 use pool::{DatabaseUrl, DbPool};
-use write::{create_in, delete_in, load_current, not_found, read_in, update_in, version_columns};
 use schema::{resource_versions, write_lock};
+use write::{load_current, not_found, read_in, version_columns, vread_in};
 
 use crate::error::Error;
 use crate::resources::{compartment, ResourceType};
@@ -111,6 +113,37 @@ pub struct Store {
 /// SQLite re-checks its planner statistics every this many committed writes.
 const OPTIMIZE_EVERY_WRITES: u64 = 500;
 
+#[derive(diesel::QueryableByName)]
+struct TxClock {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    now: i64,
+}
+
+/// Starts a write transaction and returns its time, stamped on what it writes.
+///
+/// SQLite: takes the database write lock first (see the write_lock table), so writers commit in the
+/// order of their stamps. PostgreSQL: makes the transaction a writing one at once (it gets its xid,
+/// so it shows in pg_stat_activity with `backend_xid` and `xact_start`) and reads the database's
+/// clock, the one clock shared by every replica. Each stamp is then at or after the start of a
+/// transaction that [`Store::watermark`] can see while it runs.
+fn begin_write(c: &mut AnyConnection) -> Result<i64, diesel::result::Error> {
+    match c {
+        AnyConnection::Sqlite(_) => {
+            diesel::update(write_lock::table)
+                .set(write_lock::n.eq(write_lock::n + 1))
+                .execute(c)?;
+            Ok(crate::resources::dates::now_millis())
+        }
+        AnyConnection::Postgresql(pg) => {
+            let clock: TxClock = diesel::sql_query(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now, pg_current_xact_id()::text AS xid",
+            )
+            .get_result(pg)?;
+            Ok(clock.now)
+        }
+    }
+}
+
 /// Why a write transaction was abandoned: a real error, or a lost race worth trying again.
 enum Abort {
     Error(Error),
@@ -143,7 +176,6 @@ impl From<Error> for Abort {
         Abort::Error(e)
     }
 }
-
 
 impl Store {
     pub fn open(url: &str, pool_size: u32) -> Result<Store, Error> {
@@ -193,19 +225,15 @@ impl Store {
         (state.connections, state.idle_connections, self.pool.max_size())
     }
 
-    /// Runs `work` in a write transaction, retrying when it lost a race to another writer.
-    fn write<T>(&self, mut work: impl FnMut(&mut AnyConnection) -> Result<T, Abort>) -> Result<T, Error> {
+    /// Runs `work` in a write transaction, retrying when it lost a race to another writer. `work`
+    /// gets the transaction's time, which stamps what it writes (see [`Store::watermark`]).
+    fn write<T>(&self, mut work: impl FnMut(&mut AnyConnection, i64) -> Result<T, Abort>) -> Result<T, Error> {
         let mut pooled = self.pool.get()?;
         let conn: &mut AnyConnection = &mut pooled;
         for _ in 0..WRITE_ATTEMPTS {
             let result = conn.transaction::<T, Abort, _>(|c| {
-                if let AnyConnection::Sqlite(_) = c {
-                    // Take SQLite's write lock before reading anything (see the write_lock table).
-                    diesel::update(write_lock::table)
-                        .set(write_lock::n.eq(write_lock::n + 1))
-                        .execute(c)?;
-                }
-                work(c)
+                let now = begin_write(c)?;
+                work(c, now)
             });
             match result {
                 Ok(v) => {
@@ -239,33 +267,6 @@ impl Store {
         }
     }
 
-    /// Creates a resource with a server-assigned id (http.html#create).
-    pub fn create(&self, rt: ResourceType, resource: Value, access: &WriteAccess) -> Result<Version, Error> {
-        self.write(|c| {
-            let id = uuid::Uuid::new_v4().to_string();
-            create_in(c, &self.rules, rt, &resource, &id, true, access)
-        })
-    }
-
-    /// Updates a resource, or creates it with the client's id when it does not exist
-    /// (http.html#update). `if_match` is the version the client last saw.
-    pub fn update(
-        &self,
-        rt: ResourceType,
-        id: &str,
-        resource: Value,
-        if_match: Option<i64>,
-        access: &WriteAccess,
-    ) -> Result<UpdateOutcome, Error> {
-        self.write(|c| update_in(c, &self.rules, rt, id, &resource, if_match, true, access))
-    }
-
-    /// Deletes a resource logically (http.html#delete). Returns the deletion version, or None when
-    /// there was nothing to delete (unknown, or already deleted).
-    pub fn delete(&self, rt: ResourceType, id: &str, access: &WriteAccess) -> Result<Option<Version>, Error> {
-        self.write(|c| delete_in(c, rt, id, access))
-    }
-
     /// The current version. NotFound for an unknown id, Gone for a deleted resource.
     pub fn read(&self, rt: ResourceType, id: &str) -> Result<Version, Error> {
         let mut conn = self.pool.get()?;
@@ -277,29 +278,37 @@ impl Store {
     /// One version (http.html#vread). A deletion version answers Gone.
     pub fn vread(&self, rt: ResourceType, id: &str, version_id: i64) -> Result<Version, Error> {
         let mut conn = self.pool.get()?;
-        let found: Option<Version> = resource_versions::table
-            .filter(resource_versions::res_type.eq(rt.as_str()))
-            .filter(resource_versions::res_id.eq(id))
-            .filter(resource_versions::version_id.eq(version_id))
-            .select(version_columns())
-            .first(&mut conn)
-            .optional()?;
-        match found {
-            Some(v) if v.body.is_some() => Ok(v),
-            Some(v) => Err(Error::Gone(format!(
-                "version {} of {rt}/{id} is a deletion",
-                v.version_id
-            ))),
-            None => Err(Error::NotFound(format!("{rt}/{id} has no version {version_id}"))),
+        vread_in(&mut conn, rt, id, version_id)
+    }
+
+    /// The latest instant before which every write has committed: a client that asks next for
+    /// changes `_since` this instant misses none, whatever is in flight now and however many replicas
+    /// write. PostgreSQL: the database clock, or the start of the oldest transaction that is writing
+    /// (every stamp is at or after the start of its transaction); SQLite: the time at which this call
+    /// holds the write lock (no writer is in flight then).
+    pub fn watermark(&self) -> Result<i64, Error> {
+        let mut pooled = self.pool.get()?;
+        if let AnyConnection::Postgresql(pg) = &mut *pooled {
+            let clock: TxClock = diesel::sql_query(
+                "SELECT (extract(epoch FROM LEAST(clock_timestamp(), COALESCE((SELECT min(xact_start) \
+                 FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname = current_database()), \
+                 clock_timestamp()))) * 1000)::bigint - 1 AS now",
+            )
+            .get_result(pg)?;
+            return Ok(clock.now);
         }
+        drop(pooled);
+        self.write(|_, now| Ok(now))
     }
 
     /// History, newest first (http.html#history). `since` keeps versions written at or after that
-    /// instant; `before` is the cursor from the previous page (versions older than it).
+    /// instant; `at` (low, high) keeps versions that were current at some time in that range;
+    /// `before` is the cursor from the previous page (versions older than it).
     pub fn history(
         &self,
         scope: HistoryScope<'_>,
         since: Option<i64>,
+        at: Option<(i64, i64)>,
         before: Option<i64>,
         count: i64,
     ) -> Result<HistoryPage, Error> {
@@ -321,6 +330,22 @@ impl Store {
         }
         if let Some(since) = since {
             query = query.filter(resource_versions::last_updated.ge(since));
+        }
+        if let Some((low, high)) = at {
+            // Current at some time in [low, high]: written by the end of it, and not replaced by a
+            // later version before it began.
+            let next = diesel::alias!(resource_versions as next_versions);
+            query = query
+                .filter(resource_versions::last_updated.le(high))
+                .filter(diesel::dsl::not(diesel::dsl::exists(
+                    next.filter(next.field(resource_versions::res_type).eq(resource_versions::res_type))
+                        .filter(next.field(resource_versions::res_id).eq(resource_versions::res_id))
+                        .filter(
+                            next.field(resource_versions::version_id)
+                                .eq(resource_versions::version_id + 1),
+                        )
+                        .filter(next.field(resource_versions::last_updated).lt(low)),
+                )));
         }
         if let Some(before) = before {
             query = query.filter(resource_versions::seq.lt(before));
@@ -347,7 +372,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::write::stamp;
-
 
     #[test]
     fn stamp_puts_server_fields_first_and_keeps_client_meta() {

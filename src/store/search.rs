@@ -25,11 +25,11 @@ pub struct SearchPage {
 }
 
 #[derive(QueryableByName)]
-struct IdRow {
+pub(super) struct IdRow {
     #[diesel(sql_type = Text)]
-    res_type: String,
+    pub(super) res_type: String,
     #[diesel(sql_type = Text)]
-    res_id: String,
+    pub(super) res_id: String,
 }
 
 #[derive(QueryableByName)]
@@ -82,7 +82,7 @@ fn execute(c: &mut AnyConnection, sql: &Sql) -> QueryResult<usize> {
     }
 }
 
-fn first_page_sql(planned: &Planned, limit: i64) -> Sql {
+pub(super) fn first_page_sql(planned: &Planned, limit: i64) -> Sql {
     let mut sql = Sql::new("SELECT r.res_type, r.res_id ");
     sql.append(&planned.from_where)
         .push(" ORDER BY ")
@@ -146,7 +146,7 @@ impl Store {
     fn new_snapshot(&self, fill: impl Fn(&mut AnyConnection, &str) -> Result<i64, Abort>) -> Result<String, Error> {
         let snapshot = uuid::Uuid::new_v4().simple().to_string();
         let now = dates::now_millis();
-        self.write(|c| {
+        self.write(|c, _| {
             let expired = now - SNAPSHOT_TTL_MS;
             let old: Vec<String> = search_snapshots::table
                 .filter(search_snapshots::created.lt(expired))
@@ -382,7 +382,7 @@ fn group_by_type(refs: &[(String, String)]) -> Vec<(String, Vec<String>)> {
 
 /// The live current versions of `ids`, in the order given (deleted or unknown ones left out).
 /// One query per type.
-fn load_current_many(c: &mut AnyConnection, ids: &[(String, String)]) -> QueryResult<Vec<Version>> {
+pub(super) fn load_current_many(c: &mut AnyConnection, ids: &[(String, String)]) -> QueryResult<Vec<Version>> {
     let mut found: std::collections::HashMap<(String, String), Version> = std::collections::HashMap::new();
     for (t, type_ids) in group_by_type(ids) {
         let rows: Vec<(String, String, i64, i64, Option<String>)> = resources::table

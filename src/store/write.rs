@@ -14,10 +14,10 @@ use crate::resources::{dates, index, local_references, ResourceType};
 
 #[derive(Queryable)]
 pub(super) struct Current {
-    version_id: i64,
-    last_updated: i64,
-    deleted: bool,
-    body: Option<String>,
+    pub(super) version_id: i64,
+    pub(super) last_updated: i64,
+    pub(super) deleted: bool,
+    pub(super) body: Option<String>,
 }
 
 pub(super) fn read_in(conn: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Version, Error> {
@@ -42,6 +42,7 @@ pub(super) fn read_in(conn: &mut AnyConnection, rt: ResourceType, id: &str) -> R
 
 /// Creates `rt/id` (the id chosen by the caller) on an open write transaction. `check_refs` is false
 /// inside a transaction Bundle, whose references are checked once all its entries are written.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn create_in(
     c: &mut AnyConnection,
     rules: &crate::scheduling::Rules,
@@ -50,6 +51,7 @@ pub(super) fn create_in(
     id: &str,
     check_refs: bool,
     access: &WriteAccess,
+    now: i64,
 ) -> Result<Version, Abort> {
     access.check(rt, id, resource)?;
     if check_refs {
@@ -58,7 +60,6 @@ pub(super) fn create_in(
     let mut resource = resource.clone();
     scheduling::before_write(c, rules, rt, id, &mut resource, None)?;
     let entries = index::extract(rt, &resource);
-    let now = dates::now_millis();
     let body = stamp(&resource, id, 1, now);
     diesel::insert_into(resources::table)
         .values((
@@ -94,6 +95,7 @@ pub(super) fn update_in(
     if_match: Option<i64>,
     check_refs: bool,
     access: &WriteAccess,
+    now: i64,
 ) -> Result<UpdateOutcome, Abort> {
     access.check(rt, id, resource)?;
     if check_refs {
@@ -116,7 +118,6 @@ pub(super) fn update_in(
     let mut resource = resource.clone();
     scheduling::before_write(c, rules, rt, id, &mut resource, previous.as_ref())?;
     let entries = index::extract(rt, &resource);
-    let now = dates::now_millis();
     let Some(current) = current else {
         if let Some(v) = if_match {
             return Err(
@@ -192,6 +193,7 @@ pub(super) fn delete_in(
     rt: ResourceType,
     id: &str,
     access: &WriteAccess,
+    now: i64,
 ) -> Result<Option<Version>, Abort> {
     let Some(current) = load_current_for_write(c, rt, id)? else {
         return Ok(None);
@@ -208,7 +210,7 @@ pub(super) fn delete_in(
         access.check(rt, id, &body)?;
     }
     let version_id = current.version_id + 1;
-    let last_updated = dates::now_millis().max(current.last_updated + 1);
+    let last_updated = now.max(current.last_updated + 1);
     swap_current(c, rt, id, current.version_id, version_id, last_updated, None, None)?;
     scheduling::on_delete(c, rt, id)?;
     let version = Version {
@@ -233,6 +235,25 @@ type VersionColumns = (
     resource_versions::body,
 );
 
+/// One version (http.html#vread). A deletion version answers Gone.
+pub(super) fn vread_in(c: &mut AnyConnection, rt: ResourceType, id: &str, version_id: i64) -> Result<Version, Error> {
+    let found: Option<Version> = resource_versions::table
+        .filter(resource_versions::res_type.eq(rt.as_str()))
+        .filter(resource_versions::res_id.eq(id))
+        .filter(resource_versions::version_id.eq(version_id))
+        .select(version_columns())
+        .first(c)
+        .optional()?;
+    match found {
+        Some(v) if v.body.is_some() => Ok(v),
+        Some(v) => Err(Error::Gone(format!(
+            "version {} of {rt}/{id} is a deletion",
+            v.version_id
+        ))),
+        None => Err(Error::NotFound(format!("{rt}/{id} has no version {version_id}"))),
+    }
+}
+
 pub(super) fn version_columns() -> VersionColumns {
     (
         resource_versions::res_type,
@@ -251,7 +272,7 @@ pub(super) fn not_found(rt: ResourceType, id: &str) -> Error {
 /// Reads the current row for a write. On PostgreSQL the row is locked first, so concurrent writers of
 /// one resource queue behind each other instead of failing the compare-and-swap (SQLite writers are
 /// already serialized by its write lock).
-fn load_current_for_write(
+pub(super) fn load_current_for_write(
     c: &mut AnyConnection,
     rt: ResourceType,
     id: &str,
@@ -265,7 +286,11 @@ fn load_current_for_write(
     load_current(c, rt, id)
 }
 
-pub(super) fn load_current(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Option<Current>, diesel::result::Error> {
+pub(super) fn load_current(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+) -> Result<Option<Current>, diesel::result::Error> {
     resources::table
         .filter(resources::res_type.eq(rt.as_str()))
         .filter(resources::res_id.eq(id))
@@ -330,7 +355,12 @@ fn insert_version(c: &mut AnyConnection, v: &Version) -> Result<(), Abort> {
 
 /// Every relative reference to a hosted type must name a resource that exists and is not deleted.
 /// One query per referenced type.
-pub(super) fn check_references(c: &mut AnyConnection, resource: &Value, rt: ResourceType, own_id: &str) -> Result<(), Abort> {
+pub(super) fn check_references(
+    c: &mut AnyConnection,
+    resource: &Value,
+    rt: ResourceType,
+    own_id: &str,
+) -> Result<(), Abort> {
     let refs = local_references(resource);
     let mut by_type: std::collections::BTreeMap<ResourceType, Vec<String>> = std::collections::BTreeMap::new();
     for (t, id) in refs {
@@ -519,4 +549,3 @@ fn write_index(
     }
     Ok(())
 }
-

@@ -145,7 +145,9 @@ both_backends! {
         assert_outcome(app.post_json("", &patient("X")).await, 400, "structure").await;
         let wrong = bundle("transaction", vec![entry("POST", "Patient", None, Some(json!({"resourceType": "Practitioner"})))]);
         assert_outcome(app.post_json("", &wrong).await, 400, "structure").await;
-        let conditional = bundle("transaction", vec![entry("PUT", "Patient?identifier=x|1", None, Some(patient("C")))]);
+        // A conditional read is refused rather than ignored.
+        let mut conditional = bundle("transaction", vec![entry("GET", "Patient/x", None, None)]);
+        conditional["entry"][0]["request"]["ifNoneMatch"] = json!("W/\"1\"");
         assert_outcome(app.post_json("", &conditional).await, 400, "invalid").await;
         assert_eq!(app.version_count().await, 0);
     }

@@ -9,6 +9,7 @@ mod auth_scopes;
 mod auth_tokens;
 mod bundles;
 mod concurrency;
+mod conditional;
 mod crud;
 mod errors;
 mod examples;

@@ -49,12 +49,13 @@ both_backends! {
                     "create" => app.client.post(app.url(rt)).header("Content-Type", FHIR_JSON).body("{}").send().await.unwrap().status().as_u16(),
                     "update" => app.client.put(app.url(&format!("{rt}/x"))).header("Content-Type", FHIR_JSON).body("{}").send().await.unwrap().status().as_u16(),
                     "delete" => app.client.delete(app.url(&format!("{rt}/x"))).send().await.unwrap().status().as_u16(),
+                    "patch" => app.client.patch(app.url(&format!("{rt}/x"))).header("Content-Type", "application/json-patch+json").body("[]").send().await.unwrap().status().as_u16(),
                     "search-type" => app.get(rt).await.status().as_u16(),
                     other => panic!("declared interaction {other} is not exercised by this test"),
                 };
                 // 404 "not-found" for the unknown id x is a real answer; 405 would mean no route.
                 assert_ne!(status, 405, "{rt} {interaction}");
-                assert!(status != 404 || matches!(interaction, "read" | "vread" | "history-instance"), "{rt} {interaction}: {status}");
+                assert!(status != 404 || matches!(interaction, "read" | "vread" | "history-instance" | "patch"), "{rt} {interaction}: {status}");
             }
         }
         let system: Vec<&str> = cs["rest"][0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
