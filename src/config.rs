@@ -119,6 +119,21 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
 
+    /// Hosts a Subscription may send notifications to, comma-separated: `host` (any port) or
+    /// `host:port`. Empty: no Subscription can be activated. Guards against server-side request forgery.
+    #[arg(
+        long,
+        env = "TANDEM_SUBSCRIPTION_ALLOWED_HOSTS",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub subscription_allowed_hosts: Vec<String>,
+
+    /// Run background work in this process: Bulk Data export jobs and Subscription notifications.
+    /// Any number of processes may; the database hands each job to one of them.
+    #[arg(long, env = "TANDEM_BACKGROUND_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub background_workers: bool,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
     #[arg(long, env = "TANDEM_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

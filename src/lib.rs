@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod fhir;
 pub mod metrics;
 pub mod resources;
@@ -15,7 +16,9 @@ pub mod scheduling;
 pub mod search;
 pub mod startup;
 pub mod store;
+pub mod subscriptions;
 pub mod telemetry;
+pub mod worker;
 
 pub use config::Config;
 pub use startup::Application;

@@ -17,11 +17,14 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::resources;
 use crate::store::Store;
+use crate::subscriptions::Notifier;
+use crate::worker::Workers;
 
 pub struct Application {
     port: u16,
     server: Server,
     audit_writer: AuditWriter,
+    workers: Workers,
 }
 
 impl Application {
@@ -34,6 +37,12 @@ impl Application {
         let rules = crate::scheduling::Rules {
             canonical: crate::scheduling::Canonical::new(&config.canonical_base),
             require_group_consent: config.require_group_consent,
+            subscription_hosts: config
+                .subscription_allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
         };
         let store = Store::open_with_timeout(
             &config.database_url,
@@ -57,10 +66,15 @@ impl Application {
             .local_addr()
             .map_err(|e| Error::Internal(e.to_string()))?
             .port();
-        let workers = config.workers;
+        let worker_threads = config.workers;
         let grace = config.shutdown_grace_seconds;
         let request_timeout = Duration::from_secs(config.request_timeout_seconds);
         let (audit, audit_writer) = AuditSink::start(store.clone());
+        let workers = Workers::start(
+            &store,
+            config.background_workers,
+            Notifier::new(store.rules().subscription_hosts.clone()),
+        );
         let state = web::Data::new(AppState {
             store,
             config,
@@ -87,13 +101,14 @@ impl Application {
         .shutdown_timeout(grace)
         .listen(listener)
         .map_err(|e| Error::Internal(format!("listening: {e}")))?;
-        if let Some(n) = workers {
+        if let Some(n) = worker_threads {
             server = server.workers(n);
         }
         Ok(Application {
             port,
             server: server.run(),
             audit_writer,
+            workers,
         })
     }
 
@@ -106,12 +121,18 @@ impl Application {
         self.port
     }
 
-    /// Serves until stopped (SIGTERM, SIGINT or the handle), then writes the queued audit events.
+    /// Serves until stopped (SIGTERM, SIGINT or the handle), then stops the background workers and
+    /// writes the queued audit events.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        let writer = self.audit_writer;
-        if let Err(e) = actix_web::rt::task::spawn_blocking(move || writer.finish()).await {
-            tracing::error!(cause = %e, "finishing the audit writer");
+        let (writer, workers) = (self.audit_writer, self.workers);
+        let finished = actix_web::rt::task::spawn_blocking(move || {
+            workers.stop();
+            writer.finish();
+        })
+        .await;
+        if let Err(e) = finished {
+            tracing::error!(cause = %e, "stopping the background work");
         }
         result
     }

@@ -168,6 +168,9 @@ fn interaction(method: &Method, pattern: &str, operation: Option<&str>) -> Optio
             return Some(("operation", operation.map(str::to_string)));
         }
         ("/AuditEvent" | "/AuditEvent/{id}", _) => "operation",
+        ("/$export" | "/Patient/$export", _) => return Some(("operation", Some("$export".into()))),
+        ("/$export-status/{job}", _) => return Some(("operation", Some("$export-status".into()))),
+        ("/$export-file/{job}/{file}", _) => return Some(("operation", Some("$export-file".into()))),
         _ => return None,
     };
     Some((i, None))

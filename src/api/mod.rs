@@ -4,6 +4,7 @@
 mod audit;
 mod bundle;
 mod crud;
+mod export;
 mod history;
 pub mod middleware;
 mod operations;
@@ -56,7 +57,18 @@ pub const SUPPORTED: Supported<'static> = Supported {
             "everything",
             "http://hl7.org/fhir/OperationDefinition/Patient-everything",
         ),
+        (
+            "Patient",
+            "export",
+            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+        ),
+        (
+            "Group",
+            "export",
+            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+        ),
     ],
+    system_operations: &[("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")],
     definition_types: &["StructureDefinition", "CodeSystem", "OperationDefinition"],
     audit_event_params: &crate::search::audit::AUDIT_PARAMS,
 };
@@ -131,6 +143,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/_history")
             .route(web::get().to(history::system_history))
+            .default_service(web::to(method_not_allowed)),
+    )
+    // Bulk Data export (before /{type} and /{type}/{id}, which would take `$export` for a type or an id).
+    .service(
+        web::resource("/$export")
+            .route(web::get().to(export::system_export))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/Patient/$export")
+            .route(web::get().to(export::patient_export))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/$export-status/{job}")
+            .route(web::get().to(export::status))
+            .route(web::delete().to(export::cancel))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/$export-file/{job}/{file}")
+            .route(web::get().to(export::file))
             .default_service(web::to(method_not_allowed)),
     )
     // The audit trail: read and search only (before /{type}, which would take it for a hosted type).
@@ -515,6 +549,7 @@ fn allowed_methods(pattern: &str) -> &'static str {
         "/{type}/{id}" => "GET, HEAD, PUT, PATCH, DELETE",
         "/{type}/{id}/_history/{vid}" | "/AuditEvent/{id}" => "GET, HEAD",
         "/AuditEvent/_search" => "POST",
+        "/$export-status/{job}" => "GET, DELETE",
         _ => "GET",
     }
 }

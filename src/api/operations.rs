@@ -51,6 +51,7 @@ pub async fn instance_operation(
                 ctx.grant_all("Appointment", Permission::Create)?;
                 book_session(&req, &ctx, &state, &id, payload).await
             }
+            ("Group", "$export", "GET") => super::export::group_export(&req, &ctx, &state, &id).await,
             ("Group", "$attendance", "GET") => {
                 ctx.grant_all("Group", Permission::Read)?;
                 ctx.grant_all("Appointment", Permission::Search)?;
@@ -73,6 +74,7 @@ pub async fn instance_operation(
             ("Group", "$book-session", _)
             | ("Group", "$attendance", _)
             | ("Practitioner", "$caseload", _)
+            | ("Group", "$export", _)
             | ("Patient", "$everything", _) => Err(Error::MethodNotAllowed(format!(
                 "{method} is not supported for {operation}"
             ))),

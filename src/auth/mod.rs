@@ -180,7 +180,8 @@ impl Principal {
                 Context::System => return Ok(Grant::All),
                 Context::User if res_type != AUDIT_EVENT => return Ok(Grant::All),
                 Context::User => {}
-                Context::Patient if res_type == AUDIT_EVENT => {}
+                // The audit trail and Subscriptions (endpoints, their headers) are no patient's business.
+                Context::Patient if res_type == AUDIT_EVENT || res_type == "Subscription" => {}
                 Context::Patient => match &self.patient {
                     Some(patient) => {
                         // Types outside the Patient compartment hold no one's record: a patient
@@ -294,6 +295,7 @@ mod tests {
             Grant::Patient("p1".into())
         );
         assert!(p.grant("Practitioner", Permission::Update).is_err());
+        assert!(p.grant("Subscription", Permission::Read).is_err());
         let without = principal("patient/*.cruds", None);
         let e = without.grant("Appointment", Permission::Read).unwrap_err();
         assert!(e.to_string().contains("patient"), "{e}");

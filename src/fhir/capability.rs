@@ -20,6 +20,8 @@ pub struct Supported<'a> {
     /// Instance operations: (type, name, definition). A definition starting with `/` is tandem's own,
     /// under the canonical base.
     pub operations: &'a [(&'a str, &'a str, &'a str)],
+    /// Whole-system operations: (name, definition).
+    pub system_operations: &'a [(&'a str, &'a str)],
     /// Conformance resources served read-only (tandem's own definitions).
     pub definition_types: &'a [&'a str],
     /// The search parameters of the audit trail (AuditEvent: read and search only): name, type,
@@ -126,6 +128,7 @@ pub fn capability_statement(
             "security": security,
             "resource": resources,
             "interaction": supported.system_interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
+            "operation": supported.system_operations.iter().map(|(name, d)| json!({"name": name, "definition": d})).collect::<Vec<_>>(),
         }]
     })
 }

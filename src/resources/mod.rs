@@ -11,7 +11,7 @@ pub mod summary;
 pub use params::{ParamType, SearchParam};
 
 /// The resource types this server hosts, in the order the CapabilityStatement lists them.
-const HOSTED: [&str; 9] = [
+const HOSTED: [&str; 10] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -21,6 +21,7 @@ const HOSTED: [&str; 9] = [
     "Patient",
     "Practitioner",
     "PractitionerRole",
+    "Subscription",
 ];
 
 /// A resource type hosted here. Only [`ResourceType::parse`] makes one, so holding one proves the
@@ -169,7 +170,7 @@ mod tests {
         assert_eq!(ResourceType::parse("Patient").map(|t| t.as_str()), Some("Patient"));
         assert!(ResourceType::parse("Observation").is_none());
         assert!(ResourceType::parse("patient").is_none());
-        assert_eq!(ResourceType::all().count(), 9);
+        assert_eq!(ResourceType::all().count(), 10);
     }
 
     #[test]

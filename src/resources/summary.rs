@@ -4,7 +4,9 @@
 //! `isSummary: true`, taken from the Firely .NET SDK's R4 model classes generated from
 //! hl7.fhir.r4.core 4.0.1 (`[FhirElement(…, InSummary=true)]`). Choice elements are listed by their
 //! base name (`deceased`); a backbone element whose children are summary is kept as their container
-//! even when it is not marked itself (Appointment.participant).
+//! even when it is not marked itself (Appointment.participant). Subscription (hosted for rest-hook
+//! notifications) was added from the R4 Subscription definition (subscription.html), in which every
+//! element is Σ.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;

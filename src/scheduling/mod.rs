@@ -51,6 +51,8 @@ pub struct Rules {
     pub canonical: Canonical,
     /// A patient needs an active group confidentiality agreement to be booked into a group session.
     pub require_group_consent: bool,
+    /// The hosts (`host` or `host:port`) a Subscription may notify (TANDEM_SUBSCRIPTION_ALLOWED_HOSTS).
+    pub subscription_hosts: Vec<String>,
 }
 
 impl Default for Rules {
@@ -58,6 +60,7 @@ impl Default for Rules {
         Rules {
             canonical: Canonical::new(DEFAULT_CANONICAL_BASE),
             require_group_consent: true,
+            subscription_hosts: Vec::new(),
         }
     }
 }

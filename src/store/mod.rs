@@ -10,16 +10,20 @@ mod audit;
 mod bundle;
 mod conditional;
 mod connection;
+mod export;
 pub mod pool;
 mod scheduling;
 mod schema;
 mod search;
+mod subscriptions;
 mod write;
 
 pub use audit::{AuditPage, AuditRow};
 pub use bundle::{visible_to, BundleOp, BundleResult};
 pub use conditional::{Patcher, Target};
+pub use export::{ExportFile, ExportJob, NewExport};
 pub use search::SearchPage;
+pub use subscriptions::Delivery;
 
 use diesel::prelude::*;
 use serde_json::Value;

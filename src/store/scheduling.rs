@@ -37,16 +37,17 @@ pub(super) fn before_write(
             book(c, id, resource)?;
             check_group_session(c, rules, resource, previous)
         }
+        "Subscription" => Ok(crate::subscriptions::accept(resource, &rules.subscription_hosts)?),
         _ => Ok(()),
     }
 }
 
-/// Frees an Appointment's time when it is deleted.
+/// Frees an Appointment's time when it is deleted; a deleted Subscription notifies no more.
 pub(super) fn on_delete(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), Abort> {
     if rt.as_str() == "Appointment" {
         diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(c)?;
     }
-    Ok(())
+    super::subscriptions::on_delete(c, rt, id)
 }
 
 /// Replaces the appointment's bookings; refuses (409) a clash with another active appointment.

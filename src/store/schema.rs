@@ -175,3 +175,62 @@ diesel::table! {
         ref_ -> Text,
     }
 }
+
+diesel::table! {
+    export_jobs (id) {
+        id -> Text,
+        state -> Text,
+        level -> Text,
+        group_id -> Nullable<Text>,
+        types -> Text,
+        since -> Nullable<BigInt>,
+        request_url -> Text,
+        requester -> Text,
+        created -> BigInt,
+        transaction_time -> Nullable<BigInt>,
+        progress -> Nullable<Text>,
+        owner -> Nullable<Text>,
+        heartbeat -> Nullable<BigInt>,
+        error -> Nullable<Text>,
+        expires -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    export_files (job_id, seq) {
+        job_id -> Text,
+        seq -> BigInt,
+        res_type -> Text,
+        count -> BigInt,
+        content -> Text,
+    }
+}
+
+diesel::table! {
+    subscription_index (sub_id) {
+        sub_id -> Text,
+        res_type -> Text,
+        criteria -> Text,
+        endpoint -> Text,
+        payload -> Nullable<Text>,
+        headers -> Text,
+        active -> Bool,
+        end_ms -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    subscription_deliveries (id) {
+        id -> BigInt,
+        sub_id -> Text,
+        res_type -> Text,
+        res_id -> Text,
+        version_id -> BigInt,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt -> BigInt,
+        lease_until -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        created -> BigInt,
+    }
+}

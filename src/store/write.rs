@@ -81,6 +81,7 @@ pub(super) fn create_in(
     };
     insert_version(c, &version)?;
     write_index(c, rt, &version.res_id, &entries)?;
+    super::subscriptions::on_write(c, rt, id, 1, &resource, now)?;
     Ok(version)
 }
 
@@ -146,6 +147,7 @@ pub(super) fn update_in(
         };
         insert_version(c, &version)?;
         write_index(c, rt, id, &entries)?;
+        super::subscriptions::on_write(c, rt, id, 1, &resource, now)?;
         return Ok(UpdateOutcome { version, created: true });
     };
     if let Some(v) = if_match {
@@ -181,6 +183,7 @@ pub(super) fn update_in(
     insert_version(c, &version)?;
     clear_index(c, rt, id)?;
     write_index(c, rt, id, &entries)?;
+    super::subscriptions::on_write(c, rt, id, version_id, &resource, now)?;
     Ok(UpdateOutcome {
         version,
         created: current.deleted,

@@ -18,13 +18,17 @@ fn sample(rt: &str, id: &str) -> Value {
         "Consent" => {
             json!({"resourceType": rt, "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "agreement"}]})
         }
+        "Subscription" => {
+            json!({"resourceType": rt, "status": "off", "reason": "sync", "criteria": "Patient?active=true",
+                                 "channel": {"type": "rest-hook", "endpoint": "https://hooks.ehr.example/fhir"}})
+        }
         _ => json!({"resourceType": rt}),
     };
     body["id"] = json!(id);
     body
 }
 
-const TYPES: [&str; 9] = [
+const TYPES: [&str; 10] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -34,6 +38,7 @@ const TYPES: [&str; 9] = [
     "Patient",
     "Practitioner",
     "PractitionerRole",
+    "Subscription",
 ];
 
 /// Sends one interaction on `rt` with `client`; returns the status.

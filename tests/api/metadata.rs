@@ -16,7 +16,7 @@ both_backends! {
         let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
         assert_eq!(
             types,
-            ["Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient", "Practitioner", "PractitionerRole",
+            ["Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient", "Practitioner", "PractitionerRole", "Subscription",
              "StructureDefinition", "CodeSystem", "OperationDefinition", "AuditEvent"]
         );
 
@@ -25,12 +25,14 @@ both_backends! {
             r["operation"].as_array().into_iter().flatten().map(move |o| (r["type"].as_str().unwrap().to_string(), o["name"].as_str().unwrap().to_string(), o["definition"].as_str().unwrap().to_string()))
         }).collect();
         let names: Vec<&str> = operations.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names, ["book-session", "attendance", "everything", "caseload"]);
+        assert_eq!(names, ["book-session", "attendance", "export", "everything", "export", "caseload"]);
         for (_, name, definition) in &operations {
             if let Some(id) = definition.strip_prefix("https://tandem.example.org/fhir/OperationDefinition/") {
                 let d = json(app.get(&format!("OperationDefinition/{id}")).await).await;
                 assert_eq!(d["url"], definition.as_str());
                 assert_eq!(d["code"], name.as_str());
+            } else if name == "export" {
+                assert!(definition.starts_with("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"), "{definition}");
             } else {
                 assert_eq!(definition, "http://hl7.org/fhir/OperationDefinition/Patient-everything");
             }

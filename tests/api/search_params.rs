@@ -37,6 +37,13 @@ fn extra_resources() -> Vec<Value> {
         json!({"resourceType": "Organization", "id": "extra-organization", "endpoint": [{"reference": "Endpoint/ep-3"}], "partOf": {"reference": "Organization/1"}}),
         json!({"resourceType": "CareTeam", "id": "extra-careteam", "status": "active", "identifier": [{"system": "urn:tandem:team", "value": "T-1"}],
                "category": [{"coding": [{"system": "http://loinc.org", "code": "LA27976-2"}]}]}),
+        // No official R4 Subscription example is in the corpus; an "off" one needs no allowed host.
+        json!({"resourceType": "Subscription", "id": "extra-subscription", "status": "off", "reason": "EHR sync",
+               "meta": {"tag": [{"system": "urn:tandem:tag", "code": "sync"}], "profile": ["http://hl7.org/fhir/StructureDefinition/Subscription"],
+                        "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}], "source": "urn:tandem:source"},
+               "contact": [{"system": "email", "value": "integrations@ehr.example"}],
+               "criteria": "Appointment?status=booked",
+               "channel": {"type": "rest-hook", "endpoint": "https://hooks.ehr.example/fhir", "payload": "application/fhir+json"}}),
         json!({"resourceType": "Consent", "id": "extra-consent", "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
                "category": [{"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/consent-category", "code": "group-confidentiality"}]}],
                "identifier": [{"system": "urn:tandem:consent", "value": "C-1"}],

@@ -1,0 +1,265 @@
+//! Bulk Data export (FHIR Bulk Data Access 2.0, the async request pattern):
+//! - `GET /$export`, `GET /Patient/$export`, `GET /Group/{id}/$export` with `Prefer: respond-async`:
+//!   202 and `Content-Location` of the job's status;
+//! - `GET /$export-status/{job}`: 202 with `X-Progress` while it runs, 200 with the manifest when it
+//!   is done; `DELETE` cancels it (202);
+//! - `GET /$export-file/{job}/{n}`: one NDJSON file.
+//!
+//! Everything about a job is in the database (crate::export runs it in the background), so any
+//! replica answers, and only the token subject that asked may read it.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::{blocking, query_pairs, resource_type, AppState, Ctx};
+use crate::auth::Permission;
+use crate::error::Error;
+use crate::resources::{compartment, dates, is_valid_id, ResourceType};
+use crate::store::{ExportJob, NewExport};
+
+const NDJSON: &str = "application/fhir+ndjson";
+
+/// Who may read a job: the issuer and subject of the token that asked for it.
+fn requester(ctx: &Ctx) -> Result<String, Error> {
+    let p = ctx
+        .principal
+        .as_ref()
+        .ok_or_else(|| Error::Unauthorized("a bearer token is required".into()))?;
+    Ok(format!("{}|{}", p.issuer, p.subject.as_deref().unwrap_or("")))
+}
+
+fn lenient(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim() == "handling=lenient")
+}
+
+/// The kick-off of an export at `level` (system, patient, group).
+async fn kick_off(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    level: &'static str,
+    group_id: Option<String>,
+) -> Result<HttpResponse, Error> {
+    let respond_async = req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim() == "respond-async");
+    if !respond_async {
+        return Err(Error::Invalid(
+            "$export runs asynchronously: send the header Prefer: respond-async".into(),
+        ));
+    }
+    if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        let ok = accept
+            .split(',')
+            .map(|a| a.split(';').next().unwrap_or("").trim())
+            .any(|a| matches!(a, "application/fhir+json" | "application/json" | "*/*" | ""));
+        if !ok {
+            return Err(Error::Invalid(
+                "$export answers in application/fhir+json (Accept)".into(),
+            ));
+        }
+    }
+    let mut since = None;
+    let mut named: Option<Vec<ResourceType>> = None;
+    for (k, v) in query_pairs(req) {
+        match k.as_str() {
+            "_outputFormat" => {
+                if !matches!(v.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson") {
+                    return Err(Error::Invalid(format!(
+                        "_outputFormat '{v}' is not supported; use application/fhir+ndjson"
+                    )));
+                }
+            }
+            "_since" => {
+                let range = dates::parse_range(&v)
+                    .filter(|_| v.contains('T'))
+                    .ok_or_else(|| Error::Invalid(format!("_since '{v}' is not a FHIR instant")))?;
+                since = Some(range.low);
+            }
+            "_type" => {
+                let mut types = named.take().unwrap_or_default();
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    types.push(ResourceType::parse(t).ok_or_else(|| {
+                        Error::Invalid(format!("_type names '{t}', which this server does not hold"))
+                    })?);
+                }
+                named = Some(types);
+            }
+            "_format" | "_pretty" => {}
+            other if lenient(req) => {
+                tracing::debug!(
+                    parameter = other,
+                    "an unsupported $export parameter was ignored (lenient)"
+                );
+            }
+            other => {
+                return Err(Error::Invalid(format!(
+                    "$export parameter '{other}' is not supported (_type, _since and _outputFormat are); \
+                     send Prefer: handling=lenient to have it ignored"
+                )))
+            }
+        }
+    }
+    // Patient and group exports hold what is in patients' compartments.
+    let in_scope = |rt: &ResourceType| level == "system" || compartment::patient_params(*rt).is_some();
+    let types: Vec<ResourceType> = match named {
+        Some(types) => {
+            if let Some(t) = types.iter().find(|t| !in_scope(t)) {
+                return Err(Error::Invalid(format!(
+                    "{t} is not in the Patient compartment; a {level} export holds only what is"
+                )));
+            }
+            for t in &types {
+                ctx.grant_all(t.as_str(), Permission::Read)?;
+            }
+            types
+        }
+        None => {
+            // Subscriptions carry endpoints and their headers: exported only when asked for by name.
+            let types: Vec<ResourceType> = ResourceType::all()
+                .filter(|t| in_scope(t) && t.as_str() != "Subscription")
+                .filter(|t| ctx.grant_all(t.as_str(), Permission::Read).is_ok())
+                .collect();
+            if types.is_empty() {
+                return Err(Error::Forbidden(
+                    "the token's scopes grant system-wide read on no resource type to export".into(),
+                ));
+            }
+            types
+        }
+    };
+    let job = NewExport {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        level,
+        group_id,
+        types,
+        since,
+        request_url: format!("{}{}", ctx.base, req.uri()),
+        requester: requester(ctx)?,
+    };
+    let store = state.store.clone();
+    let id = job.id.clone();
+    blocking(move || store.create_export(&job, dates::now_millis())).await?;
+    ctx.audit(|d| d.entities = vec![format!("$export-status/{id}")]);
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::CONTENT_LOCATION, ctx.url(&format!("$export-status/{id}"))))
+        .finish())
+}
+
+pub async fn system_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    let result = kick_off(&req, &ctx, &state, "system", None).await;
+    ctx.respond(result)
+}
+
+pub async fn patient_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    let result = kick_off(&req, &ctx, &state, "patient", None).await;
+    ctx.respond(result)
+}
+
+/// `GET /Group/{id}/$export` (dispatched from the instance operations).
+pub async fn group_export(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    group_id: &str,
+) -> Result<HttpResponse, Error> {
+    ctx.grant_all("Group", Permission::Read)?;
+    let rt = resource_type("Group")?;
+    let (store, id) = (state.store.clone(), group_id.to_string());
+    blocking(move || store.read(rt, &id)).await?;
+    kick_off(req, ctx, state, "group", Some(group_id.to_string())).await
+}
+
+/// The job, if it exists and the caller asked for it (anyone else is told it does not exist).
+async fn own_job(ctx: &Ctx, state: &AppState, id: &str) -> Result<ExportJob, Error> {
+    let unknown = || Error::NotFound(format!("there is no export job '{id}'"));
+    if !is_valid_id(id) {
+        return Err(unknown());
+    }
+    let (store, lookup) = (state.store.clone(), id.to_string());
+    let job = blocking(move || store.export_job(&lookup)).await?.ok_or_else(unknown)?;
+    if job.requester != requester(ctx)? || job.state == "cancelled" {
+        return Err(unknown());
+    }
+    Ok(job)
+}
+
+pub async fn status(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let result = async {
+        let job = own_job(&ctx, &state, &path).await?;
+        match job.state.as_str() {
+            "queued" | "running" => {
+                let progress = job.progress.clone().unwrap_or_else(|| job.state.clone());
+                let mut response = HttpResponse::Accepted().insert_header(("Retry-After", "1")).finish();
+                if let Ok(v) = HeaderValue::from_str(&progress) {
+                    response.headers_mut().insert(header::HeaderName::from_static("x-progress"), v);
+                }
+                Ok(response)
+            }
+            "completed" => {
+                let (store, id) = (state.store.clone(), job.id.clone());
+                let files = blocking(move || store.export_file_list(&id)).await?;
+                let output: Vec<_> = files
+                    .iter()
+                    .map(|f| {
+                        json!({"type": f.res_type, "url": ctx.url(&format!("$export-file/{}/{}", job.id, f.seq)), "count": f.count})
+                    })
+                    .collect();
+                let manifest = json!({
+                    "transactionTime": dates::format_instant(job.transaction_time.unwrap_or(job.created)),
+                    "request": job.request_url,
+                    "requiresAccessToken": true,
+                    "output": output,
+                    "error": [],
+                });
+                let mut builder = HttpResponse::Ok();
+                if let Some(expires) = job.expires {
+                    builder.insert_header((header::EXPIRES, dates::format_http_date(expires)));
+                }
+                Ok(builder.content_type("application/json").body(manifest.to_string()))
+            }
+            _ => Err(Error::Internal(format!(
+                "export job failed: {}",
+                job.error.as_deref().unwrap_or("unknown cause")
+            ))),
+        }
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn cancel(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let result = async {
+        let job = own_job(&ctx, &state, &path).await?;
+        let store = state.store.clone();
+        blocking(move || store.cancel_export(&job.id)).await?;
+        Ok(HttpResponse::Accepted().finish())
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub async fn file(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+    let result = async {
+        let (id, seq) = path.into_inner();
+        let job = own_job(&ctx, &state, &id).await?;
+        let seq: i64 = seq
+            .parse()
+            .map_err(|_| Error::NotFound(format!("export job '{id}' has no file '{seq}'")))?;
+        let store = state.store.clone();
+        let content = blocking(move || store.export_file(&job.id, seq))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("export job '{id}' has no file {seq}")))?;
+        Ok(HttpResponse::Ok().content_type(NDJSON).body(content))
+    }
+    .await;
+    ctx.respond(result)
+}

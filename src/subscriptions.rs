@@ -1,0 +1,300 @@
+//! R4 Subscriptions with the rest-hook channel (subscription.html).
+//!
+//! A client registers a Subscription whose `criteria` is a search (`Appointment?status=booked`).
+//! Every write of a resource of that type is matched against it in the write's own transaction; a
+//! match leaves a notification in the database (an outbox), and a background notifier (any replica)
+//! sends it: without `channel.payload`, an empty POST to the endpoint; with
+//! `application/fhir+json`, the resource PUT to `[endpoint]/[type]/[id]` (R4 rest-hook). Failures
+//! are retried with exponential backoff; after [`MAX_ATTEMPTS`] the Subscription is set to `error`.
+//! Endpoints must be on an allowed host (TANDEM_SUBSCRIPTION_ALLOWED_HOSTS); redirects are not
+//! followed. Delivery is at least once: a notifier that dies mid-send leaves the notification to be
+//! sent again.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::resources::{dates, ResourceType};
+use crate::search::plan::{plan, see_everything, Planned};
+use crate::search::Search;
+use crate::store::{Delivery, Store};
+
+/// Attempts before a notification is given up and its Subscription set to `error`.
+pub const MAX_ATTEMPTS: i32 = 8;
+/// Notifications claimed at a time by one notifier.
+const BATCH: i64 = 20;
+/// How long a notifier may take with a claimed notification before another may take it over.
+const LEASE_MS: i64 = 60_000;
+/// How long one HTTP notification may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the server keeps of a Subscription to match and notify.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub res_type: ResourceType,
+    /// The query of the criteria (after `?`).
+    pub criteria: String,
+    pub endpoint: String,
+    pub payload: Option<String>,
+    pub headers: Vec<String>,
+    pub active: bool,
+    pub end_ms: Option<i64>,
+}
+
+fn refuse(m: String) -> Error {
+    Error::Unprocessable(m)
+}
+
+/// `Type?query` planned against `Type`, strictly (an unknown parameter is refused, not ignored).
+pub fn plan_criteria(criteria: &str) -> Result<(ResourceType, String, Planned), Error> {
+    let (type_name, query) = criteria.split_once('?').unwrap_or((criteria, ""));
+    let rt = ResourceType::parse(type_name).ok_or_else(|| {
+        refuse(format!(
+            "criteria '{criteria}' must search a type hosted here, such as Appointment?status=booked"
+        ))
+    })?;
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let search = Search::parse(&pairs).map_err(|e| refuse(format!("criteria: {e}")))?;
+    let planned = plan(&[rt], &search, true, &see_everything).map_err(|e| refuse(format!("criteria: {e}")))?;
+    Ok((rt, query.to_string(), planned))
+}
+
+/// `host` or `host:port` of an endpoint URL, lower case.
+fn host_of(url: &url::Url) -> Option<(String, Option<u16>)> {
+    Some((url.host_str()?.to_ascii_lowercase(), url.port_or_known_default()))
+}
+
+/// Whether `endpoint` is on one of the allowed hosts.
+pub fn allowed(endpoint: &str, hosts: &[String]) -> bool {
+    let Ok(url) = url::Url::parse(endpoint) else {
+        return false;
+    };
+    let Some((host, port)) = host_of(&url) else {
+        return false;
+    };
+    hosts.iter().any(|h| match h.rsplit_once(':') {
+        Some((name, p)) if p.chars().all(|c| c.is_ascii_digit()) => name == host && p.parse().ok() == port,
+        _ => *h == host,
+    })
+}
+
+/// The Subscription as the server keeps it, without checking the endpoint's host.
+pub fn spec_of(resource: &Value) -> Result<Spec, Error> {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let criteria = text(resource.get("criteria")).ok_or_else(|| refuse("a Subscription needs criteria".into()))?;
+    let (res_type, query, _) = plan_criteria(&criteria)?;
+    let channel = resource.get("channel").cloned().unwrap_or(Value::Null);
+    match channel.get("type").and_then(Value::as_str) {
+        Some("rest-hook") => {}
+        other => {
+            return Err(refuse(format!(
+                "channel.type '{}' is not supported; tandem notifies by rest-hook",
+                other.unwrap_or("")
+            )))
+        }
+    }
+    let endpoint = text(channel.get("endpoint")).ok_or_else(|| refuse("a rest-hook needs channel.endpoint".into()))?;
+    let url =
+        url::Url::parse(&endpoint).map_err(|e| refuse(format!("channel.endpoint '{endpoint}' is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(refuse(format!("channel.endpoint '{endpoint}' must be an http(s) URL")));
+    }
+    let payload = text(channel.get("payload"));
+    if let Some(p) = &payload {
+        if p != "application/fhir+json" && p != "application/json" {
+            return Err(refuse(format!(
+                "channel.payload '{p}' is not supported; use application/fhir+json, or none for an empty notification"
+            )));
+        }
+    }
+    let headers: Vec<String> = channel
+        .get("header")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    for h in &headers {
+        let valid = h
+            .split_once(':')
+            .is_some_and(|(name, _)| !name.trim().is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))
+            && !h.contains(['\r', '\n']);
+        if !valid {
+            return Err(refuse(format!("channel.header '{h}' is not 'Name: value'")));
+        }
+    }
+    let end_ms = match text(resource.get("end")) {
+        Some(e) => Some(
+            dates::parse_range(&e)
+                .ok_or_else(|| refuse(format!("end '{e}' is not an instant")))?
+                .high,
+        ),
+        None => None,
+    };
+    let status = resource.get("status").and_then(Value::as_str).unwrap_or("");
+    Ok(Spec {
+        res_type,
+        criteria: query,
+        endpoint,
+        payload,
+        headers,
+        active: status == "active",
+        end_ms,
+    })
+}
+
+/// Checks a Subscription being written and activates it: a `requested` (or `active`) Subscription
+/// whose endpoint is on an allowed host becomes `active`; one on another host is refused (422).
+pub fn accept(resource: &mut Value, hosts: &[String]) -> Result<(), Error> {
+    let wants_on = matches!(
+        resource.get("status").and_then(Value::as_str),
+        Some("requested" | "active")
+    );
+    let spec = spec_of(resource)?;
+    if wants_on {
+        if !allowed(&spec.endpoint, hosts) {
+            return Err(refuse(format!(
+                "channel.endpoint '{}' is not on a host this server may notify (TANDEM_SUBSCRIPTION_ALLOWED_HOSTS)",
+                spec.endpoint
+            )));
+        }
+        if let Some(map) = resource.as_object_mut() {
+            map.insert("status".into(), Value::String("active".into()));
+            map.remove("error");
+        }
+    }
+    Ok(())
+}
+
+/// Sends the notifications that are due, from a background thread. Its HTTP client is made on that
+/// thread, at first use (a blocking client must not be made or dropped on an async runtime).
+pub struct Notifier {
+    client: std::cell::OnceCell<Option<reqwest::blocking::Client>>,
+    hosts: Vec<String>,
+}
+
+impl Notifier {
+    pub fn new(hosts: Vec<String>) -> Notifier {
+        Notifier {
+            client: std::cell::OnceCell::new(),
+            hosts,
+        }
+    }
+
+    fn client(&self) -> Option<&reqwest::blocking::Client> {
+        self.client
+            .get_or_init(|| {
+                reqwest::blocking::Client::builder()
+                    .timeout(SEND_TIMEOUT)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("tandem/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| tracing::error!(cause = %e, "the notification HTTP client could not be built"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Sends a batch of due notifications; true when there were any.
+    pub fn deliver_due(&self, store: &Store) -> Result<bool, Error> {
+        let now = dates::now_millis();
+        let due = store.claim_deliveries(now, LEASE_MS, BATCH)?;
+        if due.is_empty() {
+            return Ok(false);
+        }
+        for d in due {
+            match self.send(store, &d) {
+                Ok(()) => store.delivered(d.id)?,
+                Err(why) => {
+                    let give_up = d.attempts >= MAX_ATTEMPTS;
+                    // 1 s, 2 s, 4 s … at most 5 minutes.
+                    let backoff = 1000i64 << d.attempts.clamp(0, 9);
+                    tracing::warn!(subscription = %d.sub_id, attempts = d.attempts, give_up, "a notification failed");
+                    store.delivery_failed(&d, &why, dates::now_millis() + backoff.min(300_000), give_up)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn send(&self, store: &Store, d: &Delivery) -> Result<(), String> {
+        let client = self.client().ok_or("no HTTP client")?;
+        // The allowed hosts are checked again at send time: the configuration may have changed.
+        if !allowed(&d.endpoint, &self.hosts) {
+            return Err(format!("{} is not on an allowed host", d.endpoint));
+        }
+        let mut request = match &d.payload {
+            None => client.post(&d.endpoint),
+            Some(_) => {
+                let rt = ResourceType::parse(&d.res_type).ok_or("unknown type")?;
+                let version = store
+                    .vread(rt, &d.res_id, d.version_id)
+                    .map_err(|e| format!("reading the changed resource: {e}"))?;
+                let url = format!("{}/{}/{}", d.endpoint.trim_end_matches('/'), d.res_type, d.res_id);
+                client
+                    .put(url)
+                    .header("Content-Type", "application/fhir+json")
+                    .body(version.body.unwrap_or_default())
+            }
+        };
+        for h in &d.headers {
+            if let Some((name, value)) = h.split_once(':') {
+                request = request.header(name.trim(), value.trim());
+            }
+        }
+        let response = request.send().map_err(|e| format!("sending: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("the endpoint answered {}", response.status()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sub(status: &str, endpoint: &str) -> Value {
+        json!({"resourceType": "Subscription", "status": status, "reason": "sync", "criteria": "Appointment?status=booked",
+               "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
+                           "header": ["Authorization: Bearer x"]}})
+    }
+
+    #[test]
+    fn only_allowed_hosts_can_be_notified() {
+        let hosts = vec!["hooks.ehr.example".to_string(), "127.0.0.1:9000".to_string()];
+        assert!(allowed("https://hooks.ehr.example/fhir", &hosts));
+        assert!(allowed("http://127.0.0.1:9000/x", &hosts));
+        assert!(!allowed("http://127.0.0.1:9001/x", &hosts));
+        assert!(!allowed("http://169.254.169.254/latest/meta-data", &hosts));
+        assert!(!allowed("https://hooks.ehr.example.evil.com/", &hosts));
+        assert!(!allowed("not a url", &hosts));
+    }
+
+    #[test]
+    fn a_requested_subscription_becomes_active_and_others_are_refused() {
+        let hosts = vec!["hooks.ehr.example".to_string()];
+        let mut ok = sub("requested", "https://hooks.ehr.example/fhir");
+        accept(&mut ok, &hosts).unwrap();
+        assert_eq!(ok["status"], "active");
+        assert!(accept(&mut sub("requested", "https://elsewhere.example/"), &hosts).is_err());
+        // Off is kept off, wherever it points.
+        let mut off = sub("off", "https://elsewhere.example/");
+        accept(&mut off, &hosts).unwrap();
+        assert_eq!(off["status"], "off");
+        let mut bad = sub("requested", "https://hooks.ehr.example/fhir");
+        bad["criteria"] = json!("Observation?code=x");
+        assert!(accept(&mut bad, &hosts).is_err());
+        bad["criteria"] = json!("Appointment?colour=blue");
+        assert!(accept(&mut bad, &hosts).is_err());
+        let mut email = sub("requested", "https://hooks.ehr.example/fhir");
+        email["channel"]["type"] = json!("email");
+        assert!(accept(&mut email, &hosts).is_err());
+    }
+}
