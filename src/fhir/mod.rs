@@ -2,6 +2,7 @@
 //! OperationOutcome, Bundle and the CapabilityStatement.
 
 pub mod capability;
+pub mod model;
 pub mod narrative;
 
 use fhirbolt::model::r4::Resource as R4Resource;
@@ -140,6 +141,7 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
         }
     };
     narrative::check_all(&mut value).map_err(Error::Structure)?;
+    model::validate(&value).map_err(|e| Error::Structure(format!("the body is not a valid FHIR R4 resource: {e}")))?;
     Ok(value)
 }
 

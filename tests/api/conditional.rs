@@ -152,7 +152,8 @@ both_backends! {
         for ops in [json!([{"op": "add", "path": "/colour", "value": "blue"}]),
                     json!([{"op": "test", "path": "/gender", "value": "female"}]),
                     json!([{"op": "replace", "path": "/id", "value": "other"}]),
-                    json!([{"op": "add", "path": "/active", "value": "yes"}])] {
+                    json!([{"op": "add", "path": "/active", "value": "yes"}]),
+                    json!([{"op": "replace", "path": "/birthDate", "value": "not a date"}])] {
             assert_outcome(send(&app, reqwest::Method::PATCH, &url, JSON_PATCH, patch(ops.clone())).await, 422, "processing").await;
         }
         assert_eq!(app.version_count().await, before2);

@@ -109,4 +109,24 @@ both_backends! {
         assert_eq!(app.post_json("CareTeam", &ok).await.status(), 201);
         assert_eq!(app.version_count().await, 1);
     }
+
+    async fn values_that_break_r4_datatypes_or_required_codes_are_400(app: TestApp) {
+        let cases = [
+            json!({"resourceType": "Patient", "birthDate": "not a date"}),
+            json!({"resourceType": "Patient", "birthDate": "1980-02-30"}),
+            json!({"resourceType": "Patient", "gender": "f"}),
+            json!({"resourceType": "Patient", "name": [{"family": ""}]}),
+            json!({"resourceType": "Appointment", "status": "confirmed", "participant": [{"status": "accepted"}]}),
+            json!({"resourceType": "Appointment", "status": "booked", "start": "2026-12-01T10:00", "participant": [{"status": "accepted"}]}),
+            json!({"resourceType": "Appointment", "status": "booked"}),
+            json!({"resourceType": "Consent", "status": "active", "scope": {"text": "x"}}),
+        ];
+        for body in cases {
+            let rt = body["resourceType"].as_str().unwrap();
+            let res = app.post_json(rt, &body).await;
+            let outcome = assert_outcome(res, 400, "structure").await;
+            assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains(rt), "{outcome}");
+        }
+        assert_eq!(app.version_count().await, 0);
+    }
 }
