@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Choice {
@@ -213,8 +213,12 @@ fn check_object(def: &TypeDef, value: &Value, path: &str) -> Result<(), String> 
                 _ => Vec::new(),
             },
         };
-        if present.is_empty() && element.min >= 1 && element.repeats() {
-            return Err(format!("{path}.{} must have at least one value", element.name));
+        if present.is_empty() && element.min >= 1 {
+            return Err(if element.repeats() {
+                format!("{path}.{} must have at least one value", element.name)
+            } else {
+                format!("{path}.{} is required", element.name)
+            });
         }
         for (key, type_name) in present {
             let child = &map[&key];
@@ -227,6 +231,9 @@ fn check_object(def: &TypeDef, value: &Value, path: &str) -> Result<(), String> 
             }
             for item in items {
                 let here = format!("{path}.{key}");
+                if item.as_object().is_some_and(Map::is_empty) {
+                    return Err(format!("{here} is empty: an element must have a value or children"));
+                }
                 if let Some(problem) = primitive_problem(type_name, item) {
                     return Err(format!("{here}: {problem}"));
                 }
@@ -304,6 +311,11 @@ mod tests {
         let mut no_participant = ok.clone();
         no_participant.as_object_mut().unwrap().remove("participant");
         assert!(validate(&no_participant).is_err());
+        let mut empty = ok.clone();
+        empty["participant"][0]["period"] = json!({});
+        assert!(validate(&empty).unwrap_err().contains("participant.period is empty"));
+        let consent = json!({"resourceType": "Consent", "status": "active", "category": [{"text": "x"}]});
+        assert!(validate(&consent).unwrap_err().contains("Consent.scope is required"));
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient", "birthDate": "1980-13-01"}}]});
         assert!(validate(&bundle).unwrap_err().contains("Patient.birthDate"));
     }

@@ -12,6 +12,9 @@ use crate::error::Error;
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
+/// How long a SQLite connection waits for another connection's lock before giving up.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 15_000;
+
 /// An arbitrary, fixed key for the advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x7461_6e64_656d; // "tandem"
 
@@ -69,16 +72,20 @@ impl ManageConnection for Manager {
             }
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
-                // WAL lets readers run beside the one writer; busy_timeout makes a second writer wait
-                // for the lock instead of failing at once.
-                // `optimize=0x10002` (bounded by analysis_limit) refreshes the planner's statistics where
-                // they are missing or stale, as SQLite advises for long-lived connections.
-                conn.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                     PRAGMA analysis_limit = 400; PRAGMA optimize = 0x10002;",
-                )
+                // Per-connection settings only, none of which takes a lock: the busy timeout makes this
+                // connection wait for a lock instead of failing at once. WAL is a property of the file,
+                // set once by `open_pool` before any connection of the pool exists.
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON; PRAGMA analysis_limit = 400;"
+                ))
                 .map_err(r2d2::Error::QueryError)?;
+                // `optimize=0x10002` refreshes the planner's statistics where they are missing or stale,
+                // as SQLite advises for long-lived connections. It may have to write (ANALYZE); a
+                // connection is usable without it, and the store runs it again every few hundred writes.
+                if let Err(e) = conn.batch_execute("PRAGMA optimize = 0x10002;") {
+                    tracing::debug!(cause = %e, "refreshing SQLite statistics on connect failed");
+                }
                 Ok(AnyConnection::Sqlite(conn))
             }
         }
@@ -104,6 +111,7 @@ pub fn open_pool(url: &DatabaseUrl, max_size: u32, statement_timeout_ms: u64) ->
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Internal(format!("creating the database directory {}: {e}", dir.display())))?;
         }
+        set_wal(path)?;
     }
     Pool::builder()
         .max_size(max_size)
@@ -113,6 +121,19 @@ pub fn open_pool(url: &DatabaseUrl, max_size: u32, statement_timeout_ms: u64) ->
             statement_timeout_ms,
         })
         .map_err(|e| Error::Internal(format!("opening the {} database: {e}", url.backend_name())))
+}
+
+/// Switches the SQLite file to write-ahead logging (readers run beside the one writer). The mode is
+/// stored in the file, so one connection sets it before the pool opens: switching needs an exclusive
+/// lock, and doing it on every new connection made connections fail with "database is locked" while
+/// others were busy.
+fn set_wal(path: &str) -> Result<(), Error> {
+    let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("opening the sqlite database: {e}"));
+    let mut conn = SqliteConnection::establish(path).map_err(|e| fail(&e))?;
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL;"
+    ))
+    .map_err(|e| fail(&e))
 }
 
 /// Runs the pending migrations of the pool's backend. On PostgreSQL an advisory lock makes replicas
@@ -156,5 +177,41 @@ mod tests {
             DatabaseUrl::Sqlite("data/t.db".into())
         );
         assert_eq!(DatabaseUrl::parse("data/t.db"), DatabaseUrl::Sqlite("data/t.db".into()));
+    }
+}
+
+#[cfg(test)]
+mod sqlite_settings {
+    use super::*;
+    use diesel::sql_types::{BigInt, Text};
+
+    #[derive(diesel::QueryableByName)]
+    struct Mode {
+        #[diesel(sql_type = Text)]
+        journal_mode: String,
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Timeout {
+        #[diesel(sql_type = BigInt)]
+        timeout: i64,
+    }
+
+    #[test]
+    fn the_pool_opens_the_file_in_wal_mode_with_a_busy_timeout() {
+        let dir = std::env::temp_dir().join(format!("tandem-pool-{}", std::process::id()));
+        let url = DatabaseUrl::Sqlite(dir.join("t.db").to_string_lossy().into_owned());
+        let pool = open_pool(&url, 2, 0).unwrap();
+        let mut conn = pool.get().unwrap();
+        let AnyConnection::Sqlite(c) = &mut *conn else {
+            panic!("not sqlite")
+        };
+        let mode: Mode = diesel::sql_query("PRAGMA journal_mode").get_result(c).unwrap();
+        assert_eq!(mode.journal_mode, "wal");
+        let busy: Timeout = diesel::sql_query("PRAGMA busy_timeout").get_result(c).unwrap();
+        assert_eq!(busy.timeout, i64::from(SQLITE_BUSY_TIMEOUT_MS));
+        drop(conn);
+        drop(pool);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
