@@ -18,6 +18,8 @@ enum Command {
     Serve,
     /// Apply the pending database migrations and exit.
     Migrate,
+    /// Print the OpenAPI 3.1 document of the API (as served at /openapi.json).
+    Openapi,
     /// Print a short-lived bearer token signed with the local development key (the key a server
     /// with no configured key creates under TANDEM_DATA_DIR when it listens on loopback).
     Token {
@@ -43,7 +45,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     // `token` prints only the token on stdout, so that TOKEN=$(tandem token …) works.
-    let log = if matches!(command, Command::Token { .. }) {
+    let log = if matches!(command, Command::Token { .. } | Command::Openapi) {
         "off"
     } else {
         cli.config.log.as_str()
@@ -55,6 +57,10 @@ fn main() -> std::process::ExitCode {
     let result = match command {
         Command::Serve => serve(cli.config),
         Command::Migrate => migrate(cli.config),
+        Command::Openapi => {
+            print!("{}", tandem::api::docs::document_pretty());
+            Ok(())
+        }
         Command::Token {
             scope,
             patient,

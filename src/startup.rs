@@ -87,6 +87,9 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::PathConfig::default().error_handler(api::extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(api::extractor_error))
+                // The API browser first: /{type} and /{type}/{id} would take its paths.
+                .service(api::docs::browser())
+                .service(web::resource("/docs").to(api::docs::to_browser))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
                 // Outermost last: frame (request id, logs, headers) → audit → authenticate → routes.

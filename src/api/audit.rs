@@ -2,6 +2,7 @@
 //! for tokens whose scopes name AuditEvent in the `system/` context. AuditEvents are append-only:
 //! create, update, patch and delete are 405 for everyone.
 
+use super::docs;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
@@ -14,6 +15,19 @@ use crate::resources::{dates, is_valid_id};
 use crate::search::audit::plan_audit;
 use crate::search::{Search, Total};
 
+#[utoipa::path(
+    method(get, head),
+    path = "/AuditEvent/{id}",
+    operation_id = "readAuditEvent",
+    summary = "Read an AuditEvent",
+    description = "One record of the audit trail. Needs system/AuditEvent.rs (or .read); audit records cannot be changed or deleted.",
+    params(("id" = String, Path, description = "The logical id of the resource")),
+    responses(
+        (status = 200, description = "The AuditEvent", body = docs::AuditEvent, content_type = "application/fhir+json"),
+        (status = 404, description = "No AuditEvent has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["AuditEvent.r"])), ("x-contexts" = json!(["system"]))),
+)]
 pub async fn read(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         ctx.negotiated()?;
@@ -34,11 +48,34 @@ pub async fn read(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>)
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/AuditEvent",
+    operation_id = "searchAuditEvent",
+    summary = "Search the audit trail",
+    description = "Who did what, when, to which record: search by date, agent, entity, patient, action, outcome, subtype, type or address. Needs system/AuditEvent.rs.",
+    responses(
+        (status = 200, description = "A page of AuditEvents (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["AuditEvent.s"])), ("x-contexts" = json!(["system"])), ("x-search" = json!("audit"))),
+)]
 pub async fn search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = run(&req, &ctx, &state, query_pairs(&req)).await;
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/AuditEvent/_search",
+    operation_id = "searchAuditEventPost",
+    summary = "Search the audit trail (POST)",
+    description = "The audit search with its parameters in a form-encoded body.",
+    request_body(content = docs::SearchForm, content_type = "application/x-www-form-urlencoded", description = "Search parameters, form-encoded"),
+    responses(
+        (status = 200, description = "A page of AuditEvents (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["AuditEvent.s"])), ("x-contexts" = json!(["system"]))),
+)]
 pub async fn search_post(
     req: HttpRequest,
     ctx: Ctx,

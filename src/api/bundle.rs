@@ -1,5 +1,6 @@
 //! transaction and batch Bundles at the base URL (http.html#transaction).
 
+use super::docs;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
@@ -343,6 +344,23 @@ fn result_entry(ctx: &Ctx, result: &BundleResult) -> Result<Value, Error> {
 }
 
 /// POST [base]: a transaction (all or nothing) or a batch (each entry on its own).
+#[utoipa::path(
+    post,
+    path = "/",
+    operation_id = "transactionOrBatch",
+    summary = "Run a transaction or batch Bundle",
+    description = "A transaction Bundle commits all its entries or none (entries run in the order DELETE, POST, PUT/PATCH, GET; urn:uuid fullUrls are resolved and references to them rewritten; ifNoneExist, ifMatch and conditional URLs are honoured). A batch runs each entry on its own and reports each outcome.",
+    request_body(content = docs::Bundle, content_type = "application/fhir+json", description = "A Bundle of type transaction or batch"),
+    responses(
+        (status = 200, description = "A transaction-response or batch-response Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
+        (status = 409, description = "A transaction entry clashed (double booking) or conflicted; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 412, description = "A transaction entry's condition failed; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "A transaction entry breaks a business rule; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 404, description = "A transaction entry names what does not exist; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 410, description = "A transaction entry names a deleted resource; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!([]))),
+)]
 pub async fn transaction_or_batch(
     req: HttpRequest,
     ctx: Ctx,

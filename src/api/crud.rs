@@ -1,6 +1,7 @@
 //! create, read, vread, update, patch, delete (http.html), and their conditional forms: create with
 //! `If-None-Exist`, and update, patch and delete of `[type]?criteria`.
 
+use super::docs;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -131,6 +132,23 @@ fn written(ctx: &Ctx, req: &HttpRequest, status: StatusCode, v: &Version) -> Res
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/{type}",
+    operation_id = "create",
+    summary = "Create a {type}",
+    description = "Stores a new {type}; the server assigns its id and version. With If-None-Exist it is a conditional create: nothing is created when the search matches one {type} (200), and 412 when it matches several.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("If-None-Exist" = Option<String>, Header, description = "Search parameters, such as identifier=http://clinic.example|42: create only if nothing matches"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
+    request_body(content = docs::ResourceOfType, content_type = "application/fhir+json", description = "The {type} to create (an id in it is ignored)"),
+    responses(
+        (status = 201, description = "Created: the stored {type} (none with Prefer: return=minimal)", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("Location" = String, description = "The new version's URL: [base]/[type]/[id]/_history/[vid]"), ("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 200, description = "If-None-Exist matched one {type}, which is returned; nothing was created", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 409, description = "A scheduling clash (double booking) or a conflicting write", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 412, description = "If-None-Exist matched more than one {type}", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The {type} breaks a business rule (a reference to nothing, a session without a signed agreement)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.c"]))),
+)]
 pub async fn create(
     req: HttpRequest,
     ctx: Ctx,
@@ -181,6 +199,20 @@ pub async fn create(
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    method(get, head),
+    path = "/{type}/{id}",
+    operation_id = "read",
+    summary = "Read a {type}",
+    description = "The current version of one {type}. HEAD answers the same headers without the body.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource")),
+    responses(
+        (status = 200, description = "The current version", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 404, description = "No {type} has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 410, description = "The {type} was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.r"]))),
+)]
 pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         ctx.negotiated()?;
@@ -196,6 +228,20 @@ pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    method(get, head),
+    path = "/{type}/{id}/_history/{vid}",
+    operation_id = "vread",
+    summary = "Read one version of a {type}",
+    description = "A specific version of a {type}, as it was stored.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource"), ("vid" = String, Path, description = "The version id (meta.versionId)")),
+    responses(
+        (status = 200, description = "That version", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 404, description = "No such version", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 410, description = "That version is a deletion", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.r"]))),
+)]
 pub async fn vread(ctx: Ctx, path: web::Path<(String, String, String)>, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         ctx.negotiated()?;
@@ -235,6 +281,23 @@ async fn run_write(
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/{type}/{id}",
+    operation_id = "update",
+    summary = "Update (or create) a {type}",
+    description = "Stores a new version of the {type} with this id, or creates it with this id when there is none (update as create). The body's id must equal the id in the URL. If-Match makes it a version-aware update.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource"), ("If-Match" = Option<String>, Header, description = "Only if the current version is this one (W/\"n\"), else 412"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
+    request_body(content = docs::ResourceOfType, content_type = "application/fhir+json", description = "The whole new {type}, with the same id as the URL"),
+    responses(
+        (status = 200, description = "Updated: the stored version", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 201, description = "Created with the id of the URL", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("Location" = String, description = "The new version's URL: [base]/[type]/[id]/_history/[vid]"), ("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 409, description = "A scheduling clash (double booking)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 412, description = "If-Match names a version that is not the current one", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The {type} breaks a business rule", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.u"]))),
+)]
 pub async fn update(
     req: HttpRequest,
     ctx: Ctx,
@@ -284,6 +347,23 @@ pub async fn update(
 }
 
 /// PUT [type]?criteria (http.html#cond-update): one match is updated, none creates, more is 412.
+#[utoipa::path(
+    put,
+    path = "/{type}",
+    operation_id = "conditionalUpdate",
+    summary = "Update a {type} found by search",
+    description = "Conditional update: the query (such as ?identifier=system|value) selects the {type} to update. No match: the body is created (201); one match: it is updated (200); several: 412.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
+    request_body(content = docs::ResourceOfType, content_type = "application/fhir+json", description = "The whole new {type}"),
+    responses(
+        (status = 200, description = "The one match was updated", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 201, description = "Nothing matched: created", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("Location" = String, description = "The new version's URL: [base]/[type]/[id]/_history/[vid]"), ("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 409, description = "A scheduling clash (double booking)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The {type} breaks a business rule", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.u"])), ("x-search" = json!("audit"))),
+)]
 pub async fn conditional_update(
     req: HttpRequest,
     ctx: Ctx,
@@ -314,6 +394,24 @@ pub async fn conditional_update(
 }
 
 /// PATCH [type]/[id] with a JSON Patch body.
+#[utoipa::path(
+    patch,
+    path = "/{type}/{id}",
+    operation_id = "patch",
+    summary = "Patch a {type} with JSON Patch",
+    description = "Applies a JSON Patch (RFC 6902) to the current version and stores the result, validated like any update. If-Match makes it version-aware.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource"), ("If-Match" = Option<String>, Header, description = "Only if the current version is this one (W/\"n\"), else 412"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
+    request_body(content = docs::JsonPatch, content_type = "application/json-patch+json", description = "The operations to apply, in order"),
+    responses(
+        (status = 200, description = "Patched: the stored version", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 404, description = "No {type} has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 409, description = "A scheduling clash (double booking)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 410, description = "The {type} was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 412, description = "If-Match names a version that is not the current one", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The patch does not apply, or its result is not a valid {type}", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.u"]))),
+)]
 pub async fn patch(
     req: HttpRequest,
     ctx: Ctx,
@@ -327,6 +425,23 @@ pub async fn patch(
 }
 
 /// PATCH [type]?criteria with a JSON Patch body: the one matching resource is patched.
+#[utoipa::path(
+    patch,
+    path = "/{type}",
+    operation_id = "conditionalPatch",
+    summary = "Patch a {type} found by search",
+    description = "Conditional patch: the query selects exactly one {type}, which is patched. No match: 404; several: 412.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
+    request_body(content = docs::JsonPatch, content_type = "application/json-patch+json", description = "The operations to apply, in order"),
+    responses(
+        (status = 200, description = "The one match was patched", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 404, description = "Nothing matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 409, description = "A scheduling clash (double booking)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The patch does not apply, or its result is not valid", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.u"])), ("x-search" = json!("audit"))),
+)]
 pub async fn conditional_patch(
     req: HttpRequest,
     ctx: Ctx,
@@ -412,6 +527,21 @@ async fn run_delete(
     Ok(builder.finish())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/{type}/{id}",
+    operation_id = "delete",
+    summary = "Delete a {type}",
+    description = "Logical delete: the {type} is no longer read or found, its history stays. Deleting what is already deleted or never existed succeeds too.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource"), ("If-Match" = Option<String>, Header, description = "Only if the current version is this one (W/\"n\"), else 412")),
+    responses(
+        (status = 200, description = "Deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 204, description = "Deleted (nothing to say)"),
+        (status = 409, description = "Other records still refer to it", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 412, description = "If-Match names a version that is not the current one", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.d"]))),
+)]
 pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         ctx.negotiated()?;
@@ -424,6 +554,21 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/{type}",
+    operation_id = "conditionalDelete",
+    summary = "Delete a {type} found by search",
+    description = "Conditional delete (single): the query selects the {type} to delete. No match: 204 (nothing to do); one match: deleted; several: 412.",
+    params(("type" = String, Path, description = "A resource type this server hosts")),
+    responses(
+        (status = 200, description = "The one match was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 204, description = "Nothing matched, or deleted"),
+        (status = 409, description = "Other records still refer to it", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.d"])), ("x-search" = json!("audit"))),
+)]
 pub async fn conditional_delete(
     req: HttpRequest,
     ctx: Ctx,

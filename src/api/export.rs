@@ -8,6 +8,7 @@
 //! Everything about a job is in the database (crate::export runs it in the background), so any
 //! replica answers, and only the token subject that asked may read it.
 
+use super::docs;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -154,17 +155,54 @@ async fn kick_off(
         .finish())
 }
 
+#[utoipa::path(
+    get,
+    path = "/$export",
+    operation_id = "exportSystem",
+    summary = "Export everything (Bulk Data)",
+    description = "Starts a FHIR Bulk Data export of every resource the token may read system-wide. The export runs in the background; poll the status URL.",
+    params(("_type" = Option<String>, Query, description = "Comma-separated resource types to export (default: all the token may read)"), ("_since" = Option<String>, Query, description = "Only resources changed at or after this instant"), ("_outputFormat" = Option<String>, Query, description = "application/fhir+ndjson (the only format)"), ("Prefer" = String, Header, description = "Must be respond-async: the export runs in the background")),
+    responses(
+        (status = 202, description = "Accepted: poll the URL in Content-Location for the status", headers(("Content-Location" = String, description = "The status URL: [base]/$export-status/[job]"))),
+    ),
+    extensions(("x-scopes" = json!(["*.r"])), ("x-contexts" = json!(["system", "user"]))),
+)]
 pub async fn system_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = kick_off(&req, &ctx, &state, "system", None).await;
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/Patient/$export",
+    operation_id = "exportPatients",
+    summary = "Export all patients' records (Bulk Data)",
+    description = "Starts a Bulk Data export of every Patient compartment: the patients and what refers to them.",
+    params(("_type" = Option<String>, Query, description = "Comma-separated resource types to export (default: all the token may read)"), ("_since" = Option<String>, Query, description = "Only resources changed at or after this instant"), ("_outputFormat" = Option<String>, Query, description = "application/fhir+ndjson (the only format)"), ("Prefer" = String, Header, description = "Must be respond-async: the export runs in the background")),
+    responses(
+        (status = 202, description = "Accepted: poll the URL in Content-Location for the status", headers(("Content-Location" = String, description = "The status URL: [base]/$export-status/[job]"))),
+    ),
+    extensions(("x-scopes" = json!(["Patient.r"])), ("x-contexts" = json!(["system", "user"]))),
+)]
 pub async fn patient_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = kick_off(&req, &ctx, &state, "patient", None).await;
     ctx.respond(result)
 }
 
 /// `GET /Group/{id}/$export` (dispatched from the instance operations).
+#[utoipa::path(
+    get,
+    path = "/Group/{id}/$export",
+    operation_id = "exportGroup",
+    summary = "Export a group's records (Bulk Data)",
+    description = "Starts a Bulk Data export of the compartments of this Group's members (a support group, say).",
+    params(("id" = String, Path, description = "The logical id of the resource"), ("_type" = Option<String>, Query, description = "Comma-separated resource types to export (default: all the token may read)"), ("_since" = Option<String>, Query, description = "Only resources changed at or after this instant"), ("_outputFormat" = Option<String>, Query, description = "application/fhir+ndjson (the only format)"), ("Prefer" = String, Header, description = "Must be respond-async: the export runs in the background")),
+    responses(
+        (status = 202, description = "Accepted: poll the URL in Content-Location for the status", headers(("Content-Location" = String, description = "The status URL: [base]/$export-status/[job]"))),
+        (status = 404, description = "No Group has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["Group.r"])), ("x-contexts" = json!(["system", "user"]))),
+)]
 pub async fn group_export(
     req: &HttpRequest,
     ctx: &Ctx,
@@ -192,6 +230,21 @@ async fn own_job(ctx: &Ctx, state: &AppState, id: &str) -> Result<ExportJob, Err
     Ok(job)
 }
 
+#[utoipa::path(
+    get,
+    path = "/$export-status/{job}",
+    operation_id = "exportStatus",
+    summary = "Status of an export",
+    description = "202 with X-Progress while the export runs; 200 with the manifest (the NDJSON files to download) when it is done; an OperationOutcome if it failed. Only the client that started it sees it.",
+    params(("job" = String, Path, description = "The export job id")),
+    responses(
+        (status = 200, description = "Done: the manifest", body = docs::ExportManifest, content_type = "application/json"),
+        (status = 202, description = "Still running", headers(("X-Progress" = String, description = "What the export is doing"), ("Retry-After" = String, description = "Seconds to wait before polling again"))),
+        (status = 404, description = "No such export job", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 500, description = "The export failed", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!([]))),
+)]
 pub async fn status(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         let job = own_job(&ctx, &state, &path).await?;
@@ -236,6 +289,19 @@ pub async fn status(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/$export-status/{job}",
+    operation_id = "exportCancel",
+    summary = "Cancel or delete an export",
+    description = "Stops a running export, or deletes the files of a finished one.",
+    params(("job" = String, Path, description = "The export job id")),
+    responses(
+        (status = 202, description = "Cancelled", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 404, description = "No such export job", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!([]))),
+)]
 pub async fn cancel(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         let job = own_job(&ctx, &state, &path).await?;
@@ -247,6 +313,19 @@ pub async fn cancel(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/$export-file/{job}/{file}",
+    operation_id = "exportFile",
+    summary = "Download one export file",
+    description = "One NDJSON file of a finished export's manifest: one resource per line.",
+    params(("job" = String, Path, description = "The export job id"), ("file" = String, Path, description = "The file number in the manifest")),
+    responses(
+        (status = 200, description = "The resources, one JSON object per line", body = String, content_type = "application/fhir+ndjson"),
+        (status = 404, description = "No such file", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!([]))),
+)]
 pub async fn file(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         let (id, seq) = path.into_inner();

@@ -1,5 +1,6 @@
 //! Instance, type and system history (http.html#history): Bundles of type history, newest first.
 
+use super::docs;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
@@ -200,6 +201,19 @@ impl OwnedScope {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/{type}/{id}/_history",
+    operation_id = "historyInstance",
+    summary = "History of one {type}",
+    description = "Every version of this {type}, newest first, deletions included, as a history Bundle.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource"), ("_since" = Option<String>, Query, description = "Only versions stored at or after this instant (such as 2027-01-01T00:00:00Z)"), ("_at" = Option<String>, Query, description = "Only the versions current at this point in time (a date or dateTime)"), ("_count" = Option<u32>, Query, description = "Entries per page")),
+    responses(
+        (status = 200, description = "A page of versions (a history Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+        (status = 404, description = "No {type} has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.r"]))),
+)]
 pub async fn instance_history(
     req: HttpRequest,
     ctx: Ctx,
@@ -222,6 +236,18 @@ pub async fn instance_history(
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/{type}/_history",
+    operation_id = "historyType",
+    summary = "History of all {type} resources",
+    description = "Every change to any {type}, newest first, deletions included. For sync: ask with _since, follow next links to the end, then keep Bundle.meta.lastUpdated of the first page as the next _since; nothing written during the walk is missed.",
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("_since" = Option<String>, Query, description = "Only versions stored at or after this instant (such as 2027-01-01T00:00:00Z)"), ("_at" = Option<String>, Query, description = "Only the versions current at this point in time (a date or dateTime)"), ("_count" = Option<u32>, Query, description = "Entries per page")),
+    responses(
+        (status = 200, description = "A page of versions (a history Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.r"])), ("x-contexts" = json!(["system", "user"]))),
+)]
 pub async fn type_history(
     req: HttpRequest,
     ctx: Ctx,
@@ -236,6 +262,18 @@ pub async fn type_history(
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/_history",
+    operation_id = "historySystem",
+    summary = "History of everything",
+    description = "Every change to any resource the token may read, newest first, deletions included; the sync rules of the type history apply.",
+    params(("_since" = Option<String>, Query, description = "Only versions stored at or after this instant (such as 2027-01-01T00:00:00Z)"), ("_at" = Option<String>, Query, description = "Only the versions current at this point in time (a date or dateTime)"), ("_count" = Option<u32>, Query, description = "Entries per page")),
+    responses(
+        (status = 200, description = "A page of versions (a history Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["*.r"])), ("x-contexts" = json!(["system", "user"]))),
+)]
 pub async fn system_history(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = history(req, &ctx, state, "_history".to_string(), OwnedScope::System).await;
     ctx.respond(result)

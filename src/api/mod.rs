@@ -4,17 +4,23 @@
 mod audit;
 mod bundle;
 mod crud;
+pub mod docs;
 mod export;
 mod history;
 pub mod middleware;
 mod operations;
+pub use operations::OPERATIONS;
 mod search;
 mod system;
 
 use std::future::{ready, Ready};
+use std::sync::LazyLock;
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder};
+use actix_web::http::Method;
+use actix_web::{
+    web, FromRequest, Handler, HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder, Responder, Route,
+};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -85,151 +91,139 @@ pub struct AppState {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// One URL pattern and the methods it serves.
+pub struct Endpoint {
+    pub path: &'static str,
+    routes: Vec<(Method, Route)>,
+}
+
+impl Endpoint {
+    pub fn methods(&self) -> impl Iterator<Item = &Method> {
+        self.routes.iter().map(|(m, _)| m)
+    }
+}
+
+fn endpoint(path: &'static str, routes: Vec<(Method, Route)>) -> Endpoint {
+    Endpoint { path, routes }
+}
+
+fn on<F, Args>(method: Method, handler: F) -> (Method, Route)
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    (method.clone(), web::method(method).to(handler))
+}
+
+/// Every endpoint of the API, in the order routing tries them. The app's routes, the `Allow` header
+/// of a 405 and the test that the OpenAPI document covers every route all read this one table.
+pub fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    vec![
+        endpoint("/metadata", vec![on(M::GET, system::metadata)]),
+        endpoint(
+            "/.well-known/smart-configuration",
+            vec![on(M::GET, system::smart_configuration)],
+        ),
+        endpoint("/openapi.json", vec![on(M::GET, system::openapi)]),
+        endpoint("/healthz", vec![on(M::GET, system::healthz)]),
+        endpoint("/metrics", vec![on(M::GET, system::metrics)]),
+        endpoint("/readyz", vec![on(M::GET, system::readyz)]),
+        endpoint(
+            "/StructureDefinition",
+            vec![on(M::GET, operations::structure_definitions)],
+        ),
+        endpoint("/CodeSystem", vec![on(M::GET, operations::code_systems)]),
+        endpoint(
+            "/OperationDefinition",
+            vec![on(M::GET, operations::operation_definitions)],
+        ),
+        endpoint(
+            "/StructureDefinition/{id}",
+            vec![on(M::GET, operations::structure_definition)],
+        ),
+        endpoint("/CodeSystem/{id}", vec![on(M::GET, operations::code_system)]),
+        endpoint(
+            "/OperationDefinition/{id}",
+            vec![on(M::GET, operations::operation_definition)],
+        ),
+        endpoint(
+            "/",
+            vec![
+                on(M::GET, search::system_search),
+                on(M::POST, bundle::transaction_or_batch),
+            ],
+        ),
+        endpoint("/_search", vec![on(M::POST, search::system_search_post)]),
+        endpoint("/_history", vec![on(M::GET, history::system_history)]),
+        // Bulk Data export (before /{type} and /{type}/{id}, which would take `$export` for a type or an id).
+        endpoint("/$export", vec![on(M::GET, export::system_export)]),
+        endpoint("/Patient/$export", vec![on(M::GET, export::patient_export)]),
+        endpoint(
+            "/$export-status/{job}",
+            vec![on(M::GET, export::status), on(M::DELETE, export::cancel)],
+        ),
+        endpoint("/$export-file/{job}/{file}", vec![on(M::GET, export::file)]),
+        // The audit trail: read and search only (before /{type}, which would take it for a hosted type).
+        endpoint("/AuditEvent", vec![on(M::GET, audit::search)]),
+        endpoint("/AuditEvent/_search", vec![on(M::POST, audit::search_post)]),
+        endpoint(
+            "/AuditEvent/{id}",
+            vec![on(M::GET, audit::read), on(M::HEAD, audit::read)],
+        ),
+        endpoint(
+            "/{type}",
+            vec![
+                on(M::GET, search::type_search),
+                on(M::POST, crud::create),
+                on(M::PUT, crud::conditional_update),
+                on(M::PATCH, crud::conditional_patch),
+                on(M::DELETE, crud::conditional_delete),
+            ],
+        ),
+        endpoint(
+            "/{type}/_search",
+            vec![
+                on(M::GET, search::type_search_get),
+                on(M::POST, search::type_search_post),
+            ],
+        ),
+        endpoint("/{type}/_history", vec![on(M::GET, history::type_history)]),
+        endpoint(
+            "/{type}/{id}",
+            vec![
+                on(M::GET, crud::read),
+                on(M::HEAD, crud::read),
+                on(M::PUT, crud::update),
+                on(M::PATCH, crud::patch),
+                on(M::DELETE, crud::delete),
+            ],
+        ),
+        endpoint("/{type}/{id}/_history", vec![on(M::GET, history::instance_history)]),
+        // The operations of OPERATIONS, each on its type and method.
+        endpoint(
+            "/{type}/{id}/{operation}",
+            vec![
+                on(M::GET, operations::instance_operation),
+                on(M::POST, operations::instance_operation),
+            ],
+        ),
+        endpoint(
+            "/{type}/{id}/_history/{vid}",
+            vec![on(M::GET, crud::vread), on(M::HEAD, crud::vread)],
+        ),
+    ]
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/metadata")
-            .route(web::get().to(system::metadata))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/.well-known/smart-configuration")
-            .route(web::get().to(system::smart_configuration))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(web::resource("/healthz").route(web::get().to(system::healthz)))
-    .service(web::resource("/metrics").route(web::get().to(system::metrics)))
-    .service(web::resource("/readyz").route(web::get().to(system::readyz)))
-    .service(
-        web::resource("/StructureDefinition")
-            .route(web::get().to(operations::definitions_list))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/CodeSystem")
-            .route(web::get().to(operations::definitions_list))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/OperationDefinition")
-            .route(web::get().to(operations::definitions_list))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/OperationDefinition/{id}")
-            .route(web::get().to(operations::definition_read))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/StructureDefinition/{id}")
-            .route(web::get().to(operations::definition_read))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/CodeSystem/{id}")
-            .route(web::get().to(operations::definition_read))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/")
-            .route(web::get().to(search::system_search))
-            .route(web::post().to(bundle::transaction_or_batch))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/_search")
-            .route(web::post().to(search::system_search_post))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/_history")
-            .route(web::get().to(history::system_history))
-            .default_service(web::to(method_not_allowed)),
-    )
-    // Bulk Data export (before /{type} and /{type}/{id}, which would take `$export` for a type or an id).
-    .service(
-        web::resource("/$export")
-            .route(web::get().to(export::system_export))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/Patient/$export")
-            .route(web::get().to(export::patient_export))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/$export-status/{job}")
-            .route(web::get().to(export::status))
-            .route(web::delete().to(export::cancel))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/$export-file/{job}/{file}")
-            .route(web::get().to(export::file))
-            .default_service(web::to(method_not_allowed)),
-    )
-    // The audit trail: read and search only (before /{type}, which would take it for a hosted type).
-    .service(
-        web::resource("/AuditEvent")
-            .route(web::get().to(audit::search))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/AuditEvent/_search")
-            .route(web::post().to(audit::search_post))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/AuditEvent/{id}")
-            .route(web::get().to(audit::read))
-            .route(web::head().to(audit::read))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/{type}")
-            .route(web::get().to(search::type_search))
-            .route(web::post().to(crud::create))
-            .route(web::put().to(crud::conditional_update))
-            .route(web::patch().to(crud::conditional_patch))
-            .route(web::delete().to(crud::conditional_delete))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/{type}/_search")
-            .route(web::post().to(search::type_search_post))
-            .route(web::get().to(search::type_search))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/{type}/_history")
-            .route(web::get().to(history::type_history))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/{type}/{id}")
-            .route(web::get().to(crud::read))
-            .route(web::head().to(crud::read))
-            .route(web::put().to(crud::update))
-            .route(web::patch().to(crud::patch))
-            .route(web::delete().to(crud::delete))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/{type}/{id}/_history")
-            .route(web::get().to(history::instance_history))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/{type}/{id}/{operation}")
-            .route(web::get().to(operations::instance_operation))
-            .route(web::post().to(operations::instance_operation))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/{type}/{id}/_history/{vid}")
-            .route(web::get().to(crud::vread))
-            .route(web::head().to(crud::vread))
-            .default_service(web::to(method_not_allowed)),
-    );
+    for e in endpoints() {
+        let mut resource = web::resource(e.path);
+        for (_, route) in e.routes {
+            resource = resource.route(route);
+        }
+        cfg.service(resource.default_service(web::to(method_not_allowed)));
+    }
 }
 
 /// What every handler needs to know about the request to answer it.
@@ -541,17 +535,17 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, Error> {
 }
 
 /// The methods each route serves, for the `Allow` header of a 405.
-fn allowed_methods(pattern: &str) -> &'static str {
-    match pattern {
-        "/{type}" => "GET, POST, PUT, PATCH, DELETE",
-        "/{type}/_search" => "GET, POST",
-        "/_search" => "POST",
-        "/{type}/{id}" => "GET, HEAD, PUT, PATCH, DELETE",
-        "/{type}/{id}/_history/{vid}" | "/AuditEvent/{id}" => "GET, HEAD",
-        "/AuditEvent/_search" => "POST",
-        "/$export-status/{job}" => "GET, DELETE",
-        _ => "GET",
-    }
+fn allowed_methods(pattern: &str) -> String {
+    static METHODS: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
+        endpoints()
+            .iter()
+            .map(|e| (e.path, e.methods().map(Method::as_str).collect::<Vec<_>>().join(", ")))
+            .collect()
+    });
+    METHODS
+        .iter()
+        .find(|(path, _)| *path == pattern)
+        .map_or_else(|| "GET".to_string(), |(_, methods)| methods.clone())
 }
 
 async fn method_not_allowed(ctx: Ctx, req: HttpRequest) -> HttpResponse {
@@ -565,9 +559,10 @@ async fn method_not_allowed(ctx: Ctx, req: HttpRequest) -> HttpResponse {
         "{} is not supported on {pattern}",
         req.method()
     )));
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allowed_methods(&pattern)));
+    response.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_str(&allowed_methods(&pattern)).unwrap_or(HeaderValue::from_static("GET")),
+    );
     response
 }
 

@@ -2,6 +2,7 @@
 //! Practitioner $caseload, Patient $everything; and the read-only StructureDefinitions and
 //! CodeSystems of its own extensions and codes.
 
+use super::docs;
 use std::collections::{BTreeMap, BTreeSet};
 
 use actix_web::http::{header, StatusCode};
@@ -32,6 +33,16 @@ async fn read_json(state: &AppState, res_type: &'static str, id: &str) -> Result
 /// Most sessions one $attendance or $caseload report reads.
 const REPORT_CAP: i64 = 10_000;
 
+/// The instance operations: the type, the operation and the one method it takes. The dispatcher
+/// below and the OpenAPI document (each operation's function carries its description) follow it.
+pub const OPERATIONS: [(&str, &str, &str); 5] = [
+    ("Group", "$book-session", "POST"),
+    ("Group", "$attendance", "GET"),
+    ("Group", "$export", "GET"),
+    ("Practitioner", "$caseload", "GET"),
+    ("Patient", "$everything", "GET"),
+];
+
 /// `/{type}/{id}/$operation`: dispatches to the operation, or 404 for one this type does not have.
 pub async fn instance_operation(
     req: HttpRequest,
@@ -45,42 +56,22 @@ pub async fn instance_operation(
         ctx.negotiated()?;
         let rt = resource_type(&type_name)?;
         let method = req.method().as_str();
-        match (rt.as_str(), operation.as_str(), method) {
-            ("Group", "$book-session", "POST") => {
-                ctx.grant_all("Group", Permission::Read)?;
-                ctx.grant_all("Appointment", Permission::Create)?;
-                book_session(&req, &ctx, &state, &id, payload).await
-            }
-            ("Group", "$export", "GET") => super::export::group_export(&req, &ctx, &state, &id).await,
-            ("Group", "$attendance", "GET") => {
-                ctx.grant_all("Group", Permission::Read)?;
-                ctx.grant_all("Appointment", Permission::Search)?;
-                attendance(&req, &ctx, &state, &id).await
-            }
-            ("Practitioner", "$caseload", "GET") => {
-                ctx.grant_all("Practitioner", Permission::Read)?;
-                ctx.grant_all("Appointment", Permission::Search)?;
-                caseload(&req, &ctx, &state, &id).await
-            }
-            ("Patient", "$everything", "GET") => {
-                // A patient/ token may ask for its own patient only; any other id is as unknown.
-                let grant = ctx.grant("Patient", Permission::Read)?;
-                if grant.patient().is_some_and(|p| p != id) {
-                    return Err(Error::NotFound(format!("Patient/{id} is not known")));
-                }
-                ctx.audit(|d| d.patients = vec![id.clone()]);
-                everything(&req, &ctx, &state, &id).await
-            }
-            ("Group", "$book-session", _)
-            | ("Group", "$attendance", _)
-            | ("Practitioner", "$caseload", _)
-            | ("Group", "$export", _)
-            | ("Patient", "$everything", _) => Err(Error::MethodNotAllowed(format!(
-                "{method} is not supported for {operation}"
-            ))),
-            _ => Err(Error::UnsupportedType(format!(
+        let Some((_, _, expected)) = OPERATIONS.iter().find(|(t, o, _)| *t == rt.as_str() && *o == operation) else {
+            return Err(Error::UnsupportedType(format!(
                 "{rt} has no operation '{operation}' on this server"
-            ))),
+            )));
+        };
+        if method != *expected {
+            return Err(Error::MethodNotAllowed(format!(
+                "{method} is not supported for {operation}: use {expected}"
+            )));
+        }
+        match operation.as_str() {
+            "$book-session" => book_session(&req, &ctx, &state, &id, payload).await,
+            "$export" => super::export::group_export(&req, &ctx, &state, &id).await,
+            "$attendance" => attendance(&req, &ctx, &state, &id).await,
+            "$caseload" => caseload(&req, &ctx, &state, &id).await,
+            _ => everything(&req, &ctx, &state, &id).await,
         }
     }
     .await;
@@ -134,13 +125,31 @@ fn references(params: &Value, name: &str, expected_type: &str) -> Result<Vec<Str
 
 /// POST Group/{id}/$book-session: one group session, every active member invited (or the chosen
 /// subset), checked against all scheduling rules in the one transaction that creates it.
-async fn book_session(
+#[utoipa::path(
+    post,
+    path = "/Group/{id}/$book-session",
+    operation_id = "bookSession",
+    summary = "Book a group session",
+    description = "Books one group session: an Appointment for the group's facilitator(s), its active members and the room, checked against every participant's calendar (no double booking), the group's capacity, and each member's signed confidentiality agreement. Documented at OperationDefinition/Group-book-session.",
+    params(("id" = String, Path, description = "The logical id of the resource")),
+    request_body(content = docs::Parameters, content_type = "application/fhir+json", description = "start, end, practitioner (one or more), optional location and description"),
+    responses(
+        (status = 201, description = "Booked: the new Appointment", body = docs::Appointment, content_type = "application/fhir+json", headers(("Location" = String, description = "The new version's URL: [base]/[type]/[id]/_history/[vid]"), ("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 404, description = "No Group has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 409, description = "A participant or the room is already booked then", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The session breaks a rule: no agreement signed, over capacity, no active member", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["Group.r", "Appointment.c"])), ("x-contexts" = json!(["system", "user"]))),
+)]
+pub(crate) async fn book_session(
     req: &HttpRequest,
     ctx: &Ctx,
     state: &AppState,
     group_id: &str,
     payload: web::Payload,
 ) -> Result<HttpResponse, Error> {
+    ctx.grant_all("Group", Permission::Read)?;
+    ctx.grant_all("Appointment", Permission::Create)?;
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let format = Format::from_content_type(content_type)?;
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
@@ -298,7 +307,27 @@ fn counted(session: &Value) -> bool {
 }
 
 /// GET Group/{id}/$attendance?start=&end=: per member, sessions invited, attended and missed.
-async fn attendance(req: &HttpRequest, ctx: &Ctx, state: &AppState, group_id: &str) -> Result<HttpResponse, Error> {
+#[utoipa::path(
+    get,
+    path = "/Group/{id}/$attendance",
+    operation_id = "groupAttendance",
+    summary = "Attendance of a group's members",
+    description = "Per member of the group: sessions invited to, attended and missed, in a window. Documented at OperationDefinition/Group-attendance.",
+    params(("id" = String, Path, description = "The logical id of the resource"), ("start" = Option<String>, Query, description = "Only sessions that start at or after this date or dateTime"), ("end" = Option<String>, Query, description = "Only sessions that start before this date or dateTime")),
+    responses(
+        (status = 200, description = "The report", body = docs::Parameters, content_type = "application/fhir+json"),
+        (status = 404, description = "No Group has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["Group.r", "Appointment.s"])), ("x-contexts" = json!(["system", "user"]))),
+)]
+pub(crate) async fn attendance(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    group_id: &str,
+) -> Result<HttpResponse, Error> {
+    ctx.grant_all("Group", Permission::Read)?;
+    ctx.grant_all("Appointment", Permission::Search)?;
     let (start, end) = window_params(req)?;
     let group = read_json(state, "Group", group_id).await?;
     let found = sessions(state, ("group", format!("Group/{group_id}")), &start, &end).await?;
@@ -353,12 +382,27 @@ async fn attendance(req: &HttpRequest, ctx: &Ctx, state: &AppState, group_id: &s
 
 /// GET Practitioner/{id}/$caseload?start=&end=: booked hours split into individual and group
 /// sessions, and the number of distinct patients.
-async fn caseload(
+#[utoipa::path(
+    get,
+    path = "/Practitioner/{id}/$caseload",
+    operation_id = "practitionerCaseload",
+    summary = "A therapist's caseload",
+    description = "Booked hours in a window, split into individual and group sessions, and the number of distinct clients: the numbers that show who is overloaded. Documented at OperationDefinition/Practitioner-caseload.",
+    params(("id" = String, Path, description = "The logical id of the resource"), ("start" = Option<String>, Query, description = "Only sessions that start at or after this date or dateTime"), ("end" = Option<String>, Query, description = "Only sessions that start before this date or dateTime")),
+    responses(
+        (status = 200, description = "The report", body = docs::Parameters, content_type = "application/fhir+json"),
+        (status = 404, description = "No Practitioner has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["Practitioner.r", "Appointment.s"])), ("x-contexts" = json!(["system", "user"]))),
+)]
+pub(crate) async fn caseload(
     req: &HttpRequest,
     ctx: &Ctx,
     state: &AppState,
     practitioner_id: &str,
 ) -> Result<HttpResponse, Error> {
+    ctx.grant_all("Practitioner", Permission::Read)?;
+    ctx.grant_all("Appointment", Permission::Search)?;
     let (start, end) = window_params(req)?;
     let store = state.store.clone();
     let pid = practitioner_id.to_string();
@@ -418,7 +462,33 @@ async fn caseload(
 
 /// GET Patient/{id}/$everything: the patient, their Appointments, CareTeams, Groups and Consents,
 /// as a paged searchset Bundle.
-async fn everything(req: &HttpRequest, ctx: &Ctx, state: &AppState, patient_id: &str) -> Result<HttpResponse, Error> {
+#[utoipa::path(
+    get,
+    path = "/Patient/{id}/$everything",
+    operation_id = "patientEverything",
+    summary = "Everything about a patient",
+    description = "The patient and every record in their compartment (Appointments, CareTeams, Groups, Consents), as a paged searchset Bundle.",
+    params(("id" = String, Path, description = "The logical id of the resource"), ("_count" = Option<u32>, Query, description = "Entries per page")),
+    responses(
+        (status = 200, description = "The patient's records (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+        (status = 404, description = "No Patient has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 410, description = "The Patient was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["Patient.r"]))),
+)]
+pub(crate) async fn everything(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    patient_id: &str,
+) -> Result<HttpResponse, Error> {
+    // A patient/ token may ask for its own patient only; any other id is as unknown.
+    let grant = ctx.grant("Patient", Permission::Read)?;
+    if grant.patient().is_some_and(|p| p != patient_id) {
+        return Err(Error::NotFound(format!("Patient/{patient_id} is not known")));
+    }
+    let id = patient_id.to_string();
+    ctx.audit(|d| d.patients = vec![id]);
     let mut count = i64::from(state.config.default_count);
     let mut cursor = None;
     for (k, v) in query_pairs(req) {
@@ -469,8 +539,117 @@ async fn everything(req: &HttpRequest, ctx: &Ctx, state: &AppState, patient_id: 
     Ok(ctx.body(HttpResponse::Ok(), &bundle))
 }
 
-/// GET /StructureDefinition and /CodeSystem (optionally `?url=`): tandem's own definitions.
-pub async fn definitions_list(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(
+    get,
+    path = "/StructureDefinition",
+    operation_id = "listStructureDefinition",
+    summary = "tandem's StructureDefinition resources",
+    description = "The StructureDefinition resources that define tandem's own extensions, codes and operations (read-only, no token needed).",
+    params(("url" = Option<String>, Query, description = "Only the one with this canonical URL")),
+    responses(
+        (status = 200, description = "A searchset Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+)]
+pub async fn structure_definitions(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    definitions_list(req, ctx, state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/CodeSystem",
+    operation_id = "listCodeSystem",
+    summary = "tandem's CodeSystem resources",
+    description = "The CodeSystem resources that define tandem's own extensions, codes and operations (read-only, no token needed).",
+    params(("url" = Option<String>, Query, description = "Only the one with this canonical URL")),
+    responses(
+        (status = 200, description = "A searchset Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+)]
+pub async fn code_systems(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    definitions_list(req, ctx, state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/OperationDefinition",
+    operation_id = "listOperationDefinition",
+    summary = "tandem's OperationDefinition resources",
+    description = "The OperationDefinition resources that define tandem's own extensions, codes and operations (read-only, no token needed).",
+    params(("url" = Option<String>, Query, description = "Only the one with this canonical URL")),
+    responses(
+        (status = 200, description = "A searchset Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+)]
+pub async fn operation_definitions(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    definitions_list(req, ctx, state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/StructureDefinition/{id}",
+    operation_id = "readStructureDefinition",
+    summary = "Read one of tandem's StructureDefinition resources",
+    description = "One StructureDefinition that tandem defines (read-only, no token needed).",
+    params(("id" = String, Path, description = "The logical id of the resource")),
+    responses(
+        (status = 200, description = "The StructureDefinition", body = docs::StructureDefinition, content_type = "application/fhir+json"),
+        (status = 404, description = "No such StructureDefinition", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+)]
+pub async fn structure_definition(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    definition_read(req, ctx, path, state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/CodeSystem/{id}",
+    operation_id = "readCodeSystem",
+    summary = "Read one of tandem's CodeSystem resources",
+    description = "One CodeSystem that tandem defines (read-only, no token needed).",
+    params(("id" = String, Path, description = "The logical id of the resource")),
+    responses(
+        (status = 200, description = "The CodeSystem", body = docs::CodeSystem, content_type = "application/fhir+json"),
+        (status = 404, description = "No such CodeSystem", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+)]
+pub async fn code_system(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    definition_read(req, ctx, path, state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/OperationDefinition/{id}",
+    operation_id = "readOperationDefinition",
+    summary = "Read one of tandem's OperationDefinition resources",
+    description = "One OperationDefinition that tandem defines (read-only, no token needed).",
+    params(("id" = String, Path, description = "The logical id of the resource")),
+    responses(
+        (status = 200, description = "The OperationDefinition", body = docs::OperationDefinition, content_type = "application/fhir+json"),
+        (status = 404, description = "No such OperationDefinition", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+)]
+pub async fn operation_definition(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    definition_read(req, ctx, path, state).await
+}
+
+/// GET /StructureDefinition, /CodeSystem and /OperationDefinition (optionally `?url=`): tandem's own
+/// definitions.
+async fn definitions_list(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = (|| {
         ctx.negotiated()?;
         let res_type = req.path().trim_start_matches('/').split('/').next().unwrap_or("");
@@ -494,8 +673,8 @@ pub async fn definitions_list(req: HttpRequest, ctx: Ctx, state: web::Data<AppSt
     ctx.respond(result)
 }
 
-/// GET /StructureDefinition/{id} and /CodeSystem/{id}.
-pub async fn definition_read(
+/// GET /StructureDefinition/{id}, /CodeSystem/{id} and /OperationDefinition/{id}.
+async fn definition_read(
     req: HttpRequest,
     ctx: Ctx,
     path: web::Path<String>,

@@ -1,6 +1,7 @@
 //! Search (search.html): type search by GET or POST `_search`, and whole-system search. Answers are
 //! searchset Bundles with self, next and previous links served from database snapshots.
 
+use super::docs;
 use std::collections::HashSet;
 
 use actix_web::http::header;
@@ -107,6 +108,18 @@ pub(super) async fn form_pairs(
     Ok(pairs)
 }
 
+#[utoipa::path(
+    get,
+    path = "/{type}",
+    operation_id = "search",
+    summary = "Search {type} resources",
+    description = "Finds {type} resources by any of the search parameters listed here (each can take the modifiers and prefixes of the FHIR search spec, such as name:exact=, date=ge2027-01-01 or actor:Practitioner=). The answer is a searchset Bundle; follow its next link for more pages.",
+    params(("type" = String, Path, description = "A resource type this server hosts")),
+    responses(
+        (status = 200, description = "A page of matches (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.s"])), ("x-search" = json!("type"))),
+)]
 pub async fn type_search(
     req: HttpRequest,
     ctx: Ctx,
@@ -121,6 +134,41 @@ pub async fn type_search(
     ctx.respond(result)
 }
 
+/// GET [type]/_search: the same search as GET [type].
+#[utoipa::path(
+    get,
+    path = "/{type}/_search",
+    operation_id = "searchGet",
+    summary = "Search {type} resources (GET _search)",
+    description = "Finds {type} resources by any of the search parameters listed here (each can take the modifiers and prefixes of the FHIR search spec, such as name:exact=, date=ge2027-01-01 or actor:Practitioner=). The answer is a searchset Bundle; follow its next link for more pages.",
+    params(("type" = String, Path, description = "A resource type this server hosts")),
+    responses(
+        (status = 200, description = "A page of matches (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.s"])), ("x-search" = json!("type"))),
+)]
+pub async fn type_search_get(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    type_search(req, ctx, path, state).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/{type}/_search",
+    operation_id = "searchPost",
+    summary = "Search {type} resources (POST, parameters in the body)",
+    description = "The same search with its parameters in an application/x-www-form-urlencoded body, so that they stay out of URLs and logs.",
+    params(("type" = String, Path, description = "A resource type this server hosts")),
+    request_body(content = docs::SearchForm, content_type = "application/x-www-form-urlencoded", description = "Search parameters, form-encoded"),
+    responses(
+        (status = 200, description = "A page of matches (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["{type}.s"]))),
+)]
 pub async fn type_search_post(
     req: HttpRequest,
     ctx: Ctx,
@@ -162,6 +210,18 @@ fn system_types(ctx: &Ctx, pairs: &[(String, String)]) -> Result<Vec<ResourceTyp
     named.into_iter().map(resource_type).collect()
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "searchSystem",
+    summary = "Search several resource types",
+    description = "Whole-system search: _type names the types (default: every type the token may search); only the parameters common to all resources apply.",
+    params(("_type" = Option<String>, Query, description = "Comma-separated resource types, such as Patient,Group")),
+    responses(
+        (status = 200, description = "A page of matches (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["*.s"])), ("x-search" = json!("system"))),
+)]
 pub async fn system_search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = async {
         let pairs = query_pairs(&req);
@@ -172,6 +232,18 @@ pub async fn system_search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState
     ctx.respond(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/_search",
+    operation_id = "searchSystemPost",
+    summary = "Search several resource types (POST)",
+    description = "Whole-system search with the parameters in a form-encoded body.",
+    request_body(content = docs::SearchForm, content_type = "application/x-www-form-urlencoded", description = "Search parameters, form-encoded (_type among them)"),
+    responses(
+        (status = 200, description = "A page of matches (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["*.s"]))),
+)]
 pub async fn system_search_post(
     req: HttpRequest,
     ctx: Ctx,

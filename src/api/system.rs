@@ -1,5 +1,6 @@
 //! /metadata, /.well-known/smart-configuration, /healthz, /readyz.
 
+use super::docs;
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
@@ -58,6 +59,16 @@ fn security(state: &AppState) -> Value {
     security
 }
 
+#[utoipa::path(
+    get,
+    path = "/metadata",
+    operation_id = "capabilities",
+    summary = "What this server supports",
+    description = "The CapabilityStatement: resource types, interactions, search parameters, operations and security. No token needed.",
+    responses(
+        (status = 200, description = "The CapabilityStatement", body = docs::CapabilityStatement, content_type = "application/fhir+json"),
+    ),
+)]
 pub async fn metadata(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let result = ctx.negotiated().map(|()| {
         let canonical = &state.store.rules().canonical.base;
@@ -75,6 +86,16 @@ pub async fn metadata(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
 
 /// GET /.well-known/smart-configuration (SMART App Launch 2.0 discovery). tandem is a resource
 /// server: the endpoints are those of the configured authorization server, when one is named.
+#[utoipa::path(
+    get,
+    path = "/.well-known/smart-configuration",
+    operation_id = "smartConfiguration",
+    summary = "SMART discovery",
+    description = "How to get a token: the authorization server's endpoints, and the scopes and capabilities this server supports (SMART App Launch v2). No token needed.",
+    responses(
+        (status = 200, description = "The SMART configuration", body = docs::SmartConfiguration, content_type = "application/json"),
+    ),
+)]
 pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
     let config = &state.config;
     let mut doc = json!({
@@ -100,7 +121,34 @@ pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(doc)
 }
 
+/// The OpenAPI document, generated once from the handlers' annotations.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    summary = "This document",
+    description = "The OpenAPI 3.1 description of this API, generated from the code. No token needed.",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = docs::Object, content_type = "application/json"),
+    ),
+)]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(super::docs::document_bytes())
+}
+
 /// The process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    summary = "Liveness",
+    description = "200 while the process is alive (for the liveness probe).",
+    responses(
+        (status = 200, description = "Alive", body = docs::Health, content_type = "application/json"),
+    ),
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
@@ -109,6 +157,17 @@ pub async fn healthz() -> HttpResponse {
 const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The database answers and the migrations this build needs are applied.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    summary = "Readiness",
+    description = "200 when the database answers and its migrations are current (for the readiness probe), 503 otherwise.",
+    responses(
+        (status = 200, description = "Ready", body = docs::Health, content_type = "application/json"),
+        (status = 503, description = "Not ready: the database is unreachable or migrations are pending", body = docs::Health, content_type = "application/json"),
+    ),
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.store.clone();
     match blocking(move || store.ready(READY_WAIT)).await {
@@ -122,6 +181,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus metrics, in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Request counts and latency by interaction, resource type and status; database pool use; sessions refused by the scheduling rules. OpenMetrics text.",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text"),
+    ),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     match state.metrics.render(state.store.pool_state()) {
         Ok(text) => HttpResponse::Ok()

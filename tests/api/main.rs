@@ -19,6 +19,7 @@ mod fuzz;
 mod history;
 mod hostile;
 mod metadata;
+mod openapi;
 mod operations;
 mod platform;
 mod restart;
