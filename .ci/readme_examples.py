@@ -29,6 +29,10 @@ if os.path.exists(data):
     saved = tempfile.mkdtemp(prefix="tandem-data-")
     shutil.move(data, saved)
 server_cmd = ["cargo", "run", "-q"] + ([] if debug else ["--release"])
+# Build first, without a time limit: `cargo run` after `cargo test` rebuilds the binary with the
+# features of the normal dependencies only (the dev-dependencies no longer unify), which can take
+# longer than the wait for the server below.
+subprocess.run(["cargo", "build", "-q", "--bins"] + ([] if debug else ["--release"]), cwd=ROOT, check=True)
 env = dict(os.environ, TANDEM_LOG="warn")
 server = subprocess.Popen(server_cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 try:
