@@ -34,9 +34,27 @@ struct VerifyKey {
     key: DecodingKey,
 }
 
+/// How many verified tokens the verifier remembers.
+const VERIFIED_CACHE_ENTRIES: usize = 4_096;
+
+/// A token that verified: who it names and the time window it is valid in (seconds since the epoch).
+struct Verified {
+    principal: Principal,
+    exp: f64,
+    nbf: Option<f64>,
+}
+
 /// Checks bearer tokens: signature, algorithm, `exp`, `nbf`, `iss`, `aud`.
+///
+/// Checking a signature costs far more than answering a read by id (ES256 and RS256 verification
+/// took most of a read's time under load), and an integration sends the same token with every
+/// request until it expires. So tokens that verified are remembered, keyed by the SHA-256 of the
+/// whole token (signature included: a token altered in any byte is a different key and is verified
+/// afresh). A remembered token still has its `exp` and `nbf` checked on every use. Keys are fixed for
+/// the life of the process, so nothing else can change the answer. Refused tokens are not remembered.
 pub struct Verifier {
     keys: Vec<VerifyKey>,
+    verified: quick_cache::sync::Cache<[u8; 32], std::sync::Arc<Verified>>,
     issuer: String,
     audience: String,
     /// Where the keys come from, for the log and the docs.
@@ -60,6 +78,9 @@ pub struct Refused(pub String);
 struct Claims {
     iss: String,
     sub: Option<String>,
+    /// Seconds since the epoch (a JSON number, whole or not); required by the validation.
+    exp: f64,
+    nbf: Option<f64>,
     #[serde(default)]
     scope: Option<ScopeClaim>,
     /// Some issuers (Okta, Azure AD) put scopes in `scp`.
@@ -166,6 +187,7 @@ impl Verifier {
                 .ok_or("TANDEM_AUTH_AUDIENCE must name the audience (aud) the tokens are issued for")?;
             let verifier = Verifier {
                 keys,
+                verified: verified_cache(),
                 issuer,
                 audience,
                 source: sources.join(", "),
@@ -187,6 +209,7 @@ impl Verifier {
                 algorithm: Algorithm::ES256,
                 key: local.decoding.clone(),
             }],
+            verified: verified_cache(),
             issuer: config.auth_issuer.clone().unwrap_or_else(|| LOCAL_ISSUER.into()),
             audience: config.auth_audience.clone().unwrap_or_else(|| LOCAL_AUDIENCE.into()),
             source: format!("local development key {}", local.path.display()),
@@ -204,6 +227,34 @@ impl Verifier {
 
     /// Verifies a bearer token and reads the caller from it.
     pub fn verify(&self, token: &str) -> Result<Principal, Refused> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&key) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let leeway = LEEWAY_SECONDS as f64;
+            if now > hit.exp + leeway {
+                self.verified.remove(&key);
+                return Err(Refused(
+                    describe(&jsonwebtoken::errors::ErrorKind::ExpiredSignature).into(),
+                ));
+            }
+            if hit.nbf.is_some_and(|nbf| now < nbf - leeway) {
+                return Err(Refused(
+                    describe(&jsonwebtoken::errors::ErrorKind::ImmatureSignature).into(),
+                ));
+            }
+            return Ok(hit.principal.clone());
+        }
+        let verified = self.verify_signature(token)?;
+        let principal = verified.principal.clone();
+        self.verified.insert(key, std::sync::Arc::new(verified));
+        Ok(principal)
+    }
+
+    /// The full check, without the cache.
+    fn verify_signature(&self, token: &str) -> Result<Verified, Refused> {
         let refuse = |m: &str| Refused(m.to_string());
         // `alg: none` and unknown algorithms do not parse as a header.
         let header = jsonwebtoken::decode_header(token).map_err(|_| refuse("the token is not a signed JWT"))?;
@@ -235,12 +286,23 @@ impl Verifier {
         let mut last = refuse("the token's signature does not verify");
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return Ok(principal(data.claims)),
+                Ok(data) => {
+                    let (exp, nbf) = (data.claims.exp, data.claims.nbf);
+                    return Ok(Verified {
+                        principal: principal(data.claims),
+                        exp,
+                        nbf,
+                    });
+                }
                 Err(e) => last = Refused(describe(e.kind()).into()),
             }
         }
         Err(last)
     }
+}
+
+fn verified_cache() -> quick_cache::sync::Cache<[u8; 32], std::sync::Arc<Verified>> {
+    quick_cache::sync::Cache::new(VERIFIED_CACHE_ENTRIES)
 }
 
 fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
@@ -492,6 +554,7 @@ mod tests {
                 algorithm: Algorithm::ES256,
                 key: first.decoding.clone(),
             }],
+            verified: verified_cache(),
             issuer: LOCAL_ISSUER.into(),
             audience: LOCAL_AUDIENCE.into(),
             source: String::new(),
@@ -513,5 +576,57 @@ mod tests {
         let principal = verifier.verify(&again.sign(&claims).unwrap()).unwrap();
         assert_eq!(principal.subject.as_deref(), Some("me"));
         assert_eq!(principal.scopes.len(), 1);
+    }
+
+    #[test]
+    fn a_remembered_token_is_still_checked_for_expiry_and_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = LocalKey::load_or_create(dir.path()).unwrap();
+        let verifier = Verifier {
+            keys: vec![VerifyKey {
+                kid: Some(key.kid.clone()),
+                algorithm: Algorithm::ES256,
+                key: key.decoding.clone(),
+            }],
+            verified: verified_cache(),
+            issuer: LOCAL_ISSUER.into(),
+            audience: LOCAL_AUDIENCE.into(),
+            source: String::new(),
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = MintedClaims {
+            iss: LOCAL_ISSUER.into(),
+            aud: LOCAL_AUDIENCE.into(),
+            sub: "me".into(),
+            iat: now,
+            nbf: now,
+            exp: now + 60,
+            jti: "j".into(),
+            scope: "system/*.rs".into(),
+            client_id: "c".into(),
+            patient: None,
+            fhir_user: None,
+        };
+        let token = key.sign(&claims).unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        assert!(verifier.verify(&token).is_ok());
+        assert_eq!(verifier.verified.len(), 1);
+
+        // The same token with one signature character changed is a different key: refused.
+        let at = token.rfind('.').unwrap() + 10;
+        let mut tampered = token.clone();
+        let swap = if &token[at..=at] == "A" { "B" } else { "A" };
+        tampered.replace_range(at..=at, swap);
+        assert!(verifier.verify(&tampered).is_err());
+        assert_eq!(verifier.verified.len(), 1);
+
+        // Time passes beyond exp (and the leeway) while the token is remembered: refused, forgotten.
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let mut past = verifier.verify_signature(&token).unwrap();
+        past.exp = now as f64 - LEEWAY_SECONDS as f64 - 1.0;
+        verifier.verified.insert(digest, std::sync::Arc::new(past));
+        assert_eq!(verifier.verify(&token).unwrap_err().0, "the token has expired");
+        assert_eq!(verifier.verified.len(), 0);
     }
 }
