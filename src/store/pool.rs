@@ -13,7 +13,7 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 /// How long a SQLite connection waits for another connection's lock before giving up.
-const SQLITE_BUSY_TIMEOUT_MS: u32 = 15_000;
+pub(super) const SQLITE_BUSY_TIMEOUT_MS: u32 = 15_000;
 
 /// An arbitrary, fixed key for the advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x7461_6e64_656d; // "tandem"
