@@ -55,6 +55,10 @@ async fn interact(app: &TestApp, client: &reqwest::Client, rt: &str, interaction
             .put(app.url(&format!("{rt}/{id}")))
             .header("Content-Type", FHIR_JSON)
             .body(sample(rt, &id).to_string()),
+        "patch" => client
+            .patch(app.url(&format!("{rt}/{id}")))
+            .header("Content-Type", "application/json-patch+json")
+            .body(json!([{"op": "test", "path": "/id", "value": id}]).to_string()),
         "delete" => client.delete(app.url(&format!("{rt}/{id}-gone"))),
         "search-type" => client.get(app.url(rt)),
         "history-instance" => client.get(app.url(&format!("{rt}/{id}/_history"))),
@@ -73,7 +77,7 @@ both_backends! {
         }
         let interactions = [
             ("create", 'c'), ("read", 'r'), ("vread", 'r'), ("history-instance", 'r'), ("update", 'u'),
-            ("search-type", 's'), ("history-type", 's'), ("delete", 'd'),
+            ("patch", 'u'), ("search-type", 's'), ("history-type", 's'), ("delete", 'd'),
         ];
         let v1 = |p: char| if "rs".contains(p) { "read" } else { "write" };
         for rt in TYPES {

@@ -234,5 +234,18 @@ both_backends! {
             {"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|B5"}}]});
         assert_outcome(app.post_json("", &bad).await, 412, "conflict").await;
         assert_eq!(app.version_count().await, before);
+        // An entry's ifMatch: a stale version fails the whole transaction, the current one writes.
+        let guarded = |etag: &str| json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": with_mrn("New", "B7"), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Patient", "id": existing_id, "active": false},
+             "request": {"method": "PUT", "url": format!("Patient/{existing_id}"), "ifMatch": etag}}]});
+        assert_outcome(app.post_json("", &guarded("W/\"1\"")).await, 412, "conflict").await;
+        assert_eq!(app.version_count().await, before);
+        let res = app.post_json("", &guarded("W/\"2\"")).await;
+        assert_eq!(res.status(), 200);
+        let out = json(res).await;
+        assert_eq!(out["entry"][1]["response"]["status"], "200 OK");
+        assert_eq!(out["entry"][1]["response"]["etag"], "W/\"3\"");
+        assert_eq!(matching(&app, "identifier=urn:mrn|B7").await, 1);
     }
 }
