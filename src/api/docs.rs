@@ -398,12 +398,10 @@ fn finish_operation(path: &str, method: &str, mut op: Value, rt: Option<Resource
         if !public {
             shared.extend([("401", "Unauthorized"), ("403", "Forbidden")]);
         }
+        // Any request may be cut off by the HTTP layer when its head is too slow to arrive.
+        shared.push(("408", "RequestTimeout"));
         if has_body {
-            shared.extend([
-                ("408", "RequestTimeout"),
-                ("413", "PayloadTooLarge"),
-                ("415", "UnsupportedMediaType"),
-            ]);
+            shared.extend([("413", "PayloadTooLarge"), ("415", "UnsupportedMediaType")]);
         }
         if path.contains("{id}") && fhir {
             shared.push(("404", "NotFound"));
@@ -632,7 +630,6 @@ fn components() -> Value {
             "NotAcceptable",
             "The requested format (Accept or _format) is neither FHIR JSON nor FHIR XML",
         ),
-        ("RequestTimeout", "The request body did not arrive in time"),
         ("PayloadTooLarge", "The request body exceeds the configured limit"),
         (
             "UnsupportedMediaType",
@@ -645,6 +642,13 @@ fn components() -> Value {
     ] {
         responses.insert(name.to_string(), error_response(description));
     }
+    // Two layers answer 408, so the body is left undescribed: the HTTP layer closes a connection
+    // whose request head did not arrive within 10 s with an empty 408, and a handler answers a body
+    // that did not arrive within TANDEM_REQUEST_TIMEOUT_SECONDS with an OperationOutcome.
+    responses.insert(
+        "RequestTimeout".into(),
+        json!({"description": "The request did not arrive in time: a head not received within 10 s gets an empty answer and the connection is closed; a body not received within TANDEM_REQUEST_TIMEOUT_SECONDS gets an OperationOutcome"}),
+    );
     let mut parameters = Map::new();
     for (name, schema, description) in [
         (
