@@ -29,6 +29,7 @@ RUN mkdir -p src tests/api benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs tests/api/main.rs \
  && echo 'fn main() {}' > benches/load.rs \
+ && echo 'fn main() {}' > benches/baseline.rs \
  && cargo build --release --locked --bin tandem \
  && rm -rf src \
       target/release/tandem target/release/tandem.d \

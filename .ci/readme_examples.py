@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 debug = "--debug" in sys.argv
 readme = open(os.path.join(ROOT, "README.md")).read()
 blocks = re.findall(r"```sh\n(.*?)```", readme, re.S)
-skip = ("cargo test", "cargo bench", "> openapi/openapi.json")
+skip = ("cargo test", "cargo bench", "benches/run.py", "> openapi/openapi.json")
 runnable = [b for b in blocks if b.strip() != "cargo run --release" and not any(s in b for s in skip)]
 script = "\n".join(runnable)
 if debug:

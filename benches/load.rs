@@ -1,103 +1,412 @@
 //! A FHIR REST load generator: it speaks only HTTP to the base URL given on its command line, so the
-//! same requests can measure any FHIR R4 server with the same data.
+//! same data and the same requests can measure any FHIR R4 server.
 //!
-//!     cargo bench --bench load -- --base http://127.0.0.1:8080 --token "$TOKEN" [--concurrency 32] [--seconds 10]
+//!     cargo bench --bench load -- --base http://127.0.0.1:8080 --token "$TOKEN" --seed [--scale 0.1]
 //!
-//! It seeds practitioners and patients (with ids of its own, by PUT), then runs each scenario for the
-//! given time with that many concurrent clients, and prints one markdown row per scenario:
-//! throughput, p50 and p99 latency, and errors. Appointments are given distinct times per therapist
-//! and client, so creates never clash; the date search looks at the hours this run booked (so run
-//! `create` in the same run as `search`). `--only create,search` runs some scenarios only.
+//! `--seed` loads a therapy clinic (when it is not there yet) with transaction Bundles of PUTs:
+//! practitioners, a room per practitioner, patients, support groups with their rosters, a signed
+//! confidentiality agreement per member, a care team per patient and per group, and appointments, a
+//! fifth of them group sessions. Ids and times follow from the sizes, so no two appointments ever
+//! double-book a therapist, a client or a room, and the scenarios know which ids exist.
+//!
+//! Each scenario then runs for `--seconds` with `--concurrency` clients, and prints one markdown row
+//! (or, with `--json`, one JSON object per line): requests, throughput, p50/p99 latency, errors (any
+//! answer that is not 2xx, or no answer). `--only read,search` runs some scenarios only.
+//!
+//! Writes during the scenarios (create, transaction, $book-session) book hours after the latest
+//! appointment on the server, found with `Appointment?_sort=-date&_count=1`, so a run never clashes
+//! with data already there and runs can be repeated on one database.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
+const FHIR_JSON: &str = "application/fhir+json";
+const CAPACITY_URL: &str = "https://tandem.example.org/fhir/StructureDefinition/group-capacity";
+const CONSENT_CATEGORY: &str = "https://tandem.example.org/fhir/CodeSystem/consent-category";
+const APPOINTMENT_SUBJECT: &str = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject";
+/// Monday 2027-01-04T00:00:00Z, the first week of the seeded calendar.
+const WEEK0: i64 = 1_799_020_800;
+const HOUR: i64 = 3_600;
+const DAY: i64 = 86_400;
+const WEEK: i64 = 7 * DAY;
+/// Individual sessions a therapist holds in a week (five a day, Monday to Friday).
+const PER_WEEK: u64 = 25;
+/// Every scenario, in the order they run.
+const SCENARIOS: [Scenario; 8] = [
+    Scenario::Create,
+    Scenario::Read,
+    Scenario::Update,
+    Scenario::SearchDateActor,
+    Scenario::SearchInclude,
+    Scenario::Everything,
+    Scenario::Transaction,
+    Scenario::BookSession,
+];
+
+/// The clinic's size and the load's shape.
 struct Args {
     base: String,
-    /// A bearer token sent with every request (`--token`, or the TANDEM_BENCH_TOKEN variable).
     token: Option<String>,
-    /// Scenarios to run (all when empty), by their short names.
     only: Vec<String>,
-    /// The first appointment number of this run (see `main`).
-    run_offset: u64,
+    seed: bool,
+    json: bool,
     concurrency: usize,
     seconds: u64,
     practitioners: u64,
     patients: u64,
+    groups: u64,
+    members: u64,
+    appointments: u64,
+    batch: u64,
+    lanes: usize,
 }
 
-fn args() -> Args {
-    let mut a = Args {
-        base: String::new(),
-        token: std::env::var("TANDEM_BENCH_TOKEN").ok(),
-        only: Vec::new(),
-        run_offset: 0,
-        concurrency: 32,
-        seconds: 10,
-        practitioners: 200,
-        patients: 2_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--base" => a.base = value().trim_end_matches('/').to_string(),
-            "--token" => a.token = Some(value()),
-            "--concurrency" => a.concurrency = value().parse().expect("--concurrency N"),
-            "--seconds" => a.seconds = value().parse().expect("--seconds N"),
-            "--practitioners" => a.practitioners = value().parse().expect("--practitioners N"),
-            "--patients" => a.patients = value().parse().expect("--patients N"),
-            "--only" => a.only = value().split(',').map(str::to_string).collect(),
-            "--bench" => {} // passed by cargo bench
-            other => panic!("unknown argument {other}"),
+impl Args {
+    fn parse() -> Args {
+        let mut a = Args {
+            base: String::new(),
+            token: std::env::var("TANDEM_BENCH_TOKEN").ok(),
+            only: Vec::new(),
+            seed: false,
+            json: false,
+            concurrency: 32,
+            seconds: 10,
+            practitioners: 200,
+            patients: 10_000,
+            groups: 500,
+            members: 8,
+            appointments: 1_000_000,
+            batch: 500,
+            lanes: 2,
+        };
+        let mut scale = 1.0f64;
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+            let number = |v: String| -> u64 { v.parse().unwrap_or_else(|_| fail(&format!("{flag} takes a number"))) };
+            match flag.as_str() {
+                "--base" => a.base = value().trim_end_matches('/').to_string(),
+                "--token" => a.token = Some(value()),
+                "--only" => a.only = value().split(',').map(str::to_string).collect(),
+                "--seed" => a.seed = true,
+                "--json" => a.json = true,
+                "--concurrency" => a.concurrency = number(value()) as usize,
+                "--seconds" => a.seconds = number(value()),
+                "--scale" => {
+                    scale = value()
+                        .parse()
+                        .unwrap_or_else(|_| fail("--scale takes a number such as 0.1"))
+                }
+                "--batch" => a.batch = number(value()),
+                "--seed-lanes" => a.lanes = number(value()).max(1) as usize,
+                "--bench" => {} // passed by cargo bench
+                other => fail(&format!("unknown argument {other}")),
+            }
         }
+        if a.base.is_empty() {
+            fail("--base URL is required");
+        }
+        if !(scale > 0.0 && scale <= 1.0) {
+            fail("--scale must be in (0, 1]");
+        }
+        // Therapists and group sizes stay; clients, groups and appointments shrink with the scale,
+        // keeping the patients a multiple of the therapists (see `individual`).
+        let scaled = |n: u64, step: u64| ((n as f64 * scale / step as f64).round() as u64).max(1) * step;
+        a.patients = scaled(a.patients, a.practitioners);
+        a.groups = scaled(a.groups, 1).min(5 * a.practitioners);
+        a.appointments = scaled(a.appointments, 5);
+        if a.groups * a.members > a.patients {
+            fail("more group seats than patients");
+        }
+        a
     }
-    assert!(!a.base.is_empty(), "--base URL is required");
-    a
+
+    fn group_sessions(&self) -> u64 {
+        self.appointments / 5
+    }
+
+    fn individual_sessions(&self) -> u64 {
+        self.appointments - self.group_sessions()
+    }
+
+    /// Weeks that hold the seeded individual sessions.
+    fn weeks(&self) -> u64 {
+        self.individual_sessions()
+            .div_ceil(self.practitioners * PER_WEEK)
+            .max(1)
+    }
 }
 
-const T0: i64 = 1_798_761_600_000; // 2027-01-01T00:00:00Z
-
-fn instant(ms: i64) -> String {
-    let secs = ms / 1000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+fn fail(message: &str) -> ! {
+    eprintln!("load: {message}");
+    std::process::exit(2)
 }
 
-/// The i-th appointment: therapist i % P, client i % N, an hour slot that no other appointment of
-/// either holds (slot i / P, and i / P differs between two appointments of one client as N is a
-/// multiple of P).
-fn appointment(i: u64, a: &Args) -> serde_json::Value {
-    let start = T0 + (i / a.practitioners) as i64 * 3_600_000;
-    json!({"resourceType": "Appointment", "status": "booked",
-    "start": instant(start), "end": instant(start + 50 * 60_000),
+fn instant(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .expect("a time within the calendar")
+        .format(&Rfc3339)
+        .expect("RFC 3339")
+}
+
+fn participant(reference: String, status: &str) -> Value {
+    json!({"actor": {"reference": reference}, "status": status})
+}
+
+/// Individual session k: therapist k % P with client k % N, in the therapist's weekly slot k / P
+/// (Monday to Friday, five hours a day). A client's sessions all have one therapist (N is a multiple
+/// of P) in distinct slots, so nobody is booked twice; group sessions are in the evenings.
+fn individual(k: u64, a: &Args) -> Value {
+    let slot = k / a.practitioners;
+    let week = (slot / PER_WEEK) as i64;
+    let day = (slot % PER_WEEK / 5) as i64;
+    let hour = [9, 10, 11, 13, 14][(slot % 5) as usize];
+    let start = WEEK0 + week * WEEK + day * DAY + hour * HOUR;
+    json!({"resourceType": "Appointment", "id": format!("bench-ai{k}"), "status": "booked",
+    "serviceType": [{"text": "individual therapy"}],
+    "start": instant(start), "end": instant(start + 50 * 60),
     "participant": [
-        {"actor": {"reference": format!("Practitioner/bench-pr{}", i % a.practitioners)}, "status": "accepted"},
-        {"actor": {"reference": format!("Patient/bench-pa{}", i % a.patients)}, "status": "accepted"}
+        participant(format!("Practitioner/bench-pr{}", k % a.practitioners), "accepted"),
+        participant(format!("Patient/bench-pa{}", k % a.patients), "accepted"),
     ]})
 }
 
-#[derive(Clone, Copy)]
+/// Group session j: group j % G meets weekly (week j / G) at 18:00 on the weekday its facilitator
+/// (therapist g % P) keeps for it, in that therapist's room, with every member of its roster.
+fn group_session(j: u64, a: &Args) -> Value {
+    let g = j % a.groups;
+    let week = (j / a.groups) as i64;
+    let start = WEEK0 + week * WEEK + (g / a.practitioners) as i64 * DAY + 18 * HOUR;
+    let p = g % a.practitioners;
+    let mut participants = vec![
+        participant(format!("Practitioner/bench-pr{p}"), "accepted"),
+        participant(format!("Location/bench-room{p}"), "accepted"),
+    ];
+    participants
+        .extend((0..a.members).map(|m| participant(format!("Patient/bench-pa{}", g * a.members + m), "accepted")));
+    json!({"resourceType": "Appointment", "id": format!("bench-ag{j}"), "status": "booked",
+        "extension": [{"url": APPOINTMENT_SUBJECT, "valueReference": {"reference": format!("Group/bench-gr{g}")}}],
+        "serviceType": [{"text": "group therapy"}],
+        "start": instant(start), "end": instant(start + 90 * 60), "participant": participants})
+}
+
+/// A resource of the clinic by its number.
+type Make<'a> = Box<dyn Fn(u64) -> Value + Sync + 'a>;
+
+/// The seeded clinic, in the order its references need: per type, how many and the i-th one.
+fn resources(a: &Args) -> Vec<(&'static str, u64, Make<'_>)> {
+    vec![
+        (
+            "Practitioner",
+            a.practitioners,
+            Box::new(|i| {
+                json!({"resourceType": "Practitioner", "id": format!("bench-pr{i}"), "active": true,
+                "name": [{"family": format!("Therapist{i}"), "given": ["Sam"]}]})
+            }),
+        ),
+        (
+            "Location",
+            a.practitioners,
+            Box::new(
+                |i| json!({"resourceType": "Location", "id": format!("bench-room{i}"), "status": "active", "name": format!("Room {i}")}),
+            ),
+        ),
+        (
+            "Patient",
+            a.patients,
+            Box::new(|i| {
+                json!({"resourceType": "Patient", "id": format!("bench-pa{i}"), "active": true,
+                "name": [{"family": format!("Client{i}"), "given": ["Alex"]}], "gender": "unknown",
+                "birthDate": format!("19{:02}-0{}-1{}", 50 + i % 50, 1 + i % 9, i % 10)})
+            }),
+        ),
+        (
+            "Group",
+            a.groups,
+            Box::new(|g| {
+                let member: Vec<Value> = (0..a.members)
+                .map(|m| json!({"entity": {"reference": format!("Patient/bench-pa{}", g * a.members + m)}, "period": {"start": "2026-01-01"}}))
+                .collect();
+                json!({"resourceType": "Group", "id": format!("bench-gr{g}"), "type": "person", "actual": true,
+                "extension": [{"url": CAPACITY_URL, "valuePositiveInt": a.members + 2}],
+                "name": format!("Support group {g}"),
+                "managingEntity": {"reference": format!("Practitioner/bench-pr{}", g % a.practitioners)},
+                "member": member})
+            }),
+        ),
+        (
+            "Consent",
+            a.groups * a.members,
+            Box::new(|i| {
+                json!({"resourceType": "Consent", "id": format!("bench-co{i}"), "status": "active",
+                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                "category": [{"coding": [{"system": CONSENT_CATEGORY, "code": "group-confidentiality"}]}],
+                "patient": {"reference": format!("Patient/bench-pa{i}")},
+                "provision": {"period": {"start": "2026-01-01"},
+                    "actor": [{"role": {"text": "member"}, "reference": {"reference": format!("Group/bench-gr{}", i / a.members)}}]}})
+            }),
+        ),
+        (
+            "CareTeam",
+            a.patients + a.groups,
+            Box::new(|i| {
+                let (id, subject, p) = if i < a.patients {
+                    (
+                        format!("bench-ct{i}"),
+                        format!("Patient/bench-pa{i}"),
+                        i % a.practitioners,
+                    )
+                } else {
+                    let g = i - a.patients;
+                    (
+                        format!("bench-ctg{g}"),
+                        format!("Group/bench-gr{g}"),
+                        g % a.practitioners,
+                    )
+                };
+                json!({"resourceType": "CareTeam", "id": id, "status": "active", "subject": {"reference": subject},
+                "participant": [{"role": [{"text": "therapist"}], "member": {"reference": format!("Practitioner/bench-pr{p}")},
+                    "period": {"start": "2026-01-01"}}]})
+            }),
+        ),
+        (
+            "Appointment",
+            a.appointments,
+            Box::new(|i| {
+                // Four individual sessions, then one group session.
+                if i % 5 == 4 {
+                    group_session(i / 5, a)
+                } else {
+                    individual(i / 5 * 4 + i % 5, a)
+                }
+            }),
+        ),
+    ]
+}
+
+fn transaction(entries: Vec<Value>) -> String {
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
+}
+
+fn put_entry(resource: Value) -> Value {
+    let url = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap_or(""),
+        resource["id"].as_str().unwrap_or("")
+    );
+    json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+}
+
+struct Client {
+    http: reqwest::Client,
+    args: Args,
+}
+
+impl Client {
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.args.base)
+    }
+
+    async fn post_bundle(&self, body: String) -> Result<(), String> {
+        let r = self
+            .http
+            .post(&self.args.base)
+            .header("Content-Type", FHIR_JSON)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{status}: {}", text.chars().take(400).collect::<String>()))
+        }
+    }
+
+    /// The start of the latest appointment on the server (seconds), or the first seeded week.
+    async fn latest_start(&self) -> i64 {
+        let r = self
+            .http
+            .get(self.url("Appointment?_sort=-date&_count=1&_elements=start"))
+            .send()
+            .await
+            .unwrap_or_else(|e| fail(&format!("latest appointment: {e}")));
+        let bundle: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| fail(&format!("latest appointment: {e}")));
+        bundle["entry"][0]["resource"]["start"]
+            .as_str()
+            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+            .map_or(WEEK0, |t| t.unix_timestamp())
+    }
+
+    async fn seeded(&self) -> bool {
+        let last = self.args.appointments - 1;
+        let id = if last % 5 == 4 {
+            format!("bench-ag{}", last / 5)
+        } else {
+            format!("bench-ai{}", last / 5 * 4 + last % 5)
+        };
+        matches!(self.http.get(self.url(&format!("Appointment/{id}"))).send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// Loads the clinic in transaction Bundles of `--batch` PUTs, a few at a time.
+    async fn seed(self: &Arc<Self>) {
+        if self.seeded().await {
+            eprintln!("load: the clinic is already there; not seeding");
+            return;
+        }
+        let started = Instant::now();
+        let mut counts = Vec::new();
+        for (kind, n, make) in resources(&self.args) {
+            let t = Instant::now();
+            let next = Arc::new(AtomicU64::new(0));
+            let batch = self.args.batch;
+            // Bundles in flight at once (`--seed-lanes`): SQLite has one writer, and PostgreSQL's
+            // gain flattens past a few concurrent transactions.
+            let lanes = self.args.lanes;
+            let make = &make;
+            let results = futures_util::future::join_all((0..lanes).map(|_| {
+                let next = next.clone();
+                async move {
+                    loop {
+                        let from = next.fetch_add(batch, Ordering::Relaxed);
+                        if from >= n {
+                            return Ok::<(), String>(());
+                        }
+                        let entries = (from..(from + batch).min(n)).map(|i| put_entry(make(i))).collect();
+                        self.post_bundle(transaction(entries))
+                            .await
+                            .map_err(|e| format!("seeding {kind} from {from}: {e}"))?;
+                    }
+                }
+            }))
+            .await;
+            for r in results {
+                if let Err(e) = r {
+                    fail(&e);
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!("load: seeded {n} {kind} in {secs:.1} s ({:.0}/s)", n as f64 / secs);
+            counts.push(json!({"type": kind, "count": n, "seconds": secs}));
+        }
+        let total = started.elapsed().as_secs_f64();
+        if self.args.json {
+            println!("{}", json!({"seed": counts, "seconds": total}));
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
 enum Scenario {
     Create,
     Read,
@@ -105,10 +414,12 @@ enum Scenario {
     SearchDateActor,
     SearchInclude,
     Everything,
+    Transaction,
+    BookSession,
 }
 
 impl Scenario {
-    fn short(&self) -> &'static str {
+    fn short(self) -> &'static str {
         match self {
             Scenario::Create => "create",
             Scenario::Read => "read",
@@ -116,77 +427,128 @@ impl Scenario {
             Scenario::SearchDateActor => "search",
             Scenario::SearchInclude => "include",
             Scenario::Everything => "everything",
+            Scenario::Transaction => "transaction",
+            Scenario::BookSession => "book-session",
         }
     }
 
-    fn name(&self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Scenario::Create => "create Appointment",
-            Scenario::Read => "read Patient by id",
-            Scenario::Update => "update Patient",
-            Scenario::SearchDateActor => "search Appointment by date range + actor (_count=20)",
-            Scenario::SearchInclude => "search Appointment by actor with _include",
+            Scenario::Read => "read Appointment by id",
+            Scenario::Update => "update Appointment",
+            Scenario::SearchDateActor => "search Appointment by week + therapist (_count=20)",
+            Scenario::SearchInclude => "search Appointment by quarter + client, _include=Appointment:actor",
             Scenario::Everything => "Patient $everything",
+            Scenario::Transaction => "transaction of 100 Appointments",
+            Scenario::BookSession => "Group $book-session",
         }
+    }
+
+    /// Writes that book new hours start after the latest appointment.
+    fn books(self) -> bool {
+        matches!(self, Scenario::Create | Scenario::Transaction | Scenario::BookSession)
     }
 }
 
-async fn request(client: &reqwest::Client, a: &Args, scenario: Scenario, i: u64, created: &AtomicU64) -> bool {
-    let h = "application/fhir+json";
+/// A new individual session n, `after` the hours already booked: therapist n % P, client n % N, hour
+/// n / P (the clients of one hour are distinct, as N ≥ P).
+fn new_appointment(n: u64, after: i64, a: &Args) -> Value {
+    let start = after + DAY + (n / a.practitioners) as i64 * HOUR;
+    json!({"resourceType": "Appointment", "status": "booked",
+    "start": instant(start), "end": instant(start + 50 * 60),
+    "participant": [
+        participant(format!("Practitioner/bench-pr{}", n % a.practitioners), "accepted"),
+        participant(format!("Patient/bench-pa{}", n % a.patients), "accepted"),
+    ]})
+}
+
+/// One request of the scenario; `i` is spread over the seeded ids, `n` numbers new bookings.
+async fn request(c: &Client, scenario: Scenario, i: u64, next: &AtomicU64, after: i64) -> bool {
+    let a = &c.args;
+    let http = &c.http;
+    let individual_id = || {
+        let k = i % a.individual_sessions();
+        (k, format!("bench-ai{k}"))
+    };
     let res = match scenario {
         Scenario::Create => {
-            let n = created.fetch_add(1, Ordering::Relaxed);
-            client
-                .post(format!("{}/Appointment", a.base))
-                .header("Content-Type", h)
-                .body(appointment(n, a).to_string())
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            http.post(c.url("Appointment"))
+                .header("Content-Type", FHIR_JSON)
+                .body(new_appointment(n, after, a).to_string())
                 .send()
                 .await
         }
         Scenario::Read => {
-            client
-                .get(format!("{}/Patient/bench-pa{}", a.base, i % a.patients))
+            http.get(c.url(&format!("Appointment/{}", individual_id().1)))
                 .send()
                 .await
         }
         Scenario::Update => {
-            let id = format!("bench-pa{}", i % a.patients);
-            let body = json!({"resourceType": "Patient", "id": id, "name": [{"family": format!("Bench{}", i % a.patients), "given": [format!("v{i}")]}]});
-            client
-                .put(format!("{}/Patient/{id}", a.base))
-                .header("Content-Type", h)
+            let (k, id) = individual_id();
+            let mut body = individual(k, a);
+            body["comment"] = json!(format!("revised {i}"));
+            http.put(c.url(&format!("Appointment/{id}")))
+                .header("Content-Type", FHIR_JSON)
                 .body(body.to_string())
                 .send()
                 .await
         }
         Scenario::SearchDateActor => {
-            // A 30-day window starting within the first days of this run's appointments.
+            // One therapist's week: about 25 individual and a few group sessions, so two pages.
             let p = i % a.practitioners;
-            let first_hour = (a.run_offset / a.practitioners) as i64;
-            let from_ms = T0 + (first_hour + (i / a.practitioners % 3) as i64 * 24) * 3_600_000;
-            let from = instant(from_ms);
-            let to = instant(from_ms + 30 * 86_400_000);
-            client
-                .get(format!(
-                    "{}/Appointment?date=ge{from}&date=lt{to}&actor=Practitioner/bench-pr{p}&_count=20",
-                    a.base
-                ))
-                .send()
-                .await
+            let from = WEEK0 + ((i / a.practitioners) % a.weeks()) as i64 * WEEK;
+            http.get(c.url(&format!(
+                "Appointment?date=ge{}&date=lt{}&actor=Practitioner/bench-pr{p}&_count=20",
+                instant(from),
+                instant(from + WEEK)
+            )))
+            .send()
+            .await
         }
         Scenario::SearchInclude => {
-            client
-                .get(format!(
-                    "{}/Appointment?actor=Patient/bench-pa{}&_include=Appointment:actor&_count=20",
-                    a.base,
-                    i % a.patients
-                ))
+            // One client's quarter, with the therapists (and rooms) of those sessions included.
+            let pa = i % a.patients;
+            let from = WEEK0 + ((i / a.patients) % a.weeks().saturating_sub(13).max(1)) as i64 * WEEK;
+            http.get(c.url(&format!(
+                "Appointment?date=ge{}&date=lt{}&actor=Patient/bench-pa{pa}&_include=Appointment:actor&_count=20",
+                instant(from),
+                instant(from + 13 * WEEK)
+            )))
+            .send()
+            .await
+        }
+        Scenario::Everything => {
+            http.get(c.url(&format!("Patient/bench-pa{}/$everything", i % a.patients)))
                 .send()
                 .await
         }
-        Scenario::Everything => {
-            client
-                .get(format!("{}/Patient/bench-pa{}/$everything", a.base, i % a.patients))
+        Scenario::Transaction => {
+            let from = next.fetch_add(100, Ordering::Relaxed);
+            let entries = (from..from + 100)
+                .map(|n| json!({"resource": new_appointment(n, after, a), "request": {"method": "POST", "url": "Appointment"}}))
+                .collect();
+            http.post(&a.base)
+                .header("Content-Type", FHIR_JSON)
+                .body(transaction(entries))
+                .send()
+                .await
+        }
+        Scenario::BookSession => {
+            // Each session in an hour of its own: the group's facilitator, room and members.
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let g = n % a.groups;
+            let p = g % a.practitioners;
+            let start = after + DAY + n as i64 * HOUR;
+            let body = json!({"resourceType": "Parameters", "parameter": [
+                {"name": "start", "valueDateTime": instant(start)},
+                {"name": "end", "valueDateTime": instant(start + 90 * 60)},
+                {"name": "practitioner", "valueReference": {"reference": format!("Practitioner/bench-pr{p}")}},
+                {"name": "location", "valueReference": {"reference": format!("Location/bench-room{p}")}}]});
+            http.post(c.url(&format!("Group/bench-gr{g}/$book-session")))
+                .header("Content-Type", FHIR_JSON)
+                .body(body.to_string())
                 .send()
                 .await
         }
@@ -201,112 +563,94 @@ async fn request(client: &reqwest::Client, a: &Args, scenario: Scenario, i: u64,
     }
 }
 
-async fn run(client: &reqwest::Client, a: &Arc<Args>, scenario: Scenario, created: &Arc<AtomicU64>) {
-    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+async fn run(c: &Arc<Client>, scenario: Scenario) {
+    let after = if scenario.books() { c.latest_start().await } else { 0 };
+    let deadline = Instant::now() + Duration::from_secs(c.args.seconds);
     let counter = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..a.concurrency {
-        let (client, a, counter, created) = (client.clone(), a.clone(), counter.clone(), created.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            while Instant::now() < deadline {
-                let i = counter.fetch_add(1, Ordering::Relaxed).wrapping_mul(2_654_435_761) % 1_000_003;
-                let started = Instant::now();
-                if !request(&client, &a, scenario, i, &created).await {
-                    errors += 1;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..c.args.concurrency)
+        .map(|_| {
+            let (c, counter, next) = (c.clone(), counter.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    // A multiplicative hash spreads consecutive requests over the ids.
+                    let i = counter.fetch_add(1, Ordering::Relaxed).wrapping_mul(2_654_435_761) % 1_000_000_007;
+                    let t = Instant::now();
+                    if !request(&c, scenario, i, &next, after).await {
+                        errors += 1;
+                    }
+                    latencies.push(t.elapsed());
                 }
-                latencies.push(started.elapsed());
-            }
-            (latencies, errors)
-        }));
-    }
+                (latencies, errors)
+            })
+        })
+        .collect();
     let mut all = Vec::new();
     let mut errors = 0;
     for w in workers {
-        let (l, e) = w.await.expect("worker");
+        let (l, e) = w.await.expect("a load worker");
         all.extend(l);
         errors += e;
     }
+    let elapsed = started.elapsed().as_secs_f64();
     all.sort();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
-    println!(
-        "| {} | {} | {:.0} | {:.2} | {:.2} | {} |",
-        scenario.name(),
-        all.len(),
-        all.len() as f64 / a.seconds as f64,
-        pct(0.50),
-        pct(0.99),
-        errors
-    );
+    let per_second = all.len() as f64 / elapsed;
+    if c.args.json {
+        println!(
+            "{}",
+            json!({"scenario": scenario.short(), "name": scenario.name(), "requests": all.len(),
+                "per_second": per_second, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "errors": errors})
+        );
+    } else {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            scenario.name(),
+            all.len(),
+            per_second,
+            pct(0.50),
+            pct(0.99),
+            errors
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let mut a = args();
-    // Each run books new hours (a different offset per run, at most decades ahead), so runs against
-    // one database do not clash.
-    a.run_offset = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() % 10_000)
-        * 10_000;
-    let a = Arc::new(a);
+    let args = Args::parse();
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = &a.token {
-        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token");
+    if let Some(token) = &args.token {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .unwrap_or_else(|_| fail("the token is not a header value"));
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(a.concurrency)
-        .default_headers(headers)
-        .build()
-        .expect("client");
-    // Seed (idempotent PUTs, so a second run reuses the data).
-    let h = "application/fhir+json";
-    let seed_started = Instant::now();
-    let put = |path: String, body: serde_json::Value| {
-        let client = client.clone();
-        let url = format!("{}/{path}", a.base);
-        async move {
-            let r = client
-                .put(url)
-                .header("Content-Type", h)
-                .body(body.to_string())
-                .send()
-                .await
-                .expect("seed request");
-            assert!(r.status().is_success(), "seeding failed: {}", r.status());
-        }
-    };
-    for chunk in (0..a.practitioners).collect::<Vec<_>>().chunks(32) {
-        futures_util::future::join_all(chunk.iter().map(|i| put(format!("Practitioner/bench-pr{i}"), json!({"resourceType": "Practitioner", "id": format!("bench-pr{i}"), "name": [{"family": format!("Therapist{i}")}]})))).await;
-    }
-    for chunk in (0..a.patients).collect::<Vec<_>>().chunks(32) {
-        futures_util::future::join_all(chunk.iter().map(|i| put(format!("Patient/bench-pa{i}"), json!({"resourceType": "Patient", "id": format!("bench-pa{i}"), "name": [{"family": format!("Bench{i}")}]})))).await;
-    }
-    eprintln!(
-        "seeded {} practitioners and {} patients in {:.1}s",
-        a.practitioners,
-        a.patients,
-        seed_started.elapsed().as_secs_f64()
+    headers.insert(
+        reqwest::header::ACCEPT,
+        reqwest::header::HeaderValue::from_static(FHIR_JSON),
     );
-
-    println!("| scenario | requests | req/s | p50 ms | p99 ms | errors |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    let created = Arc::new(AtomicU64::new(a.run_offset));
-    for scenario in [
-        Scenario::Create,
-        Scenario::Read,
-        Scenario::Update,
-        Scenario::SearchDateActor,
-        Scenario::SearchInclude,
-        Scenario::Everything,
-    ] {
-        if a.only.is_empty() || a.only.iter().any(|o| o == scenario.short()) {
-            run(&client, &a, scenario, &created).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .default_headers(headers)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("an HTTP client");
+    let c = Arc::new(Client { http, args });
+    if c.args.seed {
+        c.seed().await;
+    }
+    if !c.args.json {
+        println!("| scenario | requests | req/s | p50 ms | p99 ms | errors |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    }
+    for scenario in SCENARIOS {
+        if c.args.only.is_empty() || c.args.only.iter().any(|o| o == scenario.short()) {
+            run(&c, scenario).await;
         }
     }
 }
