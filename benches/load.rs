@@ -338,6 +338,10 @@ impl Client {
             .send()
             .await
             .unwrap_or_else(|e| fail(&format!("latest appointment: {e}")));
+        if !r.status().is_success() {
+            // Booking from the first seeded week would clash with every seeded appointment.
+            fail(&format!("latest appointment: the server answered {}", r.status()));
+        }
         let bundle: Value = r
             .json()
             .await
