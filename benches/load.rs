@@ -274,19 +274,17 @@ fn resources(a: &Args) -> Vec<(&'static str, u64, Make<'_>)> {
                     "period": {"start": "2026-01-01"}}]})
             }),
         ),
-        (
-            "Appointment",
-            a.appointments,
-            Box::new(|i| {
-                // Four individual sessions, then one group session.
-                if i % 5 == 4 {
-                    group_session(i / 5, a)
-                } else {
-                    individual(i / 5 * 4 + i % 5, a)
-                }
-            }),
-        ),
+        ("Appointment", a.appointments, Box::new(|i| appointment(i, a))),
     ]
+}
+
+/// Appointment i of the seeded calendar: four individual sessions, then one group session.
+fn appointment(i: u64, a: &Args) -> Value {
+    if i % 5 == 4 {
+        group_session(i / 5, a)
+    } else {
+        individual(i / 5 * 4 + i % 5, a)
+    }
 }
 
 fn transaction(entries: Vec<Value>) -> String {
@@ -352,14 +350,11 @@ impl Client {
             .map_or(WEEK0, |t| t.unix_timestamp())
     }
 
+    /// Whether the last appointment the seed writes is there.
     async fn seeded(&self) -> bool {
-        let last = self.args.appointments - 1;
-        let id = if last % 5 == 4 {
-            format!("bench-ag{}", last / 5)
-        } else {
-            format!("bench-ai{}", last / 5 * 4 + last % 5)
-        };
-        matches!(self.http.get(self.url(&format!("Appointment/{id}"))).send().await, Ok(r) if r.status().is_success())
+        let last = appointment(self.args.appointments - 1, &self.args);
+        let url = self.url(&format!("Appointment/{}", last["id"].as_str().unwrap_or("")));
+        matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
     }
 
     /// Loads the clinic in transaction Bundles of `--batch` PUTs, a few at a time.

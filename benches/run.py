@@ -150,6 +150,7 @@ def bench_backend(name, exes, opts, workdir):
     os.makedirs(data)
     env = dict(os.environ, TANDEM_LISTEN=f"127.0.0.1:{PORT}", TANDEM_DATA_DIR=data, TANDEM_LOG="warn",
                TANDEM_LOG_FORMAT="json")
+    analyzer = contextlib.nullcontext()
     if name == "sqlite":
         db_path = os.path.join(data, "tandem.db")
         env["TANDEM_DATABASE_URL"] = f"sqlite://{db_path}"
@@ -160,7 +161,8 @@ def bench_backend(name, exes, opts, workdir):
         psql(admin, f"CREATE DATABASE {db}")
         db_url = admin.rsplit("/", 1)[0] + "/" + db
         env["TANDEM_DATABASE_URL"] = db_url
-        autovacuum = psql(db_url, "SHOW autovacuum")
+        if psql(db_url, "SHOW autovacuum") != "on":
+            analyzer = Analyzer(db_url)
     log = open(os.path.join(workdir, f"{name}.log"), "w")
     server = Server(server_exe, env, log)
     result = {"backend": name}
@@ -168,7 +170,6 @@ def bench_backend(name, exes, opts, workdir):
     token = subprocess.run([server_exe, "token", "--scope", "system/*.cruds", "--lifetime", "86400"], env=env,
                            check=True, capture_output=True, text=True).stdout.strip()
     args = {"port": PORT, "concurrency": opts.concurrency, "seconds": opts.seconds, "scale": opts.scale, "token": token}
-    analyzer = Analyzer(db_url) if name == "postgres" and autovacuum != "on" else contextlib.nullcontext()
     with analyzer:
         print(f"[{name}] seeding at scale {opts.scale}", file=sys.stderr, flush=True)
         seeded = load(load_exe, args, "--seed", "--only", "none")

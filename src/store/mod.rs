@@ -136,31 +136,35 @@ const OPTIMIZE_EVERY_WRITES: u64 = 500;
 /// for each other. It runs on its own thread so that no request pays for it, and stops when the
 /// store is dropped.
 fn keep_wal_small(pool: DbPool, wal: String, alive: std::sync::Weak<()>) {
-    let spawned = std::thread::Builder::new().name("tandem-sqlite-wal".into()).spawn(move || {
-        use diesel::connection::SimpleConnection;
-        loop {
-            std::thread::sleep(WAL_CHECK_EVERY);
-            if alive.strong_count() == 0 {
-                return;
-            }
-            if std::fs::metadata(&wal).map_or(0, |m| m.len()) <= WAL_TRUNCATE_ABOVE_BYTES {
-                continue;
-            }
-            let Ok(mut conn) = pool.get() else { continue };
-            let AnyConnection::Sqlite(c) = &mut *conn else { return };
-            let checkpoint = format!(
-                "PRAGMA busy_timeout = {WAL_TRUNCATE_WAIT_MS}; PRAGMA wal_checkpoint(TRUNCATE); PRAGMA busy_timeout = {};",
-                pool::SQLITE_BUSY_TIMEOUT_MS
-            );
-            if let Err(e) = c.batch_execute(&checkpoint) {
-                tracing::debug!(cause = %e, "emptying the SQLite write-ahead log: not this time");
-                // The connection may have kept the short timeout: give it back to the pool as new.
-                let _ = c.batch_execute(&format!("PRAGMA busy_timeout = {};", pool::SQLITE_BUSY_TIMEOUT_MS));
-            }
-        }
-    });
+    let spawned = std::thread::Builder::new()
+        .name("tandem-sqlite-wal".into())
+        .spawn(move || wal_keeper_rounds(&pool, &wal, &alive));
     if let Err(e) = spawned {
         tracing::warn!(cause = %e, "starting SQLite's log keeper failed");
+    }
+}
+
+/// The log keeper's rounds, until the store is gone.
+fn wal_keeper_rounds(pool: &DbPool, wal: &str, alive: &std::sync::Weak<()>) {
+    use diesel::connection::SimpleConnection;
+    loop {
+        std::thread::sleep(WAL_CHECK_EVERY);
+        if alive.strong_count() == 0 {
+            return;
+        }
+        if std::fs::metadata(wal).map_or(0, |m| m.len()) <= WAL_TRUNCATE_ABOVE_BYTES {
+            continue;
+        }
+        let Ok(mut conn) = pool.get() else { continue };
+        let AnyConnection::Sqlite(c) = &mut *conn else { return };
+        let truncate = format!("PRAGMA busy_timeout = {WAL_TRUNCATE_WAIT_MS}; PRAGMA wal_checkpoint(TRUNCATE);");
+        let checkpoint = c.batch_execute(&truncate);
+        // Whether or not the checkpoint went through, the connection goes back to the pool with the
+        // pool's own timeout.
+        let _ = c.batch_execute(&format!("PRAGMA busy_timeout = {};", pool::SQLITE_BUSY_TIMEOUT_MS));
+        if let Err(e) = checkpoint {
+            tracing::debug!(cause = %e, "emptying the SQLite write-ahead log: not this time");
+        }
     }
 }
 
