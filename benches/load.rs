@@ -535,11 +535,12 @@ async fn request(c: &Client, scenario: Scenario, i: u64, next: &AtomicU64, after
                 .await
         }
         Scenario::BookSession => {
-            // Each session in an hour of its own: the group's facilitator, room and members.
+            // Each 90-minute session in two hours of its own: the group's facilitator, room and
+            // members are free then, however few groups there are.
             let n = next.fetch_add(1, Ordering::Relaxed);
             let g = n % a.groups;
             let p = g % a.practitioners;
-            let start = after + DAY + n as i64 * HOUR;
+            let start = after + DAY + n as i64 * 2 * HOUR;
             let body = json!({"resourceType": "Parameters", "parameter": [
                 {"name": "start", "valueDateTime": instant(start)},
                 {"name": "end", "valueDateTime": instant(start + 90 * 60)},

@@ -183,7 +183,7 @@ def bench_backend(name, exes, opts, workdir):
         result["scenarios"] = load(load_exe, args)
     if isinstance(analyzer, Analyzer):
         result["note"] = (f"this PostgreSQL runs with autovacuum off; the suite ran ANALYZE every "
-                          f"{analyzer.every:.0f} s in its place ({analyzer.runs} times)")
+                          f"{analyzer.every:.0f} s in its place ({analyzer.runs} runs)")
     result["rss_kib"] = rss_kib(server.proc.pid)
     result["peak_rss_kib"] = rss_kib(server.proc.pid, "VmHWM")
     server.stop()
