@@ -4,7 +4,7 @@
 
 use super::docs;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::search::{form_pairs, strict_handling};
 use super::{blocking, query_pairs, AppState, Ctx};
@@ -41,7 +41,7 @@ pub async fn read(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>)
         let body = blocking(move || store.audit_read(&lookup))
             .await?
             .ok_or_else(|| Error::NotFound(format!("AuditEvent/{id} is not known")))?;
-        let value: Value = serde_json::from_str(&body).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
+        let value = crate::audit::render(&body).map_err(Error::Internal)?;
         Ok(ctx.body(HttpResponse::Ok(), &value))
     }
     .await;
@@ -132,7 +132,7 @@ async fn run(
     }
     let mut entries = Vec::with_capacity(page.bodies.len() + 1);
     for body in &page.bodies {
-        let resource: Value = serde_json::from_str(body).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
+        let resource = crate::audit::render(body).map_err(Error::Internal)?;
         let url = ctx.url(&format!("AuditEvent/{}", resource["id"].as_str().unwrap_or("")));
         entries.push(json!({"fullUrl": url, "resource": resource, "search": {"mode": "match"}}));
     }
