@@ -116,6 +116,10 @@ pub fn open_pool(url: &DatabaseUrl, max_size: u32, statement_timeout_ms: u64) ->
     Pool::builder()
         .max_size(max_size)
         .connection_timeout(std::time::Duration::from_secs(10))
+        // A PostgreSQL connection can die with its server or the network between, so each one is
+        // checked (`SELECT 1`) as it leaves the pool. A SQLite connection is a handle on a local file
+        // and cannot: checking it cost every request a statement.
+        .test_on_check_out(matches!(url, DatabaseUrl::Postgres(_)))
         .build(Manager {
             url: url.clone(),
             statement_timeout_ms,
