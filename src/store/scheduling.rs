@@ -34,7 +34,7 @@ pub(super) fn before_write(
             Ok(())
         }
         "Appointment" => {
-            book(c, id, resource)?;
+            book(c, id, resource, previous.is_some())?;
             check_group_session(c, rules, resource, previous)
         }
         "Subscription" => Ok(crate::subscriptions::accept(resource, &rules.subscription_hosts)?),
@@ -51,18 +51,23 @@ pub(super) fn on_delete(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Re
 }
 
 /// Replaces the appointment's bookings; refuses (409) a clash with another active appointment.
-fn book(c: &mut AnyConnection, id: &str, appointment: &Value) -> Result<(), Abort> {
-    diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(c)?;
+/// `replacing`: an earlier version exists, whose bookings go first (a new or deleted appointment has
+/// none).
+fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -> Result<(), Abort> {
+    if replacing {
+        diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(c)?;
+    }
     let Some((start, end)) = scheduling::held_window(appointment) else {
         return Ok(());
     };
-    for actor in scheduling::booked_actors(appointment) {
+    let actors = scheduling::booked_actors(appointment);
+    for actor in &actors {
         // An actor's bookings are non-empty and never overlap (this check and, on PostgreSQL, the
         // exclusion constraint keep them so), so the one that starts last before `end` also ends
         // last: it is the only one that can clash. One index probe, however long the calendar;
         // filtering on `end_ms > start` instead would walk every earlier booking of the actor.
         let latest: Option<(String, i64, i64)> = bookings::table
-            .filter(bookings::actor.eq(&actor))
+            .filter(bookings::actor.eq(actor))
             .filter(bookings::start_ms.lt(end))
             .order(bookings::start_ms.desc())
             .select((bookings::appointment_id, bookings::start_ms, bookings::end_ms))
@@ -79,14 +84,25 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value) -> Result<(), Abor
             )
             .into());
         }
-        diesel::insert_into(bookings::table)
-            .values((
+    }
+    // All of them in one statement, once every actor is known to be free.
+    let rows: Vec<_> = actors
+        .iter()
+        .map(|actor| {
+            (
                 bookings::appointment_id.eq(id),
-                bookings::actor.eq(&actor),
+                bookings::actor.eq(actor),
                 bookings::start_ms.eq(start),
                 bookings::end_ms.eq(end),
-            ))
-            .execute(c)?;
+            )
+        })
+        .collect();
+    if !rows.is_empty() {
+        let insert = diesel::insert_into(bookings::table).values(rows);
+        match c {
+            AnyConnection::Sqlite(c) => insert.execute(c)?,
+            AnyConnection::Postgresql(c) => insert.execute(c)?,
+        };
     }
     Ok(())
 }

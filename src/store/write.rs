@@ -357,34 +357,38 @@ fn insert_version(c: &mut AnyConnection, v: &Version) -> Result<(), Abort> {
 }
 
 /// Every relative reference to a hosted type must name a resource that exists and is not deleted.
-/// One query per referenced type.
+/// One query for all of them: the types and the ids each as a list (a superset of the pairs, which
+/// the primary key answers), and the pairs matched here.
 pub(super) fn check_references(
     c: &mut AnyConnection,
     resource: &Value,
     rt: ResourceType,
     own_id: &str,
 ) -> Result<(), Abort> {
-    let refs = local_references(resource);
-    let mut by_type: std::collections::BTreeMap<ResourceType, Vec<String>> = std::collections::BTreeMap::new();
-    for (t, id) in refs {
-        if !(t == rt && id == own_id) {
-            by_type.entry(t).or_default().push(id);
-        }
+    let mut wanted: Vec<(ResourceType, String)> = local_references(resource)
+        .into_iter()
+        .filter(|(t, id)| !(*t == rt && id == own_id))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Ok(());
     }
-    let mut missing = Vec::new();
-    for (t, ids) in by_type {
-        let found: Vec<String> = schema::resources::table
-            .filter(schema::resources::res_type.eq(t.as_str()))
-            .filter(schema::resources::res_id.eq_any(&ids))
-            .filter(schema::resources::deleted.eq(false))
-            .select(schema::resources::res_id)
-            .load(c)?;
-        missing.extend(
-            ids.iter()
-                .filter(|id| !found.contains(id))
-                .map(|id| format!("{t}/{id}")),
-        );
-    }
+    let mut types: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    let ids: Vec<&str> = wanted.iter().map(|(_, id)| id.as_str()).collect();
+    let found: Vec<(String, String)> = schema::resources::table
+        .filter(schema::resources::res_type.eq_any(&types))
+        .filter(schema::resources::res_id.eq_any(&ids))
+        .filter(schema::resources::deleted.eq(false))
+        .select((schema::resources::res_type, schema::resources::res_id))
+        .load(c)?;
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(t, id)| !found.iter().any(|(ft, fid)| ft == t.as_str() && fid == id))
+        .map(|(t, id)| format!("{t}/{id}"))
+        .collect();
     if !missing.is_empty() {
         return Err(Error::Unprocessable(format!(
             "the resource refers to {} which {} not exist on this server",
@@ -448,6 +452,24 @@ fn clear_index(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), 
     Ok(())
 }
 
+/// Rows per INSERT statement: well under SQLite's limit of 32,766 bound values at 8 columns each.
+const INDEX_CHUNK: usize = 1000;
+
+/// Inserts `rows` into `$table` with one multi-row INSERT per chunk (not one per row: an Appointment
+/// has a dozen or more index rows, and each statement is a round trip to PostgreSQL).
+macro_rules! insert_rows {
+    ($c:expr, $table:ident, $rows:expr) => {{
+        let rows: Vec<_> = $rows;
+        for chunk in rows.chunks(INDEX_CHUNK) {
+            let insert = diesel::insert_into($table::table).values(chunk);
+            match &mut *$c {
+                AnyConnection::Sqlite(c) => insert.execute(c)?,
+                AnyConnection::Postgresql(c) => insert.execute(c)?,
+            };
+        }
+    }};
+}
+
 fn write_index(
     c: &mut AnyConnection,
     rt: ResourceType,
@@ -455,100 +477,140 @@ fn write_index(
     e: &index::Entries,
 ) -> Result<(), diesel::result::Error> {
     let t = rt.as_str();
-    for v in &e.tokens {
-        diesel::insert_into(idx_token::table)
-            .values((
-                idx_token::res_type.eq(t),
-                idx_token::res_id.eq(id),
-                idx_token::param.eq(&v.param),
-                idx_token::system.eq(&v.system),
-                idx_token::code.eq(&v.code),
-                idx_token::display.eq(&v.display),
-            ))
-            .execute(c)?;
-    }
-    for v in &e.strings {
-        diesel::insert_into(idx_string::table)
-            .values((
-                idx_string::res_type.eq(t),
-                idx_string::res_id.eq(id),
-                idx_string::param.eq(&v.param),
-                idx_string::norm.eq(&v.norm),
-                idx_string::exact.eq(&v.exact),
-            ))
-            .execute(c)?;
-    }
-    for v in &e.dates {
-        diesel::insert_into(idx_date::table)
-            .values((
-                idx_date::res_type.eq(t),
-                idx_date::res_id.eq(id),
-                idx_date::param.eq(&v.param),
-                idx_date::low.eq(v.low),
-                idx_date::high.eq(v.high),
-            ))
-            .execute(c)?;
-    }
-    for v in &e.references {
-        diesel::insert_into(idx_reference::table)
-            .values((
-                idx_reference::res_type.eq(t),
-                idx_reference::res_id.eq(id),
-                idx_reference::param.eq(&v.param),
-                idx_reference::target_type.eq(&v.target_type),
-                idx_reference::target_id.eq(&v.target_id),
-                idx_reference::url.eq(&v.url),
-            ))
-            .execute(c)?;
-    }
-    for v in &e.uris {
-        diesel::insert_into(idx_uri::table)
-            .values((
-                idx_uri::res_type.eq(t),
-                idx_uri::res_id.eq(id),
-                idx_uri::param.eq(&v.param),
-                idx_uri::uri.eq(&v.uri),
-            ))
-            .execute(c)?;
-    }
-    for v in &e.numbers {
-        diesel::insert_into(idx_number::table)
-            .values((
-                idx_number::res_type.eq(t),
-                idx_number::res_id.eq(id),
-                idx_number::param.eq(&v.param),
-                idx_number::value.eq(v.value),
-                idx_number::system.eq(&v.system),
-                idx_number::code.eq(&v.code),
-            ))
-            .execute(c)?;
-    }
-    for v in &e.composites {
-        diesel::insert_into(idx_composite::table)
-            .values((
-                idx_composite::res_type.eq(t),
-                idx_composite::res_id.eq(id),
-                idx_composite::param.eq(&v.param),
-                idx_composite::system1.eq(&v.system1),
-                idx_composite::code1.eq(&v.code1),
-                idx_composite::system2.eq(&v.system2),
-                idx_composite::code2.eq(&v.code2),
-            ))
-            .execute(c)?;
-    }
-    for v in &e.positions {
-        diesel::insert_into(idx_position::table)
-            .values((
-                idx_position::res_type.eq(t),
-                idx_position::res_id.eq(id),
-                idx_position::param.eq(&v.param),
-                idx_position::latitude.eq(v.latitude),
-                idx_position::longitude.eq(v.longitude),
-                idx_position::x.eq(v.xyz[0]),
-                idx_position::y.eq(v.xyz[1]),
-                idx_position::z.eq(v.xyz[2]),
-            ))
-            .execute(c)?;
-    }
+    insert_rows!(
+        c,
+        idx_token,
+        e.tokens
+            .iter()
+            .map(|v| {
+                (
+                    idx_token::res_type.eq(t),
+                    idx_token::res_id.eq(id),
+                    idx_token::param.eq(&v.param),
+                    idx_token::system.eq(&v.system),
+                    idx_token::code.eq(&v.code),
+                    idx_token::display.eq(&v.display),
+                )
+            })
+            .collect()
+    );
+    insert_rows!(
+        c,
+        idx_string,
+        e.strings
+            .iter()
+            .map(|v| {
+                (
+                    idx_string::res_type.eq(t),
+                    idx_string::res_id.eq(id),
+                    idx_string::param.eq(&v.param),
+                    idx_string::norm.eq(&v.norm),
+                    idx_string::exact.eq(&v.exact),
+                )
+            })
+            .collect()
+    );
+    insert_rows!(
+        c,
+        idx_date,
+        e.dates
+            .iter()
+            .map(|v| {
+                (
+                    idx_date::res_type.eq(t),
+                    idx_date::res_id.eq(id),
+                    idx_date::param.eq(&v.param),
+                    idx_date::low.eq(v.low),
+                    idx_date::high.eq(v.high),
+                )
+            })
+            .collect()
+    );
+    insert_rows!(
+        c,
+        idx_reference,
+        e.references
+            .iter()
+            .map(|v| {
+                (
+                    idx_reference::res_type.eq(t),
+                    idx_reference::res_id.eq(id),
+                    idx_reference::param.eq(&v.param),
+                    idx_reference::target_type.eq(&v.target_type),
+                    idx_reference::target_id.eq(&v.target_id),
+                    idx_reference::url.eq(&v.url),
+                )
+            })
+            .collect()
+    );
+    insert_rows!(
+        c,
+        idx_uri,
+        e.uris
+            .iter()
+            .map(|v| {
+                (
+                    idx_uri::res_type.eq(t),
+                    idx_uri::res_id.eq(id),
+                    idx_uri::param.eq(&v.param),
+                    idx_uri::uri.eq(&v.uri),
+                )
+            })
+            .collect()
+    );
+    insert_rows!(
+        c,
+        idx_number,
+        e.numbers
+            .iter()
+            .map(|v| {
+                (
+                    idx_number::res_type.eq(t),
+                    idx_number::res_id.eq(id),
+                    idx_number::param.eq(&v.param),
+                    idx_number::value.eq(v.value),
+                    idx_number::system.eq(&v.system),
+                    idx_number::code.eq(&v.code),
+                )
+            })
+            .collect()
+    );
+    insert_rows!(
+        c,
+        idx_composite,
+        e.composites
+            .iter()
+            .map(|v| {
+                (
+                    idx_composite::res_type.eq(t),
+                    idx_composite::res_id.eq(id),
+                    idx_composite::param.eq(&v.param),
+                    idx_composite::system1.eq(&v.system1),
+                    idx_composite::code1.eq(&v.code1),
+                    idx_composite::system2.eq(&v.system2),
+                    idx_composite::code2.eq(&v.code2),
+                )
+            })
+            .collect()
+    );
+    insert_rows!(
+        c,
+        idx_position,
+        e.positions
+            .iter()
+            .map(|v| {
+                (
+                    idx_position::res_type.eq(t),
+                    idx_position::res_id.eq(id),
+                    idx_position::param.eq(&v.param),
+                    idx_position::latitude.eq(v.latitude),
+                    idx_position::longitude.eq(v.longitude),
+                    idx_position::x.eq(v.xyz[0]),
+                    idx_position::y.eq(v.xyz[1]),
+                    idx_position::z.eq(v.xyz[2]),
+                )
+            })
+            .collect()
+    );
     Ok(())
 }
