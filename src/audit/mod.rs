@@ -402,6 +402,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn events_stored_whole_before_the_compact_form_are_served_as_they_are() {
+        let whole = r#"{"resourceType":"AuditEvent","id":"e1","action":"R","outcome":"0"}"#;
+        assert_eq!(render(whole).unwrap(), serde_json::from_str::<Value>(whole).unwrap());
+        assert!(render("{\"id\": 1}").is_err(), "a body in neither form is refused");
+    }
+
+    #[test]
+    fn the_stored_form_is_a_fraction_of_the_event() {
+        let record = AuditRecord {
+            recorded: 0,
+            interaction: "read".into(),
+            operation: None,
+            status: 200,
+            principal: None,
+            address: Some("127.0.0.1".into()),
+            entities: vec!["Appointment/a1".into()],
+            query: None,
+            resource: None,
+            patients: vec!["p1".into()],
+            request_id: "r1".into(),
+            method: "GET".into(),
+        };
+        let row = record.to_row();
+        let event = render(&row.body).unwrap();
+        assert_eq!(event["id"], row.id.as_str());
+        assert_eq!(event["entity"][1]["what"]["reference"], "Patient/p1");
+        assert!(
+            row.body.len() * 3 < event.to_string().len(),
+            "{} vs {}",
+            row.body.len(),
+            event.to_string().len()
+        );
+    }
+
+    #[test]
     fn actions_follow_the_interaction() {
         assert_eq!(action("create"), "C");
         assert_eq!(action("vread"), "R");
