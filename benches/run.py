@@ -297,6 +297,34 @@ def report(results, opts):
     return "\n".join(lines)
 
 
+def comparison(before, results):
+    """Markdown lines: each scenario's throughput and p99 in an earlier run (`before`, the JSON that
+    run wrote) and in this one."""
+    lines = ["## Before and after", "",
+             f"Before: the results of {before['date']} ({before.get('label') or 'an earlier run'}), same command and machine kind. "
+             "Each cell: req/s (p99 ms), before → after.", ""]
+    backends = [r for r in results if r["backend"] != "baseline"]
+    old = {r["backend"]: {s["scenario"]: s for s in r["scenarios"]} for r in before["results"]}
+    lines += ["| scenario | " + " | ".join(b["backend"] for b in backends) + " |",
+              "| --- |" + " --- |" * len(backends)]
+    for i, s in enumerate(backends[0]["scenarios"]):
+        cells = []
+        for b in backends:
+            now = b["scenarios"][i]
+            was = old.get(b["backend"], {}).get(now["scenario"])
+            if was is None:
+                cells.append(f"— → {now['per_second']:,.0f} ({now['p99_ms']:,.0f})")
+                continue
+            change = (now["per_second"] / was["per_second"] - 1) if was["per_second"] else 0
+            cells.append(f"{was['per_second']:,.0f} ({was['p99_ms']:,.0f}) → {now['per_second']:,.0f} "
+                         f"({now['p99_ms']:,.0f}), {change:+.0%}")
+        lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
+    base = lambda rs: next(r for r in rs if r["backend"] == "baseline")["scenarios"][0]["per_second"]
+    lines += ["", f"Baseline: {base(before['results']):,.0f} → {base(results):,.0f} req/s "
+              "(the same fixed-body server: the difference is the machine's noise).", ""]
+    return lines
+
+
 def svg(results):
     """A grouped bar chart of throughput per scenario and backend, on a log scale."""
     import math
@@ -331,6 +359,17 @@ def svg(results):
     return "\n".join(out) + "\n"
 
 
+def write_report(opts, results, before):
+    text = report(results, opts)
+    if before is not None:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(comparison(before, results))
+    with open(os.path.join(opts.out, "RESULTS.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(opts.out, "throughput.svg"), "w") as f:
+        f.write(svg(results))
+    print(text)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=float, default=1.0, help="share of the full clinic (1.0: 1,000,000 appointments)")
@@ -341,7 +380,24 @@ def main():
                    help="a PostgreSQL database to connect to for creating the benchmark's own")
     p.add_argument("--pg-database", default="tandem_bench")
     p.add_argument("--out", default=RESULTS)
+    p.add_argument("--compare", metavar="RESULTS_JSON",
+                   help="an earlier run's results.json: the report adds a before-and-after table")
+    p.add_argument("--compare-label", default="", help="what the earlier run was (a commit), for the report")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write RESULTS.md and throughput.svg again from OUT/results.json")
     opts = p.parse_args()
+    before = None
+    if opts.compare:
+        with open(opts.compare) as f:
+            before = json.load(f)
+        before["label"] = opts.compare_label
+    if opts.report_only:
+        with open(os.path.join(opts.out, "results.json")) as f:
+            saved = json.load(f)
+        for k in ("scale", "seconds", "concurrency"):
+            setattr(opts, k, saved["options"][k])
+        write_report(opts, saved["results"], before)
+        return
     exes = build()
     workdir = tempfile.mkdtemp(prefix="tandem-bench-")
     ok = False
@@ -351,12 +407,9 @@ def main():
             results.append(bench_backend(name, exes, opts, workdir))
         os.makedirs(opts.out, exist_ok=True)
         with open(os.path.join(opts.out, "results.json"), "w") as f:
-            json.dump({"date": datetime.date.today().isoformat(), "machine": machine(), "options": vars(opts), "results": results}, f, indent=1)
-        with open(os.path.join(opts.out, "RESULTS.md"), "w") as f:
-            f.write(report(results, opts))
-        with open(os.path.join(opts.out, "throughput.svg"), "w") as f:
-            f.write(svg(results))
-        print(open(os.path.join(opts.out, "RESULTS.md")).read())
+            options = {k: v for k, v in vars(opts).items() if k not in ("compare", "compare_label", "report_only")}
+            json.dump({"date": datetime.date.today().isoformat(), "machine": machine(), "options": options, "results": results}, f, indent=1)
+        write_report(opts, results, before)
         ok = True
     finally:
         for proc in STARTED:
