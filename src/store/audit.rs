@@ -50,46 +50,44 @@ impl Store {
     pub fn insert_audit(&self, rows: &[AuditRow]) -> Result<(), Error> {
         self.write(|c, _| {
             for chunk in rows.chunks(INSERT_CHUNK) {
-                let events: Vec<_> = chunk
-                    .iter()
-                    .map(|r| {
-                        (
-                            audit_events::id.eq(&r.id),
-                            audit_events::recorded.eq(r.recorded),
-                            audit_events::action.eq(&r.action),
-                            audit_events::subtype.eq(&r.subtype),
-                            audit_events::outcome.eq(&r.outcome),
-                            audit_events::altid.eq(&r.altid),
-                            audit_events::client_id.eq(&r.client_id),
-                            audit_events::address.eq(&r.address),
-                            audit_events::body.eq(&r.body),
-                        )
-                    })
-                    .collect();
-                let insert = diesel::insert_into(audit_events::table).values(events);
-                match c {
-                    AnyConnection::Sqlite(c) => insert.execute(c)?,
-                    AnyConnection::Postgresql(c) => insert.execute(c)?,
-                };
-                let refs: Vec<_> = chunk
-                    .iter()
-                    .flat_map(|r| {
-                        r.refs.iter().map(move |(kind, reference)| {
+                insert_rows!(
+                    c,
+                    audit_events::table,
+                    chunk
+                        .iter()
+                        .map(|r| {
                             (
-                                audit_refs::event_id.eq(&r.id),
-                                audit_refs::kind.eq(*kind),
-                                audit_refs::ref_.eq(reference),
+                                audit_events::id.eq(&r.id),
+                                audit_events::recorded.eq(r.recorded),
+                                audit_events::action.eq(&r.action),
+                                audit_events::subtype.eq(&r.subtype),
+                                audit_events::outcome.eq(&r.outcome),
+                                audit_events::altid.eq(&r.altid),
+                                audit_events::client_id.eq(&r.client_id),
+                                audit_events::address.eq(&r.address),
+                                audit_events::body.eq(&r.body),
                             )
                         })
-                    })
-                    .collect();
-                for part in refs.chunks(INSERT_CHUNK * 3) {
-                    let insert = diesel::insert_into(audit_refs::table).values(part);
-                    match c {
-                        AnyConnection::Sqlite(c) => insert.execute(c)?,
-                        AnyConnection::Postgresql(c) => insert.execute(c)?,
-                    };
-                }
+                        .collect(),
+                    INSERT_CHUNK
+                );
+                insert_rows!(
+                    c,
+                    audit_refs::table,
+                    chunk
+                        .iter()
+                        .flat_map(|r| {
+                            r.refs.iter().map(move |(kind, reference)| {
+                                (
+                                    audit_refs::event_id.eq(&r.id),
+                                    audit_refs::kind.eq(*kind),
+                                    audit_refs::ref_.eq(reference),
+                                )
+                            })
+                        })
+                        .collect(),
+                    INSERT_CHUNK * 3
+                );
             }
             Ok(())
         })

@@ -6,6 +6,22 @@
 //! (type, id, version) in the version table, so two writers can never both produce version n+1.
 //! On SQLite every write transaction first takes the database write lock.
 
+/// Inserts `rows` (column-value tuples) into `table` on whichever backend `c` is, one multi-row
+/// INSERT per `chunk` rows: one statement (on PostgreSQL one round trip) per chunk rather than per
+/// row. `chunk` × the columns must stay under SQLite's 32,766 bound values.
+macro_rules! insert_rows {
+    ($c:expr, $table:path, $rows:expr, $chunk:expr) => {{
+        let rows: Vec<_> = $rows;
+        for part in rows.chunks($chunk) {
+            let insert = diesel::insert_into($table).values(part);
+            match &mut *$c {
+                AnyConnection::Sqlite(c) => insert.execute(c)?,
+                AnyConnection::Postgresql(c) => insert.execute(c)?,
+            };
+        }
+    }};
+}
+
 mod audit;
 mod bundle;
 mod conditional;

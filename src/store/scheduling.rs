@@ -14,6 +14,9 @@ use crate::resources::{dates, ResourceType};
 use crate::scheduling::{self, Rules, GROUP_CONFIDENTIALITY};
 use crate::search::plan::Sql;
 
+/// Booking rows per INSERT: 4,000 bound values at most (4 columns).
+const BOOKINGS_CHUNK: usize = 1000;
+
 fn day(ms: i64) -> String {
     dates::format_instant(ms)[..10].to_string()
 }
@@ -86,24 +89,22 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -
         }
     }
     // All of them in one statement, once every actor is known to be free.
-    let rows: Vec<_> = actors
-        .iter()
-        .map(|actor| {
-            (
-                bookings::appointment_id.eq(id),
-                bookings::actor.eq(actor),
-                bookings::start_ms.eq(start),
-                bookings::end_ms.eq(end),
-            )
-        })
-        .collect();
-    if !rows.is_empty() {
-        let insert = diesel::insert_into(bookings::table).values(rows);
-        match c {
-            AnyConnection::Sqlite(c) => insert.execute(c)?,
-            AnyConnection::Postgresql(c) => insert.execute(c)?,
-        };
-    }
+    insert_rows!(
+        c,
+        bookings::table,
+        actors
+            .iter()
+            .map(|actor| {
+                (
+                    bookings::appointment_id.eq(id),
+                    bookings::actor.eq(actor),
+                    bookings::start_ms.eq(start),
+                    bookings::end_ms.eq(end),
+                )
+            })
+            .collect(),
+        BOOKINGS_CHUNK
+    );
     Ok(())
 }
 

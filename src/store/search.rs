@@ -11,7 +11,7 @@ use crate::resources::{dates, ResourceType};
 use crate::search::plan::{Bind, Planned, Sql};
 use crate::search::Include;
 
-/// Rows per INSERT of an operation's snapshot.
+/// Rows per INSERT of an operation's snapshot: 4,000 bound values at most (4 columns).
 const SNAPSHOT_CHUNK: usize = 1000;
 
 /// How long a search snapshot (and so its next/previous links) stays valid.
@@ -240,27 +240,23 @@ impl Store {
             });
         }
         let snapshot = self.new_snapshot(|c, id| {
-            // Multi-row INSERTs (SQLite allows 32,766 bound values; 4 columns each): a patient's
-            // record is hundreds of rows, each a round trip to PostgreSQL when inserted alone.
-            for (n, chunk) in ids.chunks(SNAPSHOT_CHUNK).enumerate() {
-                let rows: Vec<_> = chunk
-                    .iter()
+            // A patient's record is hundreds of rows, each a round trip to PostgreSQL when inserted alone.
+            insert_rows!(
+                c,
+                search_results::table,
+                ids.iter()
                     .enumerate()
                     .map(|(i, (t, res_id))| {
                         (
                             search_results::search_id.eq(id),
-                            search_results::pos.eq((n * SNAPSHOT_CHUNK + i) as i64 + 1),
+                            search_results::pos.eq(i as i64 + 1),
                             search_results::res_type.eq(t),
                             search_results::res_id.eq(res_id),
                         )
                     })
-                    .collect();
-                let insert = diesel::insert_into(search_results::table).values(rows);
-                match &mut *c {
-                    AnyConnection::Sqlite(c) => insert.execute(c)?,
-                    AnyConnection::Postgresql(c) => insert.execute(c)?,
-                };
-            }
+                    .collect(),
+                SNAPSHOT_CHUNK
+            );
             Ok(ids.len() as i64)
         })?;
         let mut pooled = self.pool.get()?;

@@ -452,23 +452,8 @@ fn clear_index(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), 
     Ok(())
 }
 
-/// Rows per INSERT statement: well under SQLite's limit of 32,766 bound values at 8 columns each.
+/// Index rows per INSERT statement: 8,000 bound values at most (8 columns).
 const INDEX_CHUNK: usize = 1000;
-
-/// Inserts `rows` into `$table` with one multi-row INSERT per chunk (not one per row: an Appointment
-/// has a dozen or more index rows, and each statement is a round trip to PostgreSQL).
-macro_rules! insert_rows {
-    ($c:expr, $table:ident, $rows:expr) => {{
-        let rows: Vec<_> = $rows;
-        for chunk in rows.chunks(INDEX_CHUNK) {
-            let insert = diesel::insert_into($table::table).values(chunk);
-            match &mut *$c {
-                AnyConnection::Sqlite(c) => insert.execute(c)?,
-                AnyConnection::Postgresql(c) => insert.execute(c)?,
-            };
-        }
-    }};
-}
 
 fn write_index(
     c: &mut AnyConnection,
@@ -479,7 +464,7 @@ fn write_index(
     let t = rt.as_str();
     insert_rows!(
         c,
-        idx_token,
+        idx_token::table,
         e.tokens
             .iter()
             .map(|v| {
@@ -492,11 +477,12 @@ fn write_index(
                     idx_token::display.eq(&v.display),
                 )
             })
-            .collect()
+            .collect(),
+        INDEX_CHUNK
     );
     insert_rows!(
         c,
-        idx_string,
+        idx_string::table,
         e.strings
             .iter()
             .map(|v| {
@@ -508,11 +494,12 @@ fn write_index(
                     idx_string::exact.eq(&v.exact),
                 )
             })
-            .collect()
+            .collect(),
+        INDEX_CHUNK
     );
     insert_rows!(
         c,
-        idx_date,
+        idx_date::table,
         e.dates
             .iter()
             .map(|v| {
@@ -524,11 +511,12 @@ fn write_index(
                     idx_date::high.eq(v.high),
                 )
             })
-            .collect()
+            .collect(),
+        INDEX_CHUNK
     );
     insert_rows!(
         c,
-        idx_reference,
+        idx_reference::table,
         e.references
             .iter()
             .map(|v| {
@@ -541,11 +529,12 @@ fn write_index(
                     idx_reference::url.eq(&v.url),
                 )
             })
-            .collect()
+            .collect(),
+        INDEX_CHUNK
     );
     insert_rows!(
         c,
-        idx_uri,
+        idx_uri::table,
         e.uris
             .iter()
             .map(|v| {
@@ -556,11 +545,12 @@ fn write_index(
                     idx_uri::uri.eq(&v.uri),
                 )
             })
-            .collect()
+            .collect(),
+        INDEX_CHUNK
     );
     insert_rows!(
         c,
-        idx_number,
+        idx_number::table,
         e.numbers
             .iter()
             .map(|v| {
@@ -573,11 +563,12 @@ fn write_index(
                     idx_number::code.eq(&v.code),
                 )
             })
-            .collect()
+            .collect(),
+        INDEX_CHUNK
     );
     insert_rows!(
         c,
-        idx_composite,
+        idx_composite::table,
         e.composites
             .iter()
             .map(|v| {
@@ -591,11 +582,12 @@ fn write_index(
                     idx_composite::code2.eq(&v.code2),
                 )
             })
-            .collect()
+            .collect(),
+        INDEX_CHUNK
     );
     insert_rows!(
         c,
-        idx_position,
+        idx_position::table,
         e.positions
             .iter()
             .map(|v| {
@@ -610,7 +602,8 @@ fn write_index(
                     idx_position::z.eq(v.xyz[2]),
                 )
             })
-            .collect()
+            .collect(),
+        INDEX_CHUNK
     );
     Ok(())
 }
