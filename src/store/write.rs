@@ -378,15 +378,21 @@ pub(super) fn check_references(
     types.sort_unstable();
     types.dedup();
     let ids: Vec<&str> = wanted.iter().map(|(_, id)| id.as_str()).collect();
-    let found: Vec<(String, String)> = schema::resources::table
+    let mut found: Vec<(String, String)> = schema::resources::table
         .filter(schema::resources::res_type.eq_any(&types))
         .filter(schema::resources::res_id.eq_any(&ids))
         .filter(schema::resources::deleted.eq(false))
         .select((schema::resources::res_type, schema::resources::res_id))
         .load(c)?;
+    // Sorted, so each wanted pair is a binary search (a Group's roster can name thousands).
+    found.sort_unstable();
     let missing: Vec<String> = wanted
         .iter()
-        .filter(|(t, id)| !found.iter().any(|(ft, fid)| ft == t.as_str() && fid == id))
+        .filter(|(t, id)| {
+            found
+                .binary_search_by(|(ft, fid)| (ft.as_str(), fid.as_str()).cmp(&(t.as_str(), id.as_str())))
+                .is_err()
+        })
         .map(|(t, id)| format!("{t}/{id}"))
         .collect();
     if !missing.is_empty() {
