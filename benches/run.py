@@ -243,14 +243,14 @@ def mib(kib):
     return f"{kib / 1024:.0f} MiB"
 
 
-def report(results, opts):
+def report(results, opts, date, machine_text):
     baseline = next(r for r in results if r["backend"] == "baseline")
     base_rps = baseline["scenarios"][0]["per_second"]
     backends = [r for r in results if r["backend"] != "baseline"]
     lines = [
-        f"# Benchmark results ({datetime.date.today().isoformat()})",
+        f"# Benchmark results ({date})",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine_text}.",
         "",
         f"Command: `python3 benches/run.py --scale {opts.scale} --seconds {opts.seconds} --concurrency {opts.concurrency}`.",
     ]
@@ -359,8 +359,10 @@ def svg(results):
     return "\n".join(out) + "\n"
 
 
-def write_report(opts, results, before):
-    text = report(results, opts)
+def write_report(opts, saved, before):
+    """RESULTS.md and throughput.svg from a run's saved results (date and machine included)."""
+    results = saved["results"]
+    text = report(results, opts, saved["date"], saved["machine"])
     if before is not None:
         text = text.rstrip("\n") + "\n\n" + "\n".join(comparison(before, results))
     with open(os.path.join(opts.out, "RESULTS.md"), "w") as f:
@@ -396,7 +398,7 @@ def main():
             saved = json.load(f)
         for k in ("scale", "seconds", "concurrency"):
             setattr(opts, k, saved["options"][k])
-        write_report(opts, saved["results"], before)
+        write_report(opts, saved, before)
         return
     exes = build()
     workdir = tempfile.mkdtemp(prefix="tandem-bench-")
@@ -406,10 +408,11 @@ def main():
         for name in opts.backends.split(","):
             results.append(bench_backend(name, exes, opts, workdir))
         os.makedirs(opts.out, exist_ok=True)
+        options = {k: v for k, v in vars(opts).items() if k not in ("compare", "compare_label", "report_only")}
+        saved = {"date": datetime.date.today().isoformat(), "machine": machine(), "options": options, "results": results}
         with open(os.path.join(opts.out, "results.json"), "w") as f:
-            options = {k: v for k, v in vars(opts).items() if k not in ("compare", "compare_label", "report_only")}
-            json.dump({"date": datetime.date.today().isoformat(), "machine": machine(), "options": options, "results": results}, f, indent=1)
-        write_report(opts, results, before)
+            json.dump(saved, f, indent=1)
+        write_report(opts, saved, before)
         ok = True
     finally:
         for proc in STARTED:
