@@ -162,7 +162,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
             BundleOp::Create {
                 label: label.clone(),
                 rt,
-                id: uuid::Uuid::new_v4().to_string(),
+                id: crate::resources::new_id(),
                 resource: body(resource, rt)?,
                 access: write_access(ctx, rt, &g),
                 if_none_exist,

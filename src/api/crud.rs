@@ -174,7 +174,7 @@ pub async fn create(
             label: format!("create {rt}"),
             rt,
             // http.html#create: an id in the body is ignored; the server assigns one.
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::resources::new_id(),
             resource,
             access: write_access(&ctx, rt, &grant),
             if_none_exist,

@@ -132,7 +132,7 @@ impl Store {
         let op = BundleOp::Create {
             label: format!("create {rt}"),
             rt,
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::resources::new_id(),
             resource,
             access: access.clone(),
             if_none_exist: None,
@@ -405,7 +405,7 @@ fn update_id(c: &mut AnyConnection, rt: ResourceType, target: &Target, resource:
                 .into())
             }
         }
-        (None, _, None) => Ok(uuid::Uuid::new_v4().to_string()),
+        (None, _, None) => Ok(crate::resources::new_id()),
     }
 }
 
