@@ -535,7 +535,7 @@ pub(crate) async fn everything(
         .into_iter()
         .find(|(k, _)| k == "_cursor")
         .map(|(_, v)| v);
-    let bundle = searchset(ctx, &page, count, cursor, &link, &[] as &[Version], None, true, |r| r)?;
+    let bundle = searchset(ctx, &page, cursor, &link, &[] as &[Version], None, true, |r| r)?;
     Ok(ctx.body(HttpResponse::Ok(), &bundle))
 }
 

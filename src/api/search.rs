@@ -302,7 +302,8 @@ async fn run(
     }
 
     let (page_plan, cursor) = (planned.clone(), search.cursor.clone());
-    let page = blocking(move || store.search(&page_plan, count, cursor.as_deref())).await?;
+    let with_total = search.total != Total::None;
+    let page = blocking(move || store.search(&page_plan, count, cursor.as_deref(), with_total)).await?;
     let (included, cut) = includes(ctx, state, &page.matches, &search.includes, &search.revincludes).await?;
 
     let mut warnings = Vec::new();
@@ -322,7 +323,6 @@ async fn run(
     let bundle = searchset(
         ctx,
         &page,
-        count,
         search.cursor.clone(),
         &link,
         &included,
@@ -339,7 +339,6 @@ async fn run(
 pub fn searchset(
     ctx: &Ctx,
     page: &SearchPage,
-    count: i64,
     cursor: Option<String>,
     link: &dyn Fn(Option<String>) -> String,
     included: &[Version],
@@ -348,13 +347,11 @@ pub fn searchset(
     shape: impl Fn(Value) -> Value,
 ) -> Result<Value, Error> {
     let mut links = vec![json!({"relation": "self", "url": link(cursor)})];
-    if let Some(snapshot) = &page.snapshot {
-        if page.offset + count < page.total {
-            links.push(json!({"relation": "next", "url": link(Some(format!("{snapshot}:{}", page.offset + count)))}));
-        }
-        if page.offset > 0 {
-            links.push(json!({"relation": "previous", "url": link(Some(format!("{snapshot}:{}", (page.offset - count).max(0))))}));
-        }
+    if let Some(next) = &page.next {
+        links.push(json!({"relation": "next", "url": link(Some(next.clone()))}));
+    }
+    if let Some(previous) = &page.previous {
+        links.push(json!({"relation": "previous", "url": link(Some(previous.clone()))}));
     }
     let mut entries = Vec::with_capacity(page.matches.len() + included.len() + 1);
     for v in &page.matches {
@@ -375,7 +372,7 @@ pub fn searchset(
         json!({"lastUpdated": dates::format_instant(dates::now_millis())}),
     );
     bundle.insert("type".into(), json!("searchset"));
-    if with_total {
+    if with_total && page.total >= 0 {
         bundle.insert("total".into(), json!(page.total));
     }
     bundle.insert("link".into(), Value::Array(links));

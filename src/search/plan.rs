@@ -99,11 +99,17 @@ struct Matching {
     probe: Option<Sql>,
 }
 
+/// The default order, and the key of keyset paging.
+pub const KEYSET_ORDER: &str = "r.res_type ASC, r.res_id ASC";
+
 /// A planned search: `FROM resources r WHERE …` and `ORDER BY …` (ending with the tie-breakers).
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub from_where: Sql,
     pub order_by: Sql,
+    /// True when the order is the default one, `r.res_type, r.res_id`: a key no write changes, so
+    /// pages can be served by keyset (after the last row of the page before) with no snapshot.
+    pub keyset: bool,
     /// Criteria that were ignored (unknown parameters), for the OperationOutcome of a lenient search.
     pub ignored: Vec<String>,
     /// The criteria that were applied, as `key=value` pairs, for the self link.
@@ -275,6 +281,7 @@ pub fn plan(types: &[ResourceType], search: &Search, strict: bool, visible: Visi
     Ok(Planned {
         from_where,
         order_by,
+        keyset: search.sort.is_empty(),
         ignored,
         applied,
     })
@@ -972,7 +979,12 @@ fn last_updated_matching(
 
 /// `ORDER BY` for `_sort`: a multi-valued parameter sorts by its lowest value ascending, its highest
 /// descending (search.html#_sort); ties are broken by last update and id, so the order is total.
+/// With no `_sort` the order is type and id (search.html leaves it to the server): ids this server
+/// assigns are time-ordered, so that is creation order, and no update moves a resource in it.
 fn order_by(types: &[ResourceType], sort: &[SortKey]) -> Result<Sql, Error> {
+    if sort.is_empty() {
+        return Ok(Sql::new(KEYSET_ORDER));
+    }
     let mut sql = Sql::new("");
     for key in sort {
         let dir = if key.descending { "DESC" } else { "ASC" };

@@ -1,14 +1,19 @@
-//! Running planned searches: the first page straight from the indexes, and — when there are more
-//! matches than fit a page — a snapshot of the ordered ids, from which every page is then served.
+//! Running planned searches. In the default order (type, id), every page comes straight from the
+//! indexes: a keyset cursor names the row a page starts after (or ends before) and the newest
+//! version sequence number when the first page was served, and later pages leave out resources
+//! created after it. Nothing is written, and no update moves a resource in that order, so pages
+//! neither shift nor repeat while data changes. A `_sort` order can change under writes, so there —
+//! when the matches do not fit one page — a snapshot of the ordered ids is stored, and every page
+//! is served from it.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Text};
+use diesel::sql_types::{BigInt, Double, Nullable, Text};
 
 use super::schema::{idx_reference, resources, search_results, search_snapshots};
 use super::{Abort, AnyConnection, Store, Version};
 use crate::error::Error;
 use crate::resources::{dates, ResourceType};
-use crate::search::plan::{Bind, Planned, Sql};
+use crate::search::plan::{Bind, Planned, Sql, KEYSET_ORDER};
 use crate::search::Include;
 
 /// Rows per INSERT of an operation's snapshot: 4,000 bound values at most (4 columns).
@@ -21,10 +26,111 @@ const SNAPSHOT_TTL_MS: i64 = 30 * 60 * 1000;
 #[derive(Debug)]
 pub struct SearchPage {
     pub matches: Vec<Version>,
+    /// The number of matches (when counted: see `Store::search`).
     pub total: i64,
-    /// The snapshot that serves the other pages, when the matches do not fit one page.
-    pub snapshot: Option<String>,
-    pub offset: i64,
+    /// The cursors of the next and previous pages, when there are such pages.
+    pub next: Option<String>,
+    pub previous: Option<String>,
+}
+
+impl SearchPage {
+    fn single(matches: Vec<Version>) -> SearchPage {
+        SearchPage {
+            total: matches.len() as i64,
+            matches,
+            next: None,
+            previous: None,
+        }
+    }
+}
+
+/// Where a keyset page starts: after (or, for a previous link, before) the row (`res_type`,
+/// `res_id`), among the resources created no later than version sequence number `as_of`.
+/// Written `k~as_of~total~a|b~type~id`: `~` is in no type or id, and needs no escaping in a URL.
+#[derive(Debug, Clone, PartialEq)]
+struct Keyset {
+    as_of: i64,
+    total: i64,
+    before: bool,
+    res_type: String,
+    res_id: String,
+}
+
+impl Keyset {
+    fn at(as_of: i64, total: i64, before: bool, row: &Version) -> String {
+        let dir = if before { "b" } else { "a" };
+        format!("k~{as_of}~{total}~{dir}~{}~{}", row.res_type, row.res_id)
+    }
+
+    fn parse(cursor: &str) -> Option<Keyset> {
+        let mut parts = cursor.strip_prefix("k~")?.split('~');
+        let as_of = parts.next()?.parse().ok()?;
+        let total = parts.next()?.parse().ok()?;
+        let before = match parts.next()? {
+            "a" => false,
+            "b" => true,
+            _ => return None,
+        };
+        let res_type = parts.next()?;
+        let res_id = parts.next()?;
+        let plain = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if parts.next().is_some() || !plain(res_type) || !plain(res_id) {
+            return None;
+        }
+        Some(Keyset {
+            as_of,
+            total,
+            before,
+            res_type: res_type.to_string(),
+            res_id: res_id.to_string(),
+        })
+    }
+}
+
+/// A row of a keyset page: the current version, and the newest version sequence number the
+/// statement saw (the `as_of` of the cursors of a first page).
+#[derive(QueryableByName)]
+struct KeysetRow {
+    #[diesel(sql_type = Text)]
+    res_type: String,
+    #[diesel(sql_type = Text)]
+    res_id: String,
+    #[diesel(sql_type = BigInt)]
+    version_id: i64,
+    #[diesel(sql_type = BigInt)]
+    last_updated: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    body: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    as_of: Option<i64>,
+}
+
+/// One keyset page, in the default order: the first (`key` None), or the rows after or before a
+/// cursor's key that existed when its first page was served. `limit` is one more than the page,
+/// to tell whether a further page exists.
+fn keyset_sql(planned: &Planned, key: Option<&Keyset>, limit: i64) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT r.res_type, r.res_id, r.version_id, r.last_updated, r.body, \
+         (SELECT MAX(seq) FROM resource_versions) AS as_of ",
+    );
+    sql.append(&planned.from_where);
+    if let Some(k) = key {
+        sql.push(if k.before { " AND (r.res_type, r.res_id) < (" } else { " AND (r.res_type, r.res_id) > (" })
+            .text_bind(&k.res_type)
+            .push(", ")
+            .text_bind(&k.res_id)
+            .push(
+                ") AND NOT EXISTS (SELECT 1 FROM resource_versions v WHERE v.res_type = r.res_type \
+                 AND v.res_id = r.res_id AND v.version_id = 1 AND v.seq > ",
+            )
+            .int_bind(k.as_of)
+            .push(")");
+    }
+    sql.push(" ORDER BY ")
+        .push(if key.is_some_and(|k| k.before) { "r.res_type DESC, r.res_id DESC" } else { KEYSET_ORDER })
+        .push(" LIMIT ")
+        .int_bind(limit);
+    sql
 }
 
 #[derive(QueryableByName)]
@@ -96,35 +202,39 @@ pub(super) fn first_page_sql(planned: &Planned, limit: i64) -> Sql {
 }
 
 impl Store {
-    /// One page of matches: the first (no cursor) or the one a cursor from a link names.
-    pub fn search(&self, planned: &Planned, count: i64, cursor: Option<&str>) -> Result<SearchPage, Error> {
+    /// One page of matches: the first (no cursor) or the one a cursor from a link names. `with_total`
+    /// counts the matches for a first page that does not hold them all (`_total=none` skips that).
+    pub fn search(&self, planned: &Planned, count: i64, cursor: Option<&str>, with_total: bool) -> Result<SearchPage, Error> {
+        if planned.keyset {
+            if let Some(key) = cursor.and_then(Keyset::parse) {
+                return self.keyset_page(planned, count, Some(&key), with_total);
+            }
+        }
         if let Some(cursor) = cursor {
             let (snapshot, offset) = parse_cursor(cursor)?;
             let mut pooled = self.pool.get()?;
             return self.snapshot_page(&mut pooled, &snapshot, offset, count);
         }
+        if count == 0 {
+            let mut pooled = self.pool.get()?;
+            let total = self.count_in(&mut pooled, planned)?;
+            return Ok(SearchPage {
+                matches: Vec::new(),
+                total,
+                next: None,
+                previous: None,
+            });
+        }
+        if planned.keyset {
+            return self.keyset_page(planned, count, None, with_total);
+        }
         {
             let mut pooled = self.pool.get()?;
             let conn: &mut AnyConnection = &mut pooled;
-            if count == 0 {
-                let total = self.count_in(conn, planned)?;
-                return Ok(SearchPage {
-                    matches: Vec::new(),
-                    total,
-                    snapshot: None,
-                    offset: 0,
-                });
-            }
             let first: Vec<IdRow> = load(conn, &first_page_sql(planned, count + 1))?;
             if first.len() as i64 <= count {
                 let ids: Vec<(String, String)> = first.into_iter().map(|r| (r.res_type, r.res_id)).collect();
-                let matches = load_current_many(conn, &ids)?;
-                return Ok(SearchPage {
-                    total: ids.len() as i64,
-                    matches,
-                    snapshot: None,
-                    offset: 0,
-                });
+                return Ok(SearchPage::single(load_current_many(conn, &ids)?));
             }
             // The connection goes back to the pool here: the snapshot's write transaction takes its
             // own, and a request must never hold one connection while waiting for another (with every
@@ -142,6 +252,61 @@ impl Store {
         })?;
         let mut pooled = self.pool.get()?;
         self.snapshot_page(&mut pooled, &snapshot, 0, count)
+    }
+
+    /// A page in the default order, read straight from the indexes (see the module's doc). One
+    /// statement reads the page's rows, their bodies and the `as_of` of a first page; a first page
+    /// that does not hold every match counts them with a second.
+    fn keyset_page(&self, planned: &Planned, count: i64, key: Option<&Keyset>, with_total: bool) -> Result<SearchPage, Error> {
+        let mut pooled = self.pool.get()?;
+        let conn: &mut AnyConnection = &mut pooled;
+        let rows: Vec<KeysetRow> = load(conn, &keyset_sql(planned, key, count + 1))?;
+        let more = rows.len() as i64 > count;
+        let as_of = match key {
+            Some(k) => k.as_of,
+            None => rows.first().and_then(|r| r.as_of).unwrap_or(0),
+        };
+        let mut matches: Vec<Version> = rows
+            .into_iter()
+            .take(count as usize)
+            .map(|r| Version {
+                res_type: r.res_type,
+                res_id: r.res_id,
+                version_id: r.version_id,
+                last_updated: r.last_updated,
+                method: "PUT".into(),
+                body: r.body,
+            })
+            .collect();
+        let backwards = key.is_some_and(|k| k.before);
+        if backwards {
+            matches.reverse();
+        }
+        let total = match key {
+            Some(k) => k.total,
+            None if !more => matches.len() as i64,
+            // Counted in a statement of its own, so a resource created in between may be in the
+            // count and not in the pages; it is never in the pages and not in the count.
+            None if with_total => self.count_in(conn, planned)?,
+            None => -1,
+        };
+        // A further page in the direction read exists when the statement found one row more; one
+        // in the other direction exists when a cursor led here, since its key row lies that way.
+        let (after, before) = if backwards { (key.is_some(), more) } else { (more, key.is_some()) };
+        let next = match matches.last() {
+            Some(last) if after => Some(Keyset::at(as_of, total, false, last)),
+            _ => None,
+        };
+        let previous = match matches.first() {
+            Some(first) if before => Some(Keyset::at(as_of, total, true, first)),
+            _ => None,
+        };
+        Ok(SearchPage {
+            matches,
+            total,
+            next,
+            previous,
+        })
     }
 
     /// Stores a new snapshot whose rows `fill` writes (returning how many), after removing expired
@@ -195,8 +360,8 @@ impl Store {
         Ok(SearchPage {
             matches,
             total,
-            snapshot: Some(snapshot.to_string()),
-            offset,
+            next: (offset + count < total).then(|| format!("{snapshot}:{}", offset + count)),
+            previous: (offset > 0).then(|| format!("{snapshot}:{}", (offset - count).max(0))),
         })
     }
 
@@ -231,13 +396,7 @@ impl Store {
         }
         if ids.len() as i64 <= count {
             let mut pooled = self.pool.get()?;
-            let matches = load_current_many(&mut pooled, ids)?;
-            return Ok(SearchPage {
-                total: matches.len() as i64,
-                matches,
-                snapshot: None,
-                offset: 0,
-            });
+            return Ok(SearchPage::single(load_current_many(&mut pooled, ids)?));
         }
         let snapshot = self.new_snapshot(|c, id| {
             // A patient's record is hundreds of rows, each a round trip to PostgreSQL when inserted alone.
@@ -423,4 +582,55 @@ pub(super) fn load_current_many(c: &mut AnyConnection, ids: &[(String, String)])
         }
     }
     Ok(ids.iter().filter_map(|k| found.remove(k)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(res_type: &str, res_id: &str) -> Version {
+        Version {
+            res_type: res_type.into(),
+            res_id: res_id.into(),
+            version_id: 1,
+            last_updated: 0,
+            method: "PUT".into(),
+            body: None,
+        }
+    }
+
+    #[test]
+    fn keyset_cursors_read_back_as_written() {
+        let row = row("Patient", "0194c2a1-7d2e-7000-8000-000000000001");
+        let cursor = Keyset::at(42, 1000, true, &row);
+        assert_eq!(cursor, "k~42~1000~b~Patient~0194c2a1-7d2e-7000-8000-000000000001");
+        assert_eq!(
+            Keyset::parse(&cursor),
+            Some(Keyset {
+                as_of: 42,
+                total: 1000,
+                before: true,
+                res_type: "Patient".into(),
+                res_id: row.res_id.clone(),
+            })
+        );
+    }
+
+    #[test]
+    fn anything_else_is_not_a_keyset_cursor() {
+        for bad in [
+            "",
+            "k~",
+            "k~1~2~a~Patient",
+            "k~1~2~a~Patient~x~extra",
+            "k~x~2~a~Patient~x",
+            "k~1~2~z~Patient~x",
+            "k~1~2~a~~x",
+            "k~1~2~a~Patient~x'--",
+            "k~1~2~a~Patient~a b",
+            "0f3e:37",
+        ] {
+            assert_eq!(Keyset::parse(bad), None, "{bad}");
+        }
+    }
 }
