@@ -37,11 +37,12 @@ const WEEK: i64 = 7 * DAY;
 /// Individual sessions a therapist holds in a week (five a day, Monday to Friday).
 const PER_WEEK: u64 = 25;
 /// Every scenario, in the order they run.
-const SCENARIOS: [Scenario; 8] = [
+const SCENARIOS: [Scenario; 9] = [
     Scenario::Create,
     Scenario::Read,
     Scenario::Update,
     Scenario::SearchDateActor,
+    Scenario::SearchSorted,
     Scenario::SearchInclude,
     Scenario::Everything,
     Scenario::Transaction,
@@ -411,6 +412,7 @@ enum Scenario {
     Read,
     Update,
     SearchDateActor,
+    SearchSorted,
     SearchInclude,
     Everything,
     Transaction,
@@ -424,6 +426,7 @@ impl Scenario {
             Scenario::Read => "read",
             Scenario::Update => "update",
             Scenario::SearchDateActor => "search",
+            Scenario::SearchSorted => "search-sorted",
             Scenario::SearchInclude => "include",
             Scenario::Everything => "everything",
             Scenario::Transaction => "transaction",
@@ -437,6 +440,7 @@ impl Scenario {
             Scenario::Read => "read Appointment by id",
             Scenario::Update => "update Appointment",
             Scenario::SearchDateActor => "search Appointment by week + therapist (_count=20)",
+            Scenario::SearchSorted => "the same search, _sort=date",
             Scenario::SearchInclude => "search Appointment by quarter + client, _include=Appointment:actor",
             Scenario::Everything => "Patient $everything",
             Scenario::Transaction => "transaction of 100 Appointments",
@@ -494,12 +498,14 @@ async fn request(c: &Client, scenario: Scenario, i: u64, next: &AtomicU64, after
                 .send()
                 .await
         }
-        Scenario::SearchDateActor => {
-            // One therapist's week: about 25 individual and a few group sessions, so two pages.
+        Scenario::SearchDateActor | Scenario::SearchSorted => {
+            // One therapist's week: about 25 individual and a few group sessions, so two pages. In
+            // the default order the first page is read by keyset; sorted, it stores a snapshot.
             let p = i % a.practitioners;
             let from = WEEK0 + ((i / a.practitioners) % a.weeks()) as i64 * WEEK;
+            let sort = if scenario == Scenario::SearchSorted { "&_sort=date" } else { "" };
             http.get(c.url(&format!(
-                "Appointment?date=ge{}&date=lt{}&actor=Practitioner/bench-pr{p}&_count=20",
+                "Appointment?date=ge{}&date=lt{}&actor=Practitioner/bench-pr{p}&_count=20{sort}",
                 instant(from),
                 instant(from + WEEK)
             )))
