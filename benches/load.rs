@@ -503,7 +503,11 @@ async fn request(c: &Client, scenario: Scenario, i: u64, next: &AtomicU64, after
             // the default order the first page is read by keyset; sorted, it stores a snapshot.
             let p = i % a.practitioners;
             let from = WEEK0 + ((i / a.practitioners) % a.weeks()) as i64 * WEEK;
-            let sort = if scenario == Scenario::SearchSorted { "&_sort=date" } else { "" };
+            let sort = if scenario == Scenario::SearchSorted {
+                "&_sort=date"
+            } else {
+                ""
+            };
             http.get(c.url(&format!(
                 "Appointment?date=ge{}&date=lt{}&actor=Practitioner/bench-pr{p}&_count=20{sort}",
                 instant(from),

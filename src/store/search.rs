@@ -73,7 +73,9 @@ impl Keyset {
         };
         let res_type = parts.next()?;
         let res_id = parts.next()?;
-        let plain = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        let plain = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        };
         if parts.next().is_some() || !plain(res_type) || !plain(res_id) {
             return None;
         }
@@ -115,19 +117,27 @@ fn keyset_sql(planned: &Planned, key: Option<&Keyset>, limit: i64) -> Sql {
     );
     sql.append(&planned.from_where);
     if let Some(k) = key {
-        sql.push(if k.before { " AND (r.res_type, r.res_id) < (" } else { " AND (r.res_type, r.res_id) > (" })
-            .text_bind(&k.res_type)
-            .push(", ")
-            .text_bind(&k.res_id)
-            .push(
-                ") AND NOT EXISTS (SELECT 1 FROM resource_versions v WHERE v.res_type = r.res_type \
+        sql.push(if k.before {
+            " AND (r.res_type, r.res_id) < ("
+        } else {
+            " AND (r.res_type, r.res_id) > ("
+        })
+        .text_bind(&k.res_type)
+        .push(", ")
+        .text_bind(&k.res_id)
+        .push(
+            ") AND NOT EXISTS (SELECT 1 FROM resource_versions v WHERE v.res_type = r.res_type \
                  AND v.res_id = r.res_id AND v.version_id = 1 AND v.seq > ",
-            )
-            .int_bind(k.as_of)
-            .push(")");
+        )
+        .int_bind(k.as_of)
+        .push(")");
     }
     sql.push(" ORDER BY ")
-        .push(if key.is_some_and(|k| k.before) { "r.res_type DESC, r.res_id DESC" } else { KEYSET_ORDER })
+        .push(if key.is_some_and(|k| k.before) {
+            "r.res_type DESC, r.res_id DESC"
+        } else {
+            KEYSET_ORDER
+        })
         .push(" LIMIT ")
         .int_bind(limit);
     sql
@@ -204,7 +214,13 @@ pub(super) fn first_page_sql(planned: &Planned, limit: i64) -> Sql {
 impl Store {
     /// One page of matches: the first (no cursor) or the one a cursor from a link names. `with_total`
     /// counts the matches for a first page that does not hold them all (`_total=none` skips that).
-    pub fn search(&self, planned: &Planned, count: i64, cursor: Option<&str>, with_total: bool) -> Result<SearchPage, Error> {
+    pub fn search(
+        &self,
+        planned: &Planned,
+        count: i64,
+        cursor: Option<&str>,
+        with_total: bool,
+    ) -> Result<SearchPage, Error> {
         if planned.keyset {
             if let Some(key) = cursor.and_then(Keyset::parse) {
                 return self.keyset_page(planned, count, Some(&key), with_total);
@@ -257,7 +273,13 @@ impl Store {
     /// A page in the default order, read straight from the indexes (see the module's doc). One
     /// statement reads the page's rows, their bodies and the `as_of` of a first page; a first page
     /// that does not hold every match counts them with a second.
-    fn keyset_page(&self, planned: &Planned, count: i64, key: Option<&Keyset>, with_total: bool) -> Result<SearchPage, Error> {
+    fn keyset_page(
+        &self,
+        planned: &Planned,
+        count: i64,
+        key: Option<&Keyset>,
+        with_total: bool,
+    ) -> Result<SearchPage, Error> {
         let mut pooled = self.pool.get()?;
         let conn: &mut AnyConnection = &mut pooled;
         let rows: Vec<KeysetRow> = load(conn, &keyset_sql(planned, key, count + 1))?;
@@ -292,7 +314,11 @@ impl Store {
         };
         // A further page in the direction read exists when the statement found one row more; one
         // in the other direction exists when a cursor led here, since its key row lies that way.
-        let (after, before) = if backwards { (key.is_some(), more) } else { (more, key.is_some()) };
+        let (after, before) = if backwards {
+            (key.is_some(), more)
+        } else {
+            (more, key.is_some())
+        };
         let next = match matches.last() {
             Some(last) if after => Some(Keyset::at(as_of, total, false, last)),
             _ => None,

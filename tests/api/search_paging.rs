@@ -40,12 +40,24 @@ async fn walk_while_writing(app: &TestApp, query: &str) -> (Vec<String>, Vec<(Va
         tokio::spawn(async move {
             let mut writes = 0usize;
             while !stop.load(Ordering::Relaxed) && writes < 2_000 {
-                let res = client.post(format!("{base}/Patient")).header("Content-Type", FHIR_JSON).body(walker(10_000 + writes).to_string()).send().await.unwrap();
+                let res = client
+                    .post(format!("{base}/Patient"))
+                    .header("Content-Type", FHIR_JSON)
+                    .body(walker(10_000 + writes).to_string())
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(res.status(), 201);
                 let id = &targets[(writes * 7) % targets.len()];
                 let mut changed = walker(writes);
                 changed["id"] = json!(id);
-                let res = client.put(format!("{base}/Patient/{id}")).header("Content-Type", FHIR_JSON).body(changed.to_string()).send().await.unwrap();
+                let res = client
+                    .put(format!("{base}/Patient/{id}"))
+                    .header("Content-Type", FHIR_JSON)
+                    .body(changed.to_string())
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(res.status(), 200);
                 writes += 1;
             }
@@ -60,7 +72,12 @@ async fn walk_while_writing(app: &TestApp, query: &str) -> (Vec<String>, Vec<(Va
     let mut total = None;
     while let Some(page) = next_page.take() {
         total.get_or_insert(page["total"].as_i64().unwrap());
-        let ids: Vec<String> = page["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
+        let ids: Vec<String> = page["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect();
         for id in &ids {
             *seen.entry(id.clone()).or_default() += 1;
             walked.push(id.clone());
@@ -82,11 +99,21 @@ async fn walk_while_writing(app: &TestApp, query: &str) -> (Vec<String>, Vec<(Va
 }
 
 fn link(page: &Value, relation: &str) -> Option<String> {
-    page["link"].as_array().unwrap().iter().find(|l| l["relation"] == relation).map(|l| l["url"].as_str().unwrap().to_string())
+    page["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .map(|l| l["url"].as_str().unwrap().to_string())
 }
 
 fn page_ids(page: &Value) -> Vec<String> {
-    page["entry"].as_array().map_or(Vec::new(), |entries| entries.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect())
+    page["entry"].as_array().map_or(Vec::new(), |entries| {
+        entries
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect()
+    })
 }
 
 both_backends! {
