@@ -12,7 +12,7 @@ use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use super::schema::{idx_reference, resources, search_results, search_snapshots};
 use super::{Abort, AnyConnection, Store, Version};
 use crate::error::Error;
-use crate::resources::{dates, ResourceType};
+use crate::resources::{dates, is_valid_id, ResourceType};
 use crate::search::plan::{Bind, Planned, Sql, KEYSET_ORDER};
 use crate::search::Include;
 
@@ -73,10 +73,8 @@ impl Keyset {
         };
         let res_type = parts.next()?;
         let res_id = parts.next()?;
-        let plain = |s: &str| {
-            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        };
-        if parts.next().is_some() || !plain(res_type) || !plain(res_id) {
+        // Type names are ids' characters too: letters only.
+        if parts.next().is_some() || !is_valid_id(res_type) || !is_valid_id(res_id) {
             return None;
         }
         Some(Keyset {

@@ -72,12 +72,7 @@ async fn walk_while_writing(app: &TestApp, query: &str) -> (Vec<String>, Vec<(Va
     let mut total = None;
     while let Some(page) = next_page.take() {
         total.get_or_insert(page["total"].as_i64().unwrap());
-        let ids: Vec<String> = page["entry"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
-            .collect();
+        let ids = page_ids(&page);
         for id in &ids {
             *seen.entry(id.clone()).or_default() += 1;
             walked.push(id.clone());
