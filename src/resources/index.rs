@@ -79,6 +79,30 @@ pub fn unit_vector(latitude: f64, longitude: f64) -> [f64; 3] {
     [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
 }
 
+/// A date range of at least this many milliseconds (a day), or with an open end, is "long": a search
+/// cannot bound where it starts by where the search's own range starts, so it is indexed apart.
+pub const LONG_DATE_MS: i64 = 86_400_000;
+
+/// A resource's place in time, as its reference rows carry it: the range of its timeline parameter
+/// ([`ResourceType::timeline`]), and whether that range is long ([`LONG_DATE_MS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateSpan {
+    pub low: i64,
+    pub high: i64,
+    pub long: bool,
+}
+
+/// The timeline date of a resource from its index values: the hull of its rows for the timeline
+/// parameter (one row, as the parameter is single-valued; a hull would still contain every row).
+pub fn timeline(rt: ResourceType, entries: &Entries) -> Option<DateSpan> {
+    let param = rt.timeline()?;
+    let mut rows = entries.dates.iter().filter(|d| d.param == param);
+    let first = rows.next()?;
+    let (low, high) = rows.fold((first.low, first.high), |(l, h), d| (l.min(d.low), h.max(d.high)));
+    let long = high.checked_sub(low).is_none_or(|span| span >= LONG_DATE_MS);
+    Some(DateSpan { low, high, long })
+}
+
 /// All index values of one resource.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Entries {

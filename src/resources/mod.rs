@@ -24,6 +24,17 @@ const HOSTED: [&str; 10] = [
     "Subscription",
 ];
 
+/// The types that one single-valued date places in time, and its search parameter (R4 cardinality
+/// 0..1: Appointment.start, CareTeam.period, Consent.dateTime, PractitionerRole.period). Each
+/// reference row of such a resource carries that date, so that a search by reference and date is one
+/// index range (migration 000009 fills the rows written before it, from this same list).
+const TIMELINES: [(&str, &str); 4] = [
+    ("Appointment", "date"),
+    ("CareTeam", "date"),
+    ("Consent", "date"),
+    ("PractitionerRole", "date"),
+];
+
 /// A resource type hosted here. Only [`ResourceType::parse`] makes one, so holding one proves the
 /// type is supported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +51,12 @@ impl ResourceType {
 
     pub fn as_str(&self) -> &'static str {
         self.0
+    }
+
+    /// The date parameter that places a resource of this type in time, if the type has one
+    /// ([`TIMELINES`]): its value is copied onto the resource's reference index rows.
+    pub fn timeline(&self) -> Option<&'static str> {
+        TIMELINES.iter().find(|(t, _)| *t == self.0).map(|(_, p)| *p)
     }
 
     /// The search parameters that apply to this type (its own and the common ones).

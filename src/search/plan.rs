@@ -203,11 +203,22 @@ pub fn plan(types: &[ResourceType], search: &Search, strict: bool, visible: Visi
     let mut ignored = Vec::new();
     let mut applied = Vec::new();
     let mut planned_criteria = Vec::new();
+    let window = match types {
+        [rt] => timeline_window(*rt, &search.criteria),
+        _ => None,
+    };
     for criterion in &search.criteria {
         let mut per_type = Vec::new();
         for rt in types {
             if let Some(m) = matching(*rt, &criterion.key, &criterion.values, criterion, visible)? {
                 per_type.push((*rt, m));
+            }
+        }
+        // A reference criterion of a search that also bounds the type's date reads only the
+        // references in that window (the date criteria still check every candidate, as before).
+        if let (Some(window), [(rt, m)]) = (window, per_type.as_mut_slice()) {
+            if let Some(ids) = dated_reference_ids(*rt, criterion, window) {
+                m.ids = ids;
             }
         }
         if per_type.is_empty() {
@@ -285,6 +296,130 @@ pub fn plan(types: &[ResourceType], search: &Search, strict: bool, visible: Visi
         ignored,
         applied,
     })
+}
+
+/// Where the date criteria of a search place a match in time, on the type's timeline parameter
+/// ([`ResourceType::timeline`]): the matching range ends at or after `ends_from` and starts at or
+/// before `starts_by`, where known. None when the criteria bound neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Window {
+    ends_from: Option<i64>,
+    starts_by: Option<i64>,
+}
+
+/// The bounds that a date value with `prefix` puts on a matching range [low, high], as
+/// (`high >= …`, `low <= …`); each follows from [`range_condition`] for that prefix. `ne` and `ap`
+/// give none.
+fn prefix_bounds(prefix: Prefix, s_low: i64, s_high: i64) -> (Option<i64>, Option<i64>) {
+    match prefix {
+        // low >= s_low and high <= s_high, with low <= high.
+        Prefix::Eq => (Some(s_low), Some(s_high)),
+        // high > s_high; sa: low > s_high, so high > s_high too.
+        Prefix::Gt | Prefix::Sa => (Some(s_high.saturating_add(1)), None),
+        // high >= s_low, the bound range_condition writes first.
+        Prefix::Ge => (Some(s_low), None),
+        // low < s_low; eb: high < s_low, so low < s_low too.
+        Prefix::Lt | Prefix::Eb => (None, Some(s_low.saturating_sub(1))),
+        // low <= s_high.
+        Prefix::Le => (None, Some(s_high)),
+        Prefix::Ne | Prefix::Ap => (None, None),
+    }
+}
+
+/// The window that the criteria on `rt`'s timeline parameter put its matches in. A criterion's
+/// values are alternatives, so it bounds a side only if every value does; criteria all hold, so
+/// the tightest bound of each side applies. A value that does not parse gives no window (its
+/// criterion reports the error).
+fn timeline_window(rt: ResourceType, criteria: &[Criterion]) -> Option<Window> {
+    let param = rt.timeline()?;
+    let mut window = Window::default();
+    for c in criteria {
+        match &c.key {
+            Key::Param { name, modifier: None } if name == param => {}
+            _ => continue,
+        }
+        let (mut ends_from, mut starts_by) = (Some(i64::MAX), Some(i64::MIN));
+        for value in &c.values {
+            let (prefix, date) = split_prefix(value);
+            let range = dates::parse_range(date)?;
+            let (e, s) = prefix_bounds(prefix, range.low, range.high);
+            ends_from = ends_from.zip(e).map(|(a, b)| a.min(b));
+            starts_by = starts_by.zip(s).map(|(a, b)| a.max(b));
+        }
+        if let Some(e) = ends_from {
+            window.ends_from = Some(window.ends_from.map_or(e, |w| w.max(e)));
+        }
+        if let Some(s) = starts_by {
+            window.starts_by = Some(window.starts_by.map_or(s, |w| w.min(s)));
+        }
+    }
+    (window != Window::default()).then_some(window)
+}
+
+/// The resources whose reference `criterion` (each value `Type/id`, or an id with a `:Type`
+/// modifier) points at its targets and whose timeline date (carried on the reference row) can lie
+/// in `window`: a range of the lookup index (target, date_long, date_low) per target. Short ranges
+/// are found by where they start (no earlier than a day before the window); long ones, rare, apart.
+/// A superset of the references that also match the date criteria, which still check every row.
+/// None when the criterion is not such a reference criterion.
+fn dated_reference_ids(rt: ResourceType, criterion: &Criterion, window: Window) -> Option<Sql> {
+    let Key::Param { name, modifier } = &criterion.key else {
+        return None;
+    };
+    if find_param(rt, name)?.kind != ParamType::Reference {
+        return None;
+    }
+    let mut targets = Vec::new();
+    for value in &criterion.values {
+        let parts: Vec<&str> = value.split('/').collect();
+        let target = match (modifier.as_deref(), parts.as_slice()) {
+            (None, [t, id] | [t, id, "_history", _]) => (*t, *id),
+            (Some(t), [id]) | (Some(t), [_, id]) if parts.len() == 1 || parts[0] == t => (t, *id),
+            _ => return None,
+        };
+        ResourceType::parse(target.0)?;
+        targets.push(target);
+    }
+    let mut sql = Sql::new("");
+    for (i, (target_type, target_id)) in targets.into_iter().enumerate() {
+        for long in [false, true] {
+            if i > 0 || long {
+                sql.push(" UNION ALL ");
+            }
+            sql.push("SELECT res_id FROM idx_reference WHERE res_type = ")
+                .text_bind(rt.as_str())
+                .push(" AND param = ")
+                .text_bind(name.as_str())
+                .push(" AND target_id = ")
+                .text_bind(target_id)
+                .push(" AND target_type = ")
+                .text_bind(target_type)
+                .push(if long {
+                    " AND date_long = true"
+                } else {
+                    " AND date_long = false"
+                });
+            match (long, window.ends_from) {
+                // A short range that ends at or after ends_from starts less than a day before it.
+                (false, Some(e)) => {
+                    sql.push(" AND date_low >= ")
+                        .int_bind(e.saturating_sub(index::LONG_DATE_MS))
+                        .push(" AND date_high >= ")
+                        .int_bind(e);
+                }
+                (true, Some(e)) => {
+                    sql.push(" AND date_high >= ").int_bind(e);
+                }
+                (_, None) => {}
+            }
+            if let Some(s) = window.starts_by {
+                sql.push(" AND date_low <= ").int_bind(s);
+            } else {
+                sql.push(" AND date_low IS NOT NULL");
+            }
+        }
+    }
+    Some(sql)
 }
 
 fn find_param(rt: ResourceType, name: &str) -> Option<&'static SearchParam> {
@@ -1052,7 +1187,14 @@ mod tests {
 
     #[test]
     fn criteria_become_index_subqueries() {
-        let p = planned("Appointment", &[("date", "ge2026-01-01"), ("actor", "Practitioner/d1")]).unwrap();
+        let p = planned(
+            "Patient",
+            &[
+                ("birthdate", "ge1990-01-01"),
+                ("general-practitioner", "Practitioner/d1"),
+            ],
+        )
+        .unwrap();
         let text = &p.from_where.text;
         // The reference criterion drives; the date range probes its candidates by the owner index.
         assert!(
@@ -1064,6 +1206,125 @@ mod tests {
         assert!(text.contains("r.res_id IN (SELECT res_id FROM idx_reference"), "{text}");
         assert!(text.contains("SELECT res_id FROM idx_reference WHERE res_type = ? AND param = ? AND ((target_type = ? AND target_id = ?))"), "{text}");
         assert!(!text.contains("body"), "never the stored JSON");
+    }
+
+    #[test]
+    fn a_reference_and_the_timeline_date_read_one_window_of_the_reference_index() {
+        let p = planned(
+            "Appointment",
+            &[
+                ("date", "ge2026-03-02T00:00:00Z"),
+                ("date", "lt2026-03-09T00:00:00Z"),
+                ("actor", "Practitioner/d1"),
+            ],
+        )
+        .unwrap();
+        let text = &p.from_where.text;
+        let monday = dates::parse_range("2026-03-02T00:00:00Z").unwrap().low;
+        let next_monday = dates::parse_range("2026-03-09T00:00:00Z").unwrap().low;
+        assert!(text.contains("r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = ? AND param = ? AND target_id = ? AND target_type = ? AND date_long = false AND date_low >= ? AND date_high >= ? AND date_low <= ? UNION ALL SELECT res_id FROM idx_reference WHERE res_type = ? AND param = ? AND target_id = ? AND target_type = ? AND date_long = true AND date_high >= ? AND date_low <= ?)"), "{text}");
+        let ints: Vec<i64> = p
+            .from_where
+            .binds
+            .iter()
+            .filter_map(|b| match b {
+                Bind::BigInt(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        // After the date criteria's own values (written first, as they come first in the query),
+        // the window's bounds: short ranges, then long ones.
+        assert_eq!(
+            ints[ints.len() - 5..],
+            [
+                monday - index::LONG_DATE_MS,
+                monday,
+                next_monday - 1,
+                monday,
+                next_monday - 1
+            ]
+        );
+        // The date criteria still check every candidate.
+        assert_eq!(text.matches("EXISTS (SELECT 1 FROM idx_date").count(), 2, "{text}");
+
+        // No window without a date bound, on a type without a timeline, or for a bare id.
+        for (rt, q) in [
+            (
+                "Appointment",
+                vec![("actor", "Practitioner/d1"), ("date", "ne2026-03-02")],
+            ),
+            ("Appointment", vec![("actor", "d1"), ("date", "ge2026-03-02")]),
+            (
+                "Patient",
+                vec![("general-practitioner", "Practitioner/d1"), ("birthdate", "ge2026")],
+            ),
+        ] {
+            let text = planned(rt, &q).unwrap().from_where.text;
+            assert!(!text.contains("date_low"), "{q:?}: {text}");
+        }
+        // A type modifier names the target type, like Type/id.
+        let text = planned("CareTeam", &[("participant:Practitioner", "d1"), ("date", "eq2026")])
+            .unwrap()
+            .from_where
+            .text;
+        assert!(text.contains("date_long = false"), "{text}");
+    }
+
+    /// search.html#prefix: whether [low, high] matches a date value [s_low, s_high] with `prefix`.
+    fn matches(prefix: Prefix, low: i64, high: i64, s_low: i64, s_high: i64) -> bool {
+        match prefix {
+            Prefix::Eq => low >= s_low && high <= s_high,
+            Prefix::Ne => !(low >= s_low && high <= s_high),
+            Prefix::Gt => high > s_high,
+            Prefix::Lt => low < s_low,
+            // The range above (below) the value overlaps the target, or the value contains it.
+            Prefix::Ge => high > s_high || (low >= s_low && high <= s_high),
+            Prefix::Le => low < s_low || (low >= s_low && high <= s_high),
+            Prefix::Sa => low > s_high,
+            Prefix::Eb => high < s_low,
+            Prefix::Ap => true,
+        }
+    }
+
+    #[test]
+    fn every_match_of_a_date_value_lies_within_the_bounds_of_its_prefix() {
+        let points = [0, 3, 5, 8, 10, 13, 15, 20];
+        let ranges: Vec<(i64, i64)> = points
+            .iter()
+            .flat_map(|l| points.iter().filter(move |h| *h >= l).map(move |h| (*l, *h)))
+            .collect();
+        let prefixes = [
+            Prefix::Eq,
+            Prefix::Ne,
+            Prefix::Gt,
+            Prefix::Lt,
+            Prefix::Ge,
+            Prefix::Le,
+            Prefix::Sa,
+            Prefix::Eb,
+            Prefix::Ap,
+        ];
+        let mut bounded = 0;
+        for prefix in prefixes {
+            for &(s_low, s_high) in &ranges {
+                let (ends_from, starts_by) = prefix_bounds(prefix, s_low, s_high);
+                for &(low, high) in &ranges {
+                    if !matches(prefix, low, high, s_low, s_high) {
+                        continue;
+                    }
+                    assert!(
+                        ends_from.is_none_or(|e| high >= e),
+                        "{prefix:?} {s_low}..{s_high}: {low}..{high}"
+                    );
+                    assert!(
+                        starts_by.is_none_or(|s| low <= s),
+                        "{prefix:?} {s_low}..{s_high}: {low}..{high}"
+                    );
+                    bounded += usize::from(ends_from.is_some() || starts_by.is_some());
+                }
+            }
+        }
+        assert!(bounded > 500, "{bounded}");
     }
 
     #[test]

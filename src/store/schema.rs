@@ -66,6 +66,9 @@ diesel::table! {
         target_type -> Nullable<Text>,
         target_id -> Nullable<Text>,
         url -> Nullable<Text>,
+        date_low -> Nullable<BigInt>,
+        date_high -> Nullable<BigInt>,
+        date_long -> Nullable<Bool>,
     }
 }
 

@@ -458,7 +458,7 @@ fn clear_index(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), 
     Ok(())
 }
 
-/// Index rows per INSERT statement: 8,000 bound values at most (8 columns).
+/// Index rows per INSERT statement: 9,000 bound values at most (9 columns).
 const INDEX_CHUNK: usize = 1000;
 
 fn write_index(
@@ -520,6 +520,7 @@ fn write_index(
             .collect(),
         INDEX_CHUNK
     );
+    let when = index::timeline(rt, e);
     insert_rows!(
         c,
         idx_reference::table,
@@ -533,6 +534,9 @@ fn write_index(
                     idx_reference::target_type.eq(&v.target_type),
                     idx_reference::target_id.eq(&v.target_id),
                     idx_reference::url.eq(&v.url),
+                    idx_reference::date_low.eq(when.map(|w| w.low)),
+                    idx_reference::date_high.eq(when.map(|w| w.high)),
+                    idx_reference::date_long.eq(when.map(|w| w.long)),
                 )
             })
             .collect(),

@@ -379,3 +379,81 @@ both_backends! {
         assert!(text.contains("<mode value=\"match\"/>"));
     }
 }
+
+both_backends! {
+    async fn a_reference_and_a_date_find_short_long_and_open_ranges_and_follow_updates(app: TestApp) {
+        // The reference rows carry their resource's date, and a search by both reads one window of
+        // them: every answer here must equal what the date and reference criteria say separately.
+        clinic(&app).await;
+        let at = |id: &str, start: &str, practitioner: &str| {
+            json!({"resourceType": "Appointment", "id": id, "status": "booked", "start": start, "end": start,
+                "participant": [{"actor": {"reference": format!("Practitioner/{practitioner}")}, "status": "accepted"}]})
+        };
+        put(&app, at("before", "2026-03-01T23:59:59Z", "moss")).await;
+        put(&app, at("first", "2026-03-02T00:00:00Z", "moss")).await;
+        put(&app, at("last", "2026-03-08T23:59:59Z", "moss")).await;
+        put(&app, at("after", "2026-03-09T00:00:00Z", "moss")).await;
+        put(&app, at("other", "2026-03-04T10:00:00Z", "ngata")).await;
+        put(&app, json!({"resourceType": "Appointment", "id": "unplaced", "status": "proposed",
+            "participant": [{"actor": {"reference": "Practitioner/moss"}, "status": "needs-action"}]})).await;
+        let week = "date=ge2026-03-02T00:00:00Z&date=lt2026-03-09T00:00:00Z";
+        assert_eq!(matches(&app, &format!("Appointment?actor=Practitioner/moss&{week}&_sort=date")).await, ["Appointment/first", "Appointment/last"]);
+        // The same with a bare id, which no window serves, and with a type modifier, which one does.
+        assert_eq!(matches(&app, &format!("Appointment?actor=moss&{week}&_sort=date")).await, ["Appointment/first", "Appointment/last"]);
+        assert_eq!(matches(&app, &format!("Appointment?actor:Practitioner=moss&{week}&_sort=date")).await, ["Appointment/first", "Appointment/last"]);
+        assert_eq!(
+            matches(&app, &format!("Appointment?actor=Practitioner/moss,Practitioner/ngata&{week}&_sort=date")).await,
+            ["Appointment/first", "Appointment/other", "Appointment/last"]
+        );
+        assert_eq!(matches(&app, "Appointment?practitioner=Practitioner/moss&date=eb2026-03-02").await, ["Appointment/before"]);
+        // (s1 and s2, moss's sessions of the clinic, are in November.)
+        assert_eq!(
+            matches(&app, "Appointment?practitioner=Practitioner/moss&date=sa2026-03-08&_sort=date").await,
+            ["Appointment/after", "Appointment/s1", "Appointment/s2"]
+        );
+        assert_eq!(matches(&app, "Appointment?actor=Practitioner/moss&date=2026-03-08").await, ["Appointment/last"]);
+        assert_eq!(
+            matches(&app, "Appointment?actor=Practitioner/moss&date=le2026-03-01T23:59:59Z,ge2026-03-09&_sort=date").await,
+            ["Appointment/before", "Appointment/after", "Appointment/s1", "Appointment/s2"]
+        );
+        // No date, no match by date; still a match by actor.
+        assert_eq!(matches(&app, "Appointment?actor=Practitioner/moss&status=proposed").await, ["Appointment/unplaced"]);
+        let unplaced = "SELECT COUNT(*) AS n FROM idx_reference WHERE res_type = 'Appointment' AND res_id = 'unplaced'";
+        assert!(app.count(unplaced) > 0);
+        assert_eq!(app.count(&format!("{unplaced} AND date_low IS NOT NULL")), 0);
+
+        // A rescheduled session moves in the window with its next write.
+        put(&app, at("first", "2026-03-10T09:00:00Z", "moss")).await;
+        put(&app, at("after", "2026-03-03T09:00:00Z", "moss")).await;
+        assert_eq!(matches(&app, &format!("Appointment?actor=Practitioner/moss&{week}&_sort=date")).await, ["Appointment/after", "Appointment/last"]);
+        app.client.delete(app.url("Appointment/last")).send().await.unwrap();
+        assert_eq!(matches(&app, &format!("Appointment?actor=Practitioner/moss&{week}")).await, ["Appointment/after"]);
+
+        // Care teams are placed by their period: open, a month (long) or a day (short).
+        let team = |id: &str, period: Value, practitioner: &str| {
+            json!({"resourceType": "CareTeam", "id": id, "status": "active", "period": period,
+                "participant": [{"member": {"reference": format!("Practitioner/{practitioner}")}}]})
+        };
+        put(&app, team("open", json!({"start": "2020-01-01"}), "moss")).await;
+        put(&app, team("open-before", json!({"end": "2026-03-01"}), "moss")).await;
+        put(&app, team("march", json!({"start": "2026-03", "end": "2026-03"}), "moss")).await;
+        put(&app, team("day", json!({"start": "2026-03-05", "end": "2026-03-05"}), "moss")).await;
+        put(&app, team("ended", json!({"start": "2019-01-01", "end": "2025-12-31"}), "moss")).await;
+        put(&app, team("elsewhere", json!({"start": "2020-01-01"}), "ngata")).await;
+        assert_eq!(
+            matches(&app, &format!("CareTeam?participant=Practitioner/moss&{week}&_sort=_id")).await,
+            ["CareTeam/day", "CareTeam/march", "CareTeam/open"]
+        );
+        assert_eq!(matches(&app, "CareTeam?participant=Practitioner/moss&date=eq2026-03&_sort=_id").await, ["CareTeam/day", "CareTeam/march"]);
+        assert_eq!(
+            matches(&app, "CareTeam?participant=Practitioner/moss&date=lt2026-01-01&_sort=_id").await,
+            ["CareTeam/ended", "CareTeam/open", "CareTeam/open-before"]
+        );
+        assert_eq!(matches(&app, "CareTeam?participant=Practitioner/moss&date=ge2026-03-06&_sort=_id").await, ["CareTeam/march", "CareTeam/open"]);
+        // The rows say which ranges are long: the open ones and the month, not the day.
+        assert_eq!(
+            app.count("SELECT COUNT(*) AS n FROM idx_reference WHERE res_type = 'CareTeam' AND param = 'participant' AND target_id = 'moss' AND date_long = true"),
+            4
+        );
+    }
+}
