@@ -203,23 +203,29 @@ fn check_group_session(
 }
 
 /// An active Consent of the group-confidentiality category for this patient and group whose
-/// provision period covers `at` (or has none). Answered from the index tables.
+/// provision period covers `at` (or has none). Answered from the index tables: the patient's own
+/// Consents (a few) are the candidates, and each is checked through the owner indexes, so the cost
+/// does not grow with the clinic's other agreements (each criterion listing all its matches, as a
+/// search would, read every active Consent for every member of every session booked).
 fn has_agreement(c: &mut AnyConnection, rules: &Rules, patient: &str, group: &str, at: i64) -> Result<bool, Abort> {
-    let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE r.res_type = 'Consent' AND r.deleted = false");
-    sql.push(" AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = 'Consent' AND param = 'patient' AND target_type = 'Patient' AND target_id = ")
-        .text_bind(patient)
-        .push(") AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = 'Consent' AND param = 'actor' AND target_type = 'Group' AND target_id = ")
+    let mut sql = Sql::new(
+        "SELECT COUNT(*) AS n FROM idx_reference p \
+         JOIN resources r ON r.res_type = p.res_type AND r.res_id = p.res_id AND r.deleted = false \
+         WHERE p.res_type = 'Consent' AND p.param = 'patient' AND p.target_type = 'Patient' AND p.target_id = ",
+    );
+    sql.text_bind(patient)
+        .push(" AND EXISTS (SELECT 1 FROM idx_reference a WHERE a.res_type = 'Consent' AND a.res_id = p.res_id AND a.param = 'actor' AND a.target_type = 'Group' AND a.target_id = ")
         .text_bind(group)
-        .push(") AND r.res_id IN (SELECT res_id FROM idx_token WHERE res_type = 'Consent' AND param = 'category' AND system = ")
+        .push(") AND EXISTS (SELECT 1 FROM idx_token t WHERE t.res_type = 'Consent' AND t.res_id = p.res_id AND t.param = 'category' AND t.system = ")
         .text_bind(rules.canonical.consent_category())
-        .push(" AND code = ")
+        .push(" AND t.code = ")
         .text_bind(GROUP_CONFIDENTIALITY)
-        .push(") AND r.res_id IN (SELECT res_id FROM idx_token WHERE res_type = 'Consent' AND param = 'status' AND code = 'active')")
-        .push(" AND (r.res_id IN (SELECT res_id FROM idx_date WHERE res_type = 'Consent' AND param = 'period' AND low <= ")
+        .push(") AND EXISTS (SELECT 1 FROM idx_token s WHERE s.res_type = 'Consent' AND s.res_id = p.res_id AND s.param = 'status' AND s.code = 'active')")
+        .push(" AND (EXISTS (SELECT 1 FROM idx_date d WHERE d.res_type = 'Consent' AND d.res_id = p.res_id AND d.param = 'period' AND d.low <= ")
         .int_bind(at)
-        .push(" AND high >= ")
+        .push(" AND d.high >= ")
         .int_bind(at)
-        .push(") OR r.res_id NOT IN (SELECT res_id FROM idx_date WHERE res_type = 'Consent' AND param = 'period'))");
+        .push(") OR NOT EXISTS (SELECT 1 FROM idx_date d WHERE d.res_type = 'Consent' AND d.res_id = p.res_id AND d.param = 'period'))");
     let rows: Vec<CountRow> = load(c, &sql)?;
     Ok(rows.first().is_some_and(|r| r.n > 0))
 }
