@@ -1270,7 +1270,9 @@ mod tests {
         assert!(text.contains("date_long = false"), "{text}");
     }
 
-    /// search.html#prefix: whether [low, high] matches a date value [s_low, s_high] with `prefix`.
+    /// search.html#prefix: whether [low, high] matches a date value [s_low, s_high] with `prefix`,
+    /// written as the page states it rather than simplified.
+    #[allow(clippy::nonminimal_bool)]
     fn matches(prefix: Prefix, low: i64, high: i64, s_low: i64, s_high: i64) -> bool {
         match prefix {
             Prefix::Eq => low >= s_low && high <= s_high,
