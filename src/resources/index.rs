@@ -92,13 +92,21 @@ pub struct DateSpan {
     pub long: bool,
 }
 
-/// The timeline date of a resource from its index values: the hull of its rows for the timeline
-/// parameter (one row, as the parameter is single-valued; a hull would still contain every row).
+/// The timeline date of a resource from its index values: the hull of every bound of its rows for
+/// the timeline parameter. That is one row, as the parameter is single-valued; a hull would still
+/// contain every row. Taking both bounds of a row also orders a period that ends before it starts
+/// (which R4's per-1 forbids but nothing here refuses), so that the hull contains whatever such a
+/// row matches by either bound.
 pub fn timeline(rt: ResourceType, entries: &Entries) -> Option<DateSpan> {
     let param = rt.timeline()?;
-    let mut rows = entries.dates.iter().filter(|d| d.param == param);
-    let first = rows.next()?;
-    let (low, high) = rows.fold((first.low, first.high), |(l, h), d| (l.min(d.low), h.max(d.high)));
+    let bounds = entries
+        .dates
+        .iter()
+        .filter(|d| d.param == param)
+        .flat_map(|d| [d.low, d.high]);
+    let (low, high) = bounds.fold(None, |hull: Option<(i64, i64)>, b| {
+        Some(hull.map_or((b, b), |(l, h)| (l.min(b), h.max(b))))
+    })?;
     let long = high.checked_sub(low).is_none_or(|span| span >= LONG_DATE_MS);
     Some(DateSpan { low, high, long })
 }
@@ -531,6 +539,32 @@ mod tests {
 
     fn rt(name: &str) -> ResourceType {
         ResourceType::parse(name).unwrap()
+    }
+
+    #[test]
+    fn the_timeline_is_the_ordered_hull_of_the_date_and_says_whether_it_is_long() {
+        let team = |period: serde_json::Value| {
+            timeline(
+                rt("CareTeam"),
+                &extract(rt("CareTeam"), &json!({"resourceType": "CareTeam", "period": period})),
+            )
+        };
+        let day = team(json!({"start": "2026-03-05", "end": "2026-03-05"})).unwrap();
+        assert_eq!(day.high - day.low, LONG_DATE_MS - 1);
+        assert!(!day.long);
+        assert!(team(json!({"start": "2026-03", "end": "2026-03"})).unwrap().long);
+        let open = team(json!({"start": "2020-01-01"})).unwrap();
+        assert!(open.long && open.high == i64::MAX);
+        assert!(team(json!({"end": "2020-01-01"})).unwrap().long);
+        // A period that ends before it starts still gives low <= high, spanning both dates.
+        let inverted = team(json!({"start": "2026-03-10", "end": "2026-03-01"})).unwrap();
+        let (march_1, march_10) = (
+            dates::parse_range("2026-03-01").unwrap(),
+            dates::parse_range("2026-03-10").unwrap(),
+        );
+        assert_eq!((inverted.low, inverted.high), (march_1.high, march_10.low));
+        assert!(team(json!(null)).is_none());
+        assert!(timeline(rt("Patient"), &Entries::default()).is_none());
     }
 
     #[test]

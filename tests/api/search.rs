@@ -412,6 +412,12 @@ both_backends! {
             ["Appointment/after", "Appointment/s1", "Appointment/s2"]
         );
         assert_eq!(matches(&app, "Appointment?actor=Practitioner/moss&date=2026-03-08").await, ["Appointment/last"]);
+        // Alternatives: two days bound the window by the first and the last; le or ge alone leave it
+        // open on one side each, so no window (the plan without one answers the same).
+        assert_eq!(
+            matches(&app, "Appointment?actor=Practitioner/moss&date=2026-03-08,2026-03-01&_sort=date").await,
+            ["Appointment/before", "Appointment/last"]
+        );
         assert_eq!(
             matches(&app, "Appointment?actor=Practitioner/moss&date=le2026-03-01T23:59:59Z,ge2026-03-09&_sort=date").await,
             ["Appointment/before", "Appointment/after", "Appointment/s1", "Appointment/s2"]
@@ -440,20 +446,28 @@ both_backends! {
         put(&app, team("day", json!({"start": "2026-03-05", "end": "2026-03-05"}), "moss")).await;
         put(&app, team("ended", json!({"start": "2019-01-01", "end": "2025-12-31"}), "moss")).await;
         put(&app, team("elsewhere", json!({"start": "2020-01-01"}), "ngata")).await;
+        // Ends before it starts (R4's per-1 forbids it; nothing refuses it): found as the probes say.
+        put(&app, team("inverted", json!({"start": "2026-03-10", "end": "2026-03-01"}), "moss")).await;
         assert_eq!(
             matches(&app, &format!("CareTeam?participant=Practitioner/moss&{week}&_sort=_id")).await,
             ["CareTeam/day", "CareTeam/march", "CareTeam/open"]
         );
-        assert_eq!(matches(&app, "CareTeam?participant=Practitioner/moss&date=eq2026-03&_sort=_id").await, ["CareTeam/day", "CareTeam/march"]);
+        assert_eq!(
+            matches(&app, "CareTeam?participant=Practitioner/moss&date=eq2026-03&_sort=_id").await,
+            ["CareTeam/day", "CareTeam/inverted", "CareTeam/march"]
+        );
         assert_eq!(
             matches(&app, "CareTeam?participant=Practitioner/moss&date=lt2026-01-01&_sort=_id").await,
             ["CareTeam/ended", "CareTeam/open", "CareTeam/open-before"]
         );
-        assert_eq!(matches(&app, "CareTeam?participant=Practitioner/moss&date=ge2026-03-06&_sort=_id").await, ["CareTeam/march", "CareTeam/open"]);
-        // The rows say which ranges are long: the open ones and the month, not the day.
+        assert_eq!(
+            matches(&app, "CareTeam?participant=Practitioner/moss&date=ge2026-03-06&_sort=_id").await,
+            ["CareTeam/inverted", "CareTeam/march", "CareTeam/open"]
+        );
+        // The rows say which ranges are long: the open ones, the month and the inverted one, not the day.
         assert_eq!(
             app.count("SELECT COUNT(*) AS n FROM idx_reference WHERE res_type = 'CareTeam' AND param = 'participant' AND target_id = 'moss' AND date_long = true"),
-            4
+            5
         );
     }
 }

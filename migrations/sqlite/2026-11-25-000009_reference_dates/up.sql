@@ -14,13 +14,18 @@ UPDATE idx_reference SET
     date_high = d.high,
     date_long = CASE WHEN d.low < -4611686018427387904 OR d.high > 4611686018427387903 THEN TRUE
                      ELSE d.high - d.low >= 86400000 END
-FROM (SELECT res_type, res_id, MIN(low) AS low, MAX(high) AS high FROM idx_date
+-- Both bounds of each row, so that a period that ends before it starts gives an ordered hull (as
+-- resources::index::timeline does).
+FROM (SELECT res_type, res_id,
+             MIN(CASE WHEN low <= high THEN low ELSE high END) AS low,
+             MAX(CASE WHEN low <= high THEN high ELSE low END) AS high
+      FROM idx_date
       WHERE param = 'date' AND res_type IN ('Appointment', 'CareTeam', 'Consent', 'PractitionerRole')
       GROUP BY res_type, res_id) d
 WHERE idx_reference.res_type = d.res_type AND idx_reference.res_id = d.res_id;
 
--- The lookup index, extended by the date: built before the old one goes, so that searches keep an
--- index meanwhile (writes to idx_reference wait for the build).
+-- The lookup index, extended by the date, replaces the old one. (The server migrates before it
+-- serves, in one transaction.)
 CREATE INDEX idx_reference_dated ON idx_reference (res_type, param, target_id, target_type, date_long, date_low);
 DROP INDEX idx_reference_lookup;
 -- (PostgreSQL also has a trigger that fills the date for replicas of the previous release during a
