@@ -51,6 +51,14 @@ impl Sql {
         self
     }
 
+    /// ` LIMIT n`, written into the text rather than bound: SQLite's planner reads a bound LIMIT, so
+    /// binding one marks the statement for recompiling, and every search was compiled twice (once
+    /// when prepared, again at its first step). A number the server chose, never the caller's text.
+    pub fn limit(&mut self, n: i64) -> &mut Self {
+        self.text.push_str(&format!(" LIMIT {n}"));
+        self
+    }
+
     pub fn float_bind(&mut self, value: f64) -> &mut Self {
         self.text.push('?');
         self.binds.push(Bind::Double(value));

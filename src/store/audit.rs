@@ -99,7 +99,7 @@ impl Store {
         Ok(audit_events::table
             .filter(audit_events::id.eq(id))
             .select(audit_events::body)
-            .first(&mut conn)
+            .get_result(&mut conn)
             .optional()?)
     }
 
@@ -132,11 +132,11 @@ impl Store {
             .int_bind(after);
         }
         sql.push(if plan.newest_first {
-            " ORDER BY a.seq DESC LIMIT "
+            " ORDER BY a.seq DESC"
         } else {
-            " ORDER BY a.seq ASC LIMIT "
+            " ORDER BY a.seq ASC"
         })
-        .int_bind(count + 1);
+        .limit(count + 1);
         let mut hits: Vec<AuditHit> = load(conn, &sql)?;
         let more = hits.len() as i64 > count;
         hits.truncate(count.max(0) as usize);

@@ -97,7 +97,7 @@ impl Store {
         Ok(export_jobs::table
             .filter(export_jobs::id.eq(id))
             .select(ExportJob::as_select())
-            .first(&mut conn)
+            .get_result(&mut conn)
             .optional()?)
     }
 
@@ -116,7 +116,7 @@ impl Store {
             .filter(export_files::job_id.eq(id))
             .filter(export_files::seq.eq(seq))
             .select(export_files::content)
-            .first(&mut conn)
+            .get_result(&mut conn)
             .optional()?)
     }
 
@@ -346,7 +346,7 @@ impl Store {
                 sql.push(")");
             }
         }
-        sql.push(" ORDER BY r.res_id LIMIT ").int_bind(limit);
+        sql.push(" ORDER BY r.res_id").limit(limit);
         let mut pooled = self.pool.get()?;
         let rows: Vec<Row> = load(&mut pooled, &sql)?;
         Ok(rows.into_iter().map(|r| (r.res_id, r.body)).collect())

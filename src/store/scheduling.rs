@@ -127,7 +127,7 @@ fn check_group_session(
         .filter(resources::res_id.eq(&group_id))
         .filter(resources::deleted.eq(false))
         .select(resources::body)
-        .first(c)
+        .get_result(c)
         .optional()?;
     let group: Value = group
         .flatten()

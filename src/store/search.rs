@@ -136,8 +136,7 @@ fn keyset_sql(planned: &Planned, key: Option<&Keyset>, limit: i64) -> Sql {
         } else {
             KEYSET_ORDER
         })
-        .push(" LIMIT ")
-        .int_bind(limit);
+        .limit(limit);
     sql
 }
 
@@ -204,8 +203,7 @@ pub(super) fn first_page_sql(planned: &Planned, limit: i64) -> Sql {
     sql.append(&planned.from_where)
         .push(" ORDER BY ")
         .append(&planned.order_by)
-        .push(" LIMIT ")
-        .int_bind(limit);
+        .limit(limit);
     sql
 }
 
@@ -370,7 +368,7 @@ impl Store {
             .filter(search_snapshots::id.eq(snapshot))
             .filter(search_snapshots::created.ge(dates::now_millis() - SNAPSHOT_TTL_MS))
             .select(search_snapshots::total)
-            .first(conn)
+            .get_result(conn)
             .optional()?;
         let total = total.ok_or_else(|| Error::Gone("this search has expired; run it again for fresh pages".into()))?;
         let ids: Vec<(String, String)> = search_results::table

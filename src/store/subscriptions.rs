@@ -175,7 +175,7 @@ impl Store {
                         subscription_index::headers,
                         subscription_index::active,
                     ))
-                    .first(c)
+                    .get_result(c)
                     .optional()?;
                 match sub {
                     Some((endpoint, payload, headers, true)) => out.push(Delivery {

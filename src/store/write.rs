@@ -245,7 +245,7 @@ pub(super) fn vread_in(c: &mut AnyConnection, rt: ResourceType, id: &str, versio
         .filter(resource_versions::res_id.eq(id))
         .filter(resource_versions::version_id.eq(version_id))
         .select(version_columns())
-        .first(c)
+        .get_result(c)
         .optional()?;
     match found {
         Some(v) if v.body.is_some() => Ok(v),
@@ -303,7 +303,7 @@ pub(super) fn load_current(
             resources::deleted,
             resources::body,
         ))
-        .first::<Current>(c)
+        .get_result::<Current>(c)
         .optional()
 }
 
