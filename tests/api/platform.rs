@@ -166,6 +166,54 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
     assert_eq!(app.get("Patient").await.status(), 200);
 }
 
+/// PostgreSQL connections in the pool that the network cut are found and replaced: a connection is
+/// checked on its way out of the pool when it has been idle, or when its last query failed, so
+/// requests fail at most once per cut connection, and not at all once they have been idle a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_that_were_cut_are_replaced() {
+    let db = TestDb::new(Backend::Postgres);
+    let (prefix, rest) = db.url.split_once('@').expect("a postgres URL with a user");
+    let (host, path) = rest.split_once('/').expect("a database path");
+    let proxy = Proxy::start(host.to_string()).await;
+    let via_proxy = format!("{prefix}@{}/{path}", proxy.address);
+    let app = TestApp::spawn_configured_on(Backend::Postgres, db, |c| c.database_url = via_proxy).await;
+    let created = app.create(&patient("Cut")).await;
+    let id = created["id"].as_str().expect("an id").to_string();
+    let read = || {
+        let (c, u) = (app.client.clone(), app.url(&format!("Patient/{id}")));
+        async move { c.get(u).send().await.unwrap().status().as_u16() }
+    };
+    // Every pooled connection answers, then the network cuts them all, while they are idle.
+    let warm: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
+    assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
+    proxy.down();
+    proxy.up();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after_idle: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
+    assert!(
+        after_idle.iter().all(|s| *s == 200),
+        "idle cut connections are checked and replaced: {after_idle:?}"
+    );
+
+    // Cut again right after they answered: a connection used within the last moment goes out
+    // unchecked, so one request may fail on it; the pool then checks every connection before its
+    // next use, and no other request fails.
+    let warm: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
+    assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
+    proxy.down();
+    proxy.up();
+    tokio::time::sleep(Duration::from_millis(60)).await; // the proxy's cut takes up to 20 ms
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(read().await);
+    }
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert!(
+        failed <= 1,
+        "one failure at most, on the first cut connection used: {statuses:?}"
+    );
+}
+
 /// Two `tandem serve` processes on one PostgreSQL database share a mixed workload; one gets SIGTERM
 /// in the middle of it. Clients that retry refused connections on the other see no 5xx, the request
 /// in flight at the signal (a 300-entry transaction) completes, the process exits cleanly, and every
