@@ -4,10 +4,11 @@
 //! what a concurrent transaction slipped in (the write is then retried and the check names it).
 
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use serde_json::Value;
 
 use super::schema::{bookings, resources};
-use super::search::{load, CountRow};
+use super::search::load;
 use super::{Abort, AnyConnection};
 use crate::error::{BookingRefusal, Error};
 use crate::resources::{dates, ResourceType};
@@ -64,25 +65,18 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -
         return Ok(());
     };
     let actors = scheduling::booked_actors(appointment);
+    let latest = latest_bookings(c, &actors, end)?;
+    // In the order of the actors, so that the refusal names the same clash every time.
     for actor in &actors {
-        // An actor's bookings are non-empty and never overlap (this check and, on PostgreSQL, the
-        // exclusion constraint keep them so), so the one that starts last before `end` also ends
-        // last: it is the only one that can clash. One index probe, however long the calendar;
-        // filtering on `end_ms > start` instead would walk every earlier booking of the actor.
-        let latest: Option<(String, i64, i64)> = bookings::table
-            .filter(bookings::actor.eq(actor))
-            .filter(bookings::start_ms.lt(end))
-            .order(bookings::start_ms.desc())
-            .select((bookings::appointment_id, bookings::start_ms, bookings::end_ms))
-            .first(c)
-            .optional()?;
-        if let Some((other, s, e)) = latest.filter(|(_, _, e)| *e > start) {
+        let clash = latest.iter().find(|b| &b.actor == actor && b.end_ms > start);
+        if let Some(b) = clash {
             return Err(Error::booking(
                 BookingRefusal::DoubleBooking,
                 format!(
-                    "{actor} is already booked from {} to {} by Appointment/{other}",
-                    dates::format_instant(s),
-                    dates::format_instant(e)
+                    "{actor} is already booked from {} to {} by Appointment/{}",
+                    dates::format_instant(b.start_ms),
+                    dates::format_instant(b.end_ms),
+                    b.appointment_id
                 ),
             )
             .into());
@@ -106,6 +100,47 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -
         BOOKINGS_CHUNK
     );
     Ok(())
+}
+
+#[derive(QueryableByName)]
+struct LatestBooking {
+    #[diesel(sql_type = Text)]
+    actor: String,
+    #[diesel(sql_type = Text)]
+    appointment_id: String,
+    #[diesel(sql_type = BigInt)]
+    start_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    end_ms: i64,
+}
+
+/// Actors per statement of [`latest_bookings`]: a group session names its whole roster.
+const ACTORS_PER_LOOKUP: usize = 100;
+
+/// For each actor, the booking that starts last before `end`. An actor's bookings never overlap (the
+/// check below and, on PostgreSQL, the exclusion constraint keep them so), so that booking also ends
+/// last: it is the only one that can clash with a window ending at `end`. One index probe per actor,
+/// however long the calendar (filtering on `end_ms > start` instead would walk every earlier booking),
+/// and all the actors in one statement: on PostgreSQL one round trip, not one per participant.
+fn latest_bookings(c: &mut AnyConnection, actors: &[String], end: i64) -> Result<Vec<LatestBooking>, Abort> {
+    let mut found = Vec::new();
+    for chunk in actors.chunks(ACTORS_PER_LOOKUP) {
+        let mut sql = Sql::new("");
+        for (i, actor) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(" UNION ALL ");
+            }
+            sql.push("SELECT * FROM (SELECT actor, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
+                .text_bind(actor)
+                .push(" AND start_ms < ")
+                .int_bind(end)
+                .push(" ORDER BY start_ms DESC")
+                .limit(1)
+                .push(&format!(") AS b{i}"));
+        }
+        found.extend(load::<LatestBooking>(c, &sql)?);
+    }
+    Ok(found)
 }
 
 /// A group session may only hold active members of its group, no more than its capacity, each with a
@@ -180,12 +215,13 @@ fn check_group_session(
             && scheduling::session_group(p).as_deref() == Some(group_id.as_str())
     });
     let already: Vec<String> = unchanged.map(scheduling::patient_ids).unwrap_or_default();
-    let mut lacking = Vec::new();
-    for patient in patients.iter().filter(|p| !already.contains(p)) {
-        if !has_agreement(c, rules, patient, &group_id, start)? {
-            lacking.push(format!("Patient/{patient}"));
-        }
-    }
+    let joining: Vec<&String> = patients.iter().filter(|p| !already.contains(p)).collect();
+    let agreed = with_agreement(c, rules, &joining, &group_id, start)?;
+    let lacking: Vec<String> = joining
+        .iter()
+        .filter(|p| !agreed.contains(**p))
+        .map(|p| format!("Patient/{p}"))
+        .collect();
     if !lacking.is_empty() {
         return Err(Error::booking(
             BookingRefusal::NoAgreement,
@@ -202,30 +238,53 @@ fn check_group_session(
     Ok(())
 }
 
-/// An active Consent of the group-confidentiality category for this patient and group whose
-/// provision period covers `at` (or has none). Answered from the index tables: the patient's own
-/// Consents (a few) are the candidates, and each is checked through the owner indexes, so the cost
-/// does not grow with the clinic's other agreements (each criterion listing all its matches, as a
-/// search would, read every active Consent for every member of every session booked).
-fn has_agreement(c: &mut AnyConnection, rules: &Rules, patient: &str, group: &str, at: i64) -> Result<bool, Abort> {
-    let mut sql = Sql::new(
-        "SELECT COUNT(*) AS n FROM idx_reference p \
-         JOIN resources r ON r.res_type = p.res_type AND r.res_id = p.res_id AND r.deleted = false \
-         WHERE p.res_type = 'Consent' AND p.param = 'patient' AND p.target_type = 'Patient' AND p.target_id = ",
-    );
-    sql.text_bind(patient)
-        .push(" AND EXISTS (SELECT 1 FROM idx_reference a WHERE a.res_type = 'Consent' AND a.res_id = p.res_id AND a.param = 'actor' AND a.target_type = 'Group' AND a.target_id = ")
-        .text_bind(group)
-        .push(") AND EXISTS (SELECT 1 FROM idx_token t WHERE t.res_type = 'Consent' AND t.res_id = p.res_id AND t.param = 'category' AND t.system = ")
-        .text_bind(rules.canonical.consent_category())
-        .push(" AND t.code = ")
-        .text_bind(GROUP_CONFIDENTIALITY)
-        .push(") AND EXISTS (SELECT 1 FROM idx_token s WHERE s.res_type = 'Consent' AND s.res_id = p.res_id AND s.param = 'status' AND s.code = 'active')")
-        .push(" AND (EXISTS (SELECT 1 FROM idx_date d WHERE d.res_type = 'Consent' AND d.res_id = p.res_id AND d.param = 'period' AND d.low <= ")
-        .int_bind(at)
-        .push(" AND d.high >= ")
-        .int_bind(at)
-        .push(") OR NOT EXISTS (SELECT 1 FROM idx_date d WHERE d.res_type = 'Consent' AND d.res_id = p.res_id AND d.param = 'period'))");
-    let rows: Vec<CountRow> = load(c, &sql)?;
-    Ok(rows.first().is_some_and(|r| r.n > 0))
+#[derive(QueryableByName)]
+struct PatientId {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// Those of `patients` who hold an active Consent of the group-confidentiality category for `group`
+/// whose provision period covers `at` (or has none). Answered from the index tables in one
+/// statement: each patient's own Consents (a few) are the candidates, and each is checked through
+/// the owner indexes, so the cost does not grow with the clinic's other agreements (each criterion
+/// listing all its matches, as a search would, read every active Consent for every member of every
+/// session booked).
+fn with_agreement(
+    c: &mut AnyConnection,
+    rules: &Rules,
+    patients: &[&String],
+    group: &str,
+    at: i64,
+) -> Result<Vec<String>, Abort> {
+    let mut agreed = Vec::new();
+    for chunk in patients.chunks(ACTORS_PER_LOOKUP) {
+        let mut sql = Sql::new(
+            "SELECT DISTINCT p.target_id AS id FROM idx_reference p \
+             JOIN resources r ON r.res_type = p.res_type AND r.res_id = p.res_id AND r.deleted = false \
+             WHERE p.res_type = 'Consent' AND p.param = 'patient' AND p.target_type = 'Patient' AND p.target_id IN (",
+        );
+        for (i, patient) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.text_bind(patient.as_str());
+        }
+        sql.push(")")
+            .push(" AND EXISTS (SELECT 1 FROM idx_reference a WHERE a.res_type = 'Consent' AND a.res_id = p.res_id AND a.param = 'actor' AND a.target_type = 'Group' AND a.target_id = ")
+            .text_bind(group)
+            .push(") AND EXISTS (SELECT 1 FROM idx_token t WHERE t.res_type = 'Consent' AND t.res_id = p.res_id AND t.param = 'category' AND t.system = ")
+            .text_bind(rules.canonical.consent_category())
+            .push(" AND t.code = ")
+            .text_bind(GROUP_CONFIDENTIALITY)
+            .push(") AND EXISTS (SELECT 1 FROM idx_token s WHERE s.res_type = 'Consent' AND s.res_id = p.res_id AND s.param = 'status' AND s.code = 'active')")
+            .push(" AND (EXISTS (SELECT 1 FROM idx_date d WHERE d.res_type = 'Consent' AND d.res_id = p.res_id AND d.param = 'period' AND d.low <= ")
+            .int_bind(at)
+            .push(" AND d.high >= ")
+            .int_bind(at)
+            .push(") OR NOT EXISTS (SELECT 1 FROM idx_date d WHERE d.res_type = 'Consent' AND d.res_id = p.res_id AND d.param = 'period'))");
+        let rows: Vec<PatientId> = load(c, &sql)?;
+        agreed.extend(rows.into_iter().map(|r| r.id));
+    }
+    Ok(agreed)
 }
