@@ -75,6 +75,7 @@ impl ManageConnection for Manager {
                     at: Some(Instant::now()),
                     outages_seen: self.outages.load(Ordering::Relaxed),
                     outages: self.outages.clone(),
+                    checking: false,
                 });
                 if self.statement_timeout_ms > 0 {
                     conn.batch_execute(&format!("SET statement_timeout = {}", self.statement_timeout_ms))
@@ -115,11 +116,15 @@ impl ManageConnection for Manager {
         {
             return Ok(());
         }
-        pg.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)?;
         if let Some(last) = pg.instrumentation().downcast_mut::<LastAnswer>() {
+            last.checking = true;
+        }
+        let checked = pg.batch_execute("SELECT 1");
+        if let Some(last) = pg.instrumentation().downcast_mut::<LastAnswer>() {
+            last.checking = false;
             last.outages_seen = outages;
         }
-        Ok(())
+        checked.map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
@@ -140,6 +145,9 @@ struct LastAnswer {
     at: Option<Instant>,
     outages_seen: u64,
     outages: Arc<AtomicU64>,
+    /// The pool's own check is running: a connection that fails it is dropped, and the others
+    /// need no second look on its account.
+    checking: bool,
 }
 
 impl LastAnswer {
@@ -156,13 +164,30 @@ impl Instrumentation for LastAnswer {
             return;
         };
         self.at = error.is_none().then(Instant::now);
-        if let Some(diesel::result::Error::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-            _,
-        )) = error
-        {
+        if error.is_some_and(may_be_lost) && !self.checking {
             self.outages.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Whether a failed query may mean the connection is gone. A refusal by a constraint or by
+/// serialization is the data's answer on a live connection; any other database error may be the
+/// server going away (a restart or `pg_terminate_backend` reports 57P01 first, which diesel calls
+/// Unknown unless libpq has already seen the socket close).
+fn may_be_lost(error: &diesel::result::Error) -> bool {
+    match error {
+        diesel::result::Error::DatabaseError(kind, _) => !matches!(
+            kind,
+            DatabaseErrorKind::UniqueViolation
+                | DatabaseErrorKind::ForeignKeyViolation
+                | DatabaseErrorKind::NotNullViolation
+                | DatabaseErrorKind::CheckViolation
+                | DatabaseErrorKind::ExclusionViolation
+                | DatabaseErrorKind::RestrictViolation
+                | DatabaseErrorKind::SerializationFailure
+                | DatabaseErrorKind::ReadOnlyTransaction
+        ),
+        _ => false,
     }
 }
 

@@ -72,6 +72,8 @@ struct Proxy {
     address: String,
     up: Arc<AtomicBool>,
     generation: Arc<AtomicUsize>,
+    /// Connections being relayed now.
+    open: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -80,7 +82,8 @@ impl Proxy {
         let address = listener.local_addr().unwrap().to_string();
         let up = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(AtomicUsize::new(0));
-        let (up2, gen2) = (up.clone(), generation.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (up2, gen2, open2) = (up.clone(), generation.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -93,21 +96,25 @@ impl Proxy {
                 let target = target.clone();
                 let born = gen2.load(Ordering::SeqCst);
                 let gen3 = gen2.clone();
+                let open3 = open2.clone();
+                open3.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                    tokio::pin!(copy);
-                    // Cut the connection when the proxy goes down (the generation moves on).
-                    loop {
-                        tokio::select! {
-                            _ = &mut copy => return,
-                            _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                                if gen3.load(Ordering::SeqCst) != born { return; }
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                        tokio::pin!(copy);
+                        // Cut the connection when the proxy goes down (the generation moves on).
+                        loop {
+                            tokio::select! {
+                                _ = &mut copy => break,
+                                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                                    if gen3.load(Ordering::SeqCst) != born { break; }
+                                }
                             }
                         }
                     }
+                    // Both sockets close here, before the count says so.
+                    drop(inbound);
+                    open3.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -115,7 +122,21 @@ impl Proxy {
             address,
             up,
             generation,
+            open,
         }
+    }
+
+    /// Cuts every open connection and waits until all are closed; new connections go through again.
+    async fn cut(&self) {
+        self.down();
+        for _ in 0..500 {
+            if self.open.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(self.open.load(Ordering::SeqCst), 0, "the proxy closed every connection");
+        self.up();
     }
 
     fn down(&self) {
@@ -186,8 +207,7 @@ async fn pooled_connections_that_were_cut_are_replaced() {
     // Every pooled connection answers, then the network cuts them all, while they are idle.
     let warm: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
     assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
-    proxy.down();
-    proxy.up();
+    proxy.cut().await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let after_idle: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
     assert!(
@@ -200,9 +220,7 @@ async fn pooled_connections_that_were_cut_are_replaced() {
     // next use, and no other request fails.
     let warm: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
     assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
-    proxy.down();
-    proxy.up();
-    tokio::time::sleep(Duration::from_millis(60)).await; // the proxy's cut takes up to 20 ms
+    proxy.cut().await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
         statuses.push(read().await);
@@ -211,6 +229,37 @@ async fn pooled_connections_that_were_cut_are_replaced() {
     assert!(
         failed <= 1,
         "one failure at most, on the first cut connection used: {statuses:?}"
+    );
+}
+
+/// The same when the server ends the connections (a restart, a failover, `pg_terminate_backend`):
+/// the first request on an ended connection may fail, and the pool then checks the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_ended_by_the_server_are_replaced() {
+    let db = TestDb::new(Backend::Postgres);
+    let name = format!("tandem_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}&application_name={name}", db.url);
+    let app = TestApp::spawn_configured_on(Backend::Postgres, db, |c| c.database_url = url).await;
+    let created = app.create(&patient("Ended")).await;
+    let id = created["id"].as_str().expect("an id").to_string();
+    let read = || {
+        let (c, u) = (app.client.clone(), app.url(&format!("Patient/{id}")));
+        async move { c.get(u).send().await.unwrap().status().as_u16() }
+    };
+    let warm: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
+    assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
+    let ended = app.count(&format!(
+        "SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE application_name = '{name}'"
+    ));
+    assert!(ended >= 1, "the server's connections were found");
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(read().await);
+    }
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert!(
+        failed <= 1,
+        "one failure at most, on the first ended connection used: {statuses:?}"
     );
 }
 
