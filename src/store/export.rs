@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
 use super::schema::{export_files, export_jobs};
-use super::search::load;
+use super::search::{load, IdOnly};
 use super::{AnyConnection, Store};
 use crate::error::Error;
 use crate::resources::{compartment, ResourceType};
@@ -63,12 +63,6 @@ struct Row {
     res_id: String,
     #[diesel(sql_type = Text)]
     body: String,
-}
-
-#[derive(QueryableByName)]
-struct IdOnly {
-    #[diesel(sql_type = Text)]
-    id: String,
 }
 
 impl Store {

@@ -8,7 +8,7 @@ use diesel::sql_types::{BigInt, Text};
 use serde_json::Value;
 
 use super::schema::{bookings, resources};
-use super::search::load;
+use super::search::{load, IdOnly};
 use super::{Abort, AnyConnection};
 use crate::error::{BookingRefusal, Error};
 use crate::resources::{dates, ResourceType};
@@ -114,8 +114,9 @@ struct LatestBooking {
     end_ms: i64,
 }
 
-/// Actors per statement of [`latest_bookings`]: a group session names its whole roster.
-const ACTORS_PER_LOOKUP: usize = 100;
+/// Actors (or patients) per statement of [`latest_bookings`] and [`with_agreement`]: a group session
+/// names its whole roster.
+const IDS_PER_LOOKUP: usize = 100;
 
 /// For each actor, the booking that starts last before `end`. An actor's bookings never overlap (the
 /// check below and, on PostgreSQL, the exclusion constraint keep them so), so that booking also ends
@@ -124,7 +125,7 @@ const ACTORS_PER_LOOKUP: usize = 100;
 /// and all the actors in one statement: on PostgreSQL one round trip, not one per participant.
 fn latest_bookings(c: &mut AnyConnection, actors: &[String], end: i64) -> Result<Vec<LatestBooking>, Abort> {
     let mut found = Vec::new();
-    for chunk in actors.chunks(ACTORS_PER_LOOKUP) {
+    for chunk in actors.chunks(IDS_PER_LOOKUP) {
         let mut sql = Sql::new("");
         for (i, actor) in chunk.iter().enumerate() {
             if i > 0 {
@@ -238,12 +239,6 @@ fn check_group_session(
     Ok(())
 }
 
-#[derive(QueryableByName)]
-struct PatientId {
-    #[diesel(sql_type = Text)]
-    id: String,
-}
-
 /// Those of `patients` who hold an active Consent of the group-confidentiality category for `group`
 /// whose provision period covers `at` (or has none). Answered from the index tables in one
 /// statement: each patient's own Consents (a few) are the candidates, and each is checked through
@@ -258,7 +253,7 @@ fn with_agreement(
     at: i64,
 ) -> Result<Vec<String>, Abort> {
     let mut agreed = Vec::new();
-    for chunk in patients.chunks(ACTORS_PER_LOOKUP) {
+    for chunk in patients.chunks(IDS_PER_LOOKUP) {
         let mut sql = Sql::new(
             "SELECT DISTINCT p.target_id AS id FROM idx_reference p \
              JOIN resources r ON r.res_type = p.res_type AND r.res_id = p.res_id AND r.deleted = false \
@@ -283,7 +278,7 @@ fn with_agreement(
             .push(" AND d.high >= ")
             .int_bind(at)
             .push(") OR NOT EXISTS (SELECT 1 FROM idx_date d WHERE d.res_type = 'Consent' AND d.res_id = p.res_id AND d.param = 'period'))");
-        let rows: Vec<PatientId> = load(c, &sql)?;
+        let rows: Vec<IdOnly> = load(c, &sql)?;
         agreed.extend(rows.into_iter().map(|r| r.id));
     }
     Ok(agreed)

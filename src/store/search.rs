@@ -148,6 +148,13 @@ pub(super) struct IdRow {
     pub(super) res_id: String,
 }
 
+/// One `id` column.
+#[derive(QueryableByName)]
+pub(super) struct IdOnly {
+    #[diesel(sql_type = Text)]
+    pub(super) id: String,
+}
+
 #[derive(QueryableByName)]
 pub(super) struct CountRow {
     #[diesel(sql_type = BigInt)]
