@@ -126,6 +126,16 @@ impl Proxy {
         }
     }
 
+    /// A proxy in front of the test database's server, and the database's URL through it (the same
+    /// URL with the proxy's host and port).
+    async fn before(db: &TestDb) -> (Proxy, String) {
+        let (prefix, rest) = db.url.split_once('@').expect("a postgres URL with a user");
+        let (host, path) = rest.split_once('/').expect("a database path");
+        let proxy = Proxy::start(host.to_string()).await;
+        let url = format!("{prefix}@{}/{path}", proxy.address);
+        (proxy, url)
+    }
+
     /// Cuts every open connection and waits until all are closed; new connections go through again.
     async fn cut(&self) {
         self.down();
@@ -154,11 +164,7 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database_and_liveness_does_not() {
     let db = TestDb::new(Backend::Postgres);
-    // The server reaches PostgreSQL through the proxy: same URL, the proxy's host and port.
-    let (prefix, rest) = db.url.split_once('@').expect("a postgres URL with a user");
-    let (host, path) = rest.split_once('/').expect("a database path");
-    let proxy = Proxy::start(host.to_string()).await;
-    let via_proxy = format!("{prefix}@{}/{path}", proxy.address);
+    let (proxy, via_proxy) = Proxy::before(&db).await;
     let app = TestApp::spawn_configured_on(Backend::Postgres, db, |c| c.database_url = via_proxy).await;
     let probe = |p: &str| {
         let (c, u) = (app.anonymous.clone(), app.url(p));
@@ -187,80 +193,80 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
     assert_eq!(app.get("Patient").await.status(), 200);
 }
 
+/// Reads of one patient: `n` at once, or `n` one after the other; the statuses answered.
+async fn read_statuses(app: &TestApp, id: &str, n: usize, at_once: bool) -> Vec<u16> {
+    let read = || {
+        let (c, u) = (app.client.clone(), app.url(&format!("Patient/{id}")));
+        async move { c.get(u).send().await.unwrap().status().as_u16() }
+    };
+    if at_once {
+        return futures_util::future::join_all((0..n).map(|_| read())).await;
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        statuses.push(read().await);
+    }
+    statuses
+}
+
+/// Starts a server on the PostgreSQL test database `db`, reached at `url`, with one patient read by
+/// every pooled connection; returns the server and the patient's id.
+async fn pooled_app(name: &str, db: TestDb, url: String) -> (TestApp, String) {
+    let app = TestApp::spawn_configured_on(Backend::Postgres, db, |c| c.database_url = url).await;
+    let created = app.create(&patient(name)).await;
+    let id = created["id"].as_str().expect("an id").to_string();
+    let warm = read_statuses(&app, &id, 8, true).await;
+    assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
+    (app, id)
+}
+
+/// After connections were lost right after they answered: reads one after the other fail once at
+/// most (on the first lost connection used, which makes the pool check every other one).
+async fn assert_one_failure_at_most(app: &TestApp, id: &str) {
+    let statuses = read_statuses(app, id, 12, false).await;
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert!(
+        failed <= 1,
+        "one failure at most, on the first lost connection used: {statuses:?}"
+    );
+}
+
 /// PostgreSQL connections in the pool that the network cut are found and replaced: a connection is
 /// checked on its way out of the pool when it has been idle, or when its last query failed, so
 /// requests fail at most once per cut connection, and not at all once they have been idle a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_that_were_cut_are_replaced() {
     let db = TestDb::new(Backend::Postgres);
-    let (prefix, rest) = db.url.split_once('@').expect("a postgres URL with a user");
-    let (host, path) = rest.split_once('/').expect("a database path");
-    let proxy = Proxy::start(host.to_string()).await;
-    let via_proxy = format!("{prefix}@{}/{path}", proxy.address);
-    let app = TestApp::spawn_configured_on(Backend::Postgres, db, |c| c.database_url = via_proxy).await;
-    let created = app.create(&patient("Cut")).await;
-    let id = created["id"].as_str().expect("an id").to_string();
-    let read = || {
-        let (c, u) = (app.client.clone(), app.url(&format!("Patient/{id}")));
-        async move { c.get(u).send().await.unwrap().status().as_u16() }
-    };
-    // Every pooled connection answers, then the network cuts them all, while they are idle.
-    let warm: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
-    assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
+    let (proxy, via_proxy) = Proxy::before(&db).await;
+    let (app, id) = pooled_app("Cut", db, via_proxy).await;
+    // The network cuts every pooled connection while they are idle.
     proxy.cut().await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let after_idle: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
+    let after_idle = read_statuses(&app, &id, 8, true).await;
     assert!(
         after_idle.iter().all(|s| *s == 200),
         "idle cut connections are checked and replaced: {after_idle:?}"
     );
-
     // Cut again right after they answered: a connection used within the last moment goes out
-    // unchecked, so one request may fail on it; the pool then checks every connection before its
-    // next use, and no other request fails.
-    let warm: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
+    // unchecked, so one request may fail on it.
+    let warm = read_statuses(&app, &id, 8, true).await;
     assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
     proxy.cut().await;
-    let mut statuses = Vec::new();
-    for _ in 0..12 {
-        statuses.push(read().await);
-    }
-    let failed = statuses.iter().filter(|s| **s != 200).count();
-    assert!(
-        failed <= 1,
-        "one failure at most, on the first cut connection used: {statuses:?}"
-    );
+    assert_one_failure_at_most(&app, &id).await;
 }
 
-/// The same when the server ends the connections (a restart, a failover, `pg_terminate_backend`):
-/// the first request on an ended connection may fail, and the pool then checks the others.
+/// The same when the server ends the connections (a restart, a failover, `pg_terminate_backend`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_ended_by_the_server_are_replaced() {
-    let db = TestDb::new(Backend::Postgres);
     let name = format!("tandem_{}", uuid::Uuid::new_v4().simple());
+    let db = TestDb::new(Backend::Postgres);
     let url = format!("{}&application_name={name}", db.url);
-    let app = TestApp::spawn_configured_on(Backend::Postgres, db, |c| c.database_url = url).await;
-    let created = app.create(&patient("Ended")).await;
-    let id = created["id"].as_str().expect("an id").to_string();
-    let read = || {
-        let (c, u) = (app.client.clone(), app.url(&format!("Patient/{id}")));
-        async move { c.get(u).send().await.unwrap().status().as_u16() }
-    };
-    let warm: Vec<u16> = futures_util::future::join_all((0..8).map(|_| read())).await;
-    assert!(warm.iter().all(|s| *s == 200), "{warm:?}");
+    let (app, id) = pooled_app("Ended", db, url).await;
     let ended = app.count(&format!(
         "SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE application_name = '{name}'"
     ));
     assert!(ended >= 1, "the server's connections were found");
-    let mut statuses = Vec::new();
-    for _ in 0..12 {
-        statuses.push(read().await);
-    }
-    let failed = statuses.iter().filter(|s| **s != 200).count();
-    assert!(
-        failed <= 1,
-        "one failure at most, on the first ended connection used: {statuses:?}"
-    );
+    assert_one_failure_at_most(&app, &id).await;
 }
 
 /// Two `tandem serve` processes on one PostgreSQL database share a mixed workload; one gets SIGTERM
