@@ -59,18 +59,12 @@ fn column_equals(sql: &mut Sql, column: &str, values: &[String]) {
 fn refs(sql: &mut Sql, kind: &str, values: &[String], default_type: Option<&str>) {
     sql.push("a.id IN (SELECT event_id FROM audit_refs WHERE kind = ")
         .text_bind(kind)
-        .push(" AND ref IN (");
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        let reference = match default_type {
+        .push(" AND ref IN (")
+        .text_binds(values.iter().map(|v| match default_type {
             Some(t) if !v.contains('/') => format!("{t}/{v}"),
             _ => v.clone(),
-        };
-        sql.text_bind(reference);
-    }
-    sql.push("))");
+        }))
+        .push("))");
 }
 
 /// Plans an AuditEvent search. Unknown parameters are ignored (reported) or, with `strict`, refused.

@@ -45,6 +45,17 @@ impl Sql {
         self
     }
 
+    /// The values as text binds separated by commas (`?, ?, ?`), for an `IN (…)` list.
+    pub fn text_binds<S: Into<String>>(&mut self, values: impl IntoIterator<Item = S>) -> &mut Self {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            self.text_bind(value);
+        }
+        self
+    }
+
     pub fn int_bind(&mut self, value: i64) -> &mut Self {
         self.text.push('?');
         self.binds.push(Bind::BigInt(value));
@@ -143,14 +154,9 @@ pub fn compartment_ids(rt: ResourceType, patient: &str) -> Option<Sql> {
     sql.text_bind(patient)
         .push(" AND url IS NULL AND res_type = ")
         .text_bind(rt.as_str())
-        .push(" AND param IN (");
-    for (i, p) in params.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.text_bind(*p);
-    }
-    sql.push(")");
+        .push(" AND param IN (")
+        .text_binds(params.iter().copied())
+        .push(")");
     if rt.as_str() == "Patient" {
         sql.push(" UNION SELECT res_id FROM resources WHERE res_type = 'Patient' AND res_id = ")
             .text_bind(patient);
@@ -184,14 +190,10 @@ pub fn plan(types: &[ResourceType], search: &Search, strict: bool, visible: Visi
                 .map(|rt| visible_condition("r.res_id", *rt, visible))
                 .collect::<Result<Vec<_>, _>>()?;
             if conditions.iter().all(Option::is_none) {
-                from_where.push("r.res_type IN (");
-                for (i, rt) in types.iter().enumerate() {
-                    if i > 0 {
-                        from_where.push(", ");
-                    }
-                    from_where.text_bind(rt.as_str());
-                }
-                from_where.push(")");
+                from_where
+                    .push("r.res_type IN (")
+                    .text_binds(types.iter().map(|rt| rt.as_str()))
+                    .push(")");
             } else {
                 from_where.push("(");
                 for (i, (rt, cond)) in types.iter().zip(conditions).enumerate() {
@@ -1074,14 +1076,10 @@ fn id_matching(rt: ResourceType, modifier: Option<&str>, values: &[String], c: &
         }
     };
     let mut ids = Sql::new("SELECT res_id FROM resources WHERE res_type = ");
-    ids.text_bind(rt.as_str()).push(" AND res_id IN (");
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            ids.push(", ");
-        }
-        ids.text_bind(v.as_str());
-    }
-    ids.push(")");
+    ids.text_bind(rt.as_str())
+        .push(" AND res_id IN (")
+        .text_binds(values.iter().map(String::as_str))
+        .push(")");
     Ok(Matching {
         negated,
         ids,

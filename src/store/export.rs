@@ -321,14 +321,9 @@ impl Store {
             (level, group, Some(params)) => {
                 sql.push(" AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = ")
                     .text_bind(rt.as_str())
-                    .push(" AND target_type = 'Patient' AND url IS NULL AND param IN (");
-                for (i, p) in params.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.text_bind(*p);
-                }
-                sql.push(")");
+                    .push(" AND target_type = 'Patient' AND url IS NULL AND param IN (")
+                    .text_binds(params.iter().copied())
+                    .push(")");
                 if level == "group" {
                     let group = group
                         .as_deref()

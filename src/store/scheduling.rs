@@ -259,13 +259,8 @@ fn with_agreement(
              JOIN resources r ON r.res_type = p.res_type AND r.res_id = p.res_id AND r.deleted = false \
              WHERE p.res_type = 'Consent' AND p.param = 'patient' AND p.target_type = 'Patient' AND p.target_id IN (",
         );
-        for (i, patient) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.text_bind(patient.as_str());
-        }
-        sql.push(")")
+        sql.text_binds(chunk.iter().map(|p| p.as_str()))
+            .push(")")
             .push(" AND EXISTS (SELECT 1 FROM idx_reference a WHERE a.res_type = 'Consent' AND a.res_id = p.res_id AND a.param = 'actor' AND a.target_type = 'Group' AND a.target_id = ")
             .text_bind(group)
             .push(") AND EXISTS (SELECT 1 FROM idx_token t WHERE t.res_type = 'Consent' AND t.res_id = p.res_id AND t.param = 'category' AND t.system = ")
