@@ -21,7 +21,10 @@ pub struct TokenEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StringEntry {
     pub param: String,
+    /// The normalised value as the lookup index holds it ([`index_key`]).
     pub norm: String,
+    /// The whole normalised value, when `norm` holds only its key (a value over [`MAX_KEY_BYTES`]).
+    pub norm_full: Option<String>,
     pub exact: String,
 }
 
@@ -43,7 +46,10 @@ pub struct ReferenceEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UriEntry {
     pub param: String,
+    /// The uri as the lookup index holds it ([`index_key`]).
     pub uri: String,
+    /// The whole uri, when `uri` holds only its key.
+    pub uri_full: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +136,50 @@ pub const OF_TYPE_SUFFIX: &str = ":of-type";
 /// Suffix of the token rows that carry `Reference.identifier` for the `:identifier` modifier.
 pub const IDENTIFIER_SUFFIX: &str = ":identifier";
 
+/// The longest value, in bytes, that an index column holds as it is. PostgreSQL's btree refuses an
+/// entry over 2,704 bytes (a third of a page) that does not compress, and one lookup index holds
+/// two such columns (`code` and `system`, `code1` and `code2`) beside the type and parameter names,
+/// so each keeps at most 1,000 bytes; FHIR's strings may be up to 1 MB (datatypes.html#string).
+pub const MAX_KEY_BYTES: usize = 1000;
+/// How much of a longer value its key keeps in front of the value's SHA-256 digest.
+const KEY_PREFIX_BYTES: usize = 900;
+/// A prefix search for a value at most this long can read the keys alone: every key starts with at
+/// least this many bytes of its value (the prefix is cut at a character boundary, 3 bytes less at
+/// worst).
+pub const KEY_PREFIX_SAFE_BYTES: usize = KEY_PREFIX_BYTES - 3;
+
+/// The form in which an index column holds `value`: the value itself when it has at most
+/// [`MAX_KEY_BYTES`] bytes; otherwise its first ~900 bytes, U+0001 and the hex SHA-256 of the whole
+/// value. Equal values have equal keys, a key never equals a value kept as it is (FHIR strings
+/// refuse U+0001), and a key starts with its value's first
+/// [`KEY_PREFIX_SAFE_BYTES`] bytes, so exact and prefix searches stay exact. Search values go through
+/// the same function.
+pub fn index_key(value: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest;
+    if value.len() <= MAX_KEY_BYTES {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    std::borrow::Cow::Owned(format!("{}\u{1}{hex}", prefix_at_most(value, KEY_PREFIX_BYTES)))
+}
+
+/// The longest prefix of `s` of at most `bytes` bytes that ends at a character boundary.
+pub fn prefix_at_most(s: &str, bytes: usize) -> &str {
+    if s.len() <= bytes {
+        return s;
+    }
+    let mut cut = bytes;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+fn key(value: Option<String>) -> Option<String> {
+    value.map(|v| index_key(&v).into_owned())
+}
+
 /// Lower case, accents removed: the form string search compares (search.html#string).
 pub fn normalize(s: &str) -> String {
     s.nfd()
@@ -165,6 +215,22 @@ pub fn extract(rt: ResourceType, resource: &Value) -> Entries {
                 }
             }
         }
+    }
+    // Every value an index column holds is bounded (strings and uris keep their whole value beside
+    // the key, for :contains and long prefixes; see add_string and the Uri arm of add_value).
+    for t in &mut out.tokens {
+        t.system = key(t.system.take());
+        t.code = key(t.code.take());
+    }
+    for c in &mut out.composites {
+        c.system1 = key(c.system1.take());
+        c.code1 = key(c.code1.take());
+        c.system2 = key(c.system2.take());
+        c.code2 = key(c.code2.take());
+    }
+    for r in &mut out.references {
+        r.target_type = key(r.target_type.take());
+        r.target_id = key(r.target_id.take());
     }
     out
 }
@@ -277,9 +343,11 @@ fn add_value(out: &mut Entries, param: &str, kind: ParamType, node: &Value) {
         ParamType::Reference => add_reference(out, param, node),
         ParamType::Uri => {
             if let Some(s) = node.as_str() {
+                let keyed = index_key(s).into_owned();
                 out.uris.push(UriEntry {
                     param: param.to_string(),
-                    uri: s.to_string(),
+                    uri_full: (keyed != s).then(|| s.to_string()),
+                    uri: keyed,
                 });
             }
         }
@@ -402,9 +470,12 @@ fn add_token(out: &mut Entries, param: &str, node: &Value) {
 fn add_string(out: &mut Entries, param: &str, node: &Value) {
     let mut push = |s: &str| {
         if !s.trim().is_empty() {
+            let norm = normalize(s);
+            let keyed = index_key(&norm).into_owned();
             out.strings.push(StringEntry {
                 param: param.to_string(),
-                norm: normalize(s),
+                norm_full: (keyed != norm).then_some(norm),
+                norm: keyed,
                 exact: s.to_string(),
             });
         }
@@ -536,6 +607,25 @@ fn add_number(out: &mut Entries, param: &str, node: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn index_keys_are_bounded_exact_and_keep_the_start_of_their_value() {
+        let short = "a".repeat(MAX_KEY_BYTES);
+        assert_eq!(index_key(&short), short.as_str(), "a value that fits is its own key");
+        let long = format!("{}b", "é".repeat(600)); // 1,201 bytes, a 2-byte character at the cut
+        let other = format!("{}c", "é".repeat(600));
+        let (k1, k2) = (index_key(&long), index_key(&other));
+        assert!(
+            k1.len() <= MAX_KEY_BYTES && k1.len() > KEY_PREFIX_SAFE_BYTES,
+            "{}",
+            k1.len()
+        );
+        assert_ne!(k1, k2, "values that differ past the prefix have different keys");
+        assert_eq!(index_key(&long), k1, "equal values, equal keys");
+        assert!(k1.starts_with(prefix_at_most(&long, KEY_PREFIX_SAFE_BYTES)));
+        assert!(k1.contains('\u{1}'), "a key carries a character no FHIR string holds");
+        assert_eq!(prefix_at_most("aé", 2), "a", "cut at a character boundary");
+    }
 
     fn rt(name: &str) -> ResourceType {
         ResourceType::parse(name).unwrap()

@@ -67,6 +67,12 @@ pub enum Summary {
     Data,
 }
 
+/// The longest search value, in characters. Longer stored values are still found (by their start,
+/// or `:exact` and `:contains` within this length); the bound keeps every condition within what
+/// both databases accept (SQLite refuses a LIKE pattern over 50,000 bytes: 4,096 characters of at
+/// most 4 bytes, each escaped at most once, stay under 33,000).
+pub const MAX_VALUE_CHARS: usize = 4096;
+
 /// A parsed search.
 #[derive(Debug, Clone)]
 pub struct Search {
@@ -122,6 +128,11 @@ impl Search {
             let key = parse_key(raw_key)
                 .ok_or_else(|| Error::Invalid(format!("search parameter '{raw_key}' is malformed")))?;
             let values = split_values(value);
+            if values.iter().any(|v| v.chars().count() > MAX_VALUE_CHARS) {
+                return Err(Error::TooCostly(format!(
+                    "a value of search parameter '{raw_key}' is longer than {MAX_VALUE_CHARS} characters"
+                )));
+            }
             search.criteria.push(Criterion {
                 raw_key: raw_key.clone(),
                 key,

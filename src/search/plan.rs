@@ -401,7 +401,7 @@ fn dated_reference_ids(rt: ResourceType, criterion: &Criterion, window: Window) 
                 .push(" AND param = ")
                 .text_bind(name.as_str())
                 .push(" AND target_id = ")
-                .text_bind(target_id)
+                .text_bind(key(target_id))
                 .push(" AND target_type = ")
                 .text_bind(target_type)
                 .push(if long {
@@ -654,7 +654,7 @@ fn param_matching(
                 if id.contains('/') {
                     return Err(bad_value(c, v, &format!("is not an id of a {t}")));
                 }
-                ids.push("target_id = ").text_bind(id);
+                ids.push("target_id = ").text_bind(key(id));
             }
             ids.push(")");
             return Ok(Some(Matching {
@@ -716,7 +716,10 @@ fn param_matching(
 }
 
 fn token_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
-    match split_pipe(value) {
+    // The index holds bounded keys of long values (index::index_key): a search value is keyed alike.
+    let (system, code) = split_pipe(value);
+    let (system, code) = (system.map(|s| key(&s)), key(&code));
+    match (system, code) {
         (None, code) => {
             sql.push("code = ").text_bind(code);
         }
@@ -734,6 +737,29 @@ fn token_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Erro
         }
     }
     Ok(())
+}
+
+/// A value as the index columns hold it (index::index_key).
+fn key(value: &str) -> String {
+    index::index_key(value).into_owned()
+}
+
+/// `column LIKE 'prefix%'` that stays exact for a prefix longer than the keys keep
+/// (index::KEY_PREFIX_SAFE_BYTES): the index narrows by the part the keys hold, and the whole value
+/// (`full`, NULL where the key is the value) decides.
+fn prefix_condition(sql: &mut Sql, column: &str, full: &str, prefix: &str) {
+    if prefix.len() <= index::KEY_PREFIX_SAFE_BYTES {
+        sql.push(&format!("{column} LIKE "))
+            .text_bind(format!("{}%", like_escape(prefix)))
+            .push(" ESCAPE '\\'");
+        return;
+    }
+    let head = index::prefix_at_most(prefix, index::KEY_PREFIX_SAFE_BYTES);
+    sql.push(&format!("{column} LIKE "))
+        .text_bind(format!("{}%", like_escape(head)))
+        .push(&format!(" ESCAPE '\\' AND COALESCE({full}, {column}) LIKE "))
+        .text_bind(format!("{}%", like_escape(prefix)))
+        .push(" ESCAPE '\\'");
 }
 
 /// Mean earth radius in km (WGS84 mean radius), for `near`.
@@ -805,7 +831,8 @@ fn composite_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), 
     .into_iter()
     .peekable();
     while let Some((part, system_col, code_col)) = parts.next() {
-        match split_pipe(&part) {
+        let (system, code) = split_pipe(&part);
+        match (system.map(|s| key(&s)), key(&code)) {
             (None, code) => sql.push(&format!("{code_col} = ")).text_bind(code),
             (Some(system), code) if system.is_empty() => sql
                 .push(&format!("{system_col} IS NULL AND {code_col} = "))
@@ -836,9 +863,9 @@ fn of_type_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Er
     let parts: Vec<&str> = value.splitn(3, '|').collect();
     match parts.as_slice() {
         [system, code, v] if !code.is_empty() && !v.is_empty() => {
-            sql.push("code = ").text_bind(format!("{code}|{v}"));
+            sql.push("code = ").text_bind(key(&format!("{code}|{v}")));
             if !system.is_empty() {
-                sql.push(" AND system = ").text_bind(*system);
+                sql.push(" AND system = ").text_bind(key(system));
             }
             Ok(())
         }
@@ -851,14 +878,13 @@ fn like_escape(s: &str) -> String {
 }
 
 fn string_prefix_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
-    sql.push("norm LIKE ")
-        .text_bind(format!("{}%", like_escape(&index::normalize(&unescape(value)))))
-        .push(" ESCAPE '\\'");
+    prefix_condition(sql, "norm", "norm_full", &index::normalize(&unescape(value)));
     Ok(())
 }
 
 fn string_contains_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
-    sql.push("norm LIKE ")
+    // A scan of the parameter's rows either way: the whole value, where the key holds only its start.
+    sql.push("COALESCE(norm_full, norm) LIKE ")
         .text_bind(format!("%{}%", like_escape(&index::normalize(&unescape(value)))))
         .push(" ESCAPE '\\'");
     Ok(())
@@ -991,13 +1017,13 @@ fn reference_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), 
     let parts: Vec<&str> = value.split('/').collect();
     match parts.as_slice() {
         [id] => {
-            sql.push("target_id = ").text_bind(*id);
+            sql.push("target_id = ").text_bind(key(id));
         }
         [t, id] | [t, id, "_history", _] => {
             sql.push("target_type = ")
-                .text_bind(*t)
+                .text_bind(key(t))
                 .push(" AND target_id = ")
-                .text_bind(*id);
+                .text_bind(key(id));
         }
         _ => {
             return Err(bad_value(
@@ -1011,19 +1037,19 @@ fn reference_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), 
 }
 
 fn uri_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
-    sql.push("uri = ").text_bind(value);
+    sql.push("uri = ").text_bind(key(value));
     Ok(())
 }
 
 fn uri_below_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
-    sql.push("uri LIKE ")
-        .text_bind(format!("{}%", like_escape(value)))
-        .push(" ESCAPE '\\'");
+    prefix_condition(sql, "uri", "uri_full", value);
     Ok(())
 }
 
 fn uri_above_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {
-    sql.push("substr(").text_bind(value).push(", 1, length(uri)) = uri");
+    sql.push("substr(")
+        .text_bind(value)
+        .push(", 1, length(COALESCE(uri_full, uri))) = COALESCE(uri_full, uri)");
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use super::schema::{bookings, resources};
 use super::search::{load, IdOnly};
 use super::{Abort, AnyConnection};
 use crate::error::{BookingRefusal, Error};
-use crate::resources::{dates, ResourceType};
+use crate::resources::{dates, index, ResourceType};
 use crate::scheduling::{self, Rules, GROUP_CONFIDENTIALITY};
 use crate::search::plan::Sql;
 
@@ -65,10 +65,13 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -
         return Ok(());
     };
     let actors = scheduling::booked_actors(appointment);
-    let latest = latest_bookings(c, &actors, end)?;
+    // The bookings index holds bounded keys, as the search indexes do: an absolute reference may be
+    // longer than a btree (or GiST) entry can be.
+    let keys: Vec<String> = actors.iter().map(|a| index::index_key(a).into_owned()).collect();
+    let latest = latest_bookings(c, &keys, end)?;
     // In the order of the actors, so that the refusal names the same clash every time.
-    for actor in &actors {
-        let clash = latest.iter().find(|b| &b.actor == actor && b.end_ms > start);
+    for (actor, key) in actors.iter().zip(&keys) {
+        let clash = latest.iter().find(|b| &b.actor == key && b.end_ms > start);
         if let Some(b) = clash {
             return Err(Error::booking(
                 BookingRefusal::DoubleBooking,
@@ -86,8 +89,7 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -
     insert_rows!(
         c,
         bookings::table,
-        actors
-            .iter()
+        keys.iter()
             .map(|actor| {
                 (
                     bookings::appointment_id.eq(id),

@@ -43,6 +43,7 @@ diesel::table! {
         param -> Text,
         norm -> Text,
         exact -> Text,
+        norm_full -> Nullable<Text>,
     }
 }
 
@@ -79,6 +80,7 @@ diesel::table! {
         res_id -> Text,
         param -> Text,
         uri -> Text,
+        uri_full -> Nullable<Text>,
     }
 }
 

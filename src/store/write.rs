@@ -497,6 +497,7 @@ fn write_index(
                     idx_string::res_id.eq(id),
                     idx_string::param.eq(&v.param),
                     idx_string::norm.eq(&v.norm),
+                    idx_string::norm_full.eq(&v.norm_full),
                     idx_string::exact.eq(&v.exact),
                 )
             })
@@ -553,6 +554,7 @@ fn write_index(
                     idx_uri::res_id.eq(id),
                     idx_uri::param.eq(&v.param),
                     idx_uri::uri.eq(&v.uri),
+                    idx_uri::uri_full.eq(&v.uri_full),
                 )
             })
             .collect(),
