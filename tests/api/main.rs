@@ -16,6 +16,7 @@ mod examples;
 mod export;
 mod formats;
 mod fuzz;
+mod generated;
 mod history;
 mod hostile;
 mod long_values;
