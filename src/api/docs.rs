@@ -44,6 +44,7 @@ schema_names!(
     StructureDefinition,
     CodeSystem,
     OperationDefinition,
+    SearchParameter,
     JsonPatch,
     SearchForm,
     ExportManifest,
@@ -63,9 +64,11 @@ schema_names!(
     super::operations::structure_definitions,
     super::operations::code_systems,
     super::operations::operation_definitions,
+    super::operations::search_parameters,
     super::operations::structure_definition,
     super::operations::code_system,
     super::operations::operation_definition,
+    super::operations::search_parameter,
     super::search::system_search,
     super::bundle::transaction_or_batch,
     super::search::system_search_post,
@@ -267,9 +270,13 @@ fn tag_of(path: &str, rt: Option<ResourceType>) -> String {
     }
     match first {
         "AuditEvent" | "Group" | "Patient" | "Practitioner" => first.into(),
-        "StructureDefinition" | "CodeSystem" | "OperationDefinition" | "metadata" | ".well-known" | "openapi.json" => {
-            "Conformance".into()
-        }
+        "StructureDefinition"
+        | "CodeSystem"
+        | "OperationDefinition"
+        | "SearchParameter"
+        | "metadata"
+        | ".well-known"
+        | "openapi.json" => "Conformance".into(),
         "healthz" | "readyz" | "metrics" => "Platform".into(),
         _ => "Whole system".into(),
     }
@@ -817,7 +824,12 @@ fn schemas() -> Map<String, Value> {
             "required": ["resourceType"],
         }),
     );
-    for name in ["StructureDefinition", "CodeSystem", "OperationDefinition"] {
+    for name in [
+        "StructureDefinition",
+        "CodeSystem",
+        "OperationDefinition",
+        "SearchParameter",
+    ] {
         schemas.insert(
             name.into(),
             json!({

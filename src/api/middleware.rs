@@ -33,7 +33,13 @@ pub fn is_public(path: &str) -> bool {
         "/openapi.json",
         "/docs",
     ];
-    const UNDER: [&str; 4] = ["/docs/", "/StructureDefinition", "/CodeSystem", "/OperationDefinition"];
+    const UNDER: [&str; 5] = [
+        "/docs/",
+        "/StructureDefinition",
+        "/CodeSystem",
+        "/OperationDefinition",
+        "/SearchParameter",
+    ];
     EXACT.contains(&path) || UNDER.iter().any(|p| path.starts_with(p))
 }
 
@@ -188,9 +194,15 @@ fn metric_labels(req: &HttpRequest) -> (&'static str, &'static str) {
         .and_then(ResourceType::parse)
         .map(|rt| rt.as_str())
         .or_else(|| {
-            ["AuditEvent", "StructureDefinition", "CodeSystem", "OperationDefinition"]
-                .into_iter()
-                .find(|t| pattern.starts_with(&format!("/{t}")))
+            [
+                "AuditEvent",
+                "StructureDefinition",
+                "CodeSystem",
+                "OperationDefinition",
+                "SearchParameter",
+            ]
+            .into_iter()
+            .find(|t| pattern.starts_with(&format!("/{t}")))
         })
         .unwrap_or("none");
     let interaction = match pattern.as_str() {

@@ -75,7 +75,12 @@ pub const SUPPORTED: Supported<'static> = Supported {
         ),
     ],
     system_operations: &[("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")],
-    definition_types: &["StructureDefinition", "CodeSystem", "OperationDefinition"],
+    definition_types: &[
+        "StructureDefinition",
+        "CodeSystem",
+        "OperationDefinition",
+        "SearchParameter",
+    ],
     audit_event_params: &crate::search::audit::AUDIT_PARAMS,
 };
 
@@ -139,11 +144,13 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/OperationDefinition",
             vec![on(M::GET, operations::operation_definitions)],
         ),
+        endpoint("/SearchParameter", vec![on(M::GET, operations::search_parameters)]),
         endpoint(
             "/StructureDefinition/{id}",
             vec![on(M::GET, operations::structure_definition)],
         ),
         endpoint("/CodeSystem/{id}", vec![on(M::GET, operations::code_system)]),
+        endpoint("/SearchParameter/{id}", vec![on(M::GET, operations::search_parameter)]),
         endpoint(
             "/OperationDefinition/{id}",
             vec![on(M::GET, operations::operation_definition)],

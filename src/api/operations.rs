@@ -285,17 +285,6 @@ async fn sessions(
     found.iter().map(super::search::parse_body).collect()
 }
 
-fn window_parameters(start: &Option<String>, end: &Option<String>) -> Vec<Value> {
-    let mut out = Vec::new();
-    if let Some(s) = start {
-        out.push(json!({"name": "start", "valueString": s}));
-    }
-    if let Some(e) = end {
-        out.push(json!({"name": "end", "valueString": e}));
-    }
-    out
-}
-
 /// Statuses of sessions that took place or are to take place (cancelled and proposed ones do not count).
 const COUNTED: [&str; 6] = ["pending", "booked", "arrived", "checked-in", "fulfilled", "noshow"];
 
@@ -361,7 +350,6 @@ pub(crate) async fn attendance(
         }
     }
     let mut parameters = vec![json!({"name": "group", "valueReference": {"reference": format!("Group/{group_id}")}})];
-    parameters.extend(window_parameters(&start, &end));
     parameters.push(json!({"name": "sessions", "valueInteger": held.len()}));
     for (patient, [invited, attended, no_show, late_cancel, unrecorded]) in tally {
         parameters.push(json!({"name": "member", "part": [
@@ -445,7 +433,6 @@ pub(crate) async fn caseload(
     }
     let hours = |minutes: i64| (minutes as f64 / 60.0 * 100.0).round() / 100.0;
     let mut parameters = vec![json!({"name": "practitioner", "valueReference": {"reference": me}})];
-    parameters.extend(window_parameters(&start, &end));
     parameters.extend([
         json!({"name": "individualSessions", "valueInteger": individual.0}),
         json!({"name": "individualHours", "valueDecimal": hours(individual.1)}),
@@ -582,6 +569,42 @@ pub async fn code_systems(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>
 )]
 pub async fn operation_definitions(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     definitions_list(req, ctx, state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/SearchParameter",
+    operation_id = "listSearchParameter",
+    summary = "tandem's SearchParameter resources",
+    description = "The SearchParameter resources that define tandem's own search parameters (`group` on Appointment), read-only, no token needed. The R4 parameters are HL7's, at http://hl7.org/fhir/SearchParameter/.",
+    params(("url" = Option<String>, Query, description = "Only the one with this canonical URL")),
+    responses(
+        (status = 200, description = "A searchset Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
+    ),
+)]
+pub async fn search_parameters(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+    definitions_list(req, ctx, state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/SearchParameter/{id}",
+    operation_id = "readSearchParameter",
+    summary = "Read one of tandem's SearchParameter resources",
+    description = "One SearchParameter that tandem defines (read-only, no token needed).",
+    params(("id" = String, Path, description = "The logical id of the resource")),
+    responses(
+        (status = 200, description = "The SearchParameter", body = docs::SearchParameter, content_type = "application/fhir+json"),
+        (status = 404, description = "No such SearchParameter", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+)]
+pub async fn search_parameter(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    definition_read(req, ctx, path, state).await
 }
 
 #[utoipa::path(

@@ -70,7 +70,8 @@ pub fn capability_statement(
                 "searchRevInclude": ["*"],
                 "searchParam": rt.search_params().iter().filter(|p| p.is_searchable()).map(|p| json!({
                     "name": p.code,
-                    "definition": p.url,
+                    // tandem's own parameters are published under the configured canonical base.
+                    "definition": crate::scheduling::Canonical::new(canonical_base).own(&p.url),
                     "type": p.kind.as_str(),
                     "documentation": p.description,
                 })).collect::<Vec<_>>(),

@@ -112,6 +112,18 @@ static DEFINITIONS: &str = include_str!("r4-search-parameters.json");
 /// Parameters tandem defines itself (the `group` of a group session), in the same format.
 static OWN_DEFINITIONS: &str = include_str!("tandem-search-parameters.json");
 
+/// tandem's own SearchParameter resources as they are published (their url under the default
+/// canonical base).
+pub fn own_definitions() -> Vec<serde_json::Value> {
+    let bundle: serde_json::Value = serde_json::from_str(OWN_DEFINITIONS).unwrap_or_default();
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"].clone())
+        .collect()
+}
+
 static BY_TYPE: LazyLock<BTreeMap<ResourceType, Vec<SearchParam>>> = LazyLock::new(|| {
     // The file is compiled into the binary and checked by a unit test: it cannot fail at run time.
     #[allow(clippy::expect_used)]

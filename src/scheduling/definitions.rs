@@ -126,6 +126,21 @@ pub fn code_systems(canonical: &Canonical) -> Vec<Value> {
 /// One operation parameter: (name, use, min, max, type, documentation).
 type OperationParameter<'a> = (&'a str, &'a str, u32, &'a str, &'a str, &'a str);
 
+/// The parts of the one parameter of an operation that has them (its name, and the parts).
+type Parts<'a> = Option<(&'a str, &'a [OperationParameter<'a>])>;
+
+fn parameter_json((n, u, min, max, t, doc): &OperationParameter<'_>, parts: &[OperationParameter<'_>]) -> Value {
+    let mut p = json!({"name": n, "use": u, "min": min, "max": max, "documentation": doc});
+    if parts.is_empty() {
+        // opd-1: a parameter has a type or parts, never neither.
+        p["type"] = json!(t);
+    } else {
+        p["part"] = json!(parts.iter().map(|part| parameter_json(part, &[])).collect::<Vec<_>>());
+    }
+    p
+}
+
+#[allow(clippy::too_many_arguments)] // one argument per element of the definition it writes
 fn operation(
     canonical: &Canonical,
     resource: &str,
@@ -134,6 +149,7 @@ fn operation(
     affects_state: bool,
     description: &str,
     parameters: &[OperationParameter<'_>],
+    parts: Parts<'_>,
 ) -> Value {
     let id = format!("{resource}-{code}");
     json!({
@@ -152,13 +168,9 @@ fn operation(
         "system": false,
         "type": false,
         "instance": true,
-        "parameter": parameters.iter().map(|(n, u, min, max, t, doc)| {
-            let mut p = json!({"name": n, "use": u, "min": min, "max": max, "documentation": doc});
-            // A parameter with parts has no type of its own.
-            if !t.is_empty() {
-                p["type"] = json!(t);
-            }
-            p
+        "parameter": parameters.iter().map(|p| {
+            let own = parts.filter(|(name, _)| *name == p.0).map_or(&[][..], |(_, parts)| parts);
+            parameter_json(p, own)
         }).collect::<Vec<_>>()
     })
 }
@@ -173,34 +185,58 @@ pub fn operation_definitions(canonical: &Canonical) -> Vec<Value> {
               ("location", "in", 0, "1", "Reference", "The room: a Location reference"),
               ("member", "in", 0, "*", "Reference", "Only these members (Patient references; each must be an active member); all active members when absent"),
               ("description", "in", 0, "1", "string", "Shown as Appointment.description"),
-              ("return", "out", 1, "1", "Appointment", "The session as created")]),
+              ("return", "out", 1, "1", "Appointment", "The session as created")], None),
         operation(canonical, "Group", "attendance", "GroupAttendance", false,
             "Per member of a group: sessions invited, attended and missed (no-show plus late cancellation) among the group's sessions that start in [start, end), from the participant-attendance extension.",
             &[("start", "in", 0, "1", "date", "First day (or instant) of the period"),
               ("end", "in", 0, "1", "date", "End of the period (exclusive)"),
               ("group", "out", 1, "1", "Reference", "The group"),
               ("sessions", "out", 1, "1", "integer", "Sessions held or booked in the period"),
-              ("member", "out", 0, "*", "", "One per member: patient, invited, attended, missed, noShow, lateCancel, unrecorded")]),
+              ("member", "out", 0, "*", "", "One per member on the roster or in a session")],
+            Some(("member", &[
+              ("patient", "out", 1, "1", "Reference", "The member: a Patient reference"),
+              ("invited", "out", 1, "1", "integer", "Sessions the member was a participant of and did not decline"),
+              ("attended", "out", 1, "1", "integer", "Sessions recorded as attended"),
+              ("missed", "out", 1, "1", "integer", "noShow + lateCancel"),
+              ("noShow", "out", 1, "1", "integer", "Sessions recorded as no-show"),
+              ("lateCancel", "out", 1, "1", "integer", "Sessions recorded as late cancellation"),
+              ("unrecorded", "out", 1, "1", "integer", "Sessions with no attendance recorded for the member")]))),
         operation(canonical, "Practitioner", "caseload", "PractitionerCaseload", false,
             "A practitioner's booked hours in [start, end), split into individual and group sessions, and the number of distinct patients seen: the workload view that keeps a therapist's individual and group work in balance.",
             &[("start", "in", 0, "1", "date", "First day (or instant) of the period"),
               ("end", "in", 0, "1", "date", "End of the period (exclusive)"),
+              ("practitioner", "out", 1, "1", "Reference", "The practitioner"),
               ("individualSessions", "out", 1, "1", "integer", "Individual sessions"),
               ("individualHours", "out", 1, "1", "decimal", "Hours of individual sessions"),
               ("groupSessions", "out", 1, "1", "integer", "Group sessions"),
               ("groupHours", "out", 1, "1", "decimal", "Hours of group sessions"),
               ("totalHours", "out", 1, "1", "decimal", "All booked hours"),
-              ("distinctPatients", "out", 1, "1", "integer", "Distinct patients across these sessions")]),
+              ("distinctPatients", "out", 1, "1", "integer", "Distinct patients across these sessions")], None),
     ]
 }
 
-/// The definitions of one type (StructureDefinition, CodeSystem or OperationDefinition), or None
-/// for another type.
+/// tandem's own search parameters (`group` on Appointment), under the configured canonical base.
+pub fn search_parameters(canonical: &Canonical) -> Vec<Value> {
+    crate::resources::params::own_definitions()
+        .into_iter()
+        .map(|mut d| {
+            let url = canonical.own(d["url"].as_str().unwrap_or_default());
+            d["url"] = json!(url);
+            d["version"] = json!(VERSION);
+            d["publisher"] = json!("tandem");
+            d
+        })
+        .collect()
+}
+
+/// The definitions of one type (StructureDefinition, CodeSystem, OperationDefinition or
+/// SearchParameter), or None for another type.
 pub fn of_type(canonical: &Canonical, res_type: &str) -> Option<Vec<Value>> {
     match res_type {
         "StructureDefinition" => Some(structure_definitions(canonical)),
         "CodeSystem" => Some(code_systems(canonical)),
         "OperationDefinition" => Some(operation_definitions(canonical)),
+        "SearchParameter" => Some(search_parameters(canonical)),
         _ => None,
     }
 }
@@ -216,6 +252,7 @@ mod tests {
             .into_iter()
             .chain(code_systems(&c))
             .chain(operation_definitions(&c))
+            .chain(search_parameters(&c))
         {
             assert!(r["url"]
                 .as_str()

@@ -41,6 +41,13 @@ impl Canonical {
     pub fn consent_category(&self) -> String {
         format!("{}/CodeSystem/consent-category", self.base)
     }
+    /// A URL of ours written under the default base, under this base (any other URL as it is).
+    pub fn own(&self, url: &str) -> String {
+        match url.strip_prefix(DEFAULT_CANONICAL_BASE) {
+            Some(rest) => format!("{}{rest}", self.base),
+            None => url.to_string(),
+        }
+    }
 }
 
 pub const GROUP_CONFIDENTIALITY: &str = "group-confidentiality";

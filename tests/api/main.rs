@@ -23,6 +23,7 @@ mod long_values;
 mod metadata;
 mod openapi;
 mod operations;
+mod own_definitions;
 mod platform;
 mod restart;
 mod scheduling;

@@ -17,7 +17,7 @@ both_backends! {
         assert_eq!(
             types,
             ["Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient", "Practitioner", "PractitionerRole", "Subscription",
-             "StructureDefinition", "CodeSystem", "OperationDefinition", "AuditEvent"]
+             "StructureDefinition", "CodeSystem", "OperationDefinition", "SearchParameter", "AuditEvent"]
         );
 
         // Every operation listed has a definition this server serves (or HL7's, for $everything).
