@@ -105,6 +105,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_AUTH_AUTHORIZATION_ENDPOINT")]
     pub auth_authorization_endpoint: Option<String>,
 
+    /// Browser origins (`https://app.clinic.example`, comma-separated) allowed to call the API
+    /// (CORS). None by default: browser apps on other origins cannot call it.
+    #[arg(long, env = "TANDEM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// Seconds a client may take to send a request body, and a read-only request may run, before the
     /// server gives up (408 / 503).
     #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -144,6 +149,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The CORS allow-list, without the empty entries an unset variable or a stray comma leaves.
+    pub fn cors_allowed(&self) -> Vec<String> {
+        self.cors_origins
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| o.trim().to_string())
+            .collect()
+    }
+
     /// Checks the settings that a typo could make meaningless; the message names the variable.
     pub fn validate(&self) -> Result<(), String> {
         self.listen
@@ -178,6 +192,13 @@ impl Config {
                 }
             }
         }
+        for origin in self.cors_origins.iter().filter(|o| !o.is_empty()) {
+            if !is_origin(origin) {
+                return Err(format!(
+                    "TANDEM_CORS_ORIGINS: '{origin}' is not an origin (scheme://host[:port], no path; '*' is not allowed)"
+                ));
+            }
+        }
         if self.request_timeout_seconds == 0 {
             return Err("TANDEM_REQUEST_TIMEOUT_SECONDS must be greater than 0".into());
         }
@@ -188,5 +209,48 @@ impl Config {
             return Err("TANDEM_DEFAULT_COUNT must be between 1 and TANDEM_MAX_COUNT".into());
         }
         Ok(())
+    }
+}
+
+/// An origin as browsers send it (RFC 6454): `http(s)://host[:port]`, nothing after.
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = rest.rsplit_once(':').map_or((rest, None), |(h, p)| (h, Some(p)));
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']'))
+        && port.is_none_or(|p| !p.is_empty() && p.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::is_origin;
+
+    #[test]
+    fn cors_origins_are_scheme_host_and_port_only() {
+        for ok in [
+            "https://app.clinic.example",
+            "http://localhost:3000",
+            "http://127.0.0.1:8081",
+        ] {
+            assert!(is_origin(ok), "{ok}");
+        }
+        for bad in [
+            "*",
+            "app.clinic.example",
+            "https://app.clinic.example/",
+            "https://a.example/x",
+            "https://a:",
+            "ftp://a",
+            "https://a:99999",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
     }
 }

@@ -92,9 +92,12 @@ impl Application {
                 .service(web::resource("/docs").to(api::docs::to_browser))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
-                // Outermost last: frame (request id, logs, headers) → audit → authenticate → routes.
+                // Outermost last: frame (request id, logs, headers) → CORS (answers a preflight with
+                // no token, and no audit record: it is no FHIR interaction) → audit → authenticate →
+                // routes.
                 .wrap(from_fn(middleware::authenticate))
                 .wrap(from_fn(middleware::audit))
+                .wrap(middleware::cors(&state.config.cors_allowed()))
                 .wrap(from_fn(middleware::frame))
         })
         // A client that does not send its request head in time is cut off (slowloris).

@@ -155,6 +155,41 @@ pub async fn frame(
     .await
 }
 
+/// CORS for the configured origins (none: no cross-origin access, and no CORS headers). A request
+/// from another origin is answered as usual but without CORS headers, so the browser withholds the
+/// answer: the allow-list is the browser's rule to enforce, not a reason to refuse a server client.
+pub fn cors(origins: &[String]) -> actix_web::middleware::Condition<actix_cors::Cors> {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            HeaderName::from_static("if-none-exist"),
+            HeaderName::from_static("prefer"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::CONTENT_LOCATION,
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-progress"),
+        ])
+        .block_on_origin_mismatch(false)
+        .max_age(600);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    actix_web::middleware::Condition::new(!origins.is_empty(), cors)
+}
+
 /// The restful interaction (and operation name) of a routed request.
 fn interaction(method: &Method, pattern: &str, operation: Option<&str>) -> Option<(&'static str, Option<String>)> {
     let i = match (pattern, method.as_str()) {

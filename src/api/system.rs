@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::{blocking, AppState, Ctx, SUPPORTED};
+use crate::error::Error;
 use crate::fhir::capability::capability_statement;
 
 /// The scopes tandem understands, as advertised (each resource type may stand for `*`).
@@ -27,7 +28,7 @@ const SCOPES_SUPPORTED: [&str; 12] = [
 fn security(state: &AppState) -> Value {
     let config = &state.config;
     let mut security = json!({
-        "cors": false,
+        "cors": !config.cors_allowed().is_empty(),
         "service": [{"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
             "code": "SMART-on-FHIR",
@@ -94,21 +95,29 @@ pub async fn metadata(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     description = "How to get a token: the authorization server's endpoints, and the scopes and capabilities this server supports (SMART App Launch v2). No token needed.",
     responses(
         (status = 200, description = "The SMART configuration", body = docs::SmartConfiguration, content_type = "application/json"),
+        (status = 404, description = "No authorization server is configured (TANDEM_AUTH_TOKEN_ENDPOINT unset): there is no SMART configuration to publish", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
 )]
-pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
+pub async fn smart_configuration(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let config = &state.config;
+    // SMART App Launch 2.0 (conformance.html#metadata) requires token_endpoint, grant_types_supported
+    // and capabilities: with no authorization server named, there is no such document to publish.
+    let Some(token_endpoint) = &config.auth_token_endpoint else {
+        return ctx.error_response(&Error::NotFound(
+            "no authorization server is configured (TANDEM_AUTH_TOKEN_ENDPOINT): tokens come from elsewhere, \
+             see the CapabilityStatement's rest.security"
+                .into(),
+        ));
+    };
     let mut doc = json!({
         "issuer": state.verifier.issuer(),
+        "token_endpoint": token_endpoint,
         "scopes_supported": SCOPES_SUPPORTED,
-        "capabilities": ["permission-v2", "permission-v1", "permission-patient", "permission-user"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1", "permission-patient", "permission-user"],
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
     });
-    if let Some(t) = &config.auth_token_endpoint {
-        doc["token_endpoint"] = json!(t);
-    }
     if let Some(a) = &config.auth_authorization_endpoint {
         doc["authorization_endpoint"] = json!(a);
         doc["grant_types_supported"] = json!(["authorization_code", "client_credentials"]);

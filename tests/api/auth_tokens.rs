@@ -156,7 +156,7 @@ both_backends! {
         assert_eq!(status, 401);
         assert!(challenge.unwrap().contains("invalid_request"));
         // The public endpoints need no token.
-        for path in ["metadata", "healthz", "readyz", ".well-known/smart-configuration", "CodeSystem/attendance"] {
+        for path in ["metadata", "healthz", "readyz", "CodeSystem/attendance", "SearchParameter/Appointment-group"] {
             assert_eq!(app.anonymous.get(app.url(path)).send().await.unwrap().status(), 200, "{path}");
         }
     }
@@ -215,6 +215,7 @@ both_backends! {
     }
 
     async fn smart_configuration_and_the_capability_statement_describe_the_security(app: TestApp) {
+        let app = TestApp::spawn_configured(app.backend, |c| c.auth_token_endpoint = Some("https://idp.example/token".into())).await;
         let res = app.anonymous.get(app.url(".well-known/smart-configuration")).send().await.unwrap();
         assert_eq!(res.status(), 200);
         let doc = json(res).await;

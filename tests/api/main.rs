@@ -10,6 +10,7 @@ mod auth_tokens;
 mod bundles;
 mod concurrency;
 mod conditional;
+mod cors_smart;
 mod crud;
 mod errors;
 mod examples;
