@@ -6,7 +6,11 @@
 //! - `GET /$export-file/{job}/{n}`: one NDJSON file.
 //!
 //! Everything about a job is in the database (crate::export runs it in the background), so any
-//! replica answers, and only the token subject that asked may read it.
+//! replica answers. A job and its files belong to the client that started it — the token's issuer,
+//! subject and client id, all three — and are answered only while that client's token still grants
+//! system-wide read on every type the job holds (Bulk Data Access 2.0, "Bulk Data Status Request":
+//! the server SHALL check that the requester is the client that kicked off the export and is
+//! authorized to read the output). Anyone else is told the job does not exist.
 
 use super::docs;
 use actix_web::http::header::{self, HeaderValue};
@@ -21,13 +25,22 @@ use crate::store::{ExportJob, NewExport};
 
 const NDJSON: &str = "application/fhir+ndjson";
 
-/// Who may read a job: the issuer and subject of the token that asked for it.
+/// Who may read a job: the issuer, subject and client id of the token that asked for it, as one
+/// JSON array (no separator inside a claim can make two callers look alike). A token without a
+/// subject names no one in particular (all such tokens of an issuer would share their jobs), so it
+/// may not start or read an export.
 fn requester(ctx: &Ctx) -> Result<String, Error> {
     let p = ctx
         .principal
         .as_ref()
         .ok_or_else(|| Error::Unauthorized("a bearer token is required".into()))?;
-    Ok(format!("{}|{}", p.issuer, p.subject.as_deref().unwrap_or("")))
+    let subject = p.subject.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
+        Error::Forbidden(
+            "$export needs a token that names its subject (sub): an export belongs to the client that started it"
+                .into(),
+        )
+    })?;
+    Ok(json!([p.issuer, subject, p.client_id]).to_string())
 }
 
 fn lenient(req: &HttpRequest) -> bool {
@@ -46,6 +59,7 @@ async fn kick_off(
     level: &'static str,
     group_id: Option<String>,
 ) -> Result<HttpResponse, Error> {
+    let requester = requester(ctx)?;
     let respond_async = req
         .headers()
         .get_all("prefer")
@@ -144,7 +158,7 @@ async fn kick_off(
         types,
         since,
         request_url: format!("{}{}", ctx.base, req.uri()),
-        requester: requester(ctx)?,
+        requester,
     };
     let store = state.store.clone();
     let id = job.id.clone();
@@ -216,16 +230,29 @@ pub async fn group_export(
     kick_off(req, ctx, state, "group", Some(group_id.to_string())).await
 }
 
-/// The job, if it exists and the caller asked for it (anyone else is told it does not exist).
+/// The job, if it exists and the calling client started it (anyone else is told it does not
+/// exist), and while the caller's scopes still grant what the job reads: system-wide read on every
+/// type it holds (and on the Group of a group export). A `patient/` token never reads a job.
 async fn own_job(ctx: &Ctx, state: &AppState, id: &str) -> Result<ExportJob, Error> {
     let unknown = || Error::NotFound(format!("there is no export job '{id}'"));
+    let me = requester(ctx)?;
     if !is_valid_id(id) {
         return Err(unknown());
     }
     let (store, lookup) = (state.store.clone(), id.to_string());
     let job = blocking(move || store.export_job(&lookup)).await?.ok_or_else(unknown)?;
-    if job.requester != requester(ctx)? || job.state == "cancelled" {
+    if job.requester != me || job.state == "cancelled" {
         return Err(unknown());
+    }
+    let types = job.type_list();
+    if types.is_empty() {
+        return Err(Error::Internal(format!("export job '{id}' names no type it holds")));
+    }
+    for t in &types {
+        ctx.grant_all(t.as_str(), Permission::Read)?;
+    }
+    if job.level == "group" {
+        ctx.grant_all("Group", Permission::Read)?;
     }
     Ok(job)
 }
