@@ -18,6 +18,7 @@ mod formats;
 mod fuzz;
 mod history;
 mod hostile;
+mod leaks;
 mod metadata;
 mod openapi;
 mod operations;
