@@ -267,7 +267,7 @@ both_backends! {
         let get = |path: String| { let ann = ann.clone(); async move { answer(ann.get(app.url(&path)).send().await.unwrap()).await } };
         for outside in ["a-bob", "a-gone"] {
             // read and vread, of a record and of its deleted sibling, and of a version it lacks.
-            for suffix in ["", "/_history/1", "/_history/2", "/_history/9"] {
+            for suffix in ["", "/_history/1", "/_history/2", "/_history/9", "/_history"] {
                 let got = get(format!("Appointment/{outside}{suffix}")).await;
                 let nope = get(format!("Appointment/nope{suffix}")).await;
                 assert_eq!(got.0, 404, "{outside}{suffix}: {}", got.1);
