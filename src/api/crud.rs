@@ -635,3 +635,17 @@ pub async fn conditional_delete(
     .await;
     ctx.respond(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_narrower_grant_is_the_compartment_one() {
+        let ann = || Grant::Patient("ann".into());
+        assert_eq!(narrower(Grant::All, Grant::All), Grant::All);
+        assert_eq!(narrower(Grant::All, ann()), ann());
+        assert_eq!(narrower(ann(), Grant::All), ann());
+        assert_eq!(narrower(ann(), ann()), ann());
+    }
+}

@@ -246,7 +246,8 @@ async fn own_job(ctx: &Ctx, state: &AppState, id: &str) -> Result<ExportJob, Err
     }
     let types = job.type_list();
     if types.is_empty() {
-        return Err(Error::Internal(format!("export job '{id}' names no type it holds")));
+        // No type this server still hosts: nothing whose read could be checked, nothing to serve.
+        return Err(unknown());
     }
     for t in &types {
         ctx.grant_all(t.as_str(), Permission::Read)?;

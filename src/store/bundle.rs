@@ -527,3 +527,22 @@ fn urn_map(ops: &[BundleOp], resolved: &[Resolved]) -> HashMap<String, String> {
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_patch_changes_nothing_when_only_the_stamped_meta_differs() {
+        let stored = json!({"resourceType": "Patient", "id": "a", "meta": {"versionId": "3", "lastUpdated": "2026-01-01T00:00:00Z"}, "gender": "female"});
+        let restamped = json!({"resourceType": "Patient", "id": "a", "meta": {"versionId": "9"}, "gender": "female"});
+        let unstamped = json!({"resourceType": "Patient", "id": "a", "gender": "female"});
+        assert_eq!(without_version_meta(&stored), without_version_meta(&restamped));
+        assert_eq!(without_version_meta(&stored), without_version_meta(&unstamped));
+        let labelled = json!({"resourceType": "Patient", "id": "a", "meta": {"versionId": "3", "security": [{"code": "R"}]}, "gender": "female"});
+        assert_ne!(without_version_meta(&stored), without_version_meta(&labelled));
+        let changed = json!({"resourceType": "Patient", "id": "a", "meta": {"versionId": "3"}, "gender": "male"});
+        assert_ne!(without_version_meta(&stored), without_version_meta(&changed));
+    }
+}
