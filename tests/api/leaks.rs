@@ -312,8 +312,8 @@ both_backends! {
         // The same in a transaction, where references are checked once every entry is written.
         let tx = |other: &str| json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"resource": care_team(other), "request": {"method": "POST", "url": "CareTeam"}}]});
-        let got = answer(post_bundle(&app, &ann, &tx("bob")).await).await;
-        let nope = answer(post_bundle(&app, &ann, &tx("nobody")).await).await;
+        let got = answer(post_bundle(app, &ann, &tx("bob")).await).await;
+        let nope = answer(post_bundle(app, &ann, &tx("nobody")).await).await;
         assert_eq!(got.0, 422, "{}", got.1);
         same_apart_from_id(&got, "bob", &nope, "nobody");
         assert_eq!(app.version_count().await, before, "nothing written");
@@ -331,7 +331,7 @@ both_backends! {
         assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
         let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             binary_patch_entry("Appointment/a-both", &json!([{"op": "replace", "path": "/comment", "value": "on time"}]))]});
-        assert_eq!(post_bundle(&app, &ann, &tx).await.status(), 200);
+        assert_eq!(post_bundle(app, &ann, &tx).await.status(), 200);
     }
 
     async fn a_conditional_create_needs_search_and_shows_the_match_only_with_read(app: TestApp) {
@@ -362,12 +362,12 @@ both_backends! {
         // The same rules in a batch.
         let entry = json!({"resource": p, "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=http://clinic.example/mrn|42"}});
         let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [entry]});
-        let out = entries(&json(post_bundle(&app, &app.client_with("system/Patient.c", None), &batch).await).await);
+        let out = entries(&json(post_bundle(app, &app.client_with("system/Patient.c", None), &batch).await).await);
         assert_eq!(out[0]["response"]["status"], "403 Forbidden", "{}", out[0]);
-        let out = entries(&json(post_bundle(&app, &app.client_with("system/Patient.cs", None), &batch).await).await);
+        let out = entries(&json(post_bundle(app, &app.client_with("system/Patient.cs", None), &batch).await).await);
         assert_eq!(out[0]["response"]["status"], "200 OK", "{}", out[0]);
         assert!(out[0].get("resource").is_none(), "{}", out[0]);
-        let out = entries(&json(post_bundle(&app, &app.client_with("system/Patient.crs", None), &batch).await).await);
+        let out = entries(&json(post_bundle(app, &app.client_with("system/Patient.crs", None), &batch).await).await);
         assert_eq!(out[0]["resource"]["name"][0]["family"], "Moss");
         assert_eq!(app.count("SELECT COUNT(*) AS n FROM resources WHERE res_type = 'Patient'"), 2);
     }
@@ -385,19 +385,19 @@ both_backends! {
         let ops = json!([{"op": "replace", "path": "/gender", "value": "unknown"}]);
         // Without search: refused, nothing written.
         assert_outcome(put(app.client_with("system/Patient.u", None)).await, 403, "forbidden").await;
-        assert_outcome(patch(&app, &app.client_with("system/Patient.u", None), q, &ops).await, 403, "forbidden").await;
+        assert_outcome(patch(app, &app.client_with("system/Patient.u", None), q, &ops).await, 403, "forbidden").await;
         assert_outcome(app.client_with("system/Patient.d", None).delete(app.url(q)).send().await.unwrap(), 403, "forbidden").await;
         let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
             {"resource": updated.clone(), "request": {"method": "PUT", "url": q}}, binary_patch_entry(q, &ops),
             {"request": {"method": "DELETE", "url": q}}]});
-        let out = entries(&json(post_bundle(&app, &app.client_with("system/Patient.ud", None), &batch).await).await);
+        let out = entries(&json(post_bundle(app, &app.client_with("system/Patient.ud", None), &batch).await).await);
         for e in &out {
             assert_eq!(e["response"]["status"], "403 Forbidden", "{e}");
         }
         assert_eq!(json(app.get(&format!("Patient/{id}")).await).await["meta"]["versionId"], "1");
         // With search: they run.
         assert_eq!(put(app.client_with("system/Patient.us", None)).await.status(), 200);
-        assert_eq!(patch(&app, &app.client_with("system/Patient.us", None), q, &ops).await.status(), 200);
+        assert_eq!(patch(app, &app.client_with("system/Patient.us", None), q, &ops).await.status(), 200);
         assert_eq!(app.client_with("system/Patient.ds", None).delete(app.url(q)).send().await.unwrap().status(), 204);
         assert_eq!(app.get(&format!("Patient/{id}")).await.status(), 410);
     }
