@@ -175,12 +175,12 @@ fn written(
     path = "/{type}",
     operation_id = "create",
     summary = "Create a {type}",
-    description = "Stores a new {type}; the server assigns its id and version. With If-None-Exist it is a conditional create: nothing is created when the search matches one {type} (200), and 412 when it matches several.",
+    description = "Stores a new {type}; the server assigns its id and version. With If-None-Exist it is a conditional create: nothing is created when the search matches one {type} (200), and 412 when it matches several. A conditional create also needs search ({type}.s), and returns the matching {type} only with read ({type}.r; otherwise as return=minimal).",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("If-None-Exist" = Option<String>, Header, description = "Search parameters, such as identifier=http://clinic.example|42: create only if nothing matches"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
     request_body(content = docs::ResourceOfType, content_type = "application/fhir+json", description = "The {type} to create (an id in it is ignored)"),
     responses(
         (status = 201, description = "Created: the stored {type} (none with Prefer: return=minimal)", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("Location" = String, description = "The new version's URL: [base]/[type]/[id]/_history/[vid]"), ("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
-        (status = 200, description = "If-None-Exist matched one {type}, which is returned; nothing was created", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 200, description = "If-None-Exist matched one {type}, which is returned (with read on {type}); nothing was created", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
         (status = 409, description = "A scheduling clash (double booking) or a conflicting write", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "If-None-Exist matched more than one {type}", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 422, description = "The {type} breaks a business rule (a reference to nothing, a session without a signed agreement)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
@@ -397,7 +397,7 @@ pub async fn update(
     path = "/{type}",
     operation_id = "conditionalUpdate",
     summary = "Update a {type} found by search",
-    description = "Conditional update: the query (such as ?identifier=system|value) selects the {type} to update. No match: the body is created (201); one match: it is updated (200); several: 412.",
+    description = "Conditional update: the query (such as ?identifier=system|value) selects the {type} to update. No match: the body is created (201); one match: it is updated (200); several: 412. It searches, so it needs search on {type} too.",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
     request_body(content = docs::ResourceOfType, content_type = "application/fhir+json", description = "The whole new {type}"),
     responses(
@@ -407,7 +407,7 @@ pub async fn update(
         (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 422, description = "The {type} breaks a business rule", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
-    extensions(("x-scopes" = json!(["{type}.u"])), ("x-search" = json!("audit"))),
+    extensions(("x-scopes" = json!(["{type}.u", "{type}.s"])), ("x-search" = json!("audit"))),
 )]
 pub async fn conditional_update(
     req: HttpRequest,
@@ -444,7 +444,7 @@ pub async fn conditional_update(
     path = "/{type}/{id}",
     operation_id = "patch",
     summary = "Patch a {type} with JSON Patch",
-    description = "Applies a JSON Patch (RFC 6902) to the current version and stores the result, validated like any update. If-Match makes it version-aware.",
+    description = "Applies a JSON Patch (RFC 6902) to the current version and stores the result, validated like any update. If-Match makes it version-aware. A patch that changes nothing stores nothing (200 with the current version). The result is returned only with read on {type} (otherwise as return=minimal).",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource"), ("If-Match" = Option<String>, Header, description = "Only if the current version is this one (W/\"n\"), else 412"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
     request_body(content = docs::JsonPatch, content_type = "application/json-patch+json", description = "The operations to apply, in order"),
     responses(
@@ -475,7 +475,7 @@ pub async fn patch(
     path = "/{type}",
     operation_id = "conditionalPatch",
     summary = "Patch a {type} found by search",
-    description = "Conditional patch: the query selects exactly one {type}, which is patched. No match: 404; several: 412.",
+    description = "Conditional patch: the query selects exactly one {type}, which is patched. No match: 404; several: 412. It searches, so it needs search on {type} too; the result is returned only with read on {type}.",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
     request_body(content = docs::JsonPatch, content_type = "application/json-patch+json", description = "The operations to apply, in order"),
     responses(
@@ -485,7 +485,7 @@ pub async fn patch(
         (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 422, description = "The patch does not apply, or its result is not valid", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
-    extensions(("x-scopes" = json!(["{type}.u"])), ("x-search" = json!("audit"))),
+    extensions(("x-scopes" = json!(["{type}.u", "{type}.s"])), ("x-search" = json!("audit"))),
 )]
 pub async fn conditional_patch(
     req: HttpRequest,
@@ -609,7 +609,7 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
     path = "/{type}",
     operation_id = "conditionalDelete",
     summary = "Delete a {type} found by search",
-    description = "Conditional delete (single): the query selects the {type} to delete. No match: 204 (nothing to do); one match: deleted; several: 412.",
+    description = "Conditional delete (single): the query selects the {type} to delete. No match: 204 (nothing to do); one match: deleted; several: 412. It searches, so it needs search on {type} too.",
     params(("type" = String, Path, description = "A resource type this server hosts")),
     responses(
         (status = 200, description = "The one match was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
@@ -617,7 +617,7 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
         (status = 409, description = "Other records still refer to it", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
-    extensions(("x-scopes" = json!(["{type}.d"])), ("x-search" = json!("audit"))),
+    extensions(("x-scopes" = json!(["{type}.d", "{type}.s"])), ("x-search" = json!("audit"))),
 )]
 pub async fn conditional_delete(
     req: HttpRequest,

@@ -263,11 +263,12 @@ async fn own_job(ctx: &Ctx, state: &AppState, id: &str) -> Result<ExportJob, Err
     path = "/$export-status/{job}",
     operation_id = "exportStatus",
     summary = "Status of an export",
-    description = "202 with X-Progress while the export runs; 200 with the manifest (the NDJSON files to download) when it is done; an OperationOutcome if it failed. Only the client that started it sees it.",
+    description = "202 with X-Progress while the export runs; 200 with the manifest (the NDJSON files to download) when it is done; an OperationOutcome if it failed. Only the client that started it (the token's iss, sub and client_id) sees it, and only while its token grants system-wide read on every type of the export.",
     params(("job" = String, Path, description = "The export job id")),
     responses(
         (status = 200, description = "Done: the manifest", body = docs::ExportManifest, content_type = "application/json"),
         (status = 202, description = "Still running", headers(("X-Progress" = String, description = "What the export is doing"), ("Retry-After" = String, description = "Seconds to wait before polling again"))),
+        (status = 403, description = "The token has no subject, or no longer grants system-wide read on every type of the export", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 404, description = "No such export job", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 500, description = "The export failed", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
@@ -350,6 +351,7 @@ pub async fn cancel(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState
     params(("job" = String, Path, description = "The export job id"), ("file" = String, Path, description = "The file number in the manifest")),
     responses(
         (status = 200, description = "The resources, one JSON object per line", body = String, content_type = "application/fhir+ndjson"),
+        (status = 403, description = "The token has no subject, or no longer grants system-wide read on every type of the export", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 404, description = "No such file", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!([]))),
