@@ -8,9 +8,9 @@
 //! Everything about a job is in the database (crate::export runs it in the background), so any
 //! replica answers. A job and its files belong to the client that started it — the token's issuer,
 //! subject and client id, all three — and are answered only while that client's token still grants
-//! system-wide read on every type the job holds (Bulk Data Access 2.0, "Bulk Data Status Request":
-//! the server SHALL check that the requester is the client that kicked off the export and is
-//! authorized to read the output). Anyone else is told the job does not exist.
+//! system-wide read on every type the job holds (Bulk Data Access 2.0: the manifest says
+//! `requiresAccessToken: true`, and its Privacy and Security Considerations leave to the server
+//! that only the authorized client reads the output). Anyone else is told the job does not exist.
 
 use super::docs;
 use actix_web::http::header::{self, HeaderValue};
