@@ -202,6 +202,11 @@ impl Store {
                         Some(rt),
                     ) = (&result, ResourceType::parse(&result_type(&result)))
                     {
+                        // A patch that changed nothing wrote nothing: there is nothing to check.
+                        if v.method == NO_OP_PATCH {
+                            results.push(result);
+                            continue;
+                        }
                         if let Some(body) = v.body.as_deref().and_then(|b| serde_json::from_str(b).ok()) {
                             written.push(WrittenEntry {
                                 label,
@@ -327,7 +332,7 @@ impl Store {
                             res_id: id.clone(),
                             version_id: current.version_id,
                             last_updated: current.last_updated,
-                            method: "PATCH".into(),
+                            method: NO_OP_PATCH.into(),
                             body: current.body.clone(),
                         },
                         created: false,
@@ -378,6 +383,9 @@ impl Store {
         })
     }
 }
+
+/// The `method` of the version a patch that changed nothing answers with (it wrote none).
+const NO_OP_PATCH: &str = "PATCH";
 
 /// A write of a transaction whose references are checked once every entry is written.
 struct WrittenEntry<'a> {

@@ -442,5 +442,12 @@ both_backends! {
         assert_eq!(out[0]["resource"]["meta"]["versionId"], "4");
         assert_eq!(out[1]["resource"]["gender"], "unknown");
         assert_eq!(entries(&json(app.get(&format!("{path}/_history")).await).await).len(), 4);
+        // In a transaction too.
+        let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [binary_patch_entry(&path, &json!([]))]});
+        let res = post_bundle(&app, &app.client, &tx).await;
+        assert_eq!(res.status(), 200);
+        let out = entries(&json(res).await);
+        assert_eq!(out[0]["response"]["etag"], "W/\"4\"", "{}", out[0]);
+        assert_eq!(entries(&json(app.get(&format!("{path}/_history")).await).await).len(), 4);
     }
 }
