@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::crud::{criteria, write_access};
+use super::crud::{conditional_grant, criteria, write_access};
 use super::{blocking, etag, read_body, AppState, Ctx};
 use crate::auth::Permission;
 use crate::config::Config;
@@ -15,7 +15,7 @@ use crate::fhir::{self, Format};
 use crate::resources::{dates, is_valid_id, ResourceType};
 use crate::search::plan::plan;
 use crate::search::Search;
-use crate::store::{BundleOp, BundleResult, Target, Version, WriteAccess};
+use crate::store::{BundleOp, BundleResult, Target, UpdateOutcome, Version, WriteAccess};
 
 /// The processing order of http.html#trules: DELETE, POST, PUT (and PATCH), GET.
 fn method_rank(method: &str) -> u8 {
@@ -32,6 +32,9 @@ struct Entry {
     index: usize,
     method: String,
     op: BundleOp,
+    /// The caller may not read what the entry would answer beyond what it sent (a conditional
+    /// create's existing match, a patch's result): its response carries no resource.
+    hide_body: bool,
 }
 
 fn reason(status: StatusCode) -> String {
@@ -156,7 +159,10 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
             let rt = type_of(t)?;
             let g = grant(rt, Permission::Create)?;
             let if_none_exist = match &if_none_exist {
-                Some(q) => Some(criteria(ctx, rt, &g, q).map_err(in_label)?),
+                Some(q) => {
+                    let searched = conditional_grant(ctx, rt, &g).map_err(in_label)?;
+                    Some(criteria(ctx, rt, &searched, q).map_err(in_label)?)
+                }
                 None => None,
             };
             BundleOp::Create {
@@ -189,10 +195,11 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
         ("PUT", [t], Some(q)) => {
             let rt = type_of(t)?;
             let g = grant(rt, Permission::Update)?;
+            let searched = conditional_grant(ctx, rt, &g).map_err(in_label)?;
             BundleOp::Update {
                 label: label.clone(),
                 rt,
-                target: Target::Search(criteria(ctx, rt, &g, q).map_err(in_label)?),
+                target: Target::Search(criteria(ctx, rt, &searched, q).map_err(in_label)?),
                 resource: body(resource, rt)?,
                 if_match,
                 access: write_access(ctx, rt, &g),
@@ -204,7 +211,10 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
             let g = grant(rt, Permission::Update)?;
             let target = match (rest, &query) {
                 ([id], None) if is_valid_id(id) => Target::Id(id.to_string()),
-                ([], Some(q)) => Target::Search(criteria(ctx, rt, &g, q).map_err(in_label)?),
+                ([], Some(q)) => {
+                    let searched = conditional_grant(ctx, rt, &g).map_err(in_label)?;
+                    Target::Search(criteria(ctx, rt, &searched, q).map_err(in_label)?)
+                }
                 _ => {
                     return Err(Error::Invalid(format!(
                         "{label}: expected PATCH Type/id or Type?criteria"
@@ -235,8 +245,9 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
         ("DELETE", [t], Some(q)) => {
             let rt = type_of(t)?;
             let g = grant(rt, Permission::Delete)?;
+            let searched = conditional_grant(ctx, rt, &g).map_err(in_label)?;
             BundleOp::Delete {
-                target: Target::Search(criteria(ctx, rt, &g, q).map_err(in_label)?),
+                target: Target::Search(criteria(ctx, rt, &searched, q).map_err(in_label)?),
                 access: write_access(ctx, rt, &g),
                 rt,
                 label: label.clone(),
@@ -284,7 +295,18 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
             )))
         }
     };
-    Ok(Entry { index, method, op })
+    // What the caller may not read is not answered: the existing match of a conditional create
+    // and the result of a patch are shown only with read (`r`) on the type.
+    let hide_body = match &op {
+        BundleOp::Create { rt, .. } | BundleOp::Patch { rt, .. } => ctx.grant(rt.as_str(), Permission::Read).is_err(),
+        _ => false,
+    };
+    Ok(Entry {
+        index,
+        method,
+        op,
+        hide_body,
+    })
 }
 
 /// The entry of a batch-response for a failed entry.
@@ -310,7 +332,20 @@ fn written_entry(ctx: &Ctx, status: StatusCode, v: &Version) -> Result<Value, Er
     Ok(e)
 }
 
-fn result_entry(ctx: &Ctx, result: &BundleResult) -> Result<Value, Error> {
+fn result_entry(ctx: &Ctx, result: &BundleResult, hide_body: bool) -> Result<Value, Error> {
+    if hide_body {
+        if let BundleResult::Existing(v) | BundleResult::Updated(UpdateOutcome { version: v, .. }) = result {
+            let status = match result {
+                BundleResult::Updated(UpdateOutcome { created: true, .. }) => StatusCode::CREATED,
+                _ => StatusCode::OK,
+            };
+            let mut e = written_entry(ctx, status, v)?;
+            if let Some(fields) = e.as_object_mut() {
+                fields.remove("resource");
+            }
+            return Ok(e);
+        }
+    }
     match result {
         BundleResult::Created(v) => written_entry(ctx, StatusCode::CREATED, v),
         BundleResult::Existing(v) | BundleResult::Read(v) => written_entry(ctx, StatusCode::OK, v),
@@ -386,13 +421,13 @@ pub async fn transaction_or_batch(
                     .into_iter()
                     .collect::<Result<Vec<Entry>, Error>>()?;
                 planned.sort_by_key(|e| method_rank(&e.method));
-                let order: Vec<usize> = planned.iter().map(|e| e.index).collect();
+                let order: Vec<(usize, bool)> = planned.iter().map(|e| (e.index, e.hide_body)).collect();
                 let ops: Vec<BundleOp> = planned.into_iter().map(|e| e.op).collect();
                 let store = state.store.clone();
                 let results = blocking(move || store.transaction(&ops)).await?;
                 let mut by_index: Vec<(usize, Value)> = Vec::with_capacity(results.len());
-                for (index, result) in order.into_iter().zip(results.iter()) {
-                    by_index.push((index, result_entry(&ctx, result)?));
+                for ((index, hide_body), result) in order.into_iter().zip(results.iter()) {
+                    by_index.push((index, result_entry(&ctx, result, hide_body)?));
                 }
                 by_index.sort_by_key(|(i, _)| *i);
                 (
@@ -413,11 +448,11 @@ pub async fn transaction_or_batch(
                         }
                     };
                     let store = state.store.clone();
-                    let op = entry.op;
+                    let (op, hide_body) = (entry.op, entry.hide_body);
                     let result = blocking(move || store.transaction(std::slice::from_ref(&op))).await;
                     out.push(match result {
                         Ok(results) => match results.first() {
-                            Some(r) => result_entry(&ctx, r)?,
+                            Some(r) => result_entry(&ctx, r, hide_body)?,
                             None => json!({"response": {"status": reason(StatusCode::OK)}}),
                         },
                         Err(e) => error_entry(&ctx, &e),

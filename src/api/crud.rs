@@ -32,6 +32,33 @@ pub(super) fn readable(rt: ResourceType, grant: &Grant, v: Version) -> Result<Ve
     crate::store::visible_to(grant.patient(), rt, v)
 }
 
+/// The narrower of two grants of one caller: where either reaches one compartment only, that one.
+/// (A token holds one `patient` claim, so two compartment grants are the same compartment.)
+pub(super) fn narrower(a: Grant, b: Grant) -> Grant {
+    match (a, b) {
+        (Grant::All, other) | (other, Grant::All) => other,
+        (p, _) => p,
+    }
+}
+
+/// The grant a conditional interaction on `rt` resolves its criteria with: searching is one of its
+/// effects (it tells what matches), so it needs search (`s`) on `rt` besides the permission of
+/// its write, and it matches only what both reach.
+pub(super) fn conditional_grant(ctx: &Ctx, rt: ResourceType, write: &Grant) -> Result<Grant, Error> {
+    let search = ctx.grant(rt.as_str(), Permission::Search).map_err(|e| match e {
+        Error::Forbidden(m) => Error::Forbidden(format!("{m}: a conditional interaction searches")),
+        other => other,
+    })?;
+    Ok(narrower(write.clone(), search))
+}
+
+/// Whether the caller may read this version of `rt`: what a write returns beyond what the caller
+/// sent (the existing match of a conditional create, the result of a patch) needs read (`r`).
+pub(super) fn may_read(ctx: &Ctx, rt: ResourceType, v: &Version) -> bool {
+    ctx.grant(rt.as_str(), Permission::Read)
+        .is_ok_and(|g| readable(rt, &g, v.clone()).is_ok())
+}
+
 /// The criteria of a conditional interaction on `rt` (the query of `[type]?…`, or an If-None-Exist),
 /// planned with what the caller may see: `grant` for `rt` itself, search grants for the types a chain
 /// passes through. Unknown parameters are refused: ignoring one would widen the match.
@@ -104,12 +131,23 @@ async fn parse_body(
     Ok(resource)
 }
 
-/// The answer to a create or update, shaped by `Prefer: return=`.
-fn written(ctx: &Ctx, req: &HttpRequest, status: StatusCode, v: &Version) -> Result<HttpResponse, Error> {
+/// The answer to a create or update, shaped by `Prefer: return=`; with `show_body` false (the
+/// caller may not read what it would see) a representation is answered as `return=minimal`.
+fn written(
+    ctx: &Ctx,
+    req: &HttpRequest,
+    status: StatusCode,
+    v: &Version,
+    show_body: bool,
+) -> Result<HttpResponse, Error> {
     let location = ctx.url(&format!("{}/{}/_history/{}", v.res_type, v.res_id, v.version_id));
     let mut builder = HttpResponse::build(status);
     builder.insert_header((header::LOCATION, location));
-    match return_preference(req) {
+    let preference = match return_preference(req) {
+        ReturnPreference::Representation if !show_body => ReturnPreference::Minimal,
+        p => p,
+    };
+    match preference {
         ReturnPreference::Representation => ctx.version(builder, v),
         ReturnPreference::Minimal => {
             version_headers(&mut builder, v);
@@ -137,12 +175,12 @@ fn written(ctx: &Ctx, req: &HttpRequest, status: StatusCode, v: &Version) -> Res
     path = "/{type}",
     operation_id = "create",
     summary = "Create a {type}",
-    description = "Stores a new {type}; the server assigns its id and version. With If-None-Exist it is a conditional create: nothing is created when the search matches one {type} (200), and 412 when it matches several.",
+    description = "Stores a new {type}; the server assigns its id and version. With If-None-Exist it is a conditional create: nothing is created when the search matches one {type} (200), and 412 when it matches several. A conditional create also needs search ({type}.s), and returns the matching {type} only with read ({type}.r; otherwise as return=minimal).",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("If-None-Exist" = Option<String>, Header, description = "Search parameters, such as identifier=http://clinic.example|42: create only if nothing matches"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
     request_body(content = docs::ResourceOfType, content_type = "application/fhir+json", description = "The {type} to create (an id in it is ignored)"),
     responses(
         (status = 201, description = "Created: the stored {type} (none with Prefer: return=minimal)", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("Location" = String, description = "The new version's URL: [base]/[type]/[id]/_history/[vid]"), ("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
-        (status = 200, description = "If-None-Exist matched one {type}, which is returned; nothing was created", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
+        (status = 200, description = "If-None-Exist matched one {type}, which is returned (with read on {type}); nothing was created", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
         (status = 409, description = "A scheduling clash (double booking) or a conflicting write", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "If-None-Exist matched more than one {type}", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 422, description = "The {type} breaks a business rule (a reference to nothing, a session without a signed agreement)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
@@ -165,7 +203,7 @@ pub async fn create(
                 let text = v
                     .to_str()
                     .map_err(|_| Error::Invalid("If-None-Exist is not a valid header value".into()))?;
-                Some(criteria(&ctx, rt, &grant, text)?)
+                Some(criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, text)?)
             }
             None => None,
         };
@@ -184,13 +222,14 @@ pub async fn create(
         match blocking(move || store.run(op)).await? {
             BundleResult::Created(version) => {
                 audit_version(&ctx, rt, &version);
-                written(&ctx, &req, StatusCode::CREATED, &version)
+                written(&ctx, &req, StatusCode::CREATED, &version, true)
             }
-            // http.html#ccreate: one match, so nothing is created; 200 with the match.
+            // http.html#ccreate: one match, so nothing is created; 200 with the match, whose body
+            // only a caller that may read it sees.
             BundleResult::Existing(version) => {
-                let version = readable(rt, &grant, version)?;
                 audit_version(&ctx, rt, &version);
-                written(&ctx, &req, StatusCode::OK, &version)
+                let show = may_read(&ctx, rt, &version);
+                written(&ctx, &req, StatusCode::OK, &version, show)
             }
             other => Err(Error::Internal(format!("create answered {other:?}"))),
         }
@@ -220,7 +259,8 @@ pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<
         let (rt, id) = instance(&type_name, id)?;
         let grant = ctx.grant(rt.as_str(), Permission::Read)?;
         let store = state.store.clone();
-        let version = readable(rt, &grant, blocking(move || store.read(rt, &id)).await?)?;
+        let patient = grant.patient().map(str::to_string);
+        let version = blocking(move || store.read_visible(rt, &id, patient.as_deref())).await?;
         audit_version(&ctx, rt, &version);
         ctx.version(HttpResponse::Ok(), &version)
     }
@@ -254,7 +294,8 @@ pub async fn vread(ctx: Ctx, path: web::Path<(String, String, String)>, state: w
             .filter(|_| is_valid_id(&id))
             .ok_or_else(|| Error::NotFound(format!("{rt}/{id} has no version '{vid}'")))?;
         let store = state.store.clone();
-        let version = readable(rt, &grant, blocking(move || store.vread(rt, &id, version_id)).await?)?;
+        let patient = grant.patient().map(str::to_string);
+        let version = blocking(move || store.vread_visible(rt, &id, version_id, patient.as_deref())).await?;
         audit_version(&ctx, rt, &version);
         ctx.version(HttpResponse::Ok(), &version)
     }
@@ -262,20 +303,24 @@ pub async fn vread(ctx: Ctx, path: web::Path<(String, String, String)>, state: w
     ctx.respond(result)
 }
 
-/// Runs an update or patch and answers it (201 when it created the resource).
+/// Runs an update or patch and answers it (201 when it created the resource). `needs_read`: the
+/// stored version is shown only to a caller that may read it (a patch's result is more than what
+/// the caller sent).
 async fn run_write(
     ctx: &Ctx,
     req: &HttpRequest,
     state: &AppState,
     rt: ResourceType,
     op: BundleOp,
+    needs_read: bool,
 ) -> Result<HttpResponse, Error> {
     let store = state.store.clone();
     match blocking(move || store.run(op)).await? {
         BundleResult::Updated(UpdateOutcome { version, created }) => {
             audit_version(ctx, rt, &version);
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-            written(ctx, req, status, &version)
+            let show = !needs_read || may_read(ctx, rt, &version);
+            written(ctx, req, status, &version, show)
         }
         other => Err(Error::Internal(format!("update answered {other:?}"))),
     }
@@ -340,7 +385,7 @@ pub async fn update(
             access: write_access(&ctx, rt, &grant),
             full_url: None,
         };
-        run_write(&ctx, &req, &state, rt, op).await
+        run_write(&ctx, &req, &state, rt, op, false).await
     }
     .await;
     ctx.respond(result)
@@ -352,7 +397,7 @@ pub async fn update(
     path = "/{type}",
     operation_id = "conditionalUpdate",
     summary = "Update a {type} found by search",
-    description = "Conditional update: the query (such as ?identifier=system|value) selects the {type} to update. No match: the body is created (201); one match: it is updated (200); several: 412.",
+    description = "Conditional update: the query (such as ?identifier=system|value) selects the {type} to update. No match: the body is created (201); one match: it is updated (200); several: 412. It searches, so it needs search on {type} too.",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
     request_body(content = docs::ResourceOfType, content_type = "application/fhir+json", description = "The whole new {type}"),
     responses(
@@ -362,7 +407,7 @@ pub async fn update(
         (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 422, description = "The {type} breaks a business rule", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
-    extensions(("x-scopes" = json!(["{type}.u"])), ("x-search" = json!("audit"))),
+    extensions(("x-scopes" = json!(["{type}.u", "{type}.s"])), ("x-search" = json!("audit"))),
 )]
 pub async fn conditional_update(
     req: HttpRequest,
@@ -375,7 +420,7 @@ pub async fn conditional_update(
         ctx.negotiated()?;
         let rt = resource_type(&path)?;
         let grant = ctx.grant(rt.as_str(), Permission::Update)?;
-        let planned = criteria(&ctx, rt, &grant, req.query_string())?;
+        let planned = criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, req.query_string())?;
         let expected = if_match(&req)?;
         let resource = parse_body(&req, payload, &state, rt).await?;
         let op = BundleOp::Update {
@@ -387,7 +432,7 @@ pub async fn conditional_update(
             access: write_access(&ctx, rt, &grant),
             full_url: None,
         };
-        run_write(&ctx, &req, &state, rt, op).await
+        run_write(&ctx, &req, &state, rt, op, false).await
     }
     .await;
     ctx.respond(result)
@@ -399,7 +444,7 @@ pub async fn conditional_update(
     path = "/{type}/{id}",
     operation_id = "patch",
     summary = "Patch a {type} with JSON Patch",
-    description = "Applies a JSON Patch (RFC 6902) to the current version and stores the result, validated like any update. If-Match makes it version-aware.",
+    description = "Applies a JSON Patch (RFC 6902) to the current version and stores the result, validated like any update. If-Match makes it version-aware. A patch that changes nothing stores nothing (200 with the current version). The result is returned only with read on {type} (otherwise as return=minimal).",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource"), ("If-Match" = Option<String>, Header, description = "Only if the current version is this one (W/\"n\"), else 412"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
     request_body(content = docs::JsonPatch, content_type = "application/json-patch+json", description = "The operations to apply, in order"),
     responses(
@@ -430,7 +475,7 @@ pub async fn patch(
     path = "/{type}",
     operation_id = "conditionalPatch",
     summary = "Patch a {type} found by search",
-    description = "Conditional patch: the query selects exactly one {type}, which is patched. No match: 404; several: 412.",
+    description = "Conditional patch: the query selects exactly one {type}, which is patched. No match: 404; several: 412. It searches, so it needs search on {type} too; the result is returned only with read on {type}.",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("Prefer" = Option<String>, Header, description = "return=minimal (no body), return=representation (the default) or return=OperationOutcome")),
     request_body(content = docs::JsonPatch, content_type = "application/json-patch+json", description = "The operations to apply, in order"),
     responses(
@@ -440,7 +485,7 @@ pub async fn patch(
         (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 422, description = "The patch does not apply, or its result is not valid", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
-    extensions(("x-scopes" = json!(["{type}.u"])), ("x-search" = json!("audit"))),
+    extensions(("x-scopes" = json!(["{type}.u", "{type}.s"])), ("x-search" = json!("audit"))),
 )]
 pub async fn conditional_patch(
     req: HttpRequest,
@@ -467,7 +512,12 @@ async fn run_patch(
     let target = match id {
         Some(id) if is_valid_id(&id) => Target::Id(id),
         Some(id) => return Err(Error::NotFound(format!("'{id}' is not a valid resource id"))),
-        None => Target::Search(criteria(ctx, rt, &grant, req.query_string())?),
+        None => Target::Search(criteria(
+            ctx,
+            rt,
+            &conditional_grant(ctx, rt, &grant)?,
+            req.query_string(),
+        )?),
     };
     let content_type = req
         .headers()
@@ -496,7 +546,7 @@ async fn run_patch(
             ..write_access(ctx, rt, &grant)
         },
     };
-    run_write(ctx, req, state, rt, op).await
+    run_write(ctx, req, state, rt, op, true).await
 }
 
 /// Deletes by id, or by criteria (http.html#cdelete: none matching is success; more than one is 412).
@@ -559,7 +609,7 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
     path = "/{type}",
     operation_id = "conditionalDelete",
     summary = "Delete a {type} found by search",
-    description = "Conditional delete (single): the query selects the {type} to delete. No match: 204 (nothing to do); one match: deleted; several: 412.",
+    description = "Conditional delete (single): the query selects the {type} to delete. No match: 204 (nothing to do); one match: deleted; several: 412. It searches, so it needs search on {type} too.",
     params(("type" = String, Path, description = "A resource type this server hosts")),
     responses(
         (status = 200, description = "The one match was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
@@ -567,7 +617,7 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
         (status = 409, description = "Other records still refer to it", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
-    extensions(("x-scopes" = json!(["{type}.d"])), ("x-search" = json!("audit"))),
+    extensions(("x-scopes" = json!(["{type}.d", "{type}.s"])), ("x-search" = json!("audit"))),
 )]
 pub async fn conditional_delete(
     req: HttpRequest,
@@ -579,9 +629,23 @@ pub async fn conditional_delete(
         ctx.negotiated()?;
         let rt = resource_type(&path)?;
         let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
-        let planned = criteria(&ctx, rt, &grant, req.query_string())?;
+        let planned = criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, req.query_string())?;
         run_delete(&ctx, &state, rt, Target::Search(planned), &grant).await
     }
     .await;
     ctx.respond(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_narrower_grant_is_the_compartment_one() {
+        let ann = || Grant::Patient("ann".into());
+        assert_eq!(narrower(Grant::All, Grant::All), Grant::All);
+        assert_eq!(narrower(Grant::All, ann()), ann());
+        assert_eq!(narrower(ann(), Grant::All), ann());
+        assert_eq!(narrower(ann(), ann()), ann());
+    }
 }

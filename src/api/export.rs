@@ -6,7 +6,11 @@
 //! - `GET /$export-file/{job}/{n}`: one NDJSON file.
 //!
 //! Everything about a job is in the database (crate::export runs it in the background), so any
-//! replica answers, and only the token subject that asked may read it.
+//! replica answers. A job and its files belong to the client that started it — the token's issuer,
+//! subject and client id, all three — and are answered only while that client's token still grants
+//! system-wide read on every type the job holds (Bulk Data Access 2.0: the manifest says
+//! `requiresAccessToken: true`, and its Privacy and Security Considerations leave to the server
+//! that only the authorized client reads the output). Anyone else is told the job does not exist.
 
 use super::docs;
 use actix_web::http::header::{self, HeaderValue};
@@ -21,13 +25,22 @@ use crate::store::{ExportJob, NewExport};
 
 const NDJSON: &str = "application/fhir+ndjson";
 
-/// Who may read a job: the issuer and subject of the token that asked for it.
+/// Who may read a job: the issuer, subject and client id of the token that asked for it, as one
+/// JSON array (no separator inside a claim can make two callers look alike). A token without a
+/// subject names no one in particular (all such tokens of an issuer would share their jobs), so it
+/// may not start or read an export.
 fn requester(ctx: &Ctx) -> Result<String, Error> {
     let p = ctx
         .principal
         .as_ref()
         .ok_or_else(|| Error::Unauthorized("a bearer token is required".into()))?;
-    Ok(format!("{}|{}", p.issuer, p.subject.as_deref().unwrap_or("")))
+    let subject = p.subject.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
+        Error::Forbidden(
+            "$export needs a token that names its subject (sub): an export belongs to the client that started it"
+                .into(),
+        )
+    })?;
+    Ok(json!([p.issuer, subject, p.client_id]).to_string())
 }
 
 fn lenient(req: &HttpRequest) -> bool {
@@ -46,6 +59,7 @@ async fn kick_off(
     level: &'static str,
     group_id: Option<String>,
 ) -> Result<HttpResponse, Error> {
+    let requester = requester(ctx)?;
     let respond_async = req
         .headers()
         .get_all("prefer")
@@ -144,7 +158,7 @@ async fn kick_off(
         types,
         since,
         request_url: format!("{}{}", ctx.base, req.uri()),
-        requester: requester(ctx)?,
+        requester,
     };
     let store = state.store.clone();
     let id = job.id.clone();
@@ -216,16 +230,30 @@ pub async fn group_export(
     kick_off(req, ctx, state, "group", Some(group_id.to_string())).await
 }
 
-/// The job, if it exists and the caller asked for it (anyone else is told it does not exist).
+/// The job, if it exists and the calling client started it (anyone else is told it does not
+/// exist), and while the caller's scopes still grant what the job reads: system-wide read on every
+/// type it holds (and on the Group of a group export). A `patient/` token never reads a job.
 async fn own_job(ctx: &Ctx, state: &AppState, id: &str) -> Result<ExportJob, Error> {
     let unknown = || Error::NotFound(format!("there is no export job '{id}'"));
+    let me = requester(ctx)?;
     if !is_valid_id(id) {
         return Err(unknown());
     }
     let (store, lookup) = (state.store.clone(), id.to_string());
     let job = blocking(move || store.export_job(&lookup)).await?.ok_or_else(unknown)?;
-    if job.requester != requester(ctx)? || job.state == "cancelled" {
+    if job.requester != me || job.state == "cancelled" {
         return Err(unknown());
+    }
+    let types = job.type_list();
+    if types.is_empty() {
+        // No type this server still hosts: nothing whose read could be checked, nothing to serve.
+        return Err(unknown());
+    }
+    for t in &types {
+        ctx.grant_all(t.as_str(), Permission::Read)?;
+    }
+    if job.level == "group" {
+        ctx.grant_all("Group", Permission::Read)?;
     }
     Ok(job)
 }
@@ -235,11 +263,12 @@ async fn own_job(ctx: &Ctx, state: &AppState, id: &str) -> Result<ExportJob, Err
     path = "/$export-status/{job}",
     operation_id = "exportStatus",
     summary = "Status of an export",
-    description = "202 with X-Progress while the export runs; 200 with the manifest (the NDJSON files to download) when it is done; an OperationOutcome if it failed. Only the client that started it sees it.",
+    description = "202 with X-Progress while the export runs; 200 with the manifest (the NDJSON files to download) when it is done; an OperationOutcome if it failed. Only the client that started it (the token's iss, sub and client_id) sees it, and only while its token grants system-wide read on every type of the export.",
     params(("job" = String, Path, description = "The export job id")),
     responses(
         (status = 200, description = "Done: the manifest", body = docs::ExportManifest, content_type = "application/json"),
         (status = 202, description = "Still running", headers(("X-Progress" = String, description = "What the export is doing"), ("Retry-After" = String, description = "Seconds to wait before polling again"))),
+        (status = 403, description = "The token has no subject, or no longer grants system-wide read on every type of the export", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 404, description = "No such export job", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 500, description = "The export failed", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
@@ -322,6 +351,7 @@ pub async fn cancel(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState
     params(("job" = String, Path, description = "The export job id"), ("file" = String, Path, description = "The file number in the manifest")),
     responses(
         (status = 200, description = "The resources, one JSON object per line", body = String, content_type = "application/fhir+ndjson"),
+        (status = 403, description = "The token has no subject, or no longer grants system-wide read on every type of the export", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 404, description = "No such file", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!([]))),

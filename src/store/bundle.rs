@@ -10,7 +10,8 @@ use serde_json::Value;
 use super::conditional::{matches, resolve, Patcher, Target};
 use super::search::{first_page_sql, load, load_current_many, IdRow};
 use super::write::{
-    check_references, create_in, delete_in, load_current_for_write, not_found, read_in, update_in, vread_in,
+    check_references, create_in, delete_in, load_current, load_current_for_write, may_see, not_found, read_in,
+    read_visible_in, update_in, vread_visible_in,
 };
 use super::{Abort, AnyConnection, Store, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
@@ -119,6 +120,25 @@ enum Resolved {
 }
 
 impl Store {
+    /// The current version of `rt/id` for a reader limited to `patient`'s compartment (None: no
+    /// limit). What that reader may not see answers exactly as what does not exist, deleted or not.
+    pub fn read_visible(&self, rt: ResourceType, id: &str, patient: Option<&str>) -> Result<Version, Error> {
+        let mut conn = self.pool.get()?;
+        read_visible_in(&mut conn, rt, id, patient)
+    }
+
+    /// One version, for a reader limited to `patient`'s compartment (see [`Store::read_visible`]).
+    pub fn vread_visible(
+        &self,
+        rt: ResourceType,
+        id: &str,
+        version_id: i64,
+        patient: Option<&str>,
+    ) -> Result<Version, Error> {
+        let mut conn = self.pool.get()?;
+        vread_visible_in(&mut conn, rt, id, version_id, patient)
+    }
+
     /// Runs one operation in its own transaction.
     pub fn run(&self, op: BundleOp) -> Result<BundleResult, Error> {
         let mut results = self.transaction(std::slice::from_ref(&op))?;
@@ -158,9 +178,21 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             let urns = urn_map(ops, &resolved);
             let mut results = Vec::with_capacity(ops.len());
-            let mut written: Vec<(&str, ResourceType, String, Value)> = Vec::new();
+            let mut written: Vec<WrittenEntry> = Vec::new();
             for (op, target) in ops.iter().zip(resolved) {
                 let label = label_of(op);
+                // A compartment-limited writer keeps the references the version it replaces held.
+                let previous = match (op, &target, access_of(op).and_then(|a| a.compartment.as_ref())) {
+                    (BundleOp::Update { rt, .. } | BundleOp::Patch { rt, .. }, Resolved::At(id), Some(_))
+                        if !check_early =>
+                    {
+                        load_current(c, *rt, id)?
+                            .filter(|cur| !cur.deleted)
+                            .and_then(|cur| cur.body)
+                            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                    }
+                    _ => None,
+                };
                 let result = self
                     .execute(c, now, op, target, &urns, check_early)
                     .map_err(|a| in_entry(label, a))?;
@@ -170,15 +202,28 @@ impl Store {
                         Some(rt),
                     ) = (&result, ResourceType::parse(&result_type(&result)))
                     {
+                        // A patch that changed nothing wrote nothing: there is nothing to check.
+                        if v.method == NO_OP_PATCH {
+                            results.push(result);
+                            continue;
+                        }
                         if let Some(body) = v.body.as_deref().and_then(|b| serde_json::from_str(b).ok()) {
-                            written.push((label, rt, v.res_id.clone(), body));
+                            written.push(WrittenEntry {
+                                label,
+                                rt,
+                                id: v.res_id.clone(),
+                                body,
+                                patient: access_of(op).and_then(|a| a.compartment.as_deref()),
+                                previous,
+                            });
                         }
                     }
                 }
                 results.push(result);
             }
-            for (label, rt, id, body) in &written {
-                check_references(c, body, *rt, id).map_err(|a| in_entry(label, a))?;
+            for w in &written {
+                check_references(c, &w.body, w.rt, &w.id, w.patient, w.previous.as_ref())
+                    .map_err(|a| in_entry(w.label, a))?;
             }
             Ok(results)
         })
@@ -250,6 +295,12 @@ impl Store {
                 // The current version is locked before it is read, so no other write slips between
                 // the patch's read and its write.
                 let current = load_current_for_write(c, *rt, &id)?.ok_or_else(|| not_found(*rt, &id))?;
+                // Visibility first, before the version, the If-Match or a single op is looked at: a
+                // patch (its `test` ops, an empty one) on a record the caller may not see answers
+                // exactly as one on a record that does not exist.
+                if !may_see(c, *rt, &id, &current, access.compartment.as_deref())? {
+                    return Err(not_found(*rt, &id).into());
+                }
                 let body: Value = match (&current.body, current.deleted) {
                     (Some(b), false) => {
                         serde_json::from_str(b).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?
@@ -270,6 +321,22 @@ impl Store {
                     return Err(
                         Error::Unprocessable("a patch may not change the resourceType or the id".into()).into(),
                     );
+                }
+                // A patch that changes nothing (`[]`, `test` ops, a value replaced by itself) writes
+                // nothing: no new version, no history entry; the answer is the current version.
+                if without_version_meta(&patched) == without_version_meta(&body) {
+                    access.check(*rt, &id, &body)?;
+                    return Ok(BundleResult::Updated(UpdateOutcome {
+                        version: Version {
+                            res_type: rt.as_str().into(),
+                            res_id: id.clone(),
+                            version_id: current.version_id,
+                            last_updated: current.last_updated,
+                            method: NO_OP_PATCH.into(),
+                            body: current.body.clone(),
+                        },
+                        created: false,
+                    }));
                 }
                 BundleResult::Updated(update_in(
                     c,
@@ -298,10 +365,10 @@ impl Store {
                 _,
             ) => {
                 let v = match version {
-                    Some(n) => vread_in(c, *rt, id, *n)?,
-                    None => read_in(c, *rt, id)?,
+                    Some(n) => vread_visible_in(c, *rt, id, *n, compartment.as_deref())?,
+                    None => read_visible_in(c, *rt, id, compartment.as_deref())?,
                 };
-                BundleResult::Read(visible_to(compartment.as_deref(), *rt, v)?)
+                BundleResult::Read(v)
             }
             (BundleOp::Search { planned, count, .. }, _) => {
                 let rows: Vec<IdRow> = load(c, &first_page_sql(planned, *count))?;
@@ -315,6 +382,47 @@ impl Store {
             _ => return Err(Error::Internal("an operation resolved to a target it cannot use".into()).into()),
         })
     }
+}
+
+/// The `method` of the version a patch that changed nothing answers with (it wrote none).
+const NO_OP_PATCH: &str = "PATCH";
+
+/// A write of a transaction whose references are checked once every entry is written.
+struct WrittenEntry<'a> {
+    label: &'a str,
+    rt: ResourceType,
+    id: String,
+    body: Value,
+    /// The compartment the writer is limited to.
+    patient: Option<&'a str>,
+    /// The version this write replaced, for a compartment-limited writer.
+    previous: Option<Value>,
+}
+
+fn access_of(op: &BundleOp) -> Option<&WriteAccess> {
+    match op {
+        BundleOp::Create { access, .. }
+        | BundleOp::Update { access, .. }
+        | BundleOp::Patch { access, .. }
+        | BundleOp::Delete { access, .. } => Some(access),
+        BundleOp::Read { .. } | BundleOp::Search { .. } => None,
+    }
+}
+
+/// A resource without what every write stamps anew (meta.versionId, meta.lastUpdated), to tell
+/// whether a patch changed anything.
+fn without_version_meta(resource: &Value) -> Value {
+    let mut r = resource.clone();
+    if let Some(meta) = r.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.shift_remove("versionId");
+        meta.shift_remove("lastUpdated");
+        if meta.is_empty() {
+            if let Some(fields) = r.as_object_mut() {
+                fields.shift_remove("meta");
+            }
+        }
+    }
+    r
 }
 
 fn label_of(op: &BundleOp) -> &str {
@@ -426,4 +534,23 @@ fn urn_map(ops: &[BundleOp], resolved: &[Resolved]) -> HashMap<String, String> {
         }
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_patch_changes_nothing_when_only_the_stamped_meta_differs() {
+        let stored = json!({"resourceType": "Patient", "id": "a", "meta": {"versionId": "3", "lastUpdated": "2026-01-01T00:00:00Z"}, "gender": "female"});
+        let restamped = json!({"resourceType": "Patient", "id": "a", "meta": {"versionId": "9"}, "gender": "female"});
+        let unstamped = json!({"resourceType": "Patient", "id": "a", "gender": "female"});
+        assert_eq!(without_version_meta(&stored), without_version_meta(&restamped));
+        assert_eq!(without_version_meta(&stored), without_version_meta(&unstamped));
+        let labelled = json!({"resourceType": "Patient", "id": "a", "meta": {"versionId": "3", "security": [{"code": "R"}]}, "gender": "female"});
+        assert_ne!(without_version_meta(&stored), without_version_meta(&labelled));
+        let changed = json!({"resourceType": "Patient", "id": "a", "meta": {"versionId": "3"}, "gender": "male"});
+        assert_ne!(without_version_meta(&stored), without_version_meta(&changed));
+    }
 }

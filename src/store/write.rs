@@ -10,7 +10,7 @@ use super::schema::{
 };
 use super::{scheduling, schema, Abort, AnyConnection, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
-use crate::resources::{dates, index, local_references, ResourceType};
+use crate::resources::{compartment, dates, index, local_references, ResourceType};
 
 #[derive(Queryable)]
 pub(super) struct Current {
@@ -21,23 +21,100 @@ pub(super) struct Current {
 }
 
 pub(super) fn read_in(conn: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Version, Error> {
-    {
-        let current = load_current(conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
-        match current.body {
-            Some(body) if !current.deleted => Ok(Version {
-                res_type: rt.as_str().into(),
-                res_id: id.into(),
-                version_id: current.version_id,
-                last_updated: current.last_updated,
-                method: "PUT".into(),
-                body: Some(body),
-            }),
-            _ => Err(Error::Gone(format!(
-                "{rt}/{id} was deleted (version {})",
-                current.version_id
-            ))),
-        }
+    read_visible_in(conn, rt, id, None)
+}
+
+/// The current version of `rt/id` for a reader limited to `patient`'s compartment (None: no limit).
+/// A resource the reader may not see answers exactly as one that does not exist, deleted or not,
+/// so that a probe learns nothing (see [`may_see`]).
+pub(super) fn read_visible_in(
+    conn: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    patient: Option<&str>,
+) -> Result<Version, Error> {
+    let current = load_current(conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
+    if !may_see(conn, rt, id, &current, patient)? {
+        return Err(not_found(rt, id));
     }
+    match current.body {
+        Some(body) if !current.deleted => Ok(Version {
+            res_type: rt.as_str().into(),
+            res_id: id.into(),
+            version_id: current.version_id,
+            last_updated: current.last_updated,
+            method: "PUT".into(),
+            body: Some(body),
+        }),
+        _ => Err(Error::Gone(format!(
+            "{rt}/{id} was deleted (version {})",
+            current.version_id
+        ))),
+    }
+}
+
+/// Whether `resource` (stored as `rt/id`) is in Patient/`patient`'s compartment: the patient's own
+/// record, or one that refers to it through the compartment's parameters.
+fn in_compartment(patient: &str, rt: ResourceType, id: &str, resource: &Value) -> bool {
+    (rt.as_str() == "Patient" && id == patient) || compartment::contains(patient, rt, resource)
+}
+
+/// The body of the last version of `rt/id` before `version_id` that has one (the version a
+/// deletion ended), if any.
+fn body_before(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    version_id: i64,
+) -> Result<Option<String>, diesel::result::Error> {
+    Ok(resource_versions::table
+        .filter(resource_versions::res_type.eq(rt.as_str()))
+        .filter(resource_versions::res_id.eq(id))
+        .filter(resource_versions::version_id.lt(version_id))
+        .filter(resource_versions::body.is_not_null())
+        .order(resource_versions::version_id.desc())
+        .select(resource_versions::body)
+        .first::<Option<String>>(c)
+        .optional()?
+        .flatten())
+}
+
+/// Whether a caller limited to Patient/`patient`'s compartment may learn that this version of
+/// `rt/id` exists: its body is in the compartment or, for a deletion, the body it deleted was.
+/// Without a limit, and for types outside the Patient compartment (readable by every patient/
+/// token), yes. Anything else must be answered exactly like a resource that does not exist.
+fn version_visible(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    version_id: i64,
+    body: Option<&str>,
+    patient: Option<&str>,
+) -> Result<bool, diesel::result::Error> {
+    let Some(patient) = patient else { return Ok(true) };
+    if compartment::patient_params(rt).is_none() {
+        return Ok(true);
+    }
+    let body = match body {
+        Some(b) => Some(b.to_string()),
+        None => body_before(c, rt, id, version_id)?,
+    };
+    Ok(body
+        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+        .is_some_and(|v| in_compartment(patient, rt, id, &v)))
+}
+
+/// [`version_visible`] for the current row of `rt/id`: what every read, patch and delete by a
+/// `patient/` caller decides first, before anything else is looked at or applied.
+pub(super) fn may_see(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    current: &Current,
+    patient: Option<&str>,
+) -> Result<bool, diesel::result::Error> {
+    let body = current.body.as_deref().filter(|_| !current.deleted);
+    version_visible(c, rt, id, current.version_id, body, patient)
 }
 
 /// Creates `rt/id` (the id chosen by the caller) on an open write transaction. `check_refs` is false
@@ -55,7 +132,7 @@ pub(super) fn create_in(
 ) -> Result<Version, Abort> {
     access.check(rt, id, resource)?;
     if check_refs {
-        check_references(c, resource, rt, id)?;
+        check_references(c, resource, rt, id, access.compartment.as_deref(), None)?;
     }
     let mut resource = resource.clone();
     scheduling::before_write(c, rules, rt, id, &mut resource, None)?;
@@ -99,10 +176,26 @@ pub(super) fn update_in(
     now: i64,
 ) -> Result<UpdateOutcome, Abort> {
     access.check(rt, id, resource)?;
-    if check_refs {
-        check_references(c, resource, rt, id)?;
-    }
     let current = load_current_for_write(c, rt, id)?;
+    let no_create = || {
+        Error::Forbidden(format!(
+            "{rt}/{id} does not exist, and the token's scopes do not grant create on {rt}"
+        ))
+    };
+    // A record the caller may not see is answered as one that does not exist, as far as that can
+    // be: without create, the same refusal; with create, the id is taken (the one thing a client
+    // choosing its own ids in a shared id space learns), but nothing of what holds it.
+    if let Some(cur) = &current {
+        if !may_see(c, rt, id, cur, access.compartment.as_deref())? {
+            if !access.may_create {
+                return Err(no_create().into());
+            }
+            return Err(Error::Forbidden(format!(
+                "{rt}/{id} is outside the compartment this token may write; choose another id"
+            ))
+            .into());
+        }
+    }
     let previous: Option<Value> = current
         .as_ref()
         .filter(|cur| !cur.deleted)
@@ -111,10 +204,10 @@ pub(super) fn update_in(
     if let Some(previous) = &previous {
         access.check(rt, id, previous)?;
     } else if !access.may_create {
-        return Err(Error::Forbidden(format!(
-            "{rt}/{id} does not exist, and the token's scopes do not grant create on {rt}"
-        ))
-        .into());
+        return Err(no_create().into());
+    }
+    if check_refs {
+        check_references(c, resource, rt, id, access.compartment.as_deref(), previous.as_ref())?;
     }
     let mut resource = resource.clone();
     scheduling::before_write(c, rules, rt, id, &mut resource, previous.as_ref())?;
@@ -201,7 +294,9 @@ pub(super) fn delete_in(
     let Some(current) = load_current_for_write(c, rt, id)? else {
         return Ok(None);
     };
-    if current.deleted {
+    // http.html#delete: deleting what does not exist succeeds; a record the caller may not see is
+    // answered the same way (and left alone), so that a DELETE is no probe.
+    if current.deleted || !may_see(c, rt, id, &current, access.compartment.as_deref())? {
         return Ok(None);
     }
     if access.compartment.is_some() {
@@ -240,6 +335,19 @@ type VersionColumns = (
 
 /// One version (http.html#vread). A deletion version answers Gone.
 pub(super) fn vread_in(c: &mut AnyConnection, rt: ResourceType, id: &str, version_id: i64) -> Result<Version, Error> {
+    vread_visible_in(c, rt, id, version_id, None)
+}
+
+/// One version for a reader limited to `patient`'s compartment (None: no limit): a version the
+/// reader may not see answers exactly as a resource that does not exist ("has no version n").
+pub(super) fn vread_visible_in(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    version_id: i64,
+    patient: Option<&str>,
+) -> Result<Version, Error> {
+    let unknown = || Error::NotFound(format!("{rt}/{id} has no version {version_id}"));
     let found: Option<Version> = resource_versions::table
         .filter(resource_versions::res_type.eq(rt.as_str()))
         .filter(resource_versions::res_id.eq(id))
@@ -247,13 +355,16 @@ pub(super) fn vread_in(c: &mut AnyConnection, rt: ResourceType, id: &str, versio
         .select(version_columns())
         .get_result(c)
         .optional()?;
-    match found {
-        Some(v) if v.body.is_some() => Ok(v),
-        Some(v) => Err(Error::Gone(format!(
+    let Some(v) = found else { return Err(unknown()) };
+    if !version_visible(c, rt, id, version_id, v.body.as_deref(), patient)? {
+        return Err(unknown());
+    }
+    match v.body {
+        Some(_) => Ok(v),
+        None => Err(Error::Gone(format!(
             "version {} of {rt}/{id} is a deletion",
             v.version_id
         ))),
-        None => Err(Error::NotFound(format!("{rt}/{id} has no version {version_id}"))),
     }
 }
 
@@ -356,7 +467,11 @@ fn insert_version(c: &mut AnyConnection, v: &Version) -> Result<(), Abort> {
     Ok(())
 }
 
-/// Every relative reference to a hosted type must name a resource that exists and is not deleted.
+/// Every relative reference to a hosted type must name a resource that exists and is not deleted
+/// and, for a caller limited to Patient/`patient`'s compartment, that it may see: a reference to a
+/// record outside the compartment is refused exactly like one to a missing record (else a create
+/// would tell which ids exist). References the `previous` version already held are the caller's
+/// to keep (it may see that version, so they reveal nothing).
 /// One query for all of them: the types and the ids each as a list (a superset of the pairs, which
 /// the primary key answers), and the pairs matched here.
 pub(super) fn check_references(
@@ -364,6 +479,8 @@ pub(super) fn check_references(
     resource: &Value,
     rt: ResourceType,
     own_id: &str,
+    patient: Option<&str>,
+    previous: Option<&Value>,
 ) -> Result<(), Abort> {
     let mut wanted: Vec<(ResourceType, String)> = local_references(resource)
         .into_iter()
@@ -378,12 +495,38 @@ pub(super) fn check_references(
     types.sort_unstable();
     types.dedup();
     let ids: Vec<&str> = wanted.iter().map(|(_, id)| id.as_str()).collect();
-    let mut found: Vec<(String, String)> = schema::resources::table
+    let existing = schema::resources::table
         .filter(schema::resources::res_type.eq_any(&types))
         .filter(schema::resources::res_id.eq_any(&ids))
-        .filter(schema::resources::deleted.eq(false))
-        .select((schema::resources::res_type, schema::resources::res_id))
-        .load(c)?;
+        .filter(schema::resources::deleted.eq(false));
+    let mut found: Vec<(String, String)> = match patient {
+        None => existing
+            .select((schema::resources::res_type, schema::resources::res_id))
+            .load(c)?,
+        Some(patient) => {
+            let mut kept: Vec<(ResourceType, String)> = previous.map(local_references).unwrap_or_default();
+            kept.sort();
+            let rows: Vec<(String, String, Option<String>)> = existing
+                .select((
+                    schema::resources::res_type,
+                    schema::resources::res_id,
+                    schema::resources::body,
+                ))
+                .load(c)?;
+            rows.into_iter()
+                .filter(|(t, id, body)| {
+                    let Some(t) = ResourceType::parse(t) else { return false };
+                    compartment::patient_params(t).is_none()
+                        || kept.binary_search(&(t, id.clone())).is_ok()
+                        || body
+                            .as_deref()
+                            .and_then(|b| serde_json::from_str::<Value>(b).ok())
+                            .is_some_and(|v| in_compartment(patient, t, id, &v))
+                })
+                .map(|(t, id, _)| (t, id))
+                .collect()
+        }
+    };
     // Sorted, so each wanted pair is a binary search (a Group's roster can name thousands).
     found.sort_unstable();
     let missing: Vec<String> = wanted
