@@ -82,6 +82,11 @@ pub struct Search {
     pub cursor: Option<String>,
 }
 
+/// Most `_sort` keys in one search (all `_sort` parameters together). Each key is one correlated
+/// subquery per matching row, so 50 keys ran past 10 s (issue 21); search.html's examples sort by
+/// one to three.
+pub const MAX_SORT_KEYS: usize = 8;
+
 /// Query parameters that shape the response rather than select resources, or that belong to the
 /// HTTP layer.
 const RESULT_PARAMS: [&str; 11] = [
@@ -114,6 +119,15 @@ impl Search {
             cursor: None,
         };
         for (raw_key, value) in pairs {
+            if let Some(c) = crate::fhir::control_character(raw_key).or_else(|| crate::fhir::control_character(value)) {
+                // datatypes.html#string: no FHIR value holds one, so no search value may (and
+                // PostgreSQL cannot compare text holding a NUL).
+                return Err(Error::Invalid(format!(
+                    "search parameter '{}' holds the control character U+{:04X}",
+                    raw_key.escape_debug().take(64).collect::<String>(),
+                    c as u32
+                )));
+            }
             let (base, modifier) = raw_key.split_once(':').unwrap_or((raw_key.as_str(), ""));
             if RESULT_PARAMS.contains(&base) {
                 search.result_param(base, modifier, value)?;
@@ -144,6 +158,11 @@ impl Search {
             }
             "_sort" => {
                 for key in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                    if self.sort.len() == MAX_SORT_KEYS {
+                        return Err(Error::TooCostly(format!(
+                            "_sort has more than {MAX_SORT_KEYS} keys; this server sorts by at most {MAX_SORT_KEYS}"
+                        )));
+                    }
                     let (descending, param) = match key.strip_prefix('-') {
                         Some(p) => (true, p),
                         None => (false, key),
