@@ -99,10 +99,11 @@ pub(super) fn json_patch(bytes: &[u8], limits: PatchLimits) -> Result<Patcher, E
         for (i, op) in patch.0.iter().enumerate() {
             json_patch::patch(&mut doc, std::slice::from_ref(op))
                 .map_err(|e| Error::Unprocessable(format!("the patch does not apply: {e}")))?;
-            if !fits(&doc, limits.bytes) {
+            if !fits(&doc, limits.bytes, limits.body.max_elements) {
                 return Err(Error::PayloadTooLarge(format!(
-                    "operation {i} of the patch makes the resource larger than {} bytes (TANDEM_MAX_BODY_BYTES)",
-                    limits.bytes
+                    "operation {i} of the patch makes the resource larger than {} bytes (TANDEM_MAX_BODY_BYTES) \
+                     or {} elements (TANDEM_MAX_RESOURCE_ELEMENTS)",
+                    limits.bytes, limits.body.max_elements
                 )));
             }
         }
@@ -117,25 +118,42 @@ pub(super) fn json_patch(bytes: &[u8], limits: PatchLimits) -> Result<Patcher, E
     })))
 }
 
-/// Whether `doc` written as JSON takes at most `limit` bytes; the writing stops at the limit.
-fn fits(doc: &Value, limit: usize) -> bool {
-    struct Counter {
-        written: usize,
-        limit: usize,
-    }
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.written += buf.len();
-            if self.written > self.limit {
-                return Err(std::io::Error::other("over the limit"));
+/// Whether `doc` stays within a body's limits: at most `max_bytes` as JSON (escapes not counted)
+/// and `max_elements` elements (counted as the pre-scan counts them). One walk over the nodes that
+/// stops at the first limit passed: no writing out, so each operation costs what the document holds
+/// in nodes, not in bytes, and a document doubled by copies is caught after its first doubling past
+/// a limit.
+fn fits(doc: &Value, max_bytes: usize, max_elements: usize) -> bool {
+    fn walk(v: &Value, bytes: &mut usize, elements: &mut usize, max_bytes: usize, max_elements: usize) -> bool {
+        // Separators and quotes: about two bytes per node.
+        *bytes += 2;
+        match v {
+            Value::Array(items) => {
+                return items
+                    .iter()
+                    .all(|item| walk(item, bytes, elements, max_bytes, max_elements));
             }
-            Ok(buf.len())
+            Value::Object(map) => {
+                *elements += 1;
+                for (key, child) in map {
+                    *bytes += key.len() + 3;
+                    if !walk(child, bytes, elements, max_bytes, max_elements) {
+                        return false;
+                    }
+                }
+            }
+            Value::String(s) => {
+                *elements += 1;
+                *bytes += s.len();
+            }
+            _ => {
+                *elements += 1;
+                *bytes += 4;
+            }
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        *bytes <= max_bytes && *elements <= max_elements
     }
-    serde_json::to_writer(&mut Counter { written: 0, limit }, doc).is_ok()
+    walk(doc, &mut 0, &mut 0, max_bytes, max_elements)
 }
 
 /// Records the version acted on in the request's audit record.
