@@ -18,6 +18,7 @@ mod formats;
 mod fuzz;
 mod history;
 mod hostile;
+mod input_limits;
 mod metadata;
 mod openapi;
 mod operations;
