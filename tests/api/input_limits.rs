@@ -154,13 +154,13 @@ both_backends! {
 
     async fn sort_keys_are_bounded(app: TestApp) {
         app.create(&patient("Sorted")).await;
-        let nine = "family,given,birthdate,gender,name,identifier,_id,_lastUpdated,address";
-        let outcome = assert_outcome(app.get(&format!("Patient?_sort={nine}")).await, 400, "too-costly").await;
-        assert!(diagnostics(&outcome).contains("8"), "{outcome}");
+        let six = "family,given,birthdate,gender,name,identifier";
+        let outcome = assert_outcome(app.get(&format!("Patient?_sort={six}")).await, 400, "too-costly").await;
+        assert!(diagnostics(&outcome).contains("at most 5"), "{outcome}");
         // Several _sort parameters count together.
-        assert_outcome(app.get("Patient?_sort=family,given,birthdate,gender&_sort=name,identifier,_id,_lastUpdated,-address").await, 400, "too-costly").await;
-        let eight = "family,-given,birthdate,gender,name,identifier,_id,-_lastUpdated";
-        let bundle = json(app.get(&format!("Patient?_sort={eight}")).await).await;
+        assert_outcome(app.get("Patient?_sort=family,given,birthdate&_sort=-name,_id,_lastUpdated").await, 400, "too-costly").await;
+        let five = "family,-given,birthdate&_sort=_id,-_lastUpdated";
+        let bundle = json(app.get(&format!("Patient?_sort={five}")).await).await;
         assert_eq!(entries(&bundle).len(), 1);
     }
 
