@@ -564,7 +564,8 @@ fn content_encoding(req: &HttpRequest) -> Result<Encoding, Error> {
     let codings: Vec<String> = req
         .headers()
         .get_all(header::CONTENT_ENCODING)
-        .filter_map(|v| v.to_str().ok())
+        // A value that is not text names no coding we know: refused below.
+        .map(|v| v.to_str().unwrap_or("?"))
         .flat_map(|v| v.split(','))
         .map(|c| c.trim().to_ascii_lowercase())
         .filter(|c| !c.is_empty() && c != "identity")

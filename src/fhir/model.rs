@@ -183,6 +183,8 @@ fn primitive_problem(type_name: &str, value: &Value) -> Option<String> {
         ("string" | "markdown", Some(s)) => !s.is_empty(),
         // datatypes.html: integer is a signed 32-bit value, unsignedInt 0..2^31-1, positiveInt
         // 1..2^31-1 (fhirbolt holds the latter two as u32 and lets 2147483648 and beyond through).
+        // A null stands in a repeating element for an item that has only an extension (json.html).
+        ("integer" | "positiveInt" | "unsignedInt", _) if value.is_null() => true,
         ("integer", _) => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
         ("positiveInt", _) => value.as_i64().is_some_and(|n| (1..=i64::from(i32::MAX)).contains(&n)),
         ("unsignedInt", _) => value.as_i64().is_some_and(|n| (0..=i64::from(i32::MAX)).contains(&n)),
