@@ -87,6 +87,11 @@ pub struct Search {
 /// added about a second in a debug build. search.html's examples sort by one to three keys.
 pub const MAX_SORT_KEYS: usize = 5;
 
+/// Most comma-separated values (alternatives, ORed) of one criterion. Each is a term of one SQL
+/// expression: SQLite refused 499 string, token or date alternatives (its expression tree is at
+/// most 1,000 deep) and PostgreSQL 70,000 (65,535 bind parameters), both as a 500.
+pub const MAX_VALUES: usize = 200;
+
 /// Query parameters that shape the response rather than select resources, or that belong to the
 /// HTTP layer.
 const RESULT_PARAMS: [&str; 11] = [
@@ -136,6 +141,12 @@ impl Search {
             let key = parse_key(raw_key)
                 .ok_or_else(|| Error::Invalid(format!("search parameter '{raw_key}' is malformed")))?;
             let values = split_values(value);
+            if values.len() > MAX_VALUES {
+                return Err(Error::TooCostly(format!(
+                    "search parameter '{raw_key}' has {} values; this server takes at most {MAX_VALUES} alternatives per parameter",
+                    values.len()
+                )));
+            }
             search.criteria.push(Criterion {
                 raw_key: raw_key.clone(),
                 key,

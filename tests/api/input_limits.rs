@@ -164,6 +164,26 @@ both_backends! {
         assert_eq!(entries(&bundle).len(), 1);
     }
 
+    async fn search_values_are_bounded(app: TestApp) {
+        app.create(&patient("Valued")).await;
+        let search = |query: String| {
+            app.client.post(app.url("Patient/_search")).header("Content-Type", "application/x-www-form-urlencoded")
+                .body(query).send()
+        };
+        // 201 alternatives of one parameter: 400 too-costly (it was a 500 on both backends).
+        for (param, value) in [("family", "a"), ("identifier", "urn:x|a"), ("birthdate", "ge2000-01-01"), ("_id", "a")] {
+            let res = search(format!("{param}={}", vec![value; 201].join(","))).await.unwrap();
+            let outcome = assert_outcome(res, 400, "too-costly").await;
+            assert!(diagnostics(&outcome).contains("at most 200"), "{outcome}");
+        }
+        // 200 pass, for each kind of parameter and through a chain.
+        for (param, value) in [("family", "Valued"), ("identifier", "urn:x|a"), ("birthdate", "1980-05-17"), ("_id", "a"),
+            ("general-practitioner.name", "a"), ("_has:Group:member:code", "urn:x|a")] {
+            let res = search(format!("{param}={}", vec![value; 200].join(","))).await.unwrap();
+            assert_eq!(res.status(), 200, "{param}: {}", res.text().await.unwrap());
+        }
+    }
+
     async fn control_characters_are_refused_in_bodies_urls_and_queries(app: TestApp) {
         // JSON: a NUL, a U+0001, anywhere — each named by its path.
         let outcome = assert_outcome(post_raw(&app, "Patient", FHIR_JSON,
