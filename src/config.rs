@@ -146,6 +146,21 @@ pub struct Config {
     /// Most search criteria (and _include/_revinclude) in one search; more is 400 (too-costly).
     #[arg(long, env = "TANDEM_MAX_SEARCH_PARAMS", default_value_t = 32)]
     pub max_search_params: usize,
+
+    /// Most elements in one request body (JSON: each object and primitive value; XML: each element
+    /// and attribute), checked before the body is parsed; more is 413. The largest official R4
+    /// example holds about 6,000; a Bundle of 1,000 entries of 100 elements each passes.
+    #[arg(long, env = "TANDEM_MAX_RESOURCE_ELEMENTS", default_value_t = 100_000)]
+    pub max_resource_elements: usize,
+
+    /// Deepest nesting in one request body (JSON objects and arrays, XML elements), at most 128;
+    /// deeper is 400 (too-costly). The deepest official R4 example (a QuestionnaireResponse) has 21.
+    #[arg(long, env = "TANDEM_MAX_RESOURCE_DEPTH", default_value_t = 64)]
+    pub max_resource_depth: usize,
+
+    /// Most operations in one JSON Patch; more is 400 (too-costly).
+    #[arg(long, env = "TANDEM_MAX_PATCH_OPERATIONS", default_value_t = 100)]
+    pub max_patch_operations: usize,
 }
 
 impl Config {
@@ -156,6 +171,14 @@ impl Config {
             .filter(|o| !o.trim().is_empty())
             .map(|o| o.trim().to_string())
             .collect()
+    }
+
+    /// What one request body may hold.
+    pub fn body_limits(&self) -> crate::fhir::Limits {
+        crate::fhir::Limits {
+            max_elements: self.max_resource_elements,
+            max_depth: self.max_resource_depth,
+        }
     }
 
     /// Checks the settings that a typo could make meaningless; the message names the variable.
@@ -204,6 +227,15 @@ impl Config {
         }
         if self.max_bundle_entries == 0 || self.max_search_params == 0 {
             return Err("TANDEM_MAX_BUNDLE_ENTRIES and TANDEM_MAX_SEARCH_PARAMS must be greater than 0".into());
+        }
+        if self.max_resource_elements == 0 || self.max_patch_operations == 0 {
+            return Err("TANDEM_MAX_RESOURCE_ELEMENTS and TANDEM_MAX_PATCH_OPERATIONS must be greater than 0".into());
+        }
+        if !(1..=crate::fhir::prescan::MAX_DEPTH).contains(&self.max_resource_depth) {
+            return Err(format!(
+                "TANDEM_MAX_RESOURCE_DEPTH must be between 1 and {}",
+                crate::fhir::prescan::MAX_DEPTH
+            ));
         }
         if self.default_count == 0 || self.default_count > self.max_count {
             return Err("TANDEM_DEFAULT_COUNT must be between 1 and TANDEM_MAX_COUNT".into());

@@ -67,7 +67,7 @@ fn entries(ctx: &Ctx, bundle: &mut Value, config: &Config) -> Result<Vec<Result<
 
 /// A JSON Patch carried by a Binary (http.html#transaction: PATCH entries hold a Binary whose
 /// content type says what the patch is).
-fn binary_patch(resource: Option<Value>, label: &str) -> Result<crate::store::Patcher, Error> {
+fn binary_patch(resource: Option<Value>, label: &str, config: &Config) -> Result<crate::store::Patcher, Error> {
     let r =
         resource.ok_or_else(|| Error::Invalid(format!("{label}: a PATCH entry needs a Binary holding the patch")))?;
     match r.get("resourceType").and_then(Value::as_str) {
@@ -92,7 +92,7 @@ fn binary_patch(resource: Option<Value>, label: &str) -> Result<crate::store::Pa
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
         .map_err(|e| Error::Invalid(format!("{label}: the Binary's data is not base64: {e}")))?;
-    super::crud::json_patch(&bytes).map_err(|e| e.in_context(label))
+    super::crud::json_patch(&bytes, super::crud::PatchLimits::of(config)).map_err(|e| e.in_context(label))
 }
 
 /// One request entry as a store operation, or why it cannot be run.
@@ -225,7 +225,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
                 label: label.clone(),
                 rt,
                 target,
-                patcher: binary_patch(resource, &label)?,
+                patcher: binary_patch(resource, &label, config)?,
                 if_match,
                 access: WriteAccess {
                     may_create: false,

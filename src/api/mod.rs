@@ -251,7 +251,14 @@ impl FromRequest for Ctx {
     type Future = Ready<Result<Ctx, actix_web::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(Ok(Ctx::of(req)))
+        let ctx = Ctx::of(req);
+        ready(match check_url(req) {
+            Ok(()) => Ok(ctx),
+            Err(e) => {
+                let response = ctx.error_response(&e);
+                Err(actix_web::error::InternalError::from_response(e.to_string(), response).into())
+            }
+        })
     }
 }
 
@@ -449,6 +456,34 @@ pub fn page_link(ctx: &Ctx, path: &str, params: &[(String, String)], cursor: Opt
     }
 }
 
+/// Refuses a URL whose path segments or query values, once decoded, hold a control character
+/// (400): FHIR strings exclude them (datatypes.html#string), no id or search value can hold one,
+/// and PostgreSQL cannot even compare text with a NUL in it (it answered 500). Every handler takes
+/// a [`Ctx`], so every route is covered; query values inside a Bundle or If-None-Exist are checked
+/// where they are parsed ([`crate::search::Search::parse`]).
+fn check_url(req: &HttpRequest) -> Result<(), Error> {
+    let segments = req.match_info().iter();
+    let query = form_urlencoded::parse(req.query_string().as_bytes());
+    for (name, value) in segments {
+        if let Some(c) = fhir::control_character(value) {
+            return Err(Error::Invalid(format!(
+                "the {name} in the URL holds the control character U+{:04X}",
+                c as u32
+            )));
+        }
+    }
+    for (key, value) in query {
+        if let Some(c) = fhir::control_character(&key).or_else(|| fhir::control_character(&value)) {
+            return Err(Error::Invalid(format!(
+                "the query parameter '{}' holds the control character U+{:04X}",
+                key.escape_debug().take(64).collect::<String>(),
+                c as u32
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
     url_pairs(req.query_string())
 }
@@ -459,7 +494,11 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Reads a request body, refusing it (413) as soon as it exceeds the configured limit.
+/// Reads a request body, refusing it (413) as soon as it exceeds the configured limit — after
+/// decompression for `Content-Encoding: gzip`, so that a small body that inflates to gigabytes costs
+/// no more than `limit` bytes. Other encodings are refused (415). A FHIR (JSON or XML) or JSON Patch
+/// body is then pre-scanned for its element count and nesting (TANDEM_MAX_RESOURCE_ELEMENTS and
+/// TANDEM_MAX_RESOURCE_DEPTH) before any handler parses it.
 pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, Error> {
     let too_large = || Error::PayloadTooLarge(format!("the request body exceeds the limit of {limit} bytes"));
     let declared = req
@@ -470,24 +509,117 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usiz
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large());
     }
-    let timeout = req
-        .app_data::<web::Data<AppState>>()
-        .map_or(30, |s| s.config.request_timeout_seconds);
+    let mut gunzip = match content_encoding(req)? {
+        Encoding::Identity => None,
+        Encoding::Gzip => Some(flate2::write::GzDecoder::new(LimitedWriter {
+            bytes: Vec::new(),
+            limit,
+        })),
+    };
+    let state = req.app_data::<web::Data<AppState>>();
+    let timeout = state.map_or(30, |s| s.config.request_timeout_seconds);
     let receive = async {
         let mut body = web::BytesMut::new();
+        let mut received = 0usize;
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| Error::Invalid(format!("reading the request body: {e}")))?;
-            if body.len() + chunk.len() > limit {
+            received += chunk.len();
+            if received > limit {
                 return Err(too_large());
             }
-            body.extend_from_slice(&chunk);
+            match &mut gunzip {
+                Some(decoder) => inflate(decoder, &chunk, limit)?,
+                None => body.extend_from_slice(&chunk),
+            }
         }
-        Ok(body.freeze())
+        match gunzip {
+            Some(mut decoder) => {
+                decoder.try_finish().map_err(|e| gzip_error(e, limit))?;
+                Ok(web::Bytes::from(std::mem::take(&mut decoder.get_mut().bytes)))
+            }
+            None => Ok(body.freeze()),
+        }
     };
     // A client that trickles its body ties up a worker no longer than the request timeout.
-    tokio::time::timeout(std::time::Duration::from_secs(timeout), receive)
+    let body = tokio::time::timeout(std::time::Duration::from_secs(timeout), receive)
         .await
-        .map_err(|_| Error::RequestTimeout(format!("the request body did not arrive within {timeout} seconds")))?
+        .map_err(|_| Error::RequestTimeout(format!("the request body did not arrive within {timeout} seconds")))??;
+    let format = match req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(ct)
+            if ct
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json-patch+json") =>
+        {
+            Some(Format::Json)
+        }
+        ct => Format::from_content_type(ct).ok(),
+    };
+    if let (Some(format), Some(state)) = (format, state) {
+        fhir::check_size(&body, format, state.config.body_limits())?;
+    }
+    Ok(body)
+}
+
+/// The `Content-Encoding` of a request body (RFC 9110 §8.4).
+enum Encoding {
+    Identity,
+    Gzip,
+}
+
+fn content_encoding(req: &HttpRequest) -> Result<Encoding, Error> {
+    let codings: Vec<String> = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        // A value that is not text names no coding we know: refused below.
+        .map(|v| v.to_str().unwrap_or("?"))
+        .flat_map(|v| v.split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(Encoding::Identity),
+        [one] if one == "gzip" || one == "x-gzip" => Ok(Encoding::Gzip),
+        _ => Err(Error::UnsupportedMediaType(
+            "the only Content-Encoding supported for a request body is gzip".into(),
+        )),
+    }
+}
+
+/// Collects inflated bytes and refuses to hold more than `limit` of them: the decoder stops as
+/// soon as a write fails, so a zip bomb is cut off after `limit` bytes (plus one 32 KB buffer).
+struct LimitedWriter {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for LimitedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            return Err(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "over the limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn inflate(decoder: &mut flate2::write::GzDecoder<LimitedWriter>, chunk: &[u8], limit: usize) -> Result<(), Error> {
+    use std::io::Write;
+    decoder.write_all(chunk).map_err(|e| gzip_error(e, limit))
+}
+
+fn gzip_error(e: std::io::Error, limit: usize) -> Error {
+    if e.kind() == std::io::ErrorKind::OutOfMemory {
+        Error::PayloadTooLarge(format!(
+            "the request body exceeds the limit of {limit} bytes once decompressed"
+        ))
+    } else {
+        Error::Invalid("the request body is not valid gzip (Content-Encoding: gzip)".into())
+    }
 }
 
 /// Runs blocking store work off the async workers, inside the request's span.

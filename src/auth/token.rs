@@ -24,6 +24,10 @@ pub const LOCAL_AUDIENCE: &str = "tandem";
 pub const LOCAL_KEY_FILE: &str = "tandem-signing-key.pem";
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECONDS: u64 = 30;
+/// The longest bearer token accepted. Real access tokens take 1–4 KB (a SMART token with many
+/// scopes and claims); a longer one is refused before any decoding. A request head over 128 KB
+/// never reaches tandem: actix-http answers it with a bare 431 and closes the connection.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// The shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash size).
 const MIN_HS256_SECRET_BYTES: usize = 32;
 
@@ -78,8 +82,9 @@ pub struct Refused(pub String);
 struct Claims {
     iss: String,
     sub: Option<String>,
-    /// Seconds since the epoch (a JSON number, whole or not); required by the validation.
-    exp: f64,
+    /// Seconds since the epoch: a NumericDate, "a JSON numeric value … it can contain fractional
+    /// seconds" (RFC 7519 §2), so `exp`, `nbf` (and `iat`, not read) may be fractional. Required.
+    exp: Option<f64>,
     nbf: Option<f64>,
     #[serde(default)]
     scope: Option<ScopeClaim>,
@@ -229,21 +234,15 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Principal, Refused> {
         use sha2::Digest;
         let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refused(format!("the token is longer than {MAX_TOKEN_BYTES} bytes")));
+        }
         if let Some(hit) = self.verified.get(&key) {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            let leeway = LEEWAY_SECONDS as f64;
-            if now > hit.exp + leeway {
-                self.verified.remove(&key);
-                return Err(Refused(
-                    describe(&jsonwebtoken::errors::ErrorKind::ExpiredSignature).into(),
-                ));
-            }
-            if hit.nbf.is_some_and(|nbf| now < nbf - leeway) {
-                return Err(Refused(
-                    describe(&jsonwebtoken::errors::ErrorKind::ImmatureSignature).into(),
-                ));
+            if let Err(refused) = check_window(hit.exp, hit.nbf) {
+                if now_seconds() > hit.exp {
+                    self.verified.remove(&key);
+                }
+                return Err(refused);
             }
             return Ok(hit.principal.clone());
         }
@@ -278,16 +277,24 @@ impl Verifier {
             });
         }
         let mut validation = Validation::new(header.alg);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
+        // jsonwebtoken reads `exp` and `nbf` as whole seconds (u64) and refuses a fractional one,
+        // which RFC 7519 allows: they are checked here instead, as numbers ([`check_window`]).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_required_spec_claims(&["iss", "aud"]);
         let mut last = refuse("the token's signature does not verify");
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
-                    let (exp, nbf) = (data.claims.exp, data.claims.nbf);
+                    let Some(exp) = data.claims.exp else {
+                        return Err(Refused(
+                            describe(&jsonwebtoken::errors::ErrorKind::MissingRequiredClaim("exp".into())).into(),
+                        ));
+                    };
+                    let nbf = data.claims.nbf;
+                    check_window(exp, nbf)?;
                     return Ok(Verified {
                         principal: principal(data.claims),
                         exp,
@@ -299,6 +306,29 @@ impl Verifier {
         }
         Err(last)
     }
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Checks `exp` and `nbf` (seconds since the epoch, whole or not) against the clock, with the leeway.
+fn check_window(exp: f64, nbf: Option<f64>) -> Result<(), Refused> {
+    let now = now_seconds();
+    let leeway = LEEWAY_SECONDS as f64;
+    if now > exp + leeway {
+        return Err(Refused(
+            describe(&jsonwebtoken::errors::ErrorKind::ExpiredSignature).into(),
+        ));
+    }
+    if nbf.is_some_and(|nbf| now < nbf - leeway) {
+        return Err(Refused(
+            describe(&jsonwebtoken::errors::ErrorKind::ImmatureSignature).into(),
+        ));
+    }
+    Ok(())
 }
 
 fn verified_cache() -> quick_cache::sync::Cache<[u8; 32], std::sync::Arc<Verified>> {
@@ -628,5 +658,50 @@ mod tests {
         verifier.verified.insert(digest, std::sync::Arc::new(past));
         assert_eq!(verifier.verify(&token).unwrap_err().0, "the token has expired");
         assert_eq!(verifier.verified.len(), 0);
+    }
+
+    #[test]
+    fn numeric_dates_may_be_fractional_and_tokens_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = LocalKey::load_or_create(dir.path()).unwrap();
+        let verifier = Verifier {
+            keys: vec![VerifyKey {
+                kid: Some(key.kid.clone()),
+                algorithm: Algorithm::ES256,
+                key: key.decoding.clone(),
+            }],
+            verified: verified_cache(),
+            issuer: LOCAL_ISSUER.into(),
+            audience: LOCAL_AUDIENCE.into(),
+            source: String::new(),
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid.clone());
+        let sign = |claims: serde_json::Value| jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap();
+        let now = now_seconds();
+        let claims = |exp: serde_json::Value, nbf: serde_json::Value| {
+            let mut c = serde_json::json!({"iss": LOCAL_ISSUER, "aud": LOCAL_AUDIENCE, "sub": "me",
+                "iat": now - 0.25, "scope": "system/*.rs", "exp": exp, "nbf": nbf});
+            c.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+            c
+        };
+        // RFC 7519 §2 NumericDate: fractional seconds are allowed in exp, nbf and iat.
+        let ok = sign(claims(serde_json::json!(now + 60.5), serde_json::json!(now - 0.5)));
+        assert!(verifier.verify(&ok).is_ok());
+        // Fractional or not, the window is checked (with the leeway), and exp is required.
+        let expired = sign(claims(serde_json::json!(now - 90.5), serde_json::Value::Null));
+        assert_eq!(verifier.verify(&expired).unwrap_err().0, "the token has expired");
+        let early = sign(claims(serde_json::json!(now + 600.0), serde_json::json!(now + 120.5)));
+        assert_eq!(
+            verifier.verify(&early).unwrap_err().0,
+            "the token is not valid yet (nbf)"
+        );
+        let no_exp = sign(claims(serde_json::Value::Null, serde_json::Value::Null));
+        assert!(verifier.verify(&no_exp).unwrap_err().0.contains("required claim"));
+        let text_exp = sign(claims(serde_json::json!("tomorrow"), serde_json::Value::Null));
+        assert!(verifier.verify(&text_exp).is_err());
+        // A token over the limit is refused before it is decoded.
+        let huge = format!("{ok}{}", "A".repeat(MAX_TOKEN_BYTES));
+        assert!(verifier.verify(&huge).unwrap_err().0.contains("longer than"));
     }
 }

@@ -4,6 +4,7 @@
 pub mod capability;
 pub mod model;
 pub mod narrative;
+pub mod prescan;
 
 use fhirbolt::model::r4::Resource as R4Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
@@ -13,9 +14,7 @@ use crate::error::Error;
 
 pub const FHIR_VERSION: &str = "4.0.1";
 
-/// Deepest element nesting accepted in XML (JSON has serde_json's limit of 128). fhirbolt's XML
-/// reader recurses per level, so an unbounded depth could exhaust the stack.
-const MAX_XML_DEPTH: usize = 128;
+pub use prescan::Limits;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -109,8 +108,31 @@ impl Format {
     }
 }
 
+/// Refuses a body that holds more than `limits` allow (413 for too many elements, 400 too-costly
+/// for too deep a nesting), from one cheap pass over its bytes, before anything is built from it.
+/// A body that is not well-formed is left to the parser that reads it next, which says why.
+pub fn check_size(body: &[u8], format: Format, limits: Limits) -> Result<(), Error> {
+    let scanned = match format {
+        Format::Json => prescan::json(body, limits),
+        // Not UTF-8: the XML parser refuses it.
+        Format::Xml => std::str::from_utf8(body).map_or(Ok(()), |text| prescan::xml(text, limits)),
+    };
+    match scanned {
+        Err(refusal @ prescan::Refusal::TooManyElements(_)) => Err(Error::PayloadTooLarge(format!(
+            "{refusal}; this server takes at most {} (TANDEM_MAX_RESOURCE_ELEMENTS)",
+            limits.max_elements
+        ))),
+        Err(refusal @ prescan::Refusal::TooDeep(_)) => Err(Error::TooCostly(format!(
+            "{refusal}; this server takes at most {} levels (TANDEM_MAX_RESOURCE_DEPTH)",
+            limits.max_depth
+        ))),
+        Err(prescan::Refusal::Malformed(_)) | Ok(()) => Ok(()),
+    }
+}
+
 /// Parses a request body into the R4 model (strict: unknown elements are refused) and returns it in
-/// its canonical JSON form. Narratives are kept verbatim and must be well-formed XHTML.
+/// its canonical JSON form. Narratives are kept verbatim and must be well-formed XHTML of the
+/// allowed elements and attributes (txt-1, txt-2).
 pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::Invalid(
@@ -124,15 +146,18 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
     let invalid = |e: String| Error::Structure(format!("the body is not a valid FHIR R4 resource in {what}: {e}"));
     let mut value = match format {
         Format::Json => {
+            // fhirbolt reads the first value only and keeps the last of duplicate keys: one
+            // document, each key once, is checked here (json.html: a resource is one JSON object).
+            prescan::json(body, Limits::SYNTAX).map_err(|r| invalid(r.to_string()))?;
             let resource: R4Resource =
                 guarded(|| fhirbolt::json::from_slice(body, config)).map_err(|e| invalid(e.to_string()))?;
             to_json(resource)?
         }
         Format::Xml => {
             let text = std::str::from_utf8(body).map_err(|e| invalid(format!("not UTF-8 ({e})")))?;
+            prescan::xml(text, Limits::SYNTAX).map_err(|r| invalid(r.to_string()))?;
             let token = uuid::Uuid::new_v4().simple().to_string();
             let (xml, divs) = narrative::cut_from_xml(text, &token);
-            check_xml_depth(&xml).map_err(invalid)?;
             let resource: R4Resource =
                 guarded(|| fhirbolt::xml::from_str(&xml, config)).map_err(|e| invalid(e.to_string()))?;
             let mut value = to_json(resource)?;
@@ -140,27 +165,67 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
             value
         }
     };
+    let mut path = value
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("Resource")
+        .to_string();
+    check_content(&value, &mut path).map_err(Error::Structure)?;
     narrative::check_all(&mut value).map_err(Error::Structure)?;
     model::validate(&value).map_err(|e| Error::Structure(format!("the body is not a valid FHIR R4 resource: {e}")))?;
     Ok(value)
 }
 
-fn check_xml_depth(xml: &str) -> Result<(), String> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut depth = 0usize;
-    loop {
-        match reader.read_event() {
-            Ok(quick_xml::events::Event::Start(_)) => {
-                depth += 1;
-                if depth > MAX_XML_DEPTH {
-                    return Err(format!("elements are nested more than {MAX_XML_DEPTH} deep"));
+/// The first character that a FHIR string may not hold (datatypes.html#string: none below 32 but
+/// tab, carriage return and line feed).
+pub fn control_character(s: &str) -> Option<char> {
+    s.chars().find(|c| (*c as u32) < 32 && !matches!(c, '\t' | '\r' | '\n'))
+}
+
+/// The rules every element of a parsed resource obeys, whatever its type, with the path of the
+/// first that breaks one:
+/// - datatypes.html#string: "Strings SHALL NOT contain Unicode character points below 32, except for
+///   u0009 (horizontal tab), u000D (carriage return) and u000A (line feed)" (regex `[ \r\n\t\S]+`).
+///   It holds for every primitive's string form (code, id, uri… are strings with more rules), the
+///   narrative included; a NUL is also what PostgreSQL cannot store in text (it answered 500);
+/// - dom-2 (DomainResource): "If the resource is contained in another resource, it SHALL NOT contain
+///   nested Resources".
+fn check_content(value: &Value, path: &mut String) -> Result<(), String> {
+    match value {
+        Value::String(s) => match control_character(s) {
+            Some(c) => Err(format!(
+                "{path}: a FHIR string SHALL NOT contain control characters (here U+{:04X}; datatypes.html#string)",
+                c as u32
+            )),
+            None => Ok(()),
+        },
+        Value::Array(items) => {
+            let len = path.len();
+            for (i, item) in items.iter().enumerate() {
+                path.push_str(&format!("[{i}]"));
+                check_content(item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Object(map) => {
+            let len = path.len();
+            if let Some(contained) = map.get("contained").and_then(Value::as_array) {
+                if let Some(i) = contained.iter().position(|c| c.get("contained").is_some()) {
+                    return Err(format!(
+                        "{path}.contained[{i}]: a contained resource SHALL NOT contain contained resources (dom-2)"
+                    ));
                 }
             }
-            Ok(quick_xml::events::Event::End(_)) => depth = depth.saturating_sub(1),
-            Ok(quick_xml::events::Event::Eof) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            for (key, child) in map {
+                path.push('.');
+                path.push_str(key);
+                check_content(child, path)?;
+                path.truncate(len);
+            }
+            Ok(())
         }
+        _ => Ok(()),
     }
 }
 
@@ -309,5 +374,88 @@ mod tests {
     fn malformed_narratives_are_refused() {
         let body = br#"{"resourceType":"Patient","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>open</div>"}}"#;
         assert!(matches!(parse_resource(body, Format::Json), Err(Error::Structure(_))));
+    }
+
+    #[test]
+    fn malformed_or_forbidden_content_is_refused_with_its_path() {
+        let refused = |body: &str, format: Format| match parse_resource(body.as_bytes(), format) {
+            Err(Error::Structure(m)) => m,
+            other => panic!("{body}: {other:?}"),
+        };
+        let json_cases = [
+            (r#"{"resourceType":"Patient"} garbage"#, "trailing"),
+            (r#"{"resourceType":"Patient"}{"resourceType":"Patient"}"#, "trailing"),
+            (r#"{"resourceType":"Patient","id":"a","id":"b"}"#, "the key 'id' twice"),
+            (
+                "{\"resourceType\":\"Patient\",\"name\":[{\"family\":\"a\\u0000b\"}]}",
+                "Patient.name[0].family: a FHIR string SHALL NOT contain control characters (here U+0000",
+            ),
+            (
+                "{\"resourceType\":\"Patient\",\"name\":[{\"given\":[\"x\",\"a\\u0001\"]}]}",
+                "Patient.name[0].given[1]",
+            ),
+            (
+                r#"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"x","contained":[{"resourceType":"Patient","id":"y"}]}]}"#,
+                "Patient.contained[0]: a contained resource SHALL NOT contain contained resources (dom-2)",
+            ),
+            (
+                r#"{"resourceType":"Group","type":"person","actual":true,"quantity":2147483648}"#,
+                "Group.quantity: 2147483648 is not a valid FHIR unsignedInt",
+            ),
+        ];
+        for (body, want) in json_cases {
+            let m = refused(body, Format::Json);
+            assert!(m.contains(want), "{body}: {m}");
+        }
+        let xml_cases = [
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"/><Patient xmlns="http://hl7.org/fhir"/>"#,
+                "more than one root",
+            ),
+            (
+                "<Patient xmlns=\"http://hl7.org/fhir\"><name><family value=\"a&#1;b\"/></name></Patient>",
+                "Patient.name[0].family",
+            ),
+            (
+                r#"<Group xmlns="http://hl7.org/fhir"><type value="person"/><actual value="true"/><quantity value="2147483648"/></Group>"#,
+                "Group.quantity",
+            ),
+        ];
+        for (body, want) in xml_cases {
+            let m = refused(body, Format::Xml);
+            assert!(m.contains(want), "{body}: {m}");
+        }
+        // What must still pass: tabs and line breaks, the largest values, one contained level.
+        for body in [
+            "{\"resourceType\":\"Patient\",\"name\":[{\"text\":\"a\\tb\\r\\nc\"}]}",
+            r#"{"resourceType":"Group","type":"person","actual":true,"quantity":2147483647}"#,
+            r#"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"x"}]}"#,
+        ] {
+            assert!(parse_resource(body.as_bytes(), Format::Json).is_ok(), "{body}");
+        }
+    }
+
+    #[test]
+    fn every_narrative_of_the_fixtures_passes_the_allow_list() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/r4");
+        let mut checked = 0;
+        for (sub, format) in [("json", Format::Json), ("xml", Format::Xml)] {
+            for entry in std::fs::read_dir(format!("{dir}/{sub}")).unwrap() {
+                let path = entry.unwrap().path();
+                let body = std::fs::read(&path).unwrap();
+                let mut value: Value = match format {
+                    Format::Json => serde_json::from_slice(&body).unwrap(),
+                    Format::Xml => {
+                        let text = String::from_utf8(body.clone()).unwrap();
+                        let (_, divs) = narrative::cut_from_xml(&text, "t");
+                        Value::Array(divs.into_iter().map(|d| json!({ "div": d })).collect())
+                    }
+                };
+                narrative::check_all(&mut value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                prescan::json(&serde_json::to_vec(&value).unwrap(), Limits::SYNTAX).unwrap();
+                checked += 1;
+            }
+        }
+        assert!(checked > 10, "{checked} fixtures");
     }
 }

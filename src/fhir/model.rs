@@ -181,8 +181,13 @@ fn primitive_problem(type_name: &str, value: &Value) -> Option<String> {
         ("uri" | "url" | "canonical", Some(s)) => !s.chars().any(char::is_whitespace),
         ("base64Binary", Some(s)) => is_base64(s),
         ("string" | "markdown", Some(s)) => !s.is_empty(),
-        ("positiveInt", _) => value.as_i64().is_some_and(|n| n >= 1),
-        ("unsignedInt", _) => value.as_i64().is_some_and(|n| n >= 0),
+        // datatypes.html: integer is a signed 32-bit value, unsignedInt 0..2^31-1, positiveInt
+        // 1..2^31-1 (fhirbolt holds the latter two as u32 and lets 2147483648 and beyond through).
+        // A null stands in a repeating element for an item that has only an extension (json.html).
+        ("integer" | "positiveInt" | "unsignedInt", _) if value.is_null() => true,
+        ("integer", _) => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        ("positiveInt", _) => value.as_i64().is_some_and(|n| (1..=i64::from(i32::MAX)).contains(&n)),
+        ("unsignedInt", _) => value.as_i64().is_some_and(|n| (0..=i64::from(i32::MAX)).contains(&n)),
         _ => true,
     };
     (!ok).then(|| format!("{value} is not a valid FHIR {type_name}"))
@@ -295,6 +300,16 @@ mod tests {
         }
         assert!(primitive_problem("positiveInt", &json!(0)).is_some());
         assert!(primitive_problem("unsignedInt", &json!(0)).is_none());
+        for (t, largest) in [
+            ("integer", 2147483647i64),
+            ("unsignedInt", 2147483647),
+            ("positiveInt", 2147483647),
+        ] {
+            assert!(primitive_problem(t, &json!(largest)).is_none(), "{t}");
+            assert!(primitive_problem(t, &json!(largest + 1)).is_some(), "{t}");
+        }
+        assert!(primitive_problem("integer", &json!(-2147483648i64)).is_none());
+        assert!(primitive_problem("integer", &json!(-2147483649i64)).is_some());
     }
 
     #[test]

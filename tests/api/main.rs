@@ -20,6 +20,7 @@ mod fuzz;
 mod generated;
 mod history;
 mod hostile;
+mod input_limits;
 mod leaks;
 mod long_values;
 mod metadata;
