@@ -253,3 +253,31 @@ both_backends! {
         trail_until(&app, "entity=Patient/p&outcome=0&subtype=read", |e| !e.is_empty()).await;
     }
 }
+
+both_backends! {
+    async fn sigterm_completes_while_the_trail_cannot_be_written(app: TestApp) {
+        let mut server = ServerProcess::start(&app.db, &[
+            ("TANDEM_REQUEST_TIMEOUT_SECONDS", "2"),
+            ("TANDEM_BACKGROUND_WORKERS", "false"),
+            ("TANDEM_SHUTDOWN_GRACE_SECONDS", "2"),
+        ]).await;
+        let url = |p: &str| format!("{}/{p}", server.address);
+        let put = app.client.put(url("Patient/p")).header("Content-Type", FHIR_JSON)
+            .body(json!({"resourceType": "Patient", "id": "p"}).to_string()).send().await.unwrap();
+        assert_eq!(put.status(), 201);
+        // The trail's table locked: the events of these reads cannot be written.
+        let lock = Lock::take(&app, "audit_events");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..3 {
+            assert_eq!(app.client.get(url("Patient/p")).send().await.unwrap().status(), 200);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = Instant::now();
+        let exited = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+        assert!(exited, "a clean exit on SIGTERM");
+        // The writer waits at most 10 s for the database once stopping, plus the attempt under way
+        // (SQLite's busy timeout is 15 s).
+        assert!(started.elapsed() < Duration::from_secs(40), "{:?}", started.elapsed());
+        lock.release();
+    }
+}
