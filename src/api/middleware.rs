@@ -245,7 +245,14 @@ pub async fn audit(
             let request = res.request();
             let detail = request.extensions().get::<AuditDetail>().cloned().unwrap_or_default();
             let info = request.match_info();
-            let record = audit_record(&asked, |name| info.get(name).map(str::to_string), detail, res.status().as_u16(), caller.caller(), request.query_string());
+            let record = audit_record(
+                &asked,
+                |name| info.get(name).map(str::to_string),
+                detail,
+                res.status().as_u16(),
+                caller.caller(),
+                request.query_string(),
+            );
             (record, Ok(res))
         }
         Err(e) => {
@@ -257,7 +264,14 @@ pub async fn audit(
                 ResourceDef::new(pattern.as_str()).capture_match_info(&mut path);
             }
             let query = asked.uri.query().unwrap_or_default().to_string();
-            let record = audit_record(&asked, |name| path.get(name).map(str::to_string), AuditDetail::default(), status, caller.caller(), &query);
+            let record = audit_record(
+                &asked,
+                |name| path.get(name).map(str::to_string),
+                AuditDetail::default(),
+                status,
+                caller.caller(),
+                &query,
+            );
             (record, Err(e))
         }
     };

@@ -411,7 +411,8 @@ pub fn render(stored: &str) -> Result<Value, String> {
             }));
         }
     } else if e.reduced {
-        agents.push(json!({"who": {"display": "not recorded (the event was kept in reduced form)"}, "requestor": true}));
+        agents
+            .push(json!({"who": {"display": "not recorded (the event was kept in reduced form)"}, "requestor": true}));
     } else {
         // No valid token: the attempt is still recorded, with where it came from.
         let mut agent = json!({"who": {"display": "unauthenticated caller"}, "requestor": true});
@@ -906,7 +907,10 @@ mod tests {
     #[test]
     fn only_valid_references_are_kept_as_references() {
         assert_eq!(entity("Patient/p-1.a"), Ok("Patient/p-1.a".into()));
-        assert_eq!(entity("Appointment/a1/_history/2"), Ok("Appointment/a1/_history/2".into()));
+        assert_eq!(
+            entity("Appointment/a1/_history/2"),
+            Ok("Appointment/a1/_history/2".into())
+        );
         assert_eq!(entity("AuditEvent/e1"), Ok("AuditEvent/e1".into()));
         assert_eq!(entity("$export-status/j1"), Ok("$export-status/j1".into()));
         for bad in [
@@ -917,7 +921,11 @@ mod tests {
             "Patient/".into(),
             "Patient".into(),
         ] {
-            assert_eq!(entity(&bad), Err("Patient with an invalid id or version".into()), "{bad:?}");
+            assert_eq!(
+                entity(&bad),
+                Err("Patient with an invalid id or version".into()),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             entity("Secret\u{0}Type/1"),
@@ -927,7 +935,10 @@ mod tests {
 
     #[test]
     fn a_hostile_request_is_recorded_with_nothing_raw_in_any_column() {
-        let mut r = record("evil\u{0}sub", &[&format!("Patient/\u{0}{}", "x".repeat(5_000)), "Patient/ok"]);
+        let mut r = record(
+            "evil\u{0}sub",
+            &[&format!("Patient/\u{0}{}", "x".repeat(5_000)), "Patient/ok"],
+        );
         if let Some(p) = r.principal.as_mut() {
             p.fhir_user = Some(format!("Practitioner/{}\u{0}", "y".repeat(3_000)));
             p.client_id = Some("app\u{7}".into());
@@ -946,16 +957,27 @@ mod tests {
             row.client_id.as_deref(),
             row.address.as_deref(),
         ];
-        for c in columns.into_iter().flatten().chain(row.refs.iter().map(|(_, r)| r.as_str())) {
+        for c in columns
+            .into_iter()
+            .flatten()
+            .chain(row.refs.iter().map(|(_, r)| r.as_str()))
+        {
             assert!(!c.chars().any(char::is_control) && c.len() <= TEXT_MAX, "{c:?}");
         }
-        assert!(!row.body.contains('\u{0}') && row.body.len() < 16_000, "{}", row.body.len());
+        assert!(
+            !row.body.contains('\u{0}') && row.body.len() < 16_000,
+            "{}",
+            row.body.len()
+        );
         assert_eq!(row.altid.as_deref(), Some("evil\\u{0}sub"));
         let mut refs = row.refs.clone();
         refs.sort();
         assert_eq!(
             refs,
-            vec![("entity", "Patient/ok".to_string()), ("patient", "Patient/p1".to_string())],
+            vec![
+                ("entity", "Patient/ok".to_string()),
+                ("patient", "Patient/p1".to_string())
+            ],
             "the invalid entity, patient and fhirUser are not indexed"
         );
         let event = render(&row.body).unwrap();
@@ -967,7 +989,12 @@ mod tests {
             .collect();
         assert!(descriptions.contains(&"the request named no valid resource: Patient with an invalid id or version"));
         assert!(descriptions.contains(&"the request named no valid resource: Patient with an invalid id"));
-        let query = event["entity"].as_array().unwrap().iter().find(|e| e.get("query").is_some()).unwrap();
+        let query = event["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e.get("query").is_some())
+            .unwrap();
         assert_eq!(query["detail"][0]["type"], "query-length");
     }
 
@@ -1015,17 +1042,25 @@ mod tests {
         assert_eq!(ids.len(), 9, "none twice");
         for row in written.iter() {
             let event = render(&row.body).unwrap();
-            let is_reduced = event["entity"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["description"].as_str().is_some_and(|d| d.starts_with("reduced record")));
+            let is_reduced = event["entity"].as_array().unwrap().iter().any(|e| {
+                e["description"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("reduced record"))
+            });
             assert_eq!(is_reduced, row.id == refused_id, "{event}");
             if row.id == refused_id {
-                assert_eq!((event["id"].as_str(), event["action"].as_str()), (Some(refused_id.as_str()), Some("R")));
+                assert_eq!(
+                    (event["id"].as_str(), event["action"].as_str()),
+                    (Some(refused_id.as_str()), Some("R"))
+                );
                 assert_eq!(event["outcome"], "0");
                 assert_eq!(event["subtype"][0]["code"], "read");
-                let request = event["entity"].as_array().unwrap().iter().find(|e| e["description"] == "HTTP request").unwrap();
+                let request = event["entity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["description"] == "HTTP request")
+                    .unwrap();
                 assert_eq!(request["detail"][1]["valueString"], "r1", "its request id");
                 assert!(row.refs.is_empty() && row.altid.is_none());
             } else {
@@ -1034,7 +1069,10 @@ mod tests {
         }
         assert_eq!(progress.waiting.load(Ordering::Relaxed), 0);
         assert_eq!(progress.writing_since.load(Ordering::Relaxed), 0);
-        assert!(store.calls.load(Ordering::Relaxed) < 20, "isolation takes a few inserts");
+        assert!(
+            store.calls.load(Ordering::Relaxed) < 20,
+            "isolation takes a few inserts"
+        );
     }
 
     #[test]
@@ -1064,7 +1102,11 @@ mod tests {
         write_batch(&store, (0..2).map(|_| record("ok", &[]).to_row()).collect(), &progress);
         assert!(started.elapsed() < Duration::from_secs(3));
         assert!(store.written.lock().unwrap().is_empty());
-        assert_eq!(progress.waiting.load(Ordering::Relaxed), 0, "the lost events are no longer waiting");
+        assert_eq!(
+            progress.waiting.load(Ordering::Relaxed),
+            0,
+            "the lost events are no longer waiting"
+        );
     }
 
     #[test]

@@ -17,9 +17,16 @@ async fn trail_until(app: &TestApp, query: &str, done: impl Fn(&[Value]) -> bool
     let officer = app.client_with("system/AuditEvent.rs", None);
     let mut events = Vec::new();
     for _ in 0..300 {
-        let res = officer.get(app.url(&format!("AuditEvent?{query}"))).send().await.unwrap();
+        let res = officer
+            .get(app.url(&format!("AuditEvent?{query}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200, "searching the trail");
-        events = entries(&json(res).await).iter().map(|e| e["resource"].clone()).collect();
+        events = entries(&json(res).await)
+            .iter()
+            .map(|e| e["resource"].clone())
+            .collect();
         if done(&events) {
             return events;
         }
@@ -30,7 +37,10 @@ async fn trail_until(app: &TestApp, query: &str, done: impl Fn(&[Value]) -> bool
 
 /// The request id an event records (its `HTTP request` entity).
 fn request_id(event: &Value) -> Option<&str> {
-    event["entity"].as_array()?.iter().find(|e| e["description"] == "HTTP request")?["detail"]
+    event["entity"]
+        .as_array()?
+        .iter()
+        .find(|e| e["description"] == "HTTP request")?["detail"]
         .as_array()?
         .iter()
         .find(|d| d["type"] == "request-id")?["valueString"]
@@ -39,7 +49,10 @@ fn request_id(event: &Value) -> Option<&str> {
 
 /// The event of the request that was answered with this `X-Request-Id`.
 async fn event_of(app: &TestApp, id: &str) -> Value {
-    let events = trail_until(app, "_count=500", |events| events.iter().any(|e| request_id(e) == Some(id))).await;
+    let events = trail_until(app, "_count=500", |events| {
+        events.iter().any(|e| request_id(e) == Some(id))
+    })
+    .await;
     events.into_iter().find(|e| request_id(e) == Some(id)).unwrap()
 }
 
@@ -68,12 +81,14 @@ impl Lock {
         match app.backend {
             Backend::Sqlite => {
                 let mut c = diesel::SqliteConnection::establish(app.db.url.trim_start_matches("sqlite://")).unwrap();
-                c.batch_execute("PRAGMA busy_timeout = 15000; BEGIN IMMEDIATE;").unwrap();
+                c.batch_execute("PRAGMA busy_timeout = 15000; BEGIN IMMEDIATE;")
+                    .unwrap();
                 Lock::Sqlite(c)
             }
             Backend::Postgres => {
                 let mut c = diesel::PgConnection::establish(&app.db.url).unwrap();
-                c.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;")).unwrap();
+                c.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;"))
+                    .unwrap();
                 Lock::Postgres(c)
             }
         }
