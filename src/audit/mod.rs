@@ -109,9 +109,10 @@ const TEXT_MAX: usize = 256;
 /// The longest query text the trail keeps (its full length is recorded when it is cut).
 const QUERY_MAX: usize = 4096;
 
-/// A free string as the trail keeps it: control characters (which FHIR strings exclude, R4
-/// datatypes.html#string, and of which PostgreSQL text refuses NUL) written as `\u{..}` escapes, and
-/// at most `max` bytes, cut at a character boundary and marked with `…`.
+/// A free string as the trail keeps it: control characters (which a FHIR string should not hold but
+/// for tab, CR and LF, R4 datatypes.html#string, and of which PostgreSQL text refuses NUL) written
+/// as `\u{..}` escapes, all of them, and at most `max` bytes, cut at a character boundary and marked
+/// with `…`.
 pub fn clean(text: &str, max: usize) -> String {
     if text.len() <= max && !text.chars().any(char::is_control) {
         return text.to_string();
