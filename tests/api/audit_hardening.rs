@@ -170,6 +170,11 @@ both_backends! {
             assert!(token_event["agent"][0]["who"]["reference"].as_str().unwrap().ends_with('…'));
         }
         assert!(!trail_until(&app, "entity=Patient/before", |e| !e.is_empty()).await.is_empty());
+        // Searching the trail for a control character is refused, not a server error.
+        let officer = app.client_with("system/AuditEvent.rs", None);
+        for q in ["entity=Patient/%00", "altid=%00", "address=%1b"] {
+            assert_outcome(officer.get(app.url(&format!("AuditEvent?{q}"))).send().await.unwrap(), 400, "invalid").await;
+        }
     }
 
     async fn readiness_reports_a_writer_that_cannot_write(app: TestApp) {
