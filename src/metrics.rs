@@ -5,6 +5,7 @@
 //! - `tandem_bookings_refused_total{reason}`: double-booking, not-a-member, over-capacity,
 //!   no-agreement, unknown-group
 //! - `tandem_db_pool_connections{state}` (idle, in_use) and `tandem_db_pool_max_connections`
+//! - `tandem_audit_queue_events`: audit events accepted and not yet written
 //!
 //! Labels take their values from closed sets (hosted types, interactions, status codes), never from
 //! the URL, so a client cannot grow the number of series.
@@ -54,6 +55,7 @@ pub struct Metrics {
     bookings_refused: Family<ReasonLabels, Counter>,
     pool_connections: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
+    audit_queue: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,7 @@ impl Metrics {
         let bookings_refused = Family::<ReasonLabels, Counter>::default();
         let pool_connections = Family::<PoolLabels, Gauge>::default();
         let pool_max = Gauge::default();
+        let audit_queue = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by FHIR interaction, resource type and status",
@@ -95,6 +98,11 @@ impl Metrics {
             "The most database connections this process opens",
             pool_max.clone(),
         );
+        registry.register(
+            "audit_queue_events",
+            "Audit events accepted and not yet written (readiness fails past half the queue)",
+            audit_queue.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -102,6 +110,7 @@ impl Metrics {
             bookings_refused,
             pool_connections,
             pool_max,
+            audit_queue,
         }
     }
 
@@ -124,6 +133,11 @@ impl Metrics {
 
     pub fn booking_refused(&self, reason: &'static str) {
         self.bookings_refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// The audit events waiting to be written, read when the metrics are served.
+    pub fn audit_queue(&self, events: usize) {
+        self.audit_queue.set(i64::try_from(events).unwrap_or(i64::MAX));
     }
 
     /// The exposition, with the pool gauges read now: (connections open, idle, maximum).
@@ -151,6 +165,7 @@ mod tests {
         let m = Metrics::new();
         m.observe_request("read", "Patient", 200, 0.002);
         m.booking_refused("double-booking");
+        m.audit_queue(7);
         let text = m.render((4, 1, 10)).unwrap();
         for line in [
             "tandem_http_requests_total{interaction=\"read\",resource_type=\"Patient\",status=\"200\"} 1",
@@ -158,6 +173,7 @@ mod tests {
             "tandem_bookings_refused_total{reason=\"double-booking\"} 1",
             "tandem_db_pool_connections{state=\"in_use\"} 3",
             "tandem_db_pool_max_connections 10",
+            "tandem_audit_queue_events 7",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -1,16 +1,19 @@
 //! What every request passes through, outermost first:
 //! - [`frame`]: the request id and its log span, the `request completed` log line (route pattern,
-//!   never the path or query), security headers, and the time limit of read-only requests;
-//! - [`audit`]: an AuditEvent for every FHIR interaction, refused ones included;
+//!   never the path or query), security headers;
+//! - [`audit`]: an AuditEvent for every FHIR interaction, refused ones included; it sits outside the
+//!   time limit of read-only requests (which it applies inside), so a read cut off is audited too;
 //! - [`authenticate`]: a valid bearer token, or 401. What the token may do is decided by each
 //!   handler, which knows the interaction and the resource type.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Path, ResourceDef, ServiceRequest, ServiceResponse, Url};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::Method;
+use actix_web::http::{Method, Uri};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest};
 use tracing::Instrument;
@@ -85,7 +88,7 @@ fn security_headers(path: &str, headers: &mut header::HeaderMap) {
     }
 }
 
-/// The outermost layer: request id, log span and line, security headers, read-only time limit.
+/// The outermost layer: request id, log span and line, security headers.
 pub async fn frame(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -94,36 +97,9 @@ pub async fn frame(
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let span = tracing::info_span!("request", request_id = %request_id, method = %req.method());
     let started = Instant::now();
-    let timeout = req
-        .app_data::<web::Data<AppState>>()
-        .map_or(30, |s| s.config.request_timeout_seconds);
-    // A read changes nothing, so giving up on it is safe (writes run to their commit or rollback).
-    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
-    let timeout_ctx = read_only.then(|| Ctx::detached(req.request()));
     async move {
-        let result = match timeout_ctx {
-            Some(ctx) => match tokio::time::timeout(Duration::from_secs(timeout), next.call(req)).await {
-                Ok(r) => r.map(ServiceResponse::map_into_boxed_body),
-                Err(_) => {
-                    let mut response = ctx.error_response(&Error::Unavailable(format!(
-                        "the request did not complete within {timeout} seconds; narrow it or try again"
-                    )));
-                    tracing::warn!(
-                        status = 503,
-                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                        "request timed out"
-                    );
-                    let headers = response.headers_mut();
-                    if let Ok(v) = HeaderValue::from_str(&request_id) {
-                        headers.insert(HeaderName::from_static("x-request-id"), v);
-                    }
-                    security_headers("", headers);
-                    // The request went into the abandoned call: the response leaves as an error.
-                    return Err(actix_web::error::InternalError::from_response("request timed out", response).into());
-                }
-            },
-            None => next.call(req).await.map(ServiceResponse::map_into_boxed_body),
-        };
+        // A read cut off by its time limit leaves as an error that carries its whole answer.
+        let result = next.call(req).await.map(ServiceResponse::map_into_boxed_body);
         let mut res = result?;
         let elapsed = started.elapsed().as_secs_f64();
         // The route pattern (/{type}/{id}), never the path: ids and query values stay out of logs.
@@ -262,34 +238,116 @@ fn metric_labels(req: &HttpRequest) -> (&'static str, &'static str) {
 #[derive(Debug, Clone, Default)]
 pub struct BookingRefusals(pub Vec<&'static str>);
 
-/// Records an AuditEvent for every routed, non-public request, whatever its outcome.
+/// The caller as [`authenticate`] found them, in a slot that [`audit`] hands down with the request:
+/// the audit layer learns who asked even when the request never comes back to it (a read cut off by
+/// the time limit). It keeps the slot, not the request, which routing needs to hold alone.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(Rc<RefCell<Option<Principal>>>);
+
+impl CallerSlot {
+    fn fill(&self, principal: &Principal) {
+        *self.0.borrow_mut() = Some(principal.clone());
+    }
+
+    fn caller(&self) -> Option<Principal> {
+        self.0.borrow().clone()
+    }
+}
+
+/// What the audit layer knows of a request before it goes in.
+struct Asked {
+    pattern: Option<String>,
+    uri: Uri,
+    method: Method,
+    address: Option<String>,
+    request_id: String,
+}
+
+/// Records an AuditEvent for every routed, non-public request, whatever its outcome: the answer the
+/// handler gave, or the 503 of a read cut off by the time limit.
 pub async fn audit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     if is_public(req.path()) {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+        return time_limited(req, next).await;
     }
-    let res = next.call(req).await?.map_into_boxed_body();
-    let request = res.request();
-    let Some(pattern) = request.match_pattern() else {
-        return Ok(res); // no FHIR endpoint: nothing was touched
+    let caller = CallerSlot::default();
+    req.extensions_mut().insert(caller.clone());
+    let asked = Asked {
+        // The route's pattern comes from the resource map, so it is known before routing.
+        pattern: req.match_pattern(),
+        uri: req.uri().clone(),
+        method: req.method().clone(),
+        address: req.peer_addr().map(|a| a.ip().to_string()),
+        request_id: req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
     };
-    let info = request.match_info();
-    let Some((mut interaction, operation)) = interaction(request.method(), &pattern, info.get("operation")) else {
-        return Ok(res);
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let (record, result) = match time_limited(req, next).await {
+        Ok(res) => {
+            let request = res.request();
+            let detail = request.extensions().get::<AuditDetail>().cloned().unwrap_or_default();
+            let info = request.match_info();
+            let record = audit_record(
+                &asked,
+                |name| info.get(name).map(str::to_string),
+                detail,
+                res.status().as_u16(),
+                caller.caller(),
+                request.query_string(),
+            );
+            (record, Ok(res))
+        }
+        Err(e) => {
+            // The answer went out as an error (a read cut off): the request did not come back, so
+            // the event is made of what was asked, and of who asked.
+            let status = e.as_response_error().status_code().as_u16();
+            let mut path = Path::new(Url::new(asked.uri.clone()));
+            if let Some(pattern) = &asked.pattern {
+                ResourceDef::new(pattern.as_str()).capture_match_info(&mut path);
+            }
+            let query = asked.uri.query().unwrap_or_default().to_string();
+            let record = audit_record(
+                &asked,
+                |name| path.get(name).map(str::to_string),
+                AuditDetail::default(),
+                status,
+                caller.caller(),
+                &query,
+            );
+            (record, Err(e))
+        }
     };
-    let detail = request.extensions().get::<AuditDetail>().cloned().unwrap_or_default();
+    if let (Some(record), Some(state)) = (record, state) {
+        state.audit.record(record).await;
+    }
+    result
+}
+
+/// The audit record of a request: what was asked, the route's values (`type`, `id`, `vid`,
+/// `operation`), what the handler added, the status answered and the caller.
+fn audit_record(
+    asked: &Asked,
+    route_value: impl Fn(&str) -> Option<String>,
+    detail: AuditDetail,
+    status: u16,
+    principal: Option<Principal>,
+    query_string: &str,
+) -> Option<AuditRecord> {
+    let pattern = asked.pattern.as_deref()?; // no FHIR endpoint: nothing was touched
+    let (mut interaction, operation) = interaction(&asked.method, pattern, route_value("operation").as_deref())?;
     if let Some(i) = detail.interaction {
         interaction = i;
     }
+    let res_type = route_value("type").or_else(|| pattern.starts_with("/AuditEvent").then(|| "AuditEvent".to_string()));
     let mut entities = detail.entities;
     if entities.is_empty() {
-        let res_type = info
-            .get("type")
-            .map(str::to_string)
-            .or_else(|| pattern.starts_with("/AuditEvent").then(|| "AuditEvent".to_string()));
-        match (res_type, info.get("id"), info.get("vid")) {
+        // Taken from the URL as it came: the trail keeps it as a reference only if it is a valid one.
+        match (&res_type, route_value("id"), route_value("vid")) {
             (Some(t), Some(id), Some(v)) => entities.push(format!("{t}/{id}/_history/{v}")),
             (Some(t), Some(id), None) => entities.push(format!("{t}/{id}")),
             _ => {}
@@ -297,37 +355,60 @@ pub async fn audit(
     }
     let query = match interaction {
         "search-type" | "search-system" | "history-type" | "history-system" => {
-            let text = detail.query.unwrap_or_else(|| request.query_string().to_string());
-            let res_type = info
-                .get("type")
-                .map(str::to_string)
-                .or_else(|| pattern.starts_with("/AuditEvent").then(|| "AuditEvent".to_string()));
-            Some((res_type, text))
+            Some((res_type, detail.query.unwrap_or_else(|| query_string.to_string())))
         }
         _ => None,
     };
-    let record = AuditRecord {
+    Some(AuditRecord {
         recorded: dates::now_millis(),
         interaction: interaction.to_string(),
         operation,
-        status: res.status().as_u16(),
-        principal: request.extensions().get::<Principal>().cloned(),
-        address: request.peer_addr().map(|a| a.ip().to_string()),
+        status,
+        principal,
+        address: asked.address.clone(),
         entities,
         query,
         resource: detail.resource,
         patients: detail.patients,
-        request_id: request
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default(),
-        method: request.method().to_string(),
-    };
-    if let Some(state) = request.app_data::<web::Data<AppState>>() {
-        state.audit.record(record).await;
+        request_id: asked.request_id.clone(),
+        method: asked.method.to_string(),
+    })
+}
+
+/// The time limit of read-only requests: a read changes nothing, so giving up on it is safe (writes
+/// run to their commit or rollback). A read cut off is answered 503, as an error, because the
+/// request went into the abandoned call.
+async fn time_limited(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     }
-    Ok(res)
+    let started = Instant::now();
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(30, |s| s.config.request_timeout_seconds);
+    let ctx = Ctx::detached(req.request());
+    match tokio::time::timeout(Duration::from_secs(timeout), next.call(req)).await {
+        Ok(r) => r.map(ServiceResponse::map_into_boxed_body),
+        Err(_) => {
+            let mut response = ctx.error_response(&Error::Unavailable(format!(
+                "the request did not complete within {timeout} seconds; narrow it or try again"
+            )));
+            tracing::warn!(
+                status = 503,
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request timed out"
+            );
+            let headers = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+                headers.insert(HeaderName::from_static("x-request-id"), v);
+            }
+            security_headers("", headers);
+            Err(actix_web::error::InternalError::from_response("request timed out", response).into())
+        }
+    }
 }
 
 /// The bearer token of the request: None without an Authorization header, Err for a malformed one.
@@ -356,6 +437,9 @@ pub async fn authenticate(
     let refusal = match bearer(&req) {
         Some(Ok(token)) => match state.verifier.verify(&token) {
             Ok(principal) => {
+                if let Some(slot) = req.extensions().get::<CallerSlot>() {
+                    slot.fill(&principal);
+                }
                 req.extensions_mut().insert(principal);
                 return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
             }

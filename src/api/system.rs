@@ -165,19 +165,25 @@ pub async fn healthz() -> HttpResponse {
 /// How long readiness waits for a database connection before it answers 503.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The database answers and the migrations this build needs are applied.
+/// The database answers, the migrations this build needs are applied, and the audit trail keeps up.
 #[utoipa::path(
     get,
     path = "/readyz",
     operation_id = "readyz",
     summary = "Readiness",
-    description = "200 when the database answers and its migrations are current (for the readiness probe), 503 otherwise.",
+    description = "200 when the database answers, its migrations are current and the audit trail keeps up (for the readiness probe), 503 otherwise: the database is unreachable, migrations are pending, or audit events wait (the audit queue is over half full, or its writer has written nothing for 5 s while events wait), with the reason.",
     responses(
         (status = 200, description = "Ready", body = docs::Health, content_type = "application/json"),
-        (status = 503, description = "Not ready: the database is unreachable or migrations are pending", body = docs::Health, content_type = "application/json"),
+        (status = 503, description = "Not ready: the database is unreachable, migrations are pending, or the audit trail is falling behind (`reason` says how)", body = docs::Health, content_type = "application/json"),
     ),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    // An instance whose audit events cannot be written must not take traffic: its requests would
+    // go unaudited, then wait for room in the queue.
+    if let Some(reason) = state.audit.backlog().not_ready() {
+        tracing::warn!(reason = %reason, "not ready");
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "audit backlog", "reason": reason}));
+    }
     let store = state.store.clone();
     match blocking(move || store.ready(READY_WAIT)).await {
         Ok(true) => HttpResponse::Ok().json(json!({"status": "ready"})),
@@ -195,12 +201,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     path = "/metrics",
     operation_id = "metrics",
     summary = "Prometheus metrics",
-    description = "Request counts and latency by interaction, resource type and status; database pool use; sessions refused by the scheduling rules. OpenMetrics text.",
+    description = "Request counts and latency by interaction, resource type and status; database pool use; audit events waiting to be written; sessions refused by the scheduling rules. OpenMetrics text.",
     responses(
         (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text"),
     ),
 )]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.audit_queue(state.audit.backlog().waiting);
     match state.metrics.render(state.store.pool_state()) {
         Ok(text) => HttpResponse::Ok()
             .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")

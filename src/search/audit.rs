@@ -88,6 +88,15 @@ pub fn plan_audit(search: &Search, strict: bool) -> Result<AuditPlan, Error> {
         if c.values.iter().any(String::is_empty) {
             return Err(Error::Invalid(format!("search parameter '{}' has no value", c.raw_key)));
         }
+        // The trail stores no control character (audit::clean escapes them; FHIR strings should hold
+        // none, R4 datatypes.html#string), so a value with one matches nothing, and PostgreSQL
+        // refuses a NUL in a bound value: refuse it here.
+        if c.values.iter().any(|v| v.chars().any(char::is_control)) {
+            return Err(Error::Invalid(format!(
+                "search parameter '{}': a value holds a control character",
+                c.raw_key
+            )));
+        }
         where_sql.push(" AND ");
         match name.as_str() {
             "_id" => column_equals(&mut where_sql, "a.id", &c.values),
@@ -194,5 +203,10 @@ mod tests {
         assert!(planned(&[("_sort", "date")]).is_ok_and(|p| !p.newest_first));
         assert!(planned(&[("_sort", "action")]).is_err());
         assert!(planned(&[("date", "yesterday")]).is_err());
+        assert!(
+            planned(&[("entity", "Patient/\u{0}")]).is_err(),
+            "a control character is refused"
+        );
+        assert!(planned(&[("altid", "a\u{1b}b")]).is_err());
     }
 }
