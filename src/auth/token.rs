@@ -558,6 +558,21 @@ pub fn mint(
 mod tests {
     use super::*;
 
+    /// A verifier of the local key's tokens with the local issuer and audience, as tests build it.
+    fn local_verifier(key: &LocalKey) -> Verifier {
+        Verifier {
+            keys: vec![VerifyKey {
+                kid: Some(key.kid.clone()),
+                algorithm: Algorithm::ES256,
+                key: key.decoding.clone(),
+            }],
+            verified: verified_cache(),
+            issuer: LOCAL_ISSUER.into(),
+            audience: LOCAL_AUDIENCE.into(),
+            source: String::new(),
+        }
+    }
+
     #[test]
     fn only_loopback_addresses_count_as_local() {
         assert!(is_loopback("127.0.0.1:8080"));
@@ -578,17 +593,7 @@ mod tests {
             let mode = std::fs::metadata(&first.path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let verifier = Verifier {
-            keys: vec![VerifyKey {
-                kid: Some(first.kid.clone()),
-                algorithm: Algorithm::ES256,
-                key: first.decoding.clone(),
-            }],
-            verified: verified_cache(),
-            issuer: LOCAL_ISSUER.into(),
-            audience: LOCAL_AUDIENCE.into(),
-            source: String::new(),
-        };
+        let verifier = local_verifier(&first);
         let now = jsonwebtoken::get_current_timestamp();
         let claims = MintedClaims {
             iss: LOCAL_ISSUER.into(),
@@ -612,17 +617,7 @@ mod tests {
     fn a_remembered_token_is_still_checked_for_expiry_and_tampering() {
         let dir = tempfile::tempdir().unwrap();
         let key = LocalKey::load_or_create(dir.path()).unwrap();
-        let verifier = Verifier {
-            keys: vec![VerifyKey {
-                kid: Some(key.kid.clone()),
-                algorithm: Algorithm::ES256,
-                key: key.decoding.clone(),
-            }],
-            verified: verified_cache(),
-            issuer: LOCAL_ISSUER.into(),
-            audience: LOCAL_AUDIENCE.into(),
-            source: String::new(),
-        };
+        let verifier = local_verifier(&key);
         let now = jsonwebtoken::get_current_timestamp();
         let claims = MintedClaims {
             iss: LOCAL_ISSUER.into(),
@@ -664,17 +659,7 @@ mod tests {
     fn numeric_dates_may_be_fractional_and_tokens_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let key = LocalKey::load_or_create(dir.path()).unwrap();
-        let verifier = Verifier {
-            keys: vec![VerifyKey {
-                kid: Some(key.kid.clone()),
-                algorithm: Algorithm::ES256,
-                key: key.decoding.clone(),
-            }],
-            verified: verified_cache(),
-            issuer: LOCAL_ISSUER.into(),
-            audience: LOCAL_AUDIENCE.into(),
-            source: String::new(),
-        };
+        let verifier = local_verifier(&key);
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(key.kid.clone());
         let sign = |claims: serde_json::Value| jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap();

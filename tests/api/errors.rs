@@ -5,16 +5,6 @@ use serde_json::json;
 use crate::both_backends;
 use crate::helpers::*;
 
-async fn post_raw(app: &TestApp, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .header("Content-Type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 both_backends! {
     async fn malformed_bodies_are_400_and_write_nothing(app: TestApp) {
         let seed = app.create(&patient("Seed")).await;
@@ -33,7 +23,7 @@ both_backends! {
             ("unknown resource type in body", FHIR_JSON, br#"{"resourceType": "Spaceship"}"#.to_vec()),
         ];
         for (what, ct, body) in cases {
-            let res = post_raw(&app, "Patient", ct, body.clone()).await;
+            let res = app.post_raw("Patient", ct, body.clone()).await;
             assert_eq!(res.status(), 400, "{what}");
             let outcome = json(res).await;
             assert_eq!(outcome["resourceType"], "OperationOutcome", "{what}");
@@ -60,14 +50,14 @@ both_backends! {
     async fn bodies_over_the_limit_are_413(app: TestApp) {
         let before = app.version_count().await;
         let huge = format!(r#"{{"resourceType":"Patient","name":[{{"text":"{}"}}]}}"#, "x".repeat(4 * 1024 * 1024 + 1));
-        assert_outcome(post_raw(&app, "Patient", FHIR_JSON, huge).await, 413, "too-costly").await;
+        assert_outcome(app.post_raw("Patient", FHIR_JSON, huge).await, 413, "too-costly").await;
         assert_eq!(app.version_count().await, before);
     }
 
     async fn unsupported_media_types_are_415(app: TestApp) {
         let body = patient("X").to_string();
-        assert_outcome(post_raw(&app, "Patient", "text/plain", body.clone()).await, 415, "not-supported").await;
-        assert_outcome(post_raw(&app, "Patient", "application/x-www-form-urlencoded", body.clone()).await, 415, "not-supported").await;
+        assert_outcome(app.post_raw("Patient", "text/plain", body.clone()).await, 415, "not-supported").await;
+        assert_outcome(app.post_raw("Patient", "application/x-www-form-urlencoded", body.clone()).await, 415, "not-supported").await;
         let none = app.client.post(app.url("Patient")).body(body).send().await.unwrap();
         assert_outcome(none, 415, "not-supported").await;
         assert_eq!(app.version_count().await, 0);

@@ -213,6 +213,17 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A POST of raw bytes with this Content-Type (malformed bodies, other formats).
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Creates a resource and returns it as stored (with id and meta).
     pub async fn create(&self, body: &Value) -> Value {
         let rt = body["resourceType"].as_str().expect("resourceType");

@@ -11,16 +11,6 @@ use serde_json::{json, Value};
 use crate::both_backends;
 use crate::helpers::*;
 
-async fn post_raw(app: &TestApp, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .header("Content-Type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("request")
-}
-
 async fn patch(app: &TestApp, path: &str, ops: &Value) -> reqwest::Response {
     app.client
         .patch(app.url(path))
@@ -64,7 +54,7 @@ both_backends! {
             r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="Many"/>{}</name></Patient>"#,
             r#"<given value="g"/>"#.repeat(60_000)
         );
-        assert_outcome(post_raw(&app, "Patient", FHIR_XML, xml).await, 413, "too-costly").await;
+        assert_outcome(app.post_raw("Patient", FHIR_XML, xml).await, 413, "too-costly").await;
         // 70 levels of nested extensions (the default limit is 64): 400 too-costly, in JSON and XML.
         let outcome = assert_outcome(app.post_json("Patient", &nested_extensions(70)).await, 400, "too-costly").await;
         assert!(diagnostics(&outcome).contains("TANDEM_MAX_RESOURCE_DEPTH"), "{outcome}");
@@ -73,7 +63,7 @@ both_backends! {
             r#"<extension url="urn:x">"#.repeat(70),
             "</extension>".repeat(70)
         );
-        assert_outcome(post_raw(&app, "Patient", FHIR_XML, xml).await, 400, "too-costly").await;
+        assert_outcome(app.post_raw("Patient", FHIR_XML, xml).await, 400, "too-costly").await;
         // An update and a Bundle are bounded the same way.
         assert_outcome(app.put_json("Patient/big", &json!({"resourceType": "Patient", "id": "big", "name": [{"given": (0..200_000).map(|i| i.to_string()).collect::<Vec<_>>()}]})).await, 413, "too-costly").await;
         assert_eq!(app.version_count().await, 0);
@@ -186,20 +176,20 @@ both_backends! {
 
     async fn control_characters_are_refused_in_bodies_urls_and_queries(app: TestApp) {
         // JSON: a NUL, a U+0001, anywhere — each named by its path.
-        let outcome = assert_outcome(post_raw(&app, "Patient", FHIR_JSON,
+        let outcome = assert_outcome(app.post_raw("Patient", FHIR_JSON,
             "{\"resourceType\":\"Patient\",\"name\":[{\"family\":\"Do\\u0000e\"}]}").await, 400, "structure").await;
         assert!(diagnostics(&outcome).contains("Patient.name[0].family"), "{outcome}");
-        let outcome = assert_outcome(post_raw(&app, "Patient", FHIR_JSON,
+        let outcome = assert_outcome(app.post_raw("Patient", FHIR_JSON,
             "{\"resourceType\":\"Patient\",\"identifier\":[{\"system\":\"urn:x\",\"value\":\"a\\u0001\"}]}").await, 400, "structure").await;
         assert!(diagnostics(&outcome).contains("Patient.identifier[0].value"), "{outcome}");
         // XML, as a character reference and raw.
-        let outcome = assert_outcome(post_raw(&app, "Patient", FHIR_XML,
+        let outcome = assert_outcome(app.post_raw("Patient", FHIR_XML,
             r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="Do&#1;e"/></name></Patient>"#).await, 400, "structure").await;
         assert!(diagnostics(&outcome).contains("Patient.name[0].family"), "{outcome}");
-        assert_outcome(post_raw(&app, "Patient", FHIR_XML,
+        assert_outcome(app.post_raw("Patient", FHIR_XML,
             "<Patient xmlns=\"http://hl7.org/fhir\"><name><family value=\"Do\u{1}e\"/></name></Patient>").await, 400, "structure").await;
         // Inside a Bundle entry.
-        let res = post_raw(&app, "", FHIR_JSON, "{\"resourceType\":\"Bundle\",\"type\":\"transaction\",\"entry\":[{\"resource\":{\"resourceType\":\"Patient\",\"name\":[{\"text\":\"x\\u0000\"}]},\"request\":{\"method\":\"POST\",\"url\":\"Patient\"}}]}").await;
+        let res = app.post_raw("", FHIR_JSON, "{\"resourceType\":\"Bundle\",\"type\":\"transaction\",\"entry\":[{\"resource\":{\"resourceType\":\"Patient\",\"name\":[{\"text\":\"x\\u0000\"}]},\"request\":{\"method\":\"POST\",\"url\":\"Patient\"}}]}").await;
         let outcome = assert_outcome(res, 400, "structure").await;
         assert!(diagnostics(&outcome).contains("Bundle.entry[0].resource.name[0].text"), "{outcome}");
         // Search values, ids, any query parameter: 400 before any database work.
@@ -228,7 +218,7 @@ both_backends! {
             r#"{"resourceType":"Patient","active":true,"active":false}"#,
             r#"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"c1","contained":[{"resourceType":"Patient","id":"c2"}]}]}"#,
         ] {
-            assert_outcome(post_raw(&app, "Patient", FHIR_JSON, body).await, 400, "structure").await;
+            assert_outcome(app.post_raw("Patient", FHIR_JSON, body).await, 400, "structure").await;
         }
         // A duplicate "id" in a PUT: the last one no longer wins.
         let res = app.client.put(app.url("Patient/a")).header("Content-Type", FHIR_JSON)
@@ -240,14 +230,14 @@ both_backends! {
             r#"<Patient xmlns="http://hl7.org/fhir"/><Patient xmlns="http://hl7.org/fhir"/>"#,
             r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>trailing"#,
         ] {
-            assert_outcome(post_raw(&app, "Patient", FHIR_XML, body).await, 400, "structure").await;
+            assert_outcome(app.post_raw("Patient", FHIR_XML, body).await, 400, "structure").await;
         }
         // Integers beyond 32 bits (Group.quantity is an unsignedInt: 0..2^31-1), JSON and XML.
         let group = |q: i64| json!({"resourceType": "Group", "type": "person", "actual": true, "quantity": q});
         let outcome = assert_outcome(app.post_json("Group", &group(2_147_483_648)).await, 400, "structure").await;
         assert!(diagnostics(&outcome).contains("Group.quantity"), "{outcome}");
         let xml = r#"<Group xmlns="http://hl7.org/fhir"><type value="person"/><actual value="true"/><quantity value="2147483648"/></Group>"#;
-        assert_outcome(post_raw(&app, "Group", FHIR_XML, xml).await, 400, "structure").await;
+        assert_outcome(app.post_raw("Group", FHIR_XML, xml).await, 400, "structure").await;
         assert_eq!(app.version_count().await, 0);
         assert_eq!(app.get("Patient/a").await.status(), 404);
         assert_eq!(app.get("Patient/b").await.status(), 404);
@@ -257,7 +247,7 @@ both_backends! {
             "managingOrganization": {"reference": "#o1"}});
         assert_eq!(app.post_json("Patient", &contained).await.status(), 201);
         let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- an EHR's export -->\n<Patient xmlns=\"http://hl7.org/fhir\"><active value=\"true\"/></Patient>\n";
-        assert_eq!(post_raw(&app, "Patient", FHIR_XML, xml).await.status(), 201);
+        assert_eq!(app.post_raw("Patient", FHIR_XML, xml).await.status(), 201);
         let put = app.put_json("Patient/a", &json!({"resourceType": "Patient", "id": "a"})).await;
         assert_eq!(put.status(), 201);
     }
@@ -282,15 +272,15 @@ both_backends! {
         }
         // XML narratives follow the same rules.
         let xml = r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p onmouseover="alert(1)">Hi</p></div></text></Patient>"#;
-        assert_outcome(post_raw(&app, "Patient", FHIR_XML, xml).await, 400, "structure").await;
+        assert_outcome(app.post_raw("Patient", FHIR_XML, xml).await, 400, "structure").await;
         assert_eq!(app.version_count().await, 0);
         // What must pass: the official examples' narratives (tables, links, images, styles), in both formats.
         // (It refers to Organization/1.)
         assert_eq!(app.put_json("Organization/1", &json!({"resourceType": "Organization", "id": "1", "name": "Clinic"})).await.status(), 201);
         let example = fixture("json/patient-example.json");
-        assert_eq!(post_raw(&app, "Patient", FHIR_JSON, example).await.status(), 201);
+        assert_eq!(app.post_raw("Patient", FHIR_JSON, example).await.status(), 201);
         let example = fixture("xml/patient-example.xml");
-        let res = post_raw(&app, "Patient", FHIR_XML, example).await;
+        let res = app.post_raw("Patient", FHIR_XML, example).await;
         assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
         let rich = with_div(r#"<p>Seen by <a href="https://ehr.example/Practitioner/1">Dr. Lee</a> <img src="logo.png" alt="logo"/></p><table><tr><td style="color: blue">PHQ-9</td><td>7</td></tr></table>"#);
         assert_eq!(app.post_json("Patient", &rich).await.status(), 201);
