@@ -161,6 +161,13 @@ pub struct Config {
     /// Most operations in one JSON Patch; more is 400 (too-costly).
     #[arg(long, env = "TANDEM_MAX_PATCH_OPERATIONS", default_value_t = 100)]
     pub max_patch_operations: usize,
+
+    /// The proxies (addresses or CIDR ranges, comma-separated) whose `Forwarded` and
+    /// `X-Forwarded-*` headers are believed: from them, the host and scheme a client used shape
+    /// `Location` and page links, and the client address is audited. From anyone else those headers
+    /// are ignored. Unused when TANDEM_BASE_URL is set (links then always use it).
+    #[arg(long, env = "TANDEM_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Config {
@@ -170,6 +177,20 @@ impl Config {
             .iter()
             .filter(|o| !o.trim().is_empty())
             .map(|o| o.trim().to_string())
+            .collect()
+    }
+
+    /// TANDEM_TRUSTED_PROXIES as networks (an address alone is a network of one).
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("TANDEM_TRUSTED_PROXIES: '{p}' is not an IP address or CIDR range"))
+            })
             .collect()
     }
 
@@ -222,6 +243,7 @@ impl Config {
                 ));
             }
         }
+        self.trusted_proxy_nets()?;
         if self.request_timeout_seconds == 0 {
             return Err("TANDEM_REQUEST_TIMEOUT_SECONDS must be greater than 0".into());
         }

@@ -75,7 +75,9 @@ impl Application {
             config.background_workers,
             Notifier::new(store.rules().subscription_hosts.clone()),
         );
+        let trusted_proxies = config.trusted_proxy_nets().map_err(Error::Invalid)?;
         let state = web::Data::new(AppState {
+            trusted_proxies,
             store,
             config,
             verifier,

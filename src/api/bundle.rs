@@ -15,7 +15,7 @@ use crate::fhir::{self, Format};
 use crate::resources::{dates, is_valid_id, ResourceType};
 use crate::search::plan::plan;
 use crate::search::Search;
-use crate::store::{BundleOp, BundleResult, Target, UpdateOutcome, Version, WriteAccess};
+use crate::store::{BundleOp, BundleResult, ConditionalRef, Target, UpdateOutcome, Version, WriteAccess};
 
 /// The processing order of http.html#trules: DELETE, POST, PUT (and PATCH), GET.
 fn method_rank(method: &str) -> u8 {
@@ -309,6 +309,116 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
     })
 }
 
+/// bdl-7: "FullUrl must be unique in a bundle, or else entries with the same fullUrl must have
+/// different meta.versionId (except in history bundles)". Checked before any entry is read.
+fn unique_full_urls(bundle: &Value) -> Result<(), Error> {
+    let mut seen = std::collections::HashSet::new();
+    for (index, e) in bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(url) = e.get("fullUrl").and_then(Value::as_str) else {
+            continue;
+        };
+        let version = e.pointer("/resource/meta/versionId").and_then(Value::as_str);
+        if !seen.insert((url, version)) {
+            return Err(Error::Invalid(format!(
+                "entry {index}: fullUrl '{url}' is already the fullUrl of an earlier entry (bdl-7: a fullUrl is unique in a Bundle)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The resource an entry writes (creates and updates; a patch carries its ops in a Binary).
+fn written_resource(op: &BundleOp) -> Option<&Value> {
+    match op {
+        BundleOp::Create { resource, .. } | BundleOp::Update { resource, .. } => Some(resource),
+        _ => None,
+    }
+}
+
+fn each_reference<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("reference", Value::String(r)) => out.push(r),
+                    _ => each_reference(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| each_reference(v, out)),
+        _ => {}
+    }
+}
+
+/// Checks the references of `entries` that only a Bundle can resolve, and plans the conditional
+/// ones (http.html#trules):
+/// - a `urn:uuid:` reference must be the fullUrl of an entry that creates or updates a resource in
+///   the same Bundle (`full_urls`); anything else would be stored verbatim, pointing nowhere: 400;
+/// - `Type?criteria` is a conditional reference, resolved by the store on the write's transaction;
+///   the caller needs search on the type, and sees matches only as a search of theirs would.
+fn bundle_references(ctx: &Ctx, entries: &[&Entry], full_urls: &[&str]) -> Result<Vec<ConditionalRef>, Error> {
+    let mut conditional: Vec<ConditionalRef> = Vec::new();
+    for entry in entries {
+        let Some(resource) = written_resource(&entry.op) else {
+            continue;
+        };
+        let label = format!("entry {}", entry.index);
+        let mut refs = Vec::new();
+        each_reference(resource, &mut refs);
+        for reference in refs {
+            if reference.starts_with("urn:uuid:") {
+                if !full_urls.contains(&reference) {
+                    return Err(Error::Invalid(format!(
+                        "{label}: the reference '{reference}' is not the fullUrl of an entry of this Bundle that creates or updates a resource"
+                    )));
+                }
+                continue;
+            }
+            let Some((type_name, query)) = reference.split_once('?') else {
+                continue;
+            };
+            if type_name.is_empty() || !type_name.chars().all(|c| c.is_ascii_alphanumeric()) {
+                continue;
+            }
+            if conditional.iter().any(|c| c.reference == reference) {
+                continue;
+            }
+            let rt = ResourceType::parse(type_name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{label}: the conditional reference '{reference}' names a type this server does not host"
+                ))
+            })?;
+            let in_label = |e: Error| e.in_context(&format!("{label}: conditional reference '{reference}'"));
+            let grant = ctx.grant(rt.as_str(), Permission::Search).map_err(in_label)?;
+            conditional.push(ConditionalRef {
+                label: label.clone(),
+                reference: reference.to_string(),
+                rt,
+                planned: criteria(ctx, rt, &grant, query).map_err(in_label)?,
+            });
+        }
+    }
+    Ok(conditional)
+}
+
+/// The `urn:uuid:` fullUrls that entries creating or updating a resource give it.
+fn own_full_urls(entries: &[&Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.op {
+            BundleOp::Create { full_url, .. } | BundleOp::Update { full_url, .. } => full_url.clone(),
+            _ => None,
+        })
+        .filter(|u| u.starts_with("urn:uuid:"))
+        .collect()
+}
+
 /// The entry of a batch-response for a failed entry.
 fn error_entry(ctx: &Ctx, e: &Error) -> Value {
     ctx.note(e);
@@ -414,6 +524,7 @@ pub async fn transaction_or_batch(
             ));
         }
         let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        unique_full_urls(&bundle)?;
         let (response_type, responses) = match kind.as_str() {
             "transaction" => {
                 ctx.audit(|d| d.interaction = Some("transaction"));
@@ -421,10 +532,14 @@ pub async fn transaction_or_batch(
                     .into_iter()
                     .collect::<Result<Vec<Entry>, Error>>()?;
                 planned.sort_by_key(|e| method_rank(&e.method));
+                let all: Vec<&Entry> = planned.iter().collect();
+                let full_urls = own_full_urls(&all);
+                let full_urls: Vec<&str> = full_urls.iter().map(String::as_str).collect();
+                let conditional = bundle_references(&ctx, &all, &full_urls)?;
                 let order: Vec<(usize, bool)> = planned.iter().map(|e| (e.index, e.hide_body)).collect();
                 let ops: Vec<BundleOp> = planned.into_iter().map(|e| e.op).collect();
                 let store = state.store.clone();
-                let results = blocking(move || store.transaction(&ops)).await?;
+                let results = blocking(move || store.transaction_with(&ops, &conditional)).await?;
                 let mut by_index: Vec<(usize, Value)> = Vec::with_capacity(results.len());
                 for ((index, hide_body), result) in order.into_iter().zip(results.iter()) {
                     by_index.push((index, result_entry(&ctx, result, hide_body)?));
@@ -440,7 +555,12 @@ pub async fn transaction_or_batch(
                 let planned = entries(&ctx, &mut bundle, &state.config)?;
                 let mut out = Vec::with_capacity(planned.len());
                 for entry in planned {
-                    let entry = match entry {
+                    // A batch entry stands alone: it can refer to no other entry (http.html#brules).
+                    let entry = entry.and_then(|entry| {
+                        let conditional = bundle_references(&ctx, &[&entry], &[])?;
+                        Ok((entry, conditional))
+                    });
+                    let (entry, conditional) = match entry {
                         Ok(entry) => entry,
                         Err(e) => {
                             out.push(error_entry(&ctx, &e));
@@ -449,7 +569,8 @@ pub async fn transaction_or_batch(
                     };
                     let store = state.store.clone();
                     let (op, hide_body) = (entry.op, entry.hide_body);
-                    let result = blocking(move || store.transaction(std::slice::from_ref(&op))).await;
+                    let result =
+                        blocking(move || store.transaction_with(std::slice::from_ref(&op), &conditional)).await;
                     out.push(match result {
                         Ok(results) => match results.first() {
                             Some(r) => result_entry(&ctx, r, hide_body)?,

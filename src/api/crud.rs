@@ -23,6 +23,8 @@ pub(super) fn write_access(ctx: &Ctx, rt: ResourceType, grant: &Grant) -> WriteA
     WriteAccess {
         compartment: grant.patient().map(str::to_string),
         may_create: ctx.grant(rt.as_str(), Permission::Create).is_ok(),
+        may_read: ctx.grant(rt.as_str(), Permission::Read).is_ok(),
+        base: Some(ctx.base.clone()),
     }
 }
 

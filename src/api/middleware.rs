@@ -279,7 +279,7 @@ pub async fn audit(
         pattern: req.match_pattern(),
         uri: req.uri().clone(),
         method: req.method().clone(),
-        address: req.peer_addr().map(|a| a.ip().to_string()),
+        address: super::client_address(req.request()),
         request_id: req
             .extensions()
             .get::<RequestId>()

@@ -90,6 +90,49 @@ pub struct AppState {
     pub verifier: Verifier,
     pub audit: AuditSink,
     pub metrics: Metrics,
+    /// TANDEM_TRUSTED_PROXIES, parsed once.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Whether the request came straight from a proxy in TANDEM_TRUSTED_PROXIES, whose forwarding
+/// headers are then believed. Anyone else could write any host into `X-Forwarded-Host`.
+pub fn from_trusted_proxy(req: &HttpRequest) -> bool {
+    let Some(peer) = req.peer_addr() else {
+        return false;
+    };
+    req.app_data::<web::Data<AppState>>()
+        .is_some_and(|s| s.trusted_proxies.iter().any(|net| net.contains(&peer.ip())))
+}
+
+/// The base URL the client addressed: TANDEM_BASE_URL when set; else, behind a trusted proxy, the
+/// host and scheme it forwarded (`Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Proto`); else the
+/// `Host` header and the connection's own scheme.
+fn request_base(req: &HttpRequest) -> String {
+    if from_trusted_proxy(req) {
+        let info = req.connection_info();
+        return format!("{}://{}", info.scheme(), info.host());
+    }
+    let config = req.app_config();
+    let scheme = if config.secure() { "https" } else { "http" };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or(config.host());
+    format!("{scheme}://{host}")
+}
+
+/// The address of the client, for the audit trail: the one a trusted proxy forwarded, else the
+/// connection's peer.
+pub fn client_address(req: &HttpRequest) -> Option<String> {
+    if from_trusted_proxy(req) {
+        if let Some(forwarded) = req.connection_info().realip_remote_addr() {
+            return Some(forwarded.to_string());
+        }
+    }
+    req.peer_addr().map(|a| a.ip().to_string())
 }
 
 /// The request id, set by the request middleware and echoed in `X-Request-Id`.
@@ -284,10 +327,7 @@ impl Ctx {
         let configured = req
             .app_data::<web::Data<AppState>>()
             .and_then(|s| s.config.base_url.clone());
-        let base = configured.unwrap_or_else(|| {
-            let info = req.connection_info();
-            format!("{}://{}", info.scheme(), info.host())
-        });
+        let base = configured.unwrap_or_else(|| request_base(req));
         let request_id = req
             .extensions()
             .get::<RequestId>()

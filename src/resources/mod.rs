@@ -153,6 +153,63 @@ pub fn rewrite_references(value: &mut serde_json::Value, ids: &std::collections:
     }
 }
 
+/// Rewrites every absolute reference under `base` (this server, as the writer addressed it) to the
+/// relative `Type/id` (or `Type/id/_history/v`) it names: references.html — "If the reference is to
+/// a resource on the same server, ... the absolute URL and the relative one refer to the same
+/// resource". Stored one way, the same actor is the same key everywhere (the double-booking rule,
+/// compartments, searches); `http://here/fhir/Practitioner/p` no longer slips past a booking of
+/// `Practitioner/p`. A URL under the base that is not `Type/id` is left as it is.
+pub fn localize_references(value: &mut serde_json::Value, base: &str) {
+    let base = base.trim_end_matches('/');
+    if base.is_empty() {
+        return;
+    }
+    localize_under(value, base);
+}
+
+fn localize_under(value: &mut serde_json::Value, base: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "reference" {
+                    if let Some(relative) = v.as_str().and_then(|r| same_server(r, base)) {
+                        *v = serde_json::Value::String(relative);
+                        continue;
+                    }
+                }
+                localize_under(v, base);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| localize_under(v, base)),
+        _ => {}
+    }
+}
+
+/// The relative form of `reference` if it is `{base}/Type/id[/_history/v]`. Scheme and host compare
+/// without regard to case (RFC 3986 6.2.2.1), the path exactly.
+fn same_server(reference: &str, base: &str) -> Option<String> {
+    let head = reference.get(..base.len())?;
+    let rest = reference[base.len()..].strip_prefix('/')?;
+    let (base_origin, base_path) = split_origin(base);
+    let (head_origin, head_path) = split_origin(head);
+    if !base_origin.eq_ignore_ascii_case(head_origin) || base_path != head_path {
+        return None;
+    }
+    match parse_reference(rest) {
+        Target::Local { .. } if !rest.contains('?') => Some(rest.to_string()),
+        _ => None,
+    }
+}
+
+/// `scheme://host[:port]` and the path after it.
+fn split_origin(url: &str) -> (&str, &str) {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => url.split_at(after_scheme + i),
+        None => (url, ""),
+    }
+}
+
 /// Every relative reference in the resource to a type hosted here (these must resolve), deduplicated.
 pub fn local_references(resource: &serde_json::Value) -> Vec<(ResourceType, String)> {
     let mut out = Vec::new();
@@ -235,5 +292,37 @@ mod tests {
         ]});
         let refs = local_references(&r);
         assert_eq!(refs, vec![(ResourceType::parse("Patient").unwrap(), "1".to_string())]);
+    }
+
+    #[test]
+    fn references_under_this_servers_base_become_relative() {
+        let mut r = json!({"resourceType": "Appointment", "participant": [
+            {"actor": {"reference": "https://Tandem.Example.org/fhir/Practitioner/p1"}},
+            {"actor": {"reference": "https://tandem.example.org/fhir/Patient/a/_history/2"}},
+            {"actor": {"reference": "https://tandem.example.org/fhirx/Patient/b"}},
+            {"actor": {"reference": "https://tandem.example.org/FHIR/Patient/c"}},
+            {"actor": {"reference": "https://ehr.example.org/fhir/Patient/7"}},
+            {"actor": {"reference": "https://tandem.example.org/fhir/metadata"}},
+            {"actor": {"reference": "https://tandem.example.org/fhir/Patient?identifier=x"}}
+        ]});
+        localize_references(&mut r, "https://tandem.example.org/fhir");
+        let refs: Vec<&str> = r["participant"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["actor"]["reference"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            refs,
+            vec![
+                "Practitioner/p1",
+                "Patient/a/_history/2",
+                "https://tandem.example.org/fhirx/Patient/b",
+                "https://tandem.example.org/FHIR/Patient/c",
+                "https://ehr.example.org/fhir/Patient/7",
+                "https://tandem.example.org/fhir/metadata",
+                "https://tandem.example.org/fhir/Patient?identifier=x",
+            ]
+        );
     }
 }

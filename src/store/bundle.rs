@@ -169,6 +169,17 @@ impl Store {
     /// the ids found or assigned, then the operations run, then references are checked (so entries
     /// may refer to each other). A failure names its operation (`label`).
     pub fn transaction(&self, ops: &[BundleOp]) -> Result<Vec<BundleResult>, Error> {
+        self.transaction_with(ops, &[])
+    }
+
+    /// [`Store::transaction`], with the conditional references of a transaction Bundle
+    /// (`Patient?identifier=…`, http.html#trules) resolved on the same transaction before anything
+    /// is written: exactly one match is the reference; none is 400, more than one 412.
+    pub fn transaction_with(
+        &self,
+        ops: &[BundleOp],
+        conditional_refs: &[ConditionalRef],
+    ) -> Result<Vec<BundleResult>, Error> {
         // A single write checks its references before the scheduling rules, as a plain interaction.
         let check_early = ops.len() == 1;
         self.write(|c, now| {
@@ -176,7 +187,31 @@ impl Store {
                 .iter()
                 .map(|op| resolve_op(c, op).map_err(|a| in_entry(label_of(op), a)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let urns = urn_map(ops, &resolved);
+            if ops.len() > 1 {
+                one_entry_per_resource(ops, &resolved)?;
+            }
+            let mut urns = urn_map(ops, &resolved);
+            for r in conditional_refs {
+                let found = matches(c, &r.planned).map_err(|a| in_entry(&r.label, a))?;
+                let id = match found.as_slice() {
+                    [id] => id,
+                    [] => {
+                        return Err(Error::Invalid(format!(
+                            "{}: the conditional reference '{}' matches no resource",
+                            r.label, r.reference
+                        ))
+                        .into())
+                    }
+                    _ => {
+                        return Err(Error::PreconditionFailed(format!(
+                            "{}: the conditional reference '{}' matches more than one resource",
+                            r.label, r.reference
+                        ))
+                        .into())
+                    }
+                };
+                urns.insert(r.reference.clone(), format!("{}/{id}", r.rt));
+            }
             let mut results = Vec::with_capacity(ops.len());
             let mut written: Vec<WrittenEntry> = Vec::new();
             for (op, target) in ops.iter().zip(resolved) {
@@ -515,6 +550,46 @@ fn update_id(c: &mut AnyConnection, rt: ResourceType, target: &Target, resource:
         }
         (None, _, None) => Ok(crate::resources::new_id()),
     }
+}
+
+/// A conditional reference in an entry of a transaction: `reference` as written, the criteria
+/// planned with what the writer may search.
+#[derive(Debug, Clone)]
+pub struct ConditionalRef {
+    pub label: String,
+    pub reference: String,
+    pub rt: ResourceType,
+    pub planned: Planned,
+}
+
+/// http.html#transaction: "If any resource identities (including resolved identities from
+/// conditional update/delete) overlap in steps 1-3, then the transaction SHALL fail." Two entries
+/// that write one resource are a 400, before anything is written.
+fn one_entry_per_resource(ops: &[BundleOp], resolved: &[Resolved]) -> Result<(), Abort> {
+    let mut seen: HashMap<(ResourceType, &str), &str> = HashMap::new();
+    for (op, r) in ops.iter().zip(resolved) {
+        let rt = match op {
+            BundleOp::Create { rt, .. }
+            | BundleOp::Update { rt, .. }
+            | BundleOp::Patch { rt, .. }
+            | BundleOp::Delete { rt, .. } => *rt,
+            BundleOp::Read { .. } | BundleOp::Search { .. } => continue,
+        };
+        let id = match r {
+            Resolved::New(id) | Resolved::At(id) => id.as_str(),
+            // A conditional create that matched writes nothing: the spec counts "resolved
+            // identities from conditional update/delete", and the entry only names what exists.
+            Resolved::Existing(_) | Resolved::Nothing | Resolved::Unused => continue,
+        };
+        if let Some(first) = seen.insert((rt, id), label_of(op)) {
+            return Err(Error::Invalid(format!(
+                "{first} and {} both write {rt}/{id}; a transaction may touch a resource once (http.html#transaction)",
+                label_of(op)
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// `urn:uuid:` fullUrls of creates and updates, mapped to the `Type/id` they resolved to.

@@ -35,7 +35,7 @@ mod subscriptions;
 mod write;
 
 pub use audit::{AuditPage, AuditRow};
-pub use bundle::{visible_to, BundleOp, BundleResult};
+pub use bundle::{visible_to, BundleOp, BundleResult, ConditionalRef};
 pub use conditional::{Patcher, Target};
 pub use export::{ExportFile, ExportJob, NewExport};
 pub use search::SearchPage;
@@ -89,6 +89,13 @@ pub struct WriteAccess {
     pub compartment: Option<String>,
     /// Whether an update may create the resource (the caller also holds create on the type).
     pub may_create: bool,
+    /// Whether the writer may read the type it writes: a refusal names another record (the
+    /// Appointment a booking clashes with) only to a writer who may see that record.
+    pub may_read: bool,
+    /// The base URL the writer addressed this server by: an absolute reference under it is a
+    /// reference to a resource here, and is stored as the relative `Type/id` (references.html:
+    /// "a reference to a resource on the same server ... the server base URL is the same").
+    pub base: Option<String>,
 }
 
 impl WriteAccess {
@@ -97,6 +104,8 @@ impl WriteAccess {
         WriteAccess {
             compartment: None,
             may_create: true,
+            may_read: true,
+            base: None,
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::schema::{bookings, resources};
 use super::search::{load, IdOnly};
-use super::{Abort, AnyConnection};
+use super::{Abort, AnyConnection, WriteAccess};
 use crate::error::{BookingRefusal, Error};
 use crate::resources::{dates, index, ResourceType};
 use crate::scheduling::{self, Rules, GROUP_CONFIDENTIALITY};
@@ -31,6 +31,7 @@ pub(super) fn before_write(
     id: &str,
     resource: &mut Value,
     previous: Option<&Value>,
+    access: &WriteAccess,
 ) -> Result<(), Abort> {
     match rt.as_str() {
         "Group" => {
@@ -38,7 +39,7 @@ pub(super) fn before_write(
             Ok(())
         }
         "Appointment" => {
-            book(c, id, resource, previous.is_some())?;
+            book(c, id, resource, previous.is_some(), access)?;
             check_group_session(c, rules, resource, previous)
         }
         "Subscription" => Ok(crate::subscriptions::accept(resource, &rules.subscription_hosts)?),
@@ -56,8 +57,16 @@ pub(super) fn on_delete(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Re
 
 /// Replaces the appointment's bookings; refuses (409) a clash with another active appointment.
 /// `replacing`: an earlier version exists, whose bookings go first (a new or deleted appointment has
-/// none).
-fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -> Result<(), Abort> {
+/// none). The refusal names the clashing Appointment and its time only to a writer who may read it:
+/// anyone else learns that the time is taken, not whose session holds it (narrowing the window
+/// would otherwise map another client's therapy schedule).
+fn book(
+    c: &mut AnyConnection,
+    id: &str,
+    appointment: &Value,
+    replacing: bool,
+    access: &WriteAccess,
+) -> Result<(), Abort> {
     if replacing {
         diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(c)?;
     }
@@ -73,16 +82,17 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -
     for (actor, key) in actors.iter().zip(&keys) {
         let clash = latest.iter().find(|b| &b.actor == key && b.end_ms > start);
         if let Some(b) = clash {
-            return Err(Error::booking(
-                BookingRefusal::DoubleBooking,
+            let message = if may_see_appointment(c, access, &b.appointment_id)? {
                 format!(
                     "{actor} is already booked from {} to {} by Appointment/{}",
                     dates::format_instant(b.start_ms),
                     dates::format_instant(b.end_ms),
                     b.appointment_id
-                ),
-            )
-            .into());
+                )
+            } else {
+                format!("{actor} is not free at that time")
+            };
+            return Err(Error::booking(BookingRefusal::DoubleBooking, message).into());
         }
     }
     // All of them in one statement, once every actor is known to be free.
@@ -102,6 +112,29 @@ fn book(c: &mut AnyConnection, id: &str, appointment: &Value, replacing: bool) -
         BOOKINGS_CHUNK
     );
     Ok(())
+}
+
+/// Whether the writer may read the Appointment `id` (read on Appointment and, for a `patient/`
+/// writer, the Appointment in that patient's compartment).
+fn may_see_appointment(c: &mut AnyConnection, access: &WriteAccess, id: &str) -> Result<bool, Abort> {
+    if !access.may_read {
+        return Ok(false);
+    }
+    let Some(patient) = access.compartment.as_deref() else {
+        return Ok(true);
+    };
+    let body: Option<Option<String>> = resources::table
+        .filter(resources::res_type.eq("Appointment"))
+        .filter(resources::res_id.eq(id))
+        .select(resources::body)
+        .get_result(c)
+        .optional()?;
+    let body: Value = body
+        .flatten()
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or(Value::Null);
+    let rt = ResourceType::parse("Appointment").expect("a hosted type");
+    Ok(crate::resources::compartment::contains(patient, rt, &body))
 }
 
 #[derive(QueryableByName)]

@@ -117,6 +117,15 @@ pub(super) fn may_see(
     version_visible(c, rt, id, current.version_id, body, patient)
 }
 
+/// The resource as it is stored: absolute references to this server made relative.
+fn localized(resource: &Value, access: &WriteAccess) -> Value {
+    let mut resource = resource.clone();
+    if let Some(base) = &access.base {
+        crate::resources::localize_references(&mut resource, base);
+    }
+    resource
+}
+
 /// Creates `rt/id` (the id chosen by the caller) on an open write transaction. `check_refs` is false
 /// inside a transaction Bundle, whose references are checked once all its entries are written.
 #[allow(clippy::too_many_arguments)]
@@ -130,12 +139,12 @@ pub(super) fn create_in(
     access: &WriteAccess,
     now: i64,
 ) -> Result<Version, Abort> {
-    access.check(rt, id, resource)?;
+    let mut resource = localized(resource, access);
+    access.check(rt, id, &resource)?;
     if check_refs {
-        check_references(c, resource, rt, id, access.compartment.as_deref(), None)?;
+        check_references(c, &resource, rt, id, access.compartment.as_deref(), None)?;
     }
-    let mut resource = resource.clone();
-    scheduling::before_write(c, rules, rt, id, &mut resource, None)?;
+    scheduling::before_write(c, rules, rt, id, &mut resource, None, access)?;
     let entries = index::extract(rt, &resource);
     let body = stamp(&resource, id, 1, now);
     diesel::insert_into(resources::table)
@@ -175,7 +184,8 @@ pub(super) fn update_in(
     access: &WriteAccess,
     now: i64,
 ) -> Result<UpdateOutcome, Abort> {
-    access.check(rt, id, resource)?;
+    let mut resource = localized(resource, access);
+    access.check(rt, id, &resource)?;
     let current = load_current_for_write(c, rt, id)?;
     let no_create = || {
         Error::Forbidden(format!(
@@ -207,10 +217,9 @@ pub(super) fn update_in(
         return Err(no_create().into());
     }
     if check_refs {
-        check_references(c, resource, rt, id, access.compartment.as_deref(), previous.as_ref())?;
+        check_references(c, &resource, rt, id, access.compartment.as_deref(), previous.as_ref())?;
     }
-    let mut resource = resource.clone();
-    scheduling::before_write(c, rules, rt, id, &mut resource, previous.as_ref())?;
+    scheduling::before_write(c, rules, rt, id, &mut resource, previous.as_ref(), access)?;
     let entries = index::extract(rt, &resource);
     let Some(current) = current else {
         if let Some(v) = if_match {

@@ -8,6 +8,7 @@ mod audit;
 mod audit_hardening;
 mod auth_scopes;
 mod auth_tokens;
+mod booking_rules;
 mod bundles;
 mod concurrency;
 mod conditional;
