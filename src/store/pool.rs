@@ -204,9 +204,18 @@ pub fn open_pool(url: &DatabaseUrl, max_size: u32, statement_timeout_ms: u64) ->
         }
         set_wal(path)?;
     }
+    // How long a request waits for a connection. On PostgreSQL 10 s: a connection that long in
+    // coming means the server is gone, and the answer is a 503 to retry. A SQLite file has one
+    // writer at a time, shared with every process that opens it: under load a request waits its
+    // turn, as long as the request may take (two processes and 400 clients booking at once got
+    // 4 503s in 6,000 bookings with a 10 s wait, none with the request's own).
+    let wait = match url {
+        DatabaseUrl::Sqlite(_) if statement_timeout_ms > 0 => std::time::Duration::from_millis(statement_timeout_ms),
+        _ => std::time::Duration::from_secs(10),
+    };
     Pool::builder()
         .max_size(max_size)
-        .connection_timeout(std::time::Duration::from_secs(10))
+        .connection_timeout(wait)
         // A PostgreSQL connection can die with its server or the network between, so each one is
         // checked (`SELECT 1`) as it leaves the pool. A SQLite connection is a handle on a local file
         // and cannot: checking it cost every request a statement.
