@@ -149,9 +149,9 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
     if if_none_exist.is_some() && method != "POST" {
         return Err(Error::Invalid(format!("{label}: ifNoneExist belongs to POST entries")));
     }
-    if if_match.is_some() && !matches!(method.as_str(), "PUT" | "PATCH") {
+    if if_match.is_some() && !matches!(method.as_str(), "PUT" | "PATCH" | "DELETE") {
         return Err(Error::Invalid(format!(
-            "{label}: ifMatch is supported on PUT and PATCH entries"
+            "{label}: ifMatch is supported on PUT, PATCH and DELETE entries"
         )));
     }
     let op = match (method.as_str(), parts.as_slice(), &query) {
@@ -240,6 +240,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
                 rt,
                 label: label.clone(),
                 target: Target::Id(id.to_string()),
+                if_match,
             }
         }
         ("DELETE", [t], Some(q)) => {
@@ -251,6 +252,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
                 access: write_access(ctx, rt, &g),
                 rt,
                 label: label.clone(),
+                if_match,
             }
         }
         ("GET", [t, id], None) | ("GET", [t, id, "_history", _], None) if is_valid_id(id) => {

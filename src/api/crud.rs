@@ -634,6 +634,7 @@ async fn run_patch(
 /// Deletes by id, or by criteria (http.html#cdelete: none matching is success; more than one is 412).
 async fn run_delete(
     ctx: &Ctx,
+    req: &HttpRequest,
     state: &AppState,
     rt: ResourceType,
     target: Target,
@@ -643,6 +644,7 @@ async fn run_delete(
         label: format!("delete of {rt}"),
         rt,
         target,
+        if_match: if_match(req)?,
         access: write_access(ctx, rt, grant),
     };
     let store = state.store.clone();
@@ -667,20 +669,23 @@ async fn run_delete(
     description = "Logical delete: the {type} is no longer read or found, its history stays. Deleting what is already deleted or never existed succeeds too.",
     params(("type" = String, Path, description = "A resource type this server hosts"), ("id" = String, Path, description = "The logical id of the resource"), ("If-Match" = Option<String>, Header, description = "Only if the current version is this one (W/\"n\"), else 412")),
     responses(
-        (status = 200, description = "Deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 204, description = "Deleted (nothing to say)"),
-        (status = 409, description = "Other records still refer to it", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 412, description = "If-Match names a version that is not the current one", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 204, description = "Deleted, or there was nothing to delete"),
+        (status = 412, description = "If-Match names a version that is not the current one (or the resource does not exist); nothing was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!(["{type}.d"]))),
 )]
-pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+pub async fn delete(
+    req: HttpRequest,
+    ctx: Ctx,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let result = async {
         ctx.negotiated()?;
         let (type_name, id) = path.into_inner();
         let (rt, id) = instance(&type_name, id)?;
         let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
-        run_delete(&ctx, &state, rt, Target::Id(id), &grant).await
+        run_delete(&ctx, &req, &state, rt, Target::Id(id), &grant).await
     }
     .await;
     ctx.respond(result)
@@ -692,12 +697,10 @@ pub async fn delete(ctx: Ctx, path: web::Path<(String, String)>, state: web::Dat
     operation_id = "conditionalDelete",
     summary = "Delete a {type} found by search",
     description = "Conditional delete (single): the query selects the {type} to delete. No match: 204 (nothing to do); one match: deleted; several: 412. It searches, so it needs search on {type} too.",
-    params(("type" = String, Path, description = "A resource type this server hosts")),
+    params(("type" = String, Path, description = "A resource type this server hosts"), ("If-Match" = Option<String>, Header, description = "Only if the match's current version is this one (W/\"n\"), else 412")),
     responses(
-        (status = 200, description = "The one match was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 204, description = "Nothing matched, or deleted"),
-        (status = 409, description = "Other records still refer to it", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 204, description = "Nothing matched, or the one match was deleted"),
+        (status = 412, description = "More than one {type} matched, or If-Match names another version; nothing was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!(["{type}.d", "{type}.s"])), ("x-search" = json!("audit"))),
 )]
@@ -712,7 +715,7 @@ pub async fn conditional_delete(
         let rt = resource_type(&path)?;
         let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
         let planned = criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, req.query_string())?;
-        run_delete(&ctx, &state, rt, Target::Search(planned), &grant).await
+        run_delete(&ctx, &req, &state, rt, Target::Search(planned), &grant).await
     }
     .await;
     ctx.respond(result)

@@ -53,6 +53,8 @@ pub enum BundleOp {
         label: String,
         rt: ResourceType,
         target: Target,
+        /// Only if this is the current version (http.html#concurrency), else 412.
+        if_match: Option<i64>,
         access: WriteAccess,
     },
     Read {
@@ -385,8 +387,22 @@ impl Store {
                     now,
                 )?)
             }
-            (BundleOp::Delete { rt, access, .. }, Resolved::At(id)) => {
-                BundleResult::Deleted(delete_in(c, *rt, &id, access, now)?)
+            (
+                BundleOp::Delete {
+                    rt, access, if_match, ..
+                },
+                Resolved::At(id),
+            ) => BundleResult::Deleted(delete_in(c, *rt, &id, *if_match, access, now)?),
+            (
+                BundleOp::Delete {
+                    rt, if_match: Some(v), ..
+                },
+                Resolved::Nothing,
+            ) => {
+                return Err(Error::PreconditionFailed(format!(
+                    "no {rt} matches the criteria, so version {v} does not match"
+                ))
+                .into())
             }
             (BundleOp::Delete { .. }, Resolved::Nothing) => BundleResult::Deleted(None),
             (

@@ -297,16 +297,40 @@ pub(super) fn delete_in(
     c: &mut AnyConnection,
     rt: ResourceType,
     id: &str,
+    if_match: Option<i64>,
     access: &WriteAccess,
     now: i64,
 ) -> Result<Option<Version>, Abort> {
+    let stale = |what: String| -> Abort {
+        Error::PreconditionFailed(format!(
+            "{what}, so version {} does not match",
+            if_match.unwrap_or_default()
+        ))
+        .into()
+    };
     let Some(current) = load_current_for_write(c, rt, id)? else {
-        return Ok(None);
+        return match if_match {
+            Some(_) => Err(stale(format!("{rt}/{id} does not exist"))),
+            None => Ok(None),
+        };
     };
     // http.html#delete: deleting what does not exist succeeds; a record the caller may not see is
-    // answered the same way (and left alone), so that a DELETE is no probe.
+    // answered the same way (and left alone), so that a DELETE is no probe. With If-Match, neither
+    // has the version asked for: 412, as an update would answer.
     if current.deleted || !may_see(c, rt, id, &current, access.compartment.as_deref())? {
-        return Ok(None);
+        return match if_match {
+            Some(_) => Err(stale(format!("{rt}/{id} does not exist"))),
+            None => Ok(None),
+        };
+    }
+    if let Some(v) = if_match {
+        if v != current.version_id {
+            return Err(Error::PreconditionFailed(format!(
+                "version {v} of {rt}/{id} is not the current one (version {})",
+                current.version_id
+            ))
+            .into());
+        }
     }
     if access.compartment.is_some() {
         let body: Value = current

@@ -38,3 +38,4 @@ mod search_paging;
 mod search_params;
 mod search_plan;
 mod subscriptions;
+mod write_path;
