@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod fhir;
 pub mod metrics;
+pub mod notifier;
 pub mod resources;
 pub mod scheduling;
 pub mod search;

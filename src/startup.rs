@@ -15,9 +15,9 @@ use crate::auth::token::Verifier;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::notifier::Notifier;
 use crate::resources;
 use crate::store::Store;
-use crate::subscriptions::Notifier;
 use crate::worker::Workers;
 
 pub struct Application {

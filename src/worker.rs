@@ -19,7 +19,7 @@ pub struct Workers {
 
 impl Workers {
     /// Starts the workers (none when `enabled` is false).
-    pub fn start(store: &Store, enabled: bool, notifier: crate::subscriptions::Notifier) -> Workers {
+    pub fn start(store: &Store, enabled: bool, notifier: crate::notifier::Notifier) -> Workers {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         if enabled {

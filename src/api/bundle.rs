@@ -15,7 +15,7 @@ use crate::fhir::{self, Format};
 use crate::resources::{dates, is_valid_id, ResourceType};
 use crate::search::plan::plan;
 use crate::search::Search;
-use crate::store::{BundleOp, BundleResult, ConditionalRef, Target, UpdateOutcome, Version, WriteAccess};
+use crate::store::{ConditionalRef, Op, OpResult, Target, UpdateOutcome, Version, WriteAccess};
 
 /// The processing order of http.html#trules: DELETE, POST, PUT (and PATCH), GET.
 fn method_rank(method: &str) -> u8 {
@@ -31,7 +31,7 @@ fn method_rank(method: &str) -> u8 {
 struct Entry {
     index: usize,
     method: String,
-    op: BundleOp,
+    op: Op,
     /// The caller may not read what the entry would answer beyond what it sent (a conditional
     /// create's existing match, a patch's result): its response carries no resource.
     hide_body: bool,
@@ -165,7 +165,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
                 }
                 None => None,
             };
-            BundleOp::Create {
+            Op::Create {
                 label: label.clone(),
                 rt,
                 id: crate::resources::new_id(),
@@ -182,7 +182,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
             if resource.get("id").and_then(Value::as_str) != Some(*id) {
                 return Err(Error::Structure(format!("{label}: the resource's id must be '{id}'")));
             }
-            BundleOp::Update {
+            Op::Update {
                 label: label.clone(),
                 rt,
                 target: Target::Id(id.to_string()),
@@ -196,7 +196,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
             let rt = type_of(t)?;
             let g = grant(rt, Permission::Update)?;
             let searched = conditional_grant(ctx, rt, &g).map_err(in_label)?;
-            BundleOp::Update {
+            Op::Update {
                 label: label.clone(),
                 rt,
                 target: Target::Search(criteria(ctx, rt, &searched, q).map_err(in_label)?),
@@ -221,7 +221,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
                     )))
                 }
             };
-            BundleOp::Patch {
+            Op::Patch {
                 label: label.clone(),
                 rt,
                 target,
@@ -235,7 +235,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
         }
         ("DELETE", [t, id], None) if is_valid_id(id) => {
             let rt = type_of(t)?;
-            BundleOp::Delete {
+            Op::Delete {
                 access: write_access(ctx, rt, &grant(rt, Permission::Delete)?),
                 rt,
                 label: label.clone(),
@@ -247,7 +247,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
             let rt = type_of(t)?;
             let g = grant(rt, Permission::Delete)?;
             let searched = conditional_grant(ctx, rt, &g).map_err(in_label)?;
-            BundleOp::Delete {
+            Op::Delete {
                 target: Target::Search(criteria(ctx, rt, &searched, q).map_err(in_label)?),
                 access: write_access(ctx, rt, &g),
                 rt,
@@ -264,7 +264,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
                 ),
                 _ => None,
             };
-            BundleOp::Read {
+            Op::Read {
                 compartment: grant(rt, Permission::Read)?.patient().map(str::to_string),
                 rt,
                 label: label.clone(),
@@ -284,7 +284,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
                 .count
                 .unwrap_or(i64::from(config.default_count))
                 .min(i64::from(config.max_count));
-            BundleOp::Search {
+            Op::Search {
                 planned: plan(&[rt], &search, true, &visible).map_err(in_label)?,
                 label: label.clone(),
                 count,
@@ -300,7 +300,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
     // What the caller may not read is not answered: the existing match of a conditional create
     // and the result of a patch are shown only with read (`r`) on the type.
     let hide_body = match &op {
-        BundleOp::Create { rt, .. } | BundleOp::Patch { rt, .. } => ctx.grant(rt.as_str(), Permission::Read).is_err(),
+        Op::Create { rt, .. } | Op::Patch { rt, .. } => ctx.grant(rt.as_str(), Permission::Read).is_err(),
         _ => false,
     };
     Ok(Entry {
@@ -336,9 +336,9 @@ fn unique_full_urls(bundle: &Value) -> Result<(), Error> {
 }
 
 /// The resource an entry writes (creates and updates; a patch carries its ops in a Binary).
-fn written_resource(op: &BundleOp) -> Option<&Value> {
+fn written_resource(op: &Op) -> Option<&Value> {
     match op {
-        BundleOp::Create { resource, .. } | BundleOp::Update { resource, .. } => Some(resource),
+        Op::Create { resource, .. } | Op::Update { resource, .. } => Some(resource),
         _ => None,
     }
 }
@@ -414,7 +414,7 @@ fn own_full_urls(entries: &[&Entry]) -> Vec<String> {
     entries
         .iter()
         .filter_map(|e| match &e.op {
-            BundleOp::Create { full_url, .. } | BundleOp::Update { full_url, .. } => full_url.clone(),
+            Op::Create { full_url, .. } | Op::Update { full_url, .. } => full_url.clone(),
             _ => None,
         })
         .filter(|u| u.starts_with("urn:uuid:"))
@@ -444,11 +444,11 @@ fn written_entry(ctx: &Ctx, status: StatusCode, v: &Version) -> Result<Value, Er
     Ok(e)
 }
 
-fn result_entry(ctx: &Ctx, result: &BundleResult, hide_body: bool) -> Result<Value, Error> {
+fn result_entry(ctx: &Ctx, result: &OpResult, hide_body: bool) -> Result<Value, Error> {
     if hide_body {
-        if let BundleResult::Existing(v) | BundleResult::Updated(UpdateOutcome { version: v, .. }) = result {
+        if let OpResult::Existing(v) | OpResult::Updated(UpdateOutcome { version: v, .. }) = result {
             let status = match result {
-                BundleResult::Updated(UpdateOutcome { created: true, .. }) => StatusCode::CREATED,
+                OpResult::Updated(UpdateOutcome { created: true, .. }) => StatusCode::CREATED,
                 _ => StatusCode::OK,
             };
             let mut e = written_entry(ctx, status, v)?;
@@ -459,18 +459,18 @@ fn result_entry(ctx: &Ctx, result: &BundleResult, hide_body: bool) -> Result<Val
         }
     }
     match result {
-        BundleResult::Created(v) => written_entry(ctx, StatusCode::CREATED, v),
-        BundleResult::Existing(v) | BundleResult::Read(v) => written_entry(ctx, StatusCode::OK, v),
-        BundleResult::Updated(o) => written_entry(
+        OpResult::Created(v) => written_entry(ctx, StatusCode::CREATED, v),
+        OpResult::Existing(v) | OpResult::Read(v) => written_entry(ctx, StatusCode::OK, v),
+        OpResult::Updated(o) => written_entry(
             ctx,
             if o.created { StatusCode::CREATED } else { StatusCode::OK },
             &o.version,
         ),
-        BundleResult::Deleted(Some(v)) => {
+        OpResult::Deleted(Some(v)) => {
             Ok(json!({"response": {"status": reason(StatusCode::NO_CONTENT), "etag": etag(v.version_id)}}))
         }
-        BundleResult::Deleted(None) => Ok(json!({"response": {"status": reason(StatusCode::NO_CONTENT)}})),
-        BundleResult::Found { matches, total } => {
+        OpResult::Deleted(None) => Ok(json!({"response": {"status": reason(StatusCode::NO_CONTENT)}})),
+        OpResult::Found { matches, total } => {
             let entries = matches
                 .iter()
                 .map(|v| {
@@ -539,7 +539,7 @@ pub async fn transaction_or_batch(
                 let full_urls: Vec<&str> = full_urls.iter().map(String::as_str).collect();
                 let conditional = bundle_references(&ctx, &all, &full_urls)?;
                 let order: Vec<(usize, bool)> = planned.iter().map(|e| (e.index, e.hide_body)).collect();
-                let ops: Vec<BundleOp> = planned.into_iter().map(|e| e.op).collect();
+                let ops: Vec<Op> = planned.into_iter().map(|e| e.op).collect();
                 let store = state.store.clone();
                 let results = blocking(move || store.transaction_with(&ops, &conditional)).await?;
                 let mut by_index: Vec<(usize, Value)> = Vec::with_capacity(results.len());

@@ -16,7 +16,7 @@ use crate::fhir::{self, Format};
 use crate::resources::{is_valid_id, ResourceType};
 use crate::search::plan::{plan, Planned};
 use crate::search::Search;
-use crate::store::{BundleOp, BundleResult, Patcher, Target, UpdateOutcome, Version, WriteAccess};
+use crate::store::{Op, OpResult, Patcher, Target, UpdateOutcome, Version, WriteAccess};
 
 /// What a caller holding `grant` may write (an update also needs create to create).
 pub(super) fn write_access(ctx: &Ctx, rt: ResourceType, grant: &Grant) -> WriteAccess {
@@ -290,7 +290,7 @@ pub async fn create(
             None => None,
         };
         let resource = parse_body(&req, payload, &state, rt).await?;
-        let op = BundleOp::Create {
+        let op = Op::Create {
             label: format!("create {rt}"),
             rt,
             // http.html#create: an id in the body is ignored; the server assigns one.
@@ -302,13 +302,13 @@ pub async fn create(
         };
         let store = state.store.clone();
         match blocking(move || store.run(op)).await? {
-            BundleResult::Created(version) => {
+            OpResult::Created(version) => {
                 audit_version(&ctx, rt, &version);
                 written(&ctx, &req, StatusCode::CREATED, &version, true)
             }
             // http.html#ccreate: one match, so nothing is created; 200 with the match, whose body
             // only a caller that may read it sees.
-            BundleResult::Existing(version) => {
+            OpResult::Existing(version) => {
                 audit_version(&ctx, rt, &version);
                 let show = may_read(&ctx, rt, &version);
                 written(&ctx, &req, StatusCode::OK, &version, show)
@@ -393,12 +393,12 @@ async fn run_write(
     req: &HttpRequest,
     state: &AppState,
     rt: ResourceType,
-    op: BundleOp,
+    op: Op,
     needs_read: bool,
 ) -> Result<HttpResponse, Error> {
     let store = state.store.clone();
     match blocking(move || store.run(op)).await? {
-        BundleResult::Updated(UpdateOutcome { version, created }) => {
+        OpResult::Updated(UpdateOutcome { version, created }) => {
             audit_version(ctx, rt, &version);
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
             let show = !needs_read || may_read(ctx, rt, &version);
@@ -458,7 +458,7 @@ pub async fn update(
                 )))
             }
         }
-        let op = BundleOp::Update {
+        let op = Op::Update {
             label: format!("update {rt}/{id}"),
             rt,
             target: Target::Id(id),
@@ -505,7 +505,7 @@ pub async fn conditional_update(
         let planned = criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, req.query_string())?;
         let expected = if_match(&req)?;
         let resource = parse_body(&req, payload, &state, rt).await?;
-        let op = BundleOp::Update {
+        let op = Op::Update {
             label: format!("conditional update of {rt}"),
             rt,
             target: Target::Search(planned),
@@ -617,7 +617,7 @@ async fn run_patch(
     }
     let expected = if_match(req)?;
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
-    let op = BundleOp::Patch {
+    let op = Op::Patch {
         label: format!("patch of {rt}"),
         rt,
         target,
@@ -640,7 +640,7 @@ async fn run_delete(
     target: Target,
     grant: &Grant,
 ) -> Result<HttpResponse, Error> {
-    let op = BundleOp::Delete {
+    let op = Op::Delete {
         label: format!("delete of {rt}"),
         rt,
         target,
@@ -649,7 +649,7 @@ async fn run_delete(
     };
     let store = state.store.clone();
     let deleted = match blocking(move || store.run(op)).await? {
-        BundleResult::Deleted(d) => d,
+        OpResult::Deleted(d) => d,
         other => return Err(Error::Internal(format!("delete answered {other:?}"))),
     };
     // http.html#delete: deleting a resource that does not exist, or no longer exists, also succeeds.

@@ -23,11 +23,13 @@ macro_rules! insert_rows {
 }
 
 mod audit;
-mod bundle;
 mod conditional;
 mod connection;
+mod executor;
 mod export;
+mod hooks;
 pub mod pool;
+mod reads;
 mod scheduling;
 mod schema;
 mod search;
@@ -35,8 +37,8 @@ mod subscriptions;
 mod write;
 
 pub use audit::{AuditPage, AuditRow};
-pub use bundle::{visible_to, BundleOp, BundleResult, ConditionalRef};
 pub use conditional::{Patcher, Target};
+pub use executor::{visible_to, ConditionalRef, Op, OpResult};
 pub use export::{ExportFile, ExportJob, NewExport};
 pub use search::SearchPage;
 pub use subscriptions::Delivery;
@@ -46,8 +48,8 @@ use serde_json::Value;
 
 pub use connection::AnyConnection;
 use pool::{DatabaseUrl, DbPool};
+use reads::{load_current, not_found, read_in, version_columns, vread_in};
 use schema::{resource_versions, write_lock};
-use write::{load_current, not_found, read_in, version_columns, vread_in};
 
 use crate::error::Error;
 use crate::resources::{compartment, ResourceType};

@@ -7,8 +7,10 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use serde_json::Value;
 
+use super::hooks::Change;
 use super::schema::{bookings, resources};
 use super::search::{load, IdOnly};
+use super::write::Tx;
 use super::{Abort, AnyConnection, WriteAccess};
 use crate::error::{BookingRefusal, Error};
 use crate::resources::{dates, index, ResourceType};
@@ -22,37 +24,24 @@ fn day(ms: i64) -> String {
     dates::format_instant(ms)[..10].to_string()
 }
 
-/// Applies the rules for a write of `resource` (before it is stamped and stored): keeps Group.quantity,
-/// and checks and books an Appointment. `previous` is the version being replaced, if any.
-pub(super) fn before_write(
-    c: &mut AnyConnection,
-    rules: &Rules,
-    rt: ResourceType,
-    id: &str,
-    resource: &mut Value,
-    previous: Option<&Value>,
-    access: &WriteAccess,
-) -> Result<(), Abort> {
-    match rt.as_str() {
-        "Group" => {
-            scheduling::keep_group_quantity(resource, dates::now_millis());
-            Ok(())
-        }
-        "Appointment" => {
-            book(c, id, resource, previous.is_some(), access)?;
-            check_group_session(c, rules, resource, previous)
-        }
-        "Subscription" => Ok(crate::subscriptions::accept(resource, &rules.subscription_hosts)?),
-        _ => Ok(()),
-    }
+/// Before a Group is stored: Group.quantity counts the members active at the write's time.
+pub(super) fn before_group(tx: &mut Tx, _change: &Change, group: &mut Value) -> Result<(), Abort> {
+    scheduling::keep_group_quantity(group, tx.now);
+    Ok(())
 }
 
-/// Frees an Appointment's time when it is deleted; a deleted Subscription notifies no more.
-pub(super) fn on_delete(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), Abort> {
-    if rt.as_str() == "Appointment" {
-        diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(c)?;
-    }
-    super::subscriptions::on_delete(c, rt, id)
+/// Before an Appointment is stored: it books its participants' time (no double booking), and a
+/// group session holds only active members of its group, within capacity, each with an agreement.
+/// The one place the roster rule is checked, whichever path the session comes by.
+pub(super) fn before_appointment(tx: &mut Tx, change: &Change, appointment: &mut Value) -> Result<(), Abort> {
+    book(tx.c, change.id, appointment, change.previous.is_some(), change.access)?;
+    check_group_session(tx.c, tx.rules, appointment, change.previous)
+}
+
+/// After an Appointment is deleted: the time it held is free.
+pub(super) fn free_bookings(tx: &mut Tx, id: &str) -> Result<(), Abort> {
+    diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(tx.c)?;
+    Ok(())
 }
 
 /// Replaces the appointment's bookings; refuses (409) a clash with another active appointment.
@@ -133,8 +122,10 @@ fn may_see_appointment(c: &mut AnyConnection, access: &WriteAccess, id: &str) ->
         .flatten()
         .and_then(|b| serde_json::from_str(&b).ok())
         .unwrap_or(Value::Null);
-    let rt = ResourceType::parse("Appointment").expect("a hosted type");
-    Ok(crate::resources::compartment::contains(patient, rt, &body))
+    Ok(
+        ResourceType::parse("Appointment")
+            .is_some_and(|rt| crate::resources::compartment::contains(patient, rt, &body)),
+    )
 }
 
 #[derive(QueryableByName)]

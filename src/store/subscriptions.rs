@@ -5,9 +5,11 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use serde_json::Value;
 
+use super::hooks::{Change, Written};
+use super::reads::load_current_for_write;
 use super::schema::{subscription_deliveries, subscription_index};
 use super::search::{load, CountRow};
-use super::write::{load_current_for_write, update_in};
+use super::write::{update_in, Tx};
 use super::{Abort, AnyConnection, Store, WriteAccess};
 use crate::error::Error;
 use crate::resources::ResourceType;
@@ -36,35 +38,40 @@ struct Claimed {
     id: i64,
 }
 
-/// After a write of `rt/id` (version `version_id`, body `resource`): a Subscription's index row is
-/// kept, and a write of any other type is matched against the active Subscriptions on its type.
-pub(super) fn on_write(
-    c: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
-    version_id: i64,
-    resource: &Value,
-    now: i64,
-) -> Result<(), Abort> {
-    if rt.as_str() == "Subscription" {
-        diesel::delete(subscription_index::table.filter(subscription_index::sub_id.eq(id))).execute(c)?;
-        if let Ok(spec) = spec_of(resource) {
-            diesel::insert_into(subscription_index::table)
-                .values((
-                    subscription_index::sub_id.eq(id),
-                    subscription_index::res_type.eq(spec.res_type.as_str()),
-                    subscription_index::criteria.eq(&spec.criteria),
-                    subscription_index::endpoint.eq(&spec.endpoint),
-                    subscription_index::payload.eq(&spec.payload),
-                    subscription_index::headers
-                        .eq(serde_json::to_string(&spec.headers).unwrap_or_else(|_| "[]".into())),
-                    subscription_index::active.eq(spec.active),
-                    subscription_index::end_ms.eq(spec.end_ms),
-                ))
-                .execute(c)?;
-        }
+/// Before a Subscription is stored: only the channels and endpoints this server may use.
+pub(super) fn before_subscription(tx: &mut Tx, _change: &Change, resource: &mut Value) -> Result<(), Abort> {
+    Ok(crate::subscriptions::accept(resource, &tx.rules.subscription_hosts)?)
+}
+
+/// After a Subscription is stored: its row in the index that writes are matched against.
+pub(super) fn index_subscription(tx: &mut Tx, w: &Written) -> Result<(), Abort> {
+    let c = &mut *tx.c;
+    diesel::delete(subscription_index::table.filter(subscription_index::sub_id.eq(w.id))).execute(c)?;
+    if let Ok(spec) = spec_of(w.resource) {
+        diesel::insert_into(subscription_index::table)
+            .values((
+                subscription_index::sub_id.eq(w.id),
+                subscription_index::res_type.eq(spec.res_type.as_str()),
+                subscription_index::criteria.eq(&spec.criteria),
+                subscription_index::endpoint.eq(&spec.endpoint),
+                subscription_index::payload.eq(&spec.payload),
+                subscription_index::headers.eq(serde_json::to_string(&spec.headers).unwrap_or_else(|_| "[]".into())),
+                subscription_index::active.eq(spec.active),
+                subscription_index::end_ms.eq(spec.end_ms),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+/// After any write but a Subscription's: a notification for each active Subscription on the type
+/// whose criteria the version matches (the outbox, in the write's transaction).
+pub(super) fn queue_notifications(tx: &mut Tx, w: &Written) -> Result<(), Abort> {
+    if w.rt.as_str() == "Subscription" {
         return Ok(());
     }
+    let (now, rt, id) = (tx.now, w.rt, w.id);
+    let c = &mut *tx.c;
     let subscriptions: Vec<(String, String)> = subscription_index::table
         .filter(subscription_index::res_type.eq(rt.as_str()))
         .filter(subscription_index::active.eq(true))
@@ -93,7 +100,7 @@ pub(super) fn on_write(
                     subscription_deliveries::sub_id.eq(&sub_id),
                     subscription_deliveries::res_type.eq(rt.as_str()),
                     subscription_deliveries::res_id.eq(id),
-                    subscription_deliveries::version_id.eq(version_id),
+                    subscription_deliveries::version_id.eq(w.version_id),
                     subscription_deliveries::state.eq("pending"),
                     subscription_deliveries::attempts.eq(0),
                     subscription_deliveries::next_attempt.eq(now),
@@ -105,12 +112,11 @@ pub(super) fn on_write(
     Ok(())
 }
 
-/// After a delete: a deleted Subscription notifies no more.
-pub(super) fn on_delete(c: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<(), Abort> {
-    if rt.as_str() == "Subscription" {
-        diesel::delete(subscription_index::table.filter(subscription_index::sub_id.eq(id))).execute(c)?;
-        diesel::delete(subscription_deliveries::table.filter(subscription_deliveries::sub_id.eq(id))).execute(c)?;
-    }
+/// After a Subscription is deleted: it notifies no more.
+pub(super) fn forget_subscription(tx: &mut Tx, id: &str) -> Result<(), Abort> {
+    let c = &mut *tx.c;
+    diesel::delete(subscription_index::table.filter(subscription_index::sub_id.eq(id))).execute(c)?;
+    diesel::delete(subscription_deliveries::table.filter(subscription_deliveries::sub_id.eq(id))).execute(c)?;
     Ok(())
 }
 
@@ -236,17 +242,12 @@ impl Store {
             };
             sub["status"] = Value::String("error".into());
             sub["error"] = Value::String(format!("notifications failed {} times; the last: {why}", d.attempts));
-            update_in(
+            let mut tx = Tx {
                 c,
-                &self.rules,
-                rt,
-                &d.sub_id,
-                &sub,
-                None,
-                false,
-                &WriteAccess::full(),
+                rules: &self.rules,
                 now,
-            )?;
+            };
+            update_in(&mut tx, rt, &d.sub_id, &sub, None, false, &WriteAccess::full())?;
             Ok(())
         })
     }

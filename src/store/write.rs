@@ -1,120 +1,27 @@
-//! Writing one resource on an open write transaction: create, update, delete, with the version
-//! row, the search-index rows and the scheduling rules, all in that transaction.
+//! Writing one version on an open write transaction: create, update and delete, each with its
+//! version row, its search-index rows and the per-type rules (store::hooks), all in that
+//! transaction. What runs the writes (resolving targets, Bundles) is store::executor.
 
 use diesel::prelude::*;
 use serde_json::{Map, Value};
 
+use super::hooks::{self, Change, Written};
+use super::reads::{in_compartment, load_current_for_write, may_see};
 use super::schema::{
     idx_composite, idx_date, idx_number, idx_position, idx_reference, idx_string, idx_token, idx_uri,
     resource_versions, resources,
 };
-use super::{scheduling, schema, Abort, AnyConnection, UpdateOutcome, Version, WriteAccess};
+use super::{schema, Abort, AnyConnection, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
 use crate::resources::{compartment, dates, index, local_references, ResourceType};
+use crate::scheduling::Rules;
 
-#[derive(Queryable)]
-pub(super) struct Current {
-    pub(super) version_id: i64,
-    pub(super) last_updated: i64,
-    pub(super) deleted: bool,
-    pub(super) body: Option<String>,
-}
-
-pub(super) fn read_in(conn: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Version, Error> {
-    read_visible_in(conn, rt, id, None)
-}
-
-/// The current version of `rt/id` for a reader limited to `patient`'s compartment (None: no limit).
-/// A resource the reader may not see answers exactly as one that does not exist, deleted or not,
-/// so that a probe learns nothing (see [`may_see`]).
-pub(super) fn read_visible_in(
-    conn: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
-    patient: Option<&str>,
-) -> Result<Version, Error> {
-    let current = load_current(conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
-    if !may_see(conn, rt, id, &current, patient)? {
-        return Err(not_found(rt, id));
-    }
-    match current.body {
-        Some(body) if !current.deleted => Ok(Version {
-            res_type: rt.as_str().into(),
-            res_id: id.into(),
-            version_id: current.version_id,
-            last_updated: current.last_updated,
-            method: "PUT".into(),
-            body: Some(body),
-        }),
-        _ => Err(Error::Gone(format!(
-            "{rt}/{id} was deleted (version {})",
-            current.version_id
-        ))),
-    }
-}
-
-/// Whether `resource` (stored as `rt/id`) is in Patient/`patient`'s compartment: the patient's own
-/// record, or one that refers to it through the compartment's parameters.
-fn in_compartment(patient: &str, rt: ResourceType, id: &str, resource: &Value) -> bool {
-    (rt.as_str() == "Patient" && id == patient) || compartment::contains(patient, rt, resource)
-}
-
-/// The body of the last version of `rt/id` before `version_id` that has one (the version a
-/// deletion ended), if any.
-fn body_before(
-    c: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
-    version_id: i64,
-) -> Result<Option<String>, diesel::result::Error> {
-    Ok(resource_versions::table
-        .filter(resource_versions::res_type.eq(rt.as_str()))
-        .filter(resource_versions::res_id.eq(id))
-        .filter(resource_versions::version_id.lt(version_id))
-        .filter(resource_versions::body.is_not_null())
-        .order(resource_versions::version_id.desc())
-        .select(resource_versions::body)
-        .first::<Option<String>>(c)
-        .optional()?
-        .flatten())
-}
-
-/// Whether a caller limited to Patient/`patient`'s compartment may learn that this version of
-/// `rt/id` exists: its body is in the compartment or, for a deletion, the body it deleted was.
-/// Without a limit, and for types outside the Patient compartment (readable by every patient/
-/// token), yes. Anything else must be answered exactly like a resource that does not exist.
-fn version_visible(
-    c: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
-    version_id: i64,
-    body: Option<&str>,
-    patient: Option<&str>,
-) -> Result<bool, diesel::result::Error> {
-    let Some(patient) = patient else { return Ok(true) };
-    if compartment::patient_params(rt).is_none() {
-        return Ok(true);
-    }
-    let body = match body {
-        Some(b) => Some(b.to_string()),
-        None => body_before(c, rt, id, version_id)?,
-    };
-    Ok(body
-        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-        .is_some_and(|v| in_compartment(patient, rt, id, &v)))
-}
-
-/// [`version_visible`] for the current row of `rt/id`: what every read, patch and delete by a
-/// `patient/` caller decides first, before anything else is looked at or applied.
-pub(super) fn may_see(
-    c: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
-    current: &Current,
-    patient: Option<&str>,
-) -> Result<bool, diesel::result::Error> {
-    let body = current.body.as_deref().filter(|_| !current.deleted);
-    version_visible(c, rt, id, current.version_id, body, patient)
+/// A write's transaction: its connection, the rules, and its own time — one instant for every
+/// version and rule of the write, read once when the transaction began (see Store::write).
+pub(super) struct Tx<'a> {
+    pub(super) c: &'a mut AnyConnection,
+    pub(super) rules: &'a Rules,
+    pub(super) now: i64,
 }
 
 /// The resource as it is stored: absolute references to this server made relative.
@@ -128,65 +35,80 @@ fn localized(resource: &Value, access: &WriteAccess) -> Value {
 
 /// Creates `rt/id` (the id chosen by the caller) on an open write transaction. `check_refs` is false
 /// inside a transaction Bundle, whose references are checked once all its entries are written.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn create_in(
-    c: &mut AnyConnection,
-    rules: &crate::scheduling::Rules,
+    tx: &mut Tx,
     rt: ResourceType,
     resource: &Value,
     id: &str,
     check_refs: bool,
     access: &WriteAccess,
-    now: i64,
 ) -> Result<Version, Abort> {
     let mut resource = localized(resource, access);
     access.check(rt, id, &resource)?;
     if check_refs {
-        check_references(c, &resource, rt, id, access.compartment.as_deref(), None)?;
+        check_references(tx.c, &resource, rt, id, access.compartment.as_deref(), None)?;
     }
-    scheduling::before_write(c, rules, rt, id, &mut resource, None, access)?;
-    let entries = index::extract(rt, &resource);
-    let body = stamp(&resource, id, 1, now);
+    let change = Change {
+        rt,
+        id,
+        previous: None,
+        access,
+    };
+    hooks::before_write(tx, &change, &mut resource)?;
+    insert_first(tx, rt, id, &resource, "POST")
+}
+
+/// Stores version 1 of `rt/id` (a create, or an update that creates), with its index rows and the
+/// after-write rules. A concurrent creator of the same id makes the insert fail; a retry then finds
+/// the resource.
+fn insert_first(tx: &mut Tx, rt: ResourceType, id: &str, resource: &Value, method: &str) -> Result<Version, Abort> {
+    let entries = index::extract(rt, resource);
+    let body = stamp(resource, id, 1, tx.now);
     diesel::insert_into(resources::table)
         .values((
             resources::res_type.eq(rt.as_str()),
             resources::res_id.eq(id),
             resources::version_id.eq(1i64),
-            resources::last_updated.eq(now),
+            resources::last_updated.eq(tx.now),
             resources::deleted.eq(false),
             resources::body.eq(Some(&body)),
         ))
-        .execute(c)?;
+        .execute(tx.c)?;
     let version = Version {
         res_type: rt.as_str().into(),
         res_id: id.to_string(),
         version_id: 1,
-        last_updated: now,
-        method: "POST".into(),
+        last_updated: tx.now,
+        method: method.into(),
         body: Some(body),
     };
-    insert_version(c, &version)?;
-    write_index(c, rt, &version.res_id, &entries)?;
-    super::subscriptions::on_write(c, rt, id, 1, &resource, now)?;
+    insert_version(tx.c, &version)?;
+    write_index(tx.c, rt, id, &entries)?;
+    hooks::after_write(
+        tx,
+        &Written {
+            rt,
+            id,
+            version_id: 1,
+            resource,
+        },
+    )?;
     Ok(version)
 }
 
 /// Updates (or creates with the client's id) `rt/id` on an open write transaction.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn update_in(
-    c: &mut AnyConnection,
-    rules: &crate::scheduling::Rules,
+    tx: &mut Tx,
     rt: ResourceType,
     id: &str,
     resource: &Value,
     if_match: Option<i64>,
     check_refs: bool,
     access: &WriteAccess,
-    now: i64,
 ) -> Result<UpdateOutcome, Abort> {
     let mut resource = localized(resource, access);
     access.check(rt, id, &resource)?;
-    let current = load_current_for_write(c, rt, id)?;
+    let current = load_current_for_write(tx.c, rt, id)?;
     let no_create = || {
         Error::Forbidden(format!(
             "{rt}/{id} does not exist, and the token's scopes do not grant create on {rt}"
@@ -196,7 +118,7 @@ pub(super) fn update_in(
     // be: without create, the same refusal; with create, the id is taken (the one thing a client
     // choosing its own ids in a shared id space learns), but nothing of what holds it.
     if let Some(cur) = &current {
-        if !may_see(c, rt, id, cur, access.compartment.as_deref())? {
+        if !may_see(tx.c, rt, id, cur, access.compartment.as_deref())? {
             if !access.may_create {
                 return Err(no_create().into());
             }
@@ -217,39 +139,29 @@ pub(super) fn update_in(
         return Err(no_create().into());
     }
     if check_refs {
-        check_references(c, &resource, rt, id, access.compartment.as_deref(), previous.as_ref())?;
+        check_references(
+            tx.c,
+            &resource,
+            rt,
+            id,
+            access.compartment.as_deref(),
+            previous.as_ref(),
+        )?;
     }
-    scheduling::before_write(c, rules, rt, id, &mut resource, previous.as_ref(), access)?;
-    let entries = index::extract(rt, &resource);
+    let change = Change {
+        rt,
+        id,
+        previous: previous.as_ref(),
+        access,
+    };
+    hooks::before_write(tx, &change, &mut resource)?;
     let Some(current) = current else {
         if let Some(v) = if_match {
             return Err(
                 Error::PreconditionFailed(format!("{rt}/{id} does not exist, so version {v} does not match")).into(),
             );
         }
-        let body = stamp(&resource, id, 1, now);
-        // A concurrent creator of the same id makes this insert fail; the retry then updates.
-        diesel::insert_into(resources::table)
-            .values((
-                resources::res_type.eq(rt.as_str()),
-                resources::res_id.eq(id),
-                resources::version_id.eq(1i64),
-                resources::last_updated.eq(now),
-                resources::deleted.eq(false),
-                resources::body.eq(Some(&body)),
-            ))
-            .execute(c)?;
-        let version = Version {
-            res_type: rt.as_str().into(),
-            res_id: id.into(),
-            version_id: 1,
-            last_updated: now,
-            method: "PUT".into(),
-            body: Some(body),
-        };
-        insert_version(c, &version)?;
-        write_index(c, rt, id, &entries)?;
-        super::subscriptions::on_write(c, rt, id, 1, &resource, now)?;
+        let version = insert_first(tx, rt, id, &resource, "PUT")?;
         return Ok(UpdateOutcome { version, created: true });
     };
     if let Some(v) = if_match {
@@ -261,31 +173,30 @@ pub(super) fn update_in(
             .into());
         }
     }
+    let entries = index::extract(rt, &resource);
     let version_id = current.version_id + 1;
-    let last_updated = now.max(current.last_updated + 1);
-    let body = stamp(&resource, id, version_id, last_updated);
-    swap_current(
-        c,
-        rt,
-        id,
-        current.version_id,
-        version_id,
-        last_updated,
-        Some(&body),
-        if_match,
-    )?;
+    let last_updated = tx.now.max(current.last_updated + 1);
     let version = Version {
         res_type: rt.as_str().into(),
         res_id: id.into(),
         version_id,
         last_updated,
         method: "PUT".into(),
-        body: Some(body),
+        body: Some(stamp(&resource, id, version_id, last_updated)),
     };
-    insert_version(c, &version)?;
-    clear_index(c, rt, id)?;
-    write_index(c, rt, id, &entries)?;
-    super::subscriptions::on_write(c, rt, id, version_id, &resource, now)?;
+    swap_current(tx.c, current.version_id, &version, if_match)?;
+    insert_version(tx.c, &version)?;
+    clear_index(tx.c, rt, id)?;
+    write_index(tx.c, rt, id, &entries)?;
+    hooks::after_write(
+        tx,
+        &Written {
+            rt,
+            id,
+            version_id,
+            resource: &resource,
+        },
+    )?;
     Ok(UpdateOutcome {
         version,
         created: current.deleted,
@@ -294,12 +205,11 @@ pub(super) fn update_in(
 
 /// Deletes `rt/id` logically on an open write transaction; None when there was nothing to delete.
 pub(super) fn delete_in(
-    c: &mut AnyConnection,
+    tx: &mut Tx,
     rt: ResourceType,
     id: &str,
     if_match: Option<i64>,
     access: &WriteAccess,
-    now: i64,
 ) -> Result<Option<Version>, Abort> {
     let stale = |what: String| -> Abort {
         Error::PreconditionFailed(format!(
@@ -308,7 +218,7 @@ pub(super) fn delete_in(
         ))
         .into()
     };
-    let Some(current) = load_current_for_write(c, rt, id)? else {
+    let Some(current) = load_current_for_write(tx.c, rt, id)? else {
         return match if_match {
             Some(_) => Err(stale(format!("{rt}/{id} does not exist"))),
             None => Ok(None),
@@ -317,7 +227,7 @@ pub(super) fn delete_in(
     // http.html#delete: deleting what does not exist succeeds; a record the caller may not see is
     // answered the same way (and left alone), so that a DELETE is no probe. With If-Match, neither
     // has the version asked for: 412, as an update would answer.
-    if current.deleted || !may_see(c, rt, id, &current, access.compartment.as_deref())? {
+    if current.deleted || !may_see(tx.c, rt, id, &current, access.compartment.as_deref())? {
         return match if_match {
             Some(_) => Err(stale(format!("{rt}/{id} does not exist"))),
             None => Ok(None),
@@ -340,140 +250,41 @@ pub(super) fn delete_in(
             .unwrap_or(Value::Null);
         access.check(rt, id, &body)?;
     }
-    let version_id = current.version_id + 1;
-    let last_updated = now.max(current.last_updated + 1);
-    swap_current(c, rt, id, current.version_id, version_id, last_updated, None, None)?;
-    scheduling::on_delete(c, rt, id)?;
     let version = Version {
         res_type: rt.as_str().into(),
         res_id: id.into(),
-        version_id,
-        last_updated,
+        version_id: current.version_id + 1,
+        last_updated: tx.now.max(current.last_updated + 1),
         method: "DELETE".into(),
         body: None,
     };
-    insert_version(c, &version)?;
-    clear_index(c, rt, id)?;
+    swap_current(tx.c, current.version_id, &version, None)?;
+    hooks::on_delete(tx, rt, id)?;
+    insert_version(tx.c, &version)?;
+    clear_index(tx.c, rt, id)?;
     Ok(Some(version))
 }
 
-type VersionColumns = (
-    resource_versions::res_type,
-    resource_versions::res_id,
-    resource_versions::version_id,
-    resource_versions::last_updated,
-    resource_versions::method,
-    resource_versions::body,
-);
-
-/// One version (http.html#vread). A deletion version answers Gone.
-pub(super) fn vread_in(c: &mut AnyConnection, rt: ResourceType, id: &str, version_id: i64) -> Result<Version, Error> {
-    vread_visible_in(c, rt, id, version_id, None)
-}
-
-/// One version for a reader limited to `patient`'s compartment (None: no limit): a version the
-/// reader may not see answers exactly as a resource that does not exist ("has no version n").
-pub(super) fn vread_visible_in(
-    c: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
-    version_id: i64,
-    patient: Option<&str>,
-) -> Result<Version, Error> {
-    let unknown = || Error::NotFound(format!("{rt}/{id} has no version {version_id}"));
-    let found: Option<Version> = resource_versions::table
-        .filter(resource_versions::res_type.eq(rt.as_str()))
-        .filter(resource_versions::res_id.eq(id))
-        .filter(resource_versions::version_id.eq(version_id))
-        .select(version_columns())
-        .get_result(c)
-        .optional()?;
-    let Some(v) = found else { return Err(unknown()) };
-    if !version_visible(c, rt, id, version_id, v.body.as_deref(), patient)? {
-        return Err(unknown());
-    }
-    match v.body {
-        Some(_) => Ok(v),
-        None => Err(Error::Gone(format!(
-            "version {} of {rt}/{id} is a deletion",
-            v.version_id
-        ))),
-    }
-}
-
-pub(super) fn version_columns() -> VersionColumns {
-    (
-        resource_versions::res_type,
-        resource_versions::res_id,
-        resource_versions::version_id,
-        resource_versions::last_updated,
-        resource_versions::method,
-        resource_versions::body,
-    )
-}
-
-pub(super) fn not_found(rt: ResourceType, id: &str) -> Error {
-    Error::NotFound(format!("{rt}/{id} is not known"))
-}
-
-/// Reads the current row for a write. On PostgreSQL the row is locked first, so concurrent writers of
-/// one resource queue behind each other instead of failing the compare-and-swap (SQLite writers are
-/// already serialized by its write lock).
-pub(super) fn load_current_for_write(
-    c: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
-) -> Result<Option<Current>, diesel::result::Error> {
-    if let AnyConnection::Postgresql(pg) = c {
-        diesel::sql_query("SELECT 1 FROM resources WHERE res_type = $1 AND res_id = $2 FOR UPDATE")
-            .bind::<diesel::sql_types::Text, _>(rt.as_str())
-            .bind::<diesel::sql_types::Text, _>(id)
-            .execute(pg)?;
-    }
-    load_current(c, rt, id)
-}
-
-pub(super) fn load_current(
-    c: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
-) -> Result<Option<Current>, diesel::result::Error> {
-    resources::table
-        .filter(resources::res_type.eq(rt.as_str()))
-        .filter(resources::res_id.eq(id))
-        .select((
-            resources::version_id,
-            resources::last_updated,
-            resources::deleted,
-            resources::body,
-        ))
-        .get_result::<Current>(c)
-        .optional()
-}
-
-/// Moves the current row from `from_version` to `to_version`, only if no one else moved it first.
-#[allow(clippy::too_many_arguments)]
+/// Moves the current row from `from_version` to `version` (its body, or none for a deletion), only
+/// if no one else moved it first.
 fn swap_current(
     c: &mut AnyConnection,
-    rt: ResourceType,
-    id: &str,
     from_version: i64,
-    to_version: i64,
-    last_updated: i64,
-    body: Option<&String>,
+    version: &Version,
     if_match: Option<i64>,
 ) -> Result<(), Abort> {
+    let (rt, id) = (&version.res_type, &version.res_id);
     let changed = diesel::update(
         resources::table
-            .filter(resources::res_type.eq(rt.as_str()))
+            .filter(resources::res_type.eq(rt))
             .filter(resources::res_id.eq(id))
             .filter(resources::version_id.eq(from_version)),
     )
     .set((
-        resources::version_id.eq(to_version),
-        resources::last_updated.eq(last_updated),
-        resources::deleted.eq(body.is_none()),
-        resources::body.eq(body),
+        resources::version_id.eq(version.version_id),
+        resources::last_updated.eq(version.last_updated),
+        resources::deleted.eq(version.body.is_none()),
+        resources::body.eq(&version.body),
     ))
     .execute(c)?;
     match (changed, if_match) {

@@ -1,18 +1,20 @@
-//! Every write runs as a list of operations in one database transaction: a single create, update,
-//! patch or delete is a list of one; a transaction Bundle is its entries in processing order
-//! (see api::bundle for the HTTP side). One executor, so conditional resolution, `urn:uuid`
-//! references, access checks and the scheduling rules behave the same everywhere.
+//! The operation executor. Every write runs here, as a list of operations in one database
+//! transaction: a single create, update, patch or delete (plain or conditional), an operation that
+//! writes (`$book-session`), a server-side write — a list of one; a transaction Bundle — its
+//! entries in processing order (see api::bundle for the HTTP side). One executor and one
+//! transaction context (store::write::Tx), so conditional resolution, `urn:uuid` references, access
+//! checks and the per-type rules (store::hooks) behave the same everywhere.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
 
 use super::conditional::{matches, resolve, Patcher, Target};
-use super::search::{first_page_sql, load, load_current_many, IdRow};
-use super::write::{
-    check_references, create_in, delete_in, load_current, load_current_for_write, may_see, not_found, read_in,
-    read_visible_in, update_in, vread_visible_in,
+use super::reads::{
+    load_current, load_current_for_write, may_see, not_found, read_in, read_visible_in, vread_visible_in,
 };
+use super::search::{first_page_sql, load, load_current_many, IdRow};
+use super::write::{check_references, create_in, delete_in, update_in, Tx};
 use super::{Abort, AnyConnection, Store, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
 use crate::resources::{compartment, rewrite_references, ResourceType};
@@ -20,7 +22,7 @@ use crate::search::plan::Planned;
 
 /// One operation; `label` names it in errors (the Bundle entry).
 #[derive(Debug, Clone)]
-pub enum BundleOp {
+pub enum Op {
     /// Create with the server-chosen `id`, unless `if_none_exist` criteria match a resource.
     Create {
         label: String,
@@ -75,7 +77,7 @@ pub enum BundleOp {
 }
 
 #[derive(Debug)]
-pub enum BundleResult {
+pub enum OpResult {
     Created(Version),
     /// A conditional create whose criteria matched this resource: nothing was written.
     Existing(Version),
@@ -142,7 +144,7 @@ impl Store {
     }
 
     /// Runs one operation in its own transaction.
-    pub fn run(&self, op: BundleOp) -> Result<BundleResult, Error> {
+    pub fn run(&self, op: Op) -> Result<OpResult, Error> {
         let mut results = self.transaction(std::slice::from_ref(&op))?;
         results
             .pop()
@@ -151,7 +153,7 @@ impl Store {
 
     /// Creates a resource with a server-assigned id and full access (server-side writes, operations).
     pub fn create(&self, rt: ResourceType, resource: Value, access: &WriteAccess) -> Result<Version, Error> {
-        let op = BundleOp::Create {
+        let op = Op::Create {
             label: format!("create {rt}"),
             rt,
             id: crate::resources::new_id(),
@@ -161,7 +163,7 @@ impl Store {
             full_url: None,
         };
         match self.run(op)? {
-            BundleResult::Created(v) => Ok(v),
+            OpResult::Created(v) => Ok(v),
             other => Err(Error::Internal(format!("create answered {other:?}"))),
         }
     }
@@ -170,31 +172,33 @@ impl Store {
     /// or none. Conditional targets are resolved first, then `urn:uuid:` references are rewritten to
     /// the ids found or assigned, then the operations run, then references are checked (so entries
     /// may refer to each other). A failure names its operation (`label`).
-    pub fn transaction(&self, ops: &[BundleOp]) -> Result<Vec<BundleResult>, Error> {
+    pub fn transaction(&self, ops: &[Op]) -> Result<Vec<OpResult>, Error> {
         self.transaction_with(ops, &[])
     }
 
     /// [`Store::transaction`], with the conditional references of a transaction Bundle
     /// (`Patient?identifier=…`, http.html#trules) resolved on the same transaction before anything
     /// is written: exactly one match is the reference; none is 400, more than one 412.
-    pub fn transaction_with(
-        &self,
-        ops: &[BundleOp],
-        conditional_refs: &[ConditionalRef],
-    ) -> Result<Vec<BundleResult>, Error> {
+    pub fn transaction_with(&self, ops: &[Op], conditional_refs: &[ConditionalRef]) -> Result<Vec<OpResult>, Error> {
         // A single write checks its references before the scheduling rules, as a plain interaction.
         let check_early = ops.len() == 1;
         self.write(|c, now| {
+            let mut tx = Tx {
+                c,
+                rules: &self.rules,
+                now,
+            };
+            let tx = &mut tx;
             let resolved = ops
                 .iter()
-                .map(|op| resolve_op(c, op).map_err(|a| in_entry(label_of(op), a)))
+                .map(|op| resolve_op(tx.c, op).map_err(|a| in_entry(label_of(op), a)))
                 .collect::<Result<Vec<_>, _>>()?;
             if ops.len() > 1 {
                 one_entry_per_resource(ops, &resolved)?;
             }
             let mut urns = urn_map(ops, &resolved);
             for r in conditional_refs {
-                let found = matches(c, &r.planned).map_err(|a| in_entry(&r.label, a))?;
+                let found = matches(tx.c, &r.planned).map_err(|a| in_entry(&r.label, a))?;
                 let id = match found.as_slice() {
                     [id] => id,
                     [] => {
@@ -220,10 +224,8 @@ impl Store {
                 let label = label_of(op);
                 // A compartment-limited writer keeps the references the version it replaces held.
                 let previous = match (op, &target, access_of(op).and_then(|a| a.compartment.as_ref())) {
-                    (BundleOp::Update { rt, .. } | BundleOp::Patch { rt, .. }, Resolved::At(id), Some(_))
-                        if !check_early =>
-                    {
-                        load_current(c, *rt, id)?
+                    (Op::Update { rt, .. } | Op::Patch { rt, .. }, Resolved::At(id), Some(_)) if !check_early => {
+                        load_current(tx.c, *rt, id)?
                             .filter(|cur| !cur.deleted)
                             .and_then(|cur| cur.body)
                             .and_then(|b| serde_json::from_str::<Value>(&b).ok())
@@ -231,13 +233,11 @@ impl Store {
                     _ => None,
                 };
                 let result = self
-                    .execute(c, now, op, target, &urns, check_early)
+                    .execute(tx, op, target, &urns, check_early)
                     .map_err(|a| in_entry(label, a))?;
                 if !check_early {
-                    if let (
-                        BundleResult::Created(v) | BundleResult::Updated(UpdateOutcome { version: v, .. }),
-                        Some(rt),
-                    ) = (&result, ResourceType::parse(&result_type(&result)))
+                    if let (OpResult::Created(v) | OpResult::Updated(UpdateOutcome { version: v, .. }), Some(rt)) =
+                        (&result, ResourceType::parse(&result_type(&result)))
                     {
                         // A patch that changed nothing wrote nothing: there is nothing to check.
                         if v.method == NO_OP_PATCH {
@@ -259,7 +259,7 @@ impl Store {
                 results.push(result);
             }
             for w in &written {
-                check_references(c, &w.body, w.rt, &w.id, w.patient, w.previous.as_ref())
+                check_references(tx.c, &w.body, w.rt, &w.id, w.patient, w.previous.as_ref())
                     .map_err(|a| in_entry(w.label, a))?;
             }
             Ok(results)
@@ -268,13 +268,12 @@ impl Store {
 
     fn execute(
         &self,
-        c: &mut AnyConnection,
-        now: i64,
-        op: &BundleOp,
+        tx: &mut Tx,
+        op: &Op,
         target: Resolved,
         urns: &HashMap<String, String>,
         check_refs: bool,
-    ) -> Result<BundleResult, Abort> {
+    ) -> Result<OpResult, Abort> {
         let rewritten = |resource: &Value| {
             let mut r = resource.clone();
             if !urns.is_empty() {
@@ -283,24 +282,15 @@ impl Store {
             r
         };
         Ok(match (op, target) {
-            (BundleOp::Create { rt, .. }, Resolved::Existing(id)) => BundleResult::Existing(read_in(c, *rt, &id)?),
+            (Op::Create { rt, .. }, Resolved::Existing(id)) => OpResult::Existing(read_in(tx.c, *rt, &id)?),
             (
-                BundleOp::Create {
+                Op::Create {
                     rt, resource, access, ..
                 },
                 Resolved::New(id),
-            ) => BundleResult::Created(create_in(
-                c,
-                &self.rules,
-                *rt,
-                &rewritten(resource),
-                &id,
-                check_refs,
-                access,
-                now,
-            )?),
+            ) => OpResult::Created(create_in(tx, *rt, &rewritten(resource), &id, check_refs, access)?),
             (
-                BundleOp::Update {
+                Op::Update {
                     rt,
                     resource,
                     if_match,
@@ -308,19 +298,17 @@ impl Store {
                     ..
                 },
                 Resolved::At(id),
-            ) => BundleResult::Updated(update_in(
-                c,
-                &self.rules,
+            ) => OpResult::Updated(update_in(
+                tx,
                 *rt,
                 &id,
                 &rewritten(resource),
                 *if_match,
                 check_refs,
                 access,
-                now,
             )?),
             (
-                BundleOp::Patch {
+                Op::Patch {
                     rt,
                     patcher,
                     if_match,
@@ -331,11 +319,11 @@ impl Store {
             ) => {
                 // The current version is locked before it is read, so no other write slips between
                 // the patch's read and its write.
-                let current = load_current_for_write(c, *rt, &id)?.ok_or_else(|| not_found(*rt, &id))?;
+                let current = load_current_for_write(tx.c, *rt, &id)?.ok_or_else(|| not_found(*rt, &id))?;
                 // Visibility first, before the version, the If-Match or a single op is looked at: a
                 // patch (its `test` ops, an empty one) on a record the caller may not see answers
                 // exactly as one on a record that does not exist.
-                if !may_see(c, *rt, &id, &current, access.compartment.as_deref())? {
+                if !may_see(tx.c, *rt, &id, &current, access.compartment.as_deref())? {
                     return Err(not_found(*rt, &id).into());
                 }
                 let body: Value = match (&current.body, current.deleted) {
@@ -363,7 +351,7 @@ impl Store {
                 // nothing: no new version, no history entry; the answer is the current version.
                 if without_version_meta(&patched) == without_version_meta(&body) {
                     access.check(*rt, &id, &body)?;
-                    return Ok(BundleResult::Updated(UpdateOutcome {
+                    return Ok(OpResult::Updated(UpdateOutcome {
                         version: Version {
                             res_type: rt.as_str().into(),
                             res_id: id.clone(),
@@ -375,26 +363,16 @@ impl Store {
                         created: false,
                     }));
                 }
-                BundleResult::Updated(update_in(
-                    c,
-                    &self.rules,
-                    *rt,
-                    &id,
-                    &patched,
-                    *if_match,
-                    check_refs,
-                    access,
-                    now,
-                )?)
+                OpResult::Updated(update_in(tx, *rt, &id, &patched, *if_match, check_refs, access)?)
             }
             (
-                BundleOp::Delete {
+                Op::Delete {
                     rt, access, if_match, ..
                 },
                 Resolved::At(id),
-            ) => BundleResult::Deleted(delete_in(c, *rt, &id, *if_match, access, now)?),
+            ) => OpResult::Deleted(delete_in(tx, *rt, &id, *if_match, access)?),
             (
-                BundleOp::Delete {
+                Op::Delete {
                     rt, if_match: Some(v), ..
                 },
                 Resolved::Nothing,
@@ -404,9 +382,9 @@ impl Store {
                 ))
                 .into())
             }
-            (BundleOp::Delete { .. }, Resolved::Nothing) => BundleResult::Deleted(None),
+            (Op::Delete { .. }, Resolved::Nothing) => OpResult::Deleted(None),
             (
-                BundleOp::Read {
+                Op::Read {
                     rt,
                     id,
                     version,
@@ -416,16 +394,16 @@ impl Store {
                 _,
             ) => {
                 let v = match version {
-                    Some(n) => vread_visible_in(c, *rt, id, *n, compartment.as_deref())?,
-                    None => read_visible_in(c, *rt, id, compartment.as_deref())?,
+                    Some(n) => vread_visible_in(tx.c, *rt, id, *n, compartment.as_deref())?,
+                    None => read_visible_in(tx.c, *rt, id, compartment.as_deref())?,
                 };
-                BundleResult::Read(v)
+                OpResult::Read(v)
             }
-            (BundleOp::Search { planned, count, .. }, _) => {
-                let rows: Vec<IdRow> = load(c, &first_page_sql(planned, *count))?;
+            (Op::Search { planned, count, .. }, _) => {
+                let rows: Vec<IdRow> = load(tx.c, &first_page_sql(planned, *count))?;
                 let ids: Vec<(String, String)> = rows.into_iter().map(|r| (r.res_type, r.res_id)).collect();
-                let matches = load_current_many(c, &ids)?;
-                BundleResult::Found {
+                let matches = load_current_many(tx.c, &ids)?;
+                OpResult::Found {
                     total: matches.len() as i64,
                     matches,
                 }
@@ -450,13 +428,13 @@ struct WrittenEntry<'a> {
     previous: Option<Value>,
 }
 
-fn access_of(op: &BundleOp) -> Option<&WriteAccess> {
+fn access_of(op: &Op) -> Option<&WriteAccess> {
     match op {
-        BundleOp::Create { access, .. }
-        | BundleOp::Update { access, .. }
-        | BundleOp::Patch { access, .. }
-        | BundleOp::Delete { access, .. } => Some(access),
-        BundleOp::Read { .. } | BundleOp::Search { .. } => None,
+        Op::Create { access, .. }
+        | Op::Update { access, .. }
+        | Op::Patch { access, .. }
+        | Op::Delete { access, .. } => Some(access),
+        Op::Read { .. } | Op::Search { .. } => None,
     }
 }
 
@@ -476,21 +454,21 @@ fn without_version_meta(resource: &Value) -> Value {
     r
 }
 
-fn label_of(op: &BundleOp) -> &str {
+fn label_of(op: &Op) -> &str {
     match op {
-        BundleOp::Create { label, .. }
-        | BundleOp::Update { label, .. }
-        | BundleOp::Patch { label, .. }
-        | BundleOp::Delete { label, .. }
-        | BundleOp::Read { label, .. }
-        | BundleOp::Search { label, .. } => label,
+        Op::Create { label, .. }
+        | Op::Update { label, .. }
+        | Op::Patch { label, .. }
+        | Op::Delete { label, .. }
+        | Op::Read { label, .. }
+        | Op::Search { label, .. } => label,
     }
 }
 
-fn result_type(r: &BundleResult) -> String {
+fn result_type(r: &OpResult) -> String {
     match r {
-        BundleResult::Created(v) | BundleResult::Existing(v) | BundleResult::Read(v) => v.res_type.clone(),
-        BundleResult::Updated(o) => o.version.res_type.clone(),
+        OpResult::Created(v) | OpResult::Existing(v) | OpResult::Read(v) => v.res_type.clone(),
+        OpResult::Updated(o) => o.version.res_type.clone(),
         _ => String::new(),
     }
 }
@@ -503,14 +481,14 @@ fn in_entry(label: &str, a: Abort) -> Abort {
 }
 
 /// Which resource each operation is for, found on the transaction before anything is written.
-fn resolve_op(c: &mut AnyConnection, op: &BundleOp) -> Result<Resolved, Abort> {
+fn resolve_op(c: &mut AnyConnection, op: &Op) -> Result<Resolved, Abort> {
     Ok(match op {
-        BundleOp::Create {
+        Op::Create {
             id,
             if_none_exist: None,
             ..
         } => Resolved::New(id.clone()),
-        BundleOp::Create {
+        Op::Create {
             rt,
             id,
             if_none_exist: Some(planned),
@@ -528,18 +506,18 @@ fn resolve_op(c: &mut AnyConnection, op: &BundleOp) -> Result<Resolved, Abort> {
                 }
             }
         }
-        BundleOp::Update {
+        Op::Update {
             rt, target, resource, ..
         } => Resolved::At(update_id(c, *rt, target, resource)?),
-        BundleOp::Patch { rt, target, .. } => match resolve(c, *rt, target)? {
+        Op::Patch { rt, target, .. } => match resolve(c, *rt, target)? {
             Some(id) => Resolved::At(id),
             None => return Err(Error::NotFound(format!("no {rt} matches the criteria of the patch")).into()),
         },
-        BundleOp::Delete { rt, target, .. } => match resolve(c, *rt, target)? {
+        Op::Delete { rt, target, .. } => match resolve(c, *rt, target)? {
             Some(id) => Resolved::At(id),
             None => Resolved::Nothing,
         },
-        BundleOp::Read { .. } | BundleOp::Search { .. } => Resolved::Unused,
+        Op::Read { .. } | Op::Search { .. } => Resolved::Unused,
     })
 }
 
@@ -581,15 +559,12 @@ pub struct ConditionalRef {
 /// http.html#transaction: "If any resource identities (including resolved identities from
 /// conditional update/delete) overlap in steps 1-3, then the transaction SHALL fail." Two entries
 /// that write one resource are a 400, before anything is written.
-fn one_entry_per_resource(ops: &[BundleOp], resolved: &[Resolved]) -> Result<(), Abort> {
+fn one_entry_per_resource(ops: &[Op], resolved: &[Resolved]) -> Result<(), Abort> {
     let mut seen: HashMap<(ResourceType, &str), &str> = HashMap::new();
     for (op, r) in ops.iter().zip(resolved) {
         let rt = match op {
-            BundleOp::Create { rt, .. }
-            | BundleOp::Update { rt, .. }
-            | BundleOp::Patch { rt, .. }
-            | BundleOp::Delete { rt, .. } => *rt,
-            BundleOp::Read { .. } | BundleOp::Search { .. } => continue,
+            Op::Create { rt, .. } | Op::Update { rt, .. } | Op::Patch { rt, .. } | Op::Delete { rt, .. } => *rt,
+            Op::Read { .. } | Op::Search { .. } => continue,
         };
         let id = match r {
             Resolved::New(id) | Resolved::At(id) => id.as_str(),
@@ -609,11 +584,11 @@ fn one_entry_per_resource(ops: &[BundleOp], resolved: &[Resolved]) -> Result<(),
 }
 
 /// `urn:uuid:` fullUrls of creates and updates, mapped to the `Type/id` they resolved to.
-fn urn_map(ops: &[BundleOp], resolved: &[Resolved]) -> HashMap<String, String> {
+fn urn_map(ops: &[Op], resolved: &[Resolved]) -> HashMap<String, String> {
     let mut map = HashMap::new();
     for (op, r) in ops.iter().zip(resolved) {
         let (rt, full_url) = match op {
-            BundleOp::Create { rt, full_url, .. } | BundleOp::Update { rt, full_url, .. } => (rt, full_url),
+            Op::Create { rt, full_url, .. } | Op::Update { rt, full_url, .. } => (rt, full_url),
             _ => continue,
         };
         let id = match r {

@@ -1,0 +1,115 @@
+//! The per-type rules of a write, in one table: what runs inside the write's transaction before a
+//! version is stored (checks, and changes to the resource), after it is stored, and when a resource
+//! is deleted. Adding a rule for a type is one entry here and a function beside the others; the
+//! executor (store::executor) and the version writer (store::write) call nothing else.
+
+use serde_json::Value;
+
+use super::write::Tx;
+use super::{scheduling, subscriptions, Abort, WriteAccess};
+use crate::resources::ResourceType;
+
+/// One write of one resource, as the rules see it.
+pub(super) struct Change<'a> {
+    pub(super) rt: ResourceType,
+    pub(super) id: &'a str,
+    /// The version this write replaces (None: the resource is new, or was deleted).
+    pub(super) previous: Option<&'a Value>,
+    pub(super) access: &'a WriteAccess,
+}
+
+/// A version just stored.
+pub(super) struct Written<'a> {
+    pub(super) rt: ResourceType,
+    pub(super) id: &'a str,
+    pub(super) version_id: i64,
+    pub(super) resource: &'a Value,
+}
+
+type BeforeWrite = fn(&mut Tx, &Change, &mut Value) -> Result<(), Abort>;
+type AfterWrite = fn(&mut Tx, &Written) -> Result<(), Abort>;
+type OnDelete = fn(&mut Tx, &str) -> Result<(), Abort>;
+
+struct Hooks {
+    /// Checks the resource (refusing the write) and keeps what the server derives in it.
+    before_write: Option<BeforeWrite>,
+    /// Keeps what the store derives from a stored version (its own index rows).
+    after_write: Option<AfterWrite>,
+    /// Undoes what the type's writes derived, when it is deleted.
+    on_delete: Option<OnDelete>,
+}
+
+/// The rules per type. Types not listed have none beyond what every write does (the search
+/// indexes, references, and the Subscription outbox).
+const HOOKS: [(&str, Hooks); 3] = [
+    (
+        "Appointment",
+        Hooks {
+            // The double-booking rule, then the group-session rules (roster, capacity, agreements).
+            before_write: Some(scheduling::before_appointment),
+            after_write: None,
+            // Frees the time it held.
+            on_delete: Some(scheduling::free_bookings),
+        },
+    ),
+    (
+        "Group",
+        Hooks {
+            // Group.quantity is the number of members active now.
+            before_write: Some(scheduling::before_group),
+            after_write: None,
+            on_delete: None,
+        },
+    ),
+    (
+        "Subscription",
+        Hooks {
+            // Only channels and endpoints this server may use; status set by the server.
+            before_write: Some(subscriptions::before_subscription),
+            // The index of active Subscriptions that every write is matched against.
+            after_write: Some(subscriptions::index_subscription),
+            // A deleted Subscription notifies no more.
+            on_delete: Some(subscriptions::forget_subscription),
+        },
+    ),
+];
+
+fn hooks_of(rt: ResourceType) -> Option<&'static Hooks> {
+    HOOKS.iter().find(|(t, _)| *t == rt.as_str()).map(|(_, h)| h)
+}
+
+pub(super) fn before_write(tx: &mut Tx, change: &Change, resource: &mut Value) -> Result<(), Abort> {
+    match hooks_of(change.rt).and_then(|h| h.before_write) {
+        Some(rule) => rule(tx, change, resource),
+        None => Ok(()),
+    }
+}
+
+/// The type's own after-write rule, then what every write does: match it against the active
+/// Subscriptions (the outbox, in the same transaction).
+pub(super) fn after_write(tx: &mut Tx, written: &Written) -> Result<(), Abort> {
+    if let Some(rule) = hooks_of(written.rt).and_then(|h| h.after_write) {
+        rule(tx, written)?;
+    }
+    subscriptions::queue_notifications(tx, written)
+}
+
+pub(super) fn on_delete(tx: &mut Tx, rt: ResourceType, id: &str) -> Result<(), Abort> {
+    match hooks_of(rt).and_then(|h| h.on_delete) {
+        Some(rule) => rule(tx, id),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_hooked_type_is_hosted_and_listed_once() {
+        for (i, (t, _)) in HOOKS.iter().enumerate() {
+            assert!(ResourceType::parse(t).is_some(), "{t} is not hosted");
+            assert!(HOOKS[..i].iter().all(|(u, _)| u != t), "{t} is listed twice");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Reading what is stored, on a connection the caller holds (a write's transaction, or a read's):
+//! the current row, a version, and whether a `patient/` caller may learn that either exists.
+
+use diesel::prelude::*;
+use serde_json::Value;
+
+use super::schema::{resource_versions, resources};
+use super::{AnyConnection, Version};
+use crate::error::Error;
+use crate::resources::{compartment, ResourceType};
+
+#[derive(Queryable)]
+pub(super) struct Current {
+    pub(super) version_id: i64,
+    pub(super) last_updated: i64,
+    pub(super) deleted: bool,
+    pub(super) body: Option<String>,
+}
+
+pub(super) fn read_in(conn: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Version, Error> {
+    read_visible_in(conn, rt, id, None)
+}
+
+/// The current version of `rt/id` for a reader limited to `patient`'s compartment (None: no limit).
+/// A resource the reader may not see answers exactly as one that does not exist, deleted or not,
+/// so that a probe learns nothing (see [`may_see`]).
+pub(super) fn read_visible_in(
+    conn: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    patient: Option<&str>,
+) -> Result<Version, Error> {
+    let current = load_current(conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
+    if !may_see(conn, rt, id, &current, patient)? {
+        return Err(not_found(rt, id));
+    }
+    match current.body {
+        Some(body) if !current.deleted => Ok(Version {
+            res_type: rt.as_str().into(),
+            res_id: id.into(),
+            version_id: current.version_id,
+            last_updated: current.last_updated,
+            method: "PUT".into(),
+            body: Some(body),
+        }),
+        _ => Err(Error::Gone(format!(
+            "{rt}/{id} was deleted (version {})",
+            current.version_id
+        ))),
+    }
+}
+
+/// Whether `resource` (stored as `rt/id`) is in Patient/`patient`'s compartment: the patient's own
+/// record, or one that refers to it through the compartment's parameters.
+pub(super) fn in_compartment(patient: &str, rt: ResourceType, id: &str, resource: &Value) -> bool {
+    (rt.as_str() == "Patient" && id == patient) || compartment::contains(patient, rt, resource)
+}
+
+/// The body of the last version of `rt/id` before `version_id` that has one (the version a
+/// deletion ended), if any.
+fn body_before(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    version_id: i64,
+) -> Result<Option<String>, diesel::result::Error> {
+    Ok(resource_versions::table
+        .filter(resource_versions::res_type.eq(rt.as_str()))
+        .filter(resource_versions::res_id.eq(id))
+        .filter(resource_versions::version_id.lt(version_id))
+        .filter(resource_versions::body.is_not_null())
+        .order(resource_versions::version_id.desc())
+        .select(resource_versions::body)
+        .first::<Option<String>>(c)
+        .optional()?
+        .flatten())
+}
+
+/// Whether a caller limited to Patient/`patient`'s compartment may learn that this version of
+/// `rt/id` exists: its body is in the compartment or, for a deletion, the body it deleted was.
+/// Without a limit, and for types outside the Patient compartment (readable by every patient/
+/// token), yes. Anything else must be answered exactly like a resource that does not exist.
+fn version_visible(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    version_id: i64,
+    body: Option<&str>,
+    patient: Option<&str>,
+) -> Result<bool, diesel::result::Error> {
+    let Some(patient) = patient else { return Ok(true) };
+    if compartment::patient_params(rt).is_none() {
+        return Ok(true);
+    }
+    let body = match body {
+        Some(b) => Some(b.to_string()),
+        None => body_before(c, rt, id, version_id)?,
+    };
+    Ok(body
+        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+        .is_some_and(|v| in_compartment(patient, rt, id, &v)))
+}
+
+/// [`version_visible`] for the current row of `rt/id`: what every read, patch and delete by a
+/// `patient/` caller decides first, before anything else is looked at or applied.
+pub(super) fn may_see(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    current: &Current,
+    patient: Option<&str>,
+) -> Result<bool, diesel::result::Error> {
+    let body = current.body.as_deref().filter(|_| !current.deleted);
+    version_visible(c, rt, id, current.version_id, body, patient)
+}
+
+type VersionColumns = (
+    resource_versions::res_type,
+    resource_versions::res_id,
+    resource_versions::version_id,
+    resource_versions::last_updated,
+    resource_versions::method,
+    resource_versions::body,
+);
+
+/// One version (http.html#vread). A deletion version answers Gone.
+pub(super) fn vread_in(c: &mut AnyConnection, rt: ResourceType, id: &str, version_id: i64) -> Result<Version, Error> {
+    vread_visible_in(c, rt, id, version_id, None)
+}
+
+/// One version for a reader limited to `patient`'s compartment (None: no limit): a version the
+/// reader may not see answers exactly as a resource that does not exist ("has no version n").
+pub(super) fn vread_visible_in(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    version_id: i64,
+    patient: Option<&str>,
+) -> Result<Version, Error> {
+    let unknown = || Error::NotFound(format!("{rt}/{id} has no version {version_id}"));
+    let found: Option<Version> = resource_versions::table
+        .filter(resource_versions::res_type.eq(rt.as_str()))
+        .filter(resource_versions::res_id.eq(id))
+        .filter(resource_versions::version_id.eq(version_id))
+        .select(version_columns())
+        .get_result(c)
+        .optional()?;
+    let Some(v) = found else { return Err(unknown()) };
+    if !version_visible(c, rt, id, version_id, v.body.as_deref(), patient)? {
+        return Err(unknown());
+    }
+    match v.body {
+        Some(_) => Ok(v),
+        None => Err(Error::Gone(format!(
+            "version {} of {rt}/{id} is a deletion",
+            v.version_id
+        ))),
+    }
+}
+
+pub(super) fn version_columns() -> VersionColumns {
+    (
+        resource_versions::res_type,
+        resource_versions::res_id,
+        resource_versions::version_id,
+        resource_versions::last_updated,
+        resource_versions::method,
+        resource_versions::body,
+    )
+}
+
+pub(super) fn not_found(rt: ResourceType, id: &str) -> Error {
+    Error::NotFound(format!("{rt}/{id} is not known"))
+}
+
+/// Reads the current row for a write. On PostgreSQL the row is locked first, so concurrent writers of
+/// one resource queue behind each other instead of failing the compare-and-swap (SQLite writers are
+/// already serialized by its write lock).
+pub(super) fn load_current_for_write(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+) -> Result<Option<Current>, diesel::result::Error> {
+    if let AnyConnection::Postgresql(pg) = c {
+        diesel::sql_query("SELECT 1 FROM resources WHERE res_type = $1 AND res_id = $2 FOR UPDATE")
+            .bind::<diesel::sql_types::Text, _>(rt.as_str())
+            .bind::<diesel::sql_types::Text, _>(id)
+            .execute(pg)?;
+    }
+    load_current(c, rt, id)
+}
+
+pub(super) fn load_current(
+    c: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+) -> Result<Option<Current>, diesel::result::Error> {
+    resources::table
+        .filter(resources::res_type.eq(rt.as_str()))
+        .filter(resources::res_id.eq(id))
+        .select((
+            resources::version_id,
+            resources::last_updated,
+            resources::deleted,
+            resources::body,
+        ))
+        .get_result::<Current>(c)
+        .optional()
+}
