@@ -45,9 +45,7 @@ pub fn plan_criteria(criteria: &str) -> Result<(ResourceType, String, Planned), 
             "criteria '{criteria}' must search a type hosted here, such as Appointment?status=booked"
         ))
     })?;
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let pairs = crate::search::pairs(query.as_bytes());
     let search = Search::parse(&pairs).map_err(|e| refuse(format!("criteria: {e}")))?;
     let planned = plan(&[rt], &search, true, &see_everything).map_err(|e| refuse(format!("criteria: {e}")))?;
     Ok((rt, query.to_string(), planned))

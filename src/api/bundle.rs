@@ -275,9 +275,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
         ("GET", [t], q) => {
             let rt = type_of(t)?;
             grant(rt, Permission::Search)?;
-            let pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
+            let pairs = crate::search::pairs(q.as_deref().unwrap_or("").as_bytes());
             let search = Search::parse(&pairs).map_err(in_label)?;
             let visible = |t: ResourceType| super::search::search_visibility(ctx, t);
             let count = search

@@ -7,8 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::{
-    blocking, if_match, instance, read_body, resource_type, return_preference, version_headers, AppState, Ctx,
-    ReturnPreference,
+    blocking, if_match, instance, read_body, resource_type, version_headers, AppState, Ctx, Prefer, ReturnPreference,
 };
 use crate::auth::{Grant, Permission};
 use crate::error::Error;
@@ -65,8 +64,8 @@ pub(super) fn may_read(ctx: &Ctx, rt: ResourceType, v: &Version) -> bool {
 /// planned with what the caller may see: `grant` for `rt` itself, search grants for the types a chain
 /// passes through. Unknown parameters are refused: ignoring one would widen the match.
 pub(super) fn criteria(ctx: &Ctx, rt: ResourceType, grant: &Grant, query: &str) -> Result<Planned, Error> {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+    let pairs: Vec<(String, String)> = crate::search::pairs(query.trim_start_matches('?').as_bytes())
+        .into_iter()
         .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
         .collect();
     let search = Search::parse(&pairs)?;
@@ -225,7 +224,7 @@ fn written(
     let location = ctx.url(&format!("{}/{}/_history/{}", v.res_type, v.res_id, v.version_id));
     let mut builder = HttpResponse::build(status);
     builder.insert_header((header::LOCATION, location));
-    let preference = match return_preference(req) {
+    let preference = match Prefer::of(req).return_ {
         ReturnPreference::Representation if !show_body => ReturnPreference::Minimal,
         p => p,
     };

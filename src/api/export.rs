@@ -44,11 +44,7 @@ fn requester(ctx: &Ctx) -> Result<String, Error> {
 }
 
 fn lenient(req: &HttpRequest) -> bool {
-    req.headers()
-        .get_all("prefer")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .any(|p| p.trim() == "handling=lenient")
+    super::Prefer::of(req).handling == Some(super::Handling::Lenient)
 }
 
 /// The kick-off of an export at `level` (system, patient, group).
@@ -60,12 +56,7 @@ async fn kick_off(
     group_id: Option<String>,
 ) -> Result<HttpResponse, Error> {
     let requester = requester(ctx)?;
-    let respond_async = req
-        .headers()
-        .get_all("prefer")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .any(|p| p.trim() == "respond-async");
+    let respond_async = super::Prefer::of(req).respond_async;
     if !respond_async {
         return Err(Error::Invalid(
             "$export runs asynchronously: send the header Prefer: respond-async".into(),

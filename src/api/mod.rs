@@ -503,7 +503,7 @@ pub fn page_link(ctx: &Ctx, path: &str, params: &[(String, String)], cursor: Opt
 /// where they are parsed ([`crate::search::Search::parse`]).
 fn check_url(req: &HttpRequest) -> Result<(), Error> {
     let segments = req.match_info().iter();
-    let query = form_urlencoded::parse(req.query_string().as_bytes());
+    let query = crate::search::pairs(req.query_string().as_bytes());
     for (name, value) in segments {
         if let Some(c) = fhir::control_character(value) {
             return Err(Error::Invalid(format!(
@@ -525,13 +525,7 @@ fn check_url(req: &HttpRequest) -> Result<(), Error> {
 }
 
 pub fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
-    url_pairs(req.query_string())
-}
-
-fn url_pairs(query: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
+    crate::search::pairs(req.query_string().as_bytes())
 }
 
 /// Reads a request body, refusing it (413) as soon as it exceeds the configured limit — after
@@ -682,22 +676,70 @@ pub enum ReturnPreference {
     OperationOutcome,
 }
 
-pub fn return_preference(req: &HttpRequest) -> ReturnPreference {
-    let prefer = req
-        .headers()
-        .get_all("prefer")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .map(str::trim);
-    for p in prefer {
-        match p.strip_prefix("return=").map(|v| v.trim_matches('"')) {
-            Some("minimal") => return ReturnPreference::Minimal,
-            Some("OperationOutcome") => return ReturnPreference::OperationOutcome,
-            Some("representation") => return ReturnPreference::Representation,
-            _ => {}
+/// `Prefer: handling=…` of a search (search.html#errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    Strict,
+    Lenient,
+}
+
+/// The `Prefer` header (RFC 7240), read in one place: `return=` (http.html#ops), `handling=`
+/// (search.html#errors) and `respond-async` (Bulk Data kick-off). Several headers and
+/// comma-separated preferences are one list; the first of each kind counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefer {
+    pub return_: ReturnPreference,
+    pub handling: Option<Handling>,
+    pub respond_async: bool,
+}
+
+impl Prefer {
+    pub fn of(req: &HttpRequest) -> Prefer {
+        let mut prefer = Prefer {
+            return_: ReturnPreference::Representation,
+            handling: None,
+            respond_async: false,
+        };
+        let mut seen_return = false;
+        let tokens = req
+            .headers()
+            .get_all("prefer")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .map(str::trim);
+        for token in tokens {
+            let (name, value) = match token.split_once('=') {
+                Some((n, v)) => (n.trim(), v.trim().trim_matches('"')),
+                None => (token, ""),
+            };
+            match (name, value) {
+                ("return", v) if !seen_return => {
+                    let chosen = match v {
+                        "minimal" => ReturnPreference::Minimal,
+                        "OperationOutcome" => ReturnPreference::OperationOutcome,
+                        "representation" => ReturnPreference::Representation,
+                        _ => continue,
+                    };
+                    prefer.return_ = chosen;
+                    seen_return = true;
+                }
+                ("handling", "strict") if prefer.handling.is_none() => prefer.handling = Some(Handling::Strict),
+                ("handling", "lenient") if prefer.handling.is_none() => prefer.handling = Some(Handling::Lenient),
+                ("respond-async", "") => prefer.respond_async = true,
+                _ => {}
+            }
         }
+        prefer
     }
-    ReturnPreference::Representation
+}
+
+impl actix_web::FromRequest for Prefer {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Prefer, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(Ok(Prefer::of(req)))
+    }
 }
 
 /// The version named by `If-Match: W/"n"` (or `"n"`), if the header is present.
@@ -786,7 +828,7 @@ mod tests {
     #[test]
     fn query_values_are_percent_decoded() {
         assert_eq!(
-            url_pairs("a=b%20c&_format=application%2Ffhir%2Bxml&x"),
+            crate::search::pairs(b"a=b%20c&_format=application%2Ffhir%2Bxml&x"),
             vec![
                 ("a".to_string(), "b c".to_string()),
                 ("_format".to_string(), "application/fhir+xml".to_string()),
@@ -794,9 +836,40 @@ mod tests {
             ]
         );
         assert_eq!(
-            url_pairs("a=%zz%4%C3"),
+            crate::search::pairs(b"a=%zz%4%C3"),
             vec![("a".to_string(), "%zz%4\u{FFFD}".to_string())]
         );
+    }
+
+    #[test]
+    fn prefer_is_one_list_of_preferences() {
+        let of = |values: &[&str]| {
+            let mut req = actix_web::test::TestRequest::default();
+            for v in values {
+                req = req.append_header(("Prefer", *v));
+            }
+            Prefer::of(&req.to_http_request())
+        };
+        let none = of(&[]);
+        assert_eq!(
+            (none.return_, none.handling, none.respond_async),
+            (ReturnPreference::Representation, None, false)
+        );
+        let p = of(&["respond-async, handling=lenient", "return=\"minimal\""]);
+        assert_eq!(
+            (p.return_, p.handling, p.respond_async),
+            (ReturnPreference::Minimal, Some(Handling::Lenient), true)
+        );
+        // The first of each kind counts; unknown values are ignored.
+        let p = of(&[
+            "return=bogus; return=OperationOutcome, return=minimal",
+            "handling=strict, handling=lenient",
+        ]);
+        assert_eq!(
+            (p.return_, p.handling),
+            (ReturnPreference::OperationOutcome, Some(Handling::Strict))
+        );
+        assert!(!of(&["respond-async=no"]).respond_async);
     }
 
     #[test]

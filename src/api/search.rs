@@ -75,11 +75,7 @@ const LINKED_RESULT_PARAMS: [&str; 8] = [
 ];
 
 pub(super) fn strict_handling(req: &HttpRequest) -> bool {
-    req.headers()
-        .get_all("prefer")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .any(|p| p.trim() == "handling=strict")
+    super::Prefer::of(req).handling == Some(super::Handling::Strict)
 }
 
 /// The parameters of a POST `_search`: the form body and the URL query together.
@@ -104,7 +100,7 @@ pub(super) async fn form_pairs(
     }
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
     let mut pairs = query_pairs(req);
-    pairs.extend(form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())));
+    pairs.extend(crate::search::pairs(&body));
     Ok(pairs)
 }
 

@@ -114,6 +114,15 @@ const RESULT_PARAMS: [&str; 11] = [
     "_type",
 ];
 
+/// The name/value pairs of a query string or a form body (`a=1&b=2`, percent- and plus-decoded,
+/// in order): the one place a query is split, for URLs, `_search` bodies, conditional criteria,
+/// Bundle entries and Subscription criteria alike.
+pub fn pairs(query: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(query)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 impl Search {
     /// Parses the query pairs of a search. Criteria are kept as written; whether their parameters
     /// exist for the type is decided when planning.

@@ -83,9 +83,7 @@ pub(super) fn queue_notifications(tx: &mut Tx, w: &Written) -> Result<(), Abort>
         .select((subscription_index::sub_id, subscription_index::criteria))
         .load(c)?;
     for (sub_id, criteria) in subscriptions {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(criteria.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let pairs = crate::search::pairs(criteria.as_bytes());
         // Checked strictly when the Subscription was written; leniently here, so that a write never
         // fails because of someone's Subscription.
         let Ok(planned) = Search::parse(&pairs).and_then(|s| plan(&[rt], &s, false, &see_everything)) else {
