@@ -188,6 +188,22 @@ mod r2d2_error {
     pub use diesel::r2d2::PoolError;
 }
 
+/// A handler's error leaves as this; the `errors` middleware (api::middleware) renders it as an
+/// OperationOutcome in the negotiated format, with the request id, before any other layer sees it.
+/// This plain JSON rendering is what an error would look like without that layer.
+impl actix_web::ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        let (status, code) = self.status_and_code();
+        actix_web::HttpResponse::build(status)
+            .content_type("application/fhir+json")
+            .json(crate::fhir::operation_outcome("error", code, &self.diagnostics("")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,7 +96,8 @@ impl Application {
                 .default_service(web::to(api::not_found))
                 // Outermost last: frame (request id, logs, headers) → CORS (answers a preflight with
                 // no token, and no audit record: it is no FHIR interaction) → audit → authenticate →
-                // routes.
+                // errors (a handler's Err rendered as an OperationOutcome) → routes.
+                .wrap(from_fn(middleware::errors))
                 .wrap(from_fn(middleware::authenticate))
                 .wrap(from_fn(middleware::audit))
                 .wrap(middleware::cors(&state.config.cors_allowed()))

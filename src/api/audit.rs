@@ -28,24 +28,20 @@ use crate::search::{Search, Total};
     ),
     extensions(("x-scopes" = json!(["AuditEvent.r"])), ("x-contexts" = json!(["system"]))),
 )]
-pub async fn read(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        ctx.grant_all(AUDIT_EVENT, Permission::Read)?;
-        let id = path.into_inner();
-        if !is_valid_id(&id) {
-            return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
-        }
-        let store = state.store.clone();
-        let lookup = id.clone();
-        let body = blocking(move || store.audit_read(&lookup))
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("AuditEvent/{id} is not known")))?;
-        let value = crate::audit::render(&body).map_err(Error::Internal)?;
-        Ok(ctx.body(HttpResponse::Ok(), &value))
+pub async fn read(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    ctx.grant_all(AUDIT_EVENT, Permission::Read)?;
+    let id = path.into_inner();
+    if !is_valid_id(&id) {
+        return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
     }
-    .await;
-    ctx.respond(result)
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let body = blocking(move || store.audit_read(&lookup))
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("AuditEvent/{id} is not known")))?;
+    let value = crate::audit::render(&body).map_err(Error::Internal)?;
+    Ok(ctx.body(HttpResponse::Ok(), &value))
 }
 
 #[utoipa::path(
@@ -59,9 +55,8 @@ pub async fn read(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>)
     ),
     extensions(("x-scopes" = json!(["AuditEvent.s"])), ("x-contexts" = json!(["system"])), ("x-search" = json!("audit"))),
 )]
-pub async fn search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
-    let result = run(&req, &ctx, &state, query_pairs(&req)).await;
-    ctx.respond(result)
+pub async fn search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    run(&req, &ctx, &state, query_pairs(&req)).await
 }
 
 #[utoipa::path(
@@ -81,14 +76,10 @@ pub async fn search_post(
     ctx: Ctx,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        let pairs = form_pairs(&req, payload, &state).await?;
-        ctx.audit(|d| d.query = Some(super::search::encode_pairs(&pairs)));
-        run(&req, &ctx, &state, pairs).await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    let pairs = form_pairs(&req, payload, &state).await?;
+    ctx.audit(|d| d.query = Some(super::search::encode_pairs(&pairs)));
+    run(&req, &ctx, &state, pairs).await
 }
 
 async fn run(

@@ -511,96 +511,91 @@ pub async fn transaction_or_batch(
     ctx: Ctx,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let format = Format::from_content_type(content_type)?;
-        let body = read_body(&req, payload, state.config.max_body_bytes).await?;
-        let mut bundle = fhir::parse_resource(&body, format)?;
-        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-            return Err(Error::Structure(
-                "POST to the base URL takes a Bundle of type transaction or batch".into(),
-            ));
-        }
-        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
-        unique_full_urls(&bundle)?;
-        let (response_type, responses) = match kind.as_str() {
-            "transaction" => {
-                ctx.audit(|d| d.interaction = Some("transaction"));
-                let mut planned = entries(&ctx, &mut bundle, &state.config)?
-                    .into_iter()
-                    .collect::<Result<Vec<Entry>, Error>>()?;
-                planned.sort_by_key(|e| method_rank(&e.method));
-                let all: Vec<&Entry> = planned.iter().collect();
-                let full_urls = own_full_urls(&all);
-                let full_urls: Vec<&str> = full_urls.iter().map(String::as_str).collect();
-                let conditional = bundle_references(&ctx, &all, &full_urls)?;
-                let order: Vec<(usize, bool)> = planned.iter().map(|e| (e.index, e.hide_body)).collect();
-                let ops: Vec<Op> = planned.into_iter().map(|e| e.op).collect();
-                let store = state.store.clone();
-                let results = blocking(move || store.transaction_with(&ops, &conditional)).await?;
-                let mut by_index: Vec<(usize, Value)> = Vec::with_capacity(results.len());
-                for ((index, hide_body), result) in order.into_iter().zip(results.iter()) {
-                    by_index.push((index, result_entry(&ctx, result, hide_body)?));
-                }
-                by_index.sort_by_key(|(i, _)| *i);
-                (
-                    "transaction-response",
-                    by_index.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
-                )
-            }
-            "batch" => {
-                ctx.audit(|d| d.interaction = Some("batch"));
-                let planned = entries(&ctx, &mut bundle, &state.config)?;
-                let mut out = Vec::with_capacity(planned.len());
-                for entry in planned {
-                    // A batch entry stands alone: it can refer to no other entry (http.html#brules).
-                    let entry = entry.and_then(|entry| {
-                        let conditional = bundle_references(&ctx, &[&entry], &[])?;
-                        Ok((entry, conditional))
-                    });
-                    let (entry, conditional) = match entry {
-                        Ok(entry) => entry,
-                        Err(e) => {
-                            out.push(error_entry(&ctx, &e));
-                            continue;
-                        }
-                    };
-                    let store = state.store.clone();
-                    let (op, hide_body) = (entry.op, entry.hide_body);
-                    let result =
-                        blocking(move || store.transaction_with(std::slice::from_ref(&op), &conditional)).await;
-                    out.push(match result {
-                        Ok(results) => match results.first() {
-                            Some(r) => result_entry(&ctx, r, hide_body)?,
-                            None => json!({"response": {"status": reason(StatusCode::OK)}}),
-                        },
-                        Err(e) => error_entry(&ctx, &e),
-                    });
-                }
-                ("batch-response", out)
-            }
-            other => {
-                return Err(Error::Invalid(format!(
-                    "a Bundle of type '{other}' cannot be processed; use transaction or batch"
-                )))
-            }
-        };
-        let touched: Vec<String> = responses
-            .iter()
-            .filter_map(|e| e["response"]["location"].as_str().map(str::to_string))
-            .collect();
-        ctx.audit(|d| d.entities = touched);
-        let response = json!({
-            "resourceType": "Bundle",
-            "id": uuid::Uuid::new_v4().to_string(),
-            "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
-            "type": response_type,
-            "entry": responses,
-        });
-        Ok(ctx.body(HttpResponse::Ok(), &response))
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(content_type)?;
+    let body = read_body(&req, payload, state.config.max_body_bytes).await?;
+    let mut bundle = fhir::parse_resource(&body, format)?;
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(Error::Structure(
+            "POST to the base URL takes a Bundle of type transaction or batch".into(),
+        ));
     }
-    .await;
-    ctx.respond(result)
+    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    unique_full_urls(&bundle)?;
+    let (response_type, responses) = match kind.as_str() {
+        "transaction" => {
+            ctx.audit(|d| d.interaction = Some("transaction"));
+            let mut planned = entries(&ctx, &mut bundle, &state.config)?
+                .into_iter()
+                .collect::<Result<Vec<Entry>, Error>>()?;
+            planned.sort_by_key(|e| method_rank(&e.method));
+            let all: Vec<&Entry> = planned.iter().collect();
+            let full_urls = own_full_urls(&all);
+            let full_urls: Vec<&str> = full_urls.iter().map(String::as_str).collect();
+            let conditional = bundle_references(&ctx, &all, &full_urls)?;
+            let order: Vec<(usize, bool)> = planned.iter().map(|e| (e.index, e.hide_body)).collect();
+            let ops: Vec<Op> = planned.into_iter().map(|e| e.op).collect();
+            let store = state.store.clone();
+            let results = blocking(move || store.transaction_with(&ops, &conditional)).await?;
+            let mut by_index: Vec<(usize, Value)> = Vec::with_capacity(results.len());
+            for ((index, hide_body), result) in order.into_iter().zip(results.iter()) {
+                by_index.push((index, result_entry(&ctx, result, hide_body)?));
+            }
+            by_index.sort_by_key(|(i, _)| *i);
+            (
+                "transaction-response",
+                by_index.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            )
+        }
+        "batch" => {
+            ctx.audit(|d| d.interaction = Some("batch"));
+            let planned = entries(&ctx, &mut bundle, &state.config)?;
+            let mut out = Vec::with_capacity(planned.len());
+            for entry in planned {
+                // A batch entry stands alone: it can refer to no other entry (http.html#brules).
+                let entry = entry.and_then(|entry| {
+                    let conditional = bundle_references(&ctx, &[&entry], &[])?;
+                    Ok((entry, conditional))
+                });
+                let (entry, conditional) = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        out.push(error_entry(&ctx, &e));
+                        continue;
+                    }
+                };
+                let store = state.store.clone();
+                let (op, hide_body) = (entry.op, entry.hide_body);
+                let result = blocking(move || store.transaction_with(std::slice::from_ref(&op), &conditional)).await;
+                out.push(match result {
+                    Ok(results) => match results.first() {
+                        Some(r) => result_entry(&ctx, r, hide_body)?,
+                        None => json!({"response": {"status": reason(StatusCode::OK)}}),
+                    },
+                    Err(e) => error_entry(&ctx, &e),
+                });
+            }
+            ("batch-response", out)
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "a Bundle of type '{other}' cannot be processed; use transaction or batch"
+            )))
+        }
+    };
+    let touched: Vec<String> = responses
+        .iter()
+        .filter_map(|e| e["response"]["location"].as_str().map(str::to_string))
+        .collect();
+    ctx.audit(|d| d.entities = touched);
+    let response = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
+        "type": response_type,
+        "entry": responses,
+    });
+    Ok(ctx.body(HttpResponse::Ok(), &response))
 }

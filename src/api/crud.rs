@@ -274,49 +274,45 @@ pub async fn create(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        let rt = resource_type(&path)?;
-        let grant = ctx.grant(rt.as_str(), Permission::Create)?;
-        let if_none_exist = match req.headers().get("if-none-exist") {
-            Some(v) => {
-                let text = v
-                    .to_str()
-                    .map_err(|_| Error::Invalid("If-None-Exist is not a valid header value".into()))?;
-                Some(criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, text)?)
-            }
-            None => None,
-        };
-        let resource = parse_body(&req, payload, &state, rt).await?;
-        let op = Op::Create {
-            label: format!("create {rt}"),
-            rt,
-            // http.html#create: an id in the body is ignored; the server assigns one.
-            id: crate::resources::new_id(),
-            resource,
-            access: write_access(&ctx, rt, &grant),
-            if_none_exist,
-            full_url: None,
-        };
-        let store = state.store.clone();
-        match blocking(move || store.run(op)).await? {
-            OpResult::Created(version) => {
-                audit_version(&ctx, rt, &version);
-                written(&ctx, &req, StatusCode::CREATED, &version, true)
-            }
-            // http.html#ccreate: one match, so nothing is created; 200 with the match, whose body
-            // only a caller that may read it sees.
-            OpResult::Existing(version) => {
-                audit_version(&ctx, rt, &version);
-                let show = may_read(&ctx, rt, &version);
-                written(&ctx, &req, StatusCode::OK, &version, show)
-            }
-            other => Err(Error::Internal(format!("create answered {other:?}"))),
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let rt = resource_type(&path)?;
+    let grant = ctx.grant(rt.as_str(), Permission::Create)?;
+    let if_none_exist = match req.headers().get("if-none-exist") {
+        Some(v) => {
+            let text = v
+                .to_str()
+                .map_err(|_| Error::Invalid("If-None-Exist is not a valid header value".into()))?;
+            Some(criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, text)?)
         }
+        None => None,
+    };
+    let resource = parse_body(&req, payload, &state, rt).await?;
+    let op = Op::Create {
+        label: format!("create {rt}"),
+        rt,
+        // http.html#create: an id in the body is ignored; the server assigns one.
+        id: crate::resources::new_id(),
+        resource,
+        access: write_access(&ctx, rt, &grant),
+        if_none_exist,
+        full_url: None,
+    };
+    let store = state.store.clone();
+    match blocking(move || store.run(op)).await? {
+        OpResult::Created(version) => {
+            audit_version(&ctx, rt, &version);
+            written(&ctx, &req, StatusCode::CREATED, &version, true)
+        }
+        // http.html#ccreate: one match, so nothing is created; 200 with the match, whose body
+        // only a caller that may read it sees.
+        OpResult::Existing(version) => {
+            audit_version(&ctx, rt, &version);
+            let show = may_read(&ctx, rt, &version);
+            written(&ctx, &req, StatusCode::OK, &version, show)
+        }
+        other => Err(Error::Internal(format!("create answered {other:?}"))),
     }
-    .await;
-    ctx.respond(result)
 }
 
 #[utoipa::path(
@@ -333,20 +329,20 @@ pub async fn create(
     ),
     extensions(("x-scopes" = json!(["{type}.r"]))),
 )]
-pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        let (type_name, id) = path.into_inner();
-        let (rt, id) = instance(&type_name, id)?;
-        let grant = ctx.grant(rt.as_str(), Permission::Read)?;
-        let store = state.store.clone();
-        let patient = grant.patient().map(str::to_string);
-        let version = blocking(move || store.read_visible(rt, &id, patient.as_deref())).await?;
-        audit_version(&ctx, rt, &version);
-        ctx.version(HttpResponse::Ok(), &version)
-    }
-    .await;
-    ctx.respond(result)
+pub async fn read(
+    ctx: Ctx,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let (type_name, id) = path.into_inner();
+    let (rt, id) = instance(&type_name, id)?;
+    let grant = ctx.grant(rt.as_str(), Permission::Read)?;
+    let store = state.store.clone();
+    let patient = grant.patient().map(str::to_string);
+    let version = blocking(move || store.read_visible(rt, &id, patient.as_deref())).await?;
+    audit_version(&ctx, rt, &version);
+    ctx.version(HttpResponse::Ok(), &version)
 }
 
 #[utoipa::path(
@@ -363,25 +359,25 @@ pub async fn read(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<
     ),
     extensions(("x-scopes" = json!(["{type}.r"]))),
 )]
-pub async fn vread(ctx: Ctx, path: web::Path<(String, String, String)>, state: web::Data<AppState>) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        let (type_name, id, vid) = path.into_inner();
-        let rt = resource_type(&type_name)?;
-        let grant = ctx.grant(rt.as_str(), Permission::Read)?;
-        let version_id = vid
-            .parse::<i64>()
-            .ok()
-            .filter(|_| is_valid_id(&id))
-            .ok_or_else(|| Error::NotFound(format!("{rt}/{id} has no version '{vid}'")))?;
-        let store = state.store.clone();
-        let patient = grant.patient().map(str::to_string);
-        let version = blocking(move || store.vread_visible(rt, &id, version_id, patient.as_deref())).await?;
-        audit_version(&ctx, rt, &version);
-        ctx.version(HttpResponse::Ok(), &version)
-    }
-    .await;
-    ctx.respond(result)
+pub async fn vread(
+    ctx: Ctx,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let (type_name, id, vid) = path.into_inner();
+    let rt = resource_type(&type_name)?;
+    let grant = ctx.grant(rt.as_str(), Permission::Read)?;
+    let version_id = vid
+        .parse::<i64>()
+        .ok()
+        .filter(|_| is_valid_id(&id))
+        .ok_or_else(|| Error::NotFound(format!("{rt}/{id} has no version '{vid}'")))?;
+    let store = state.store.clone();
+    let patient = grant.patient().map(str::to_string);
+    let version = blocking(move || store.vread_visible(rt, &id, version_id, patient.as_deref())).await?;
+    audit_version(&ctx, rt, &version);
+    ctx.version(HttpResponse::Ok(), &version)
 }
 
 /// Runs an update or patch and answers it (201 when it created the resource). `needs_read`: the
@@ -430,46 +426,42 @@ pub async fn update(
     path: web::Path<(String, String)>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        let (type_name, id) = path.into_inner();
-        let rt = resource_type(&type_name)?;
-        if !is_valid_id(&id) {
-            return Err(Error::Invalid(format!(
-                "'{id}' is not a valid resource id (1 to 64 of A-Z a-z 0-9 - .)"
-            )));
-        }
-        let grant = ctx.grant(rt.as_str(), Permission::Update)?;
-        let expected = if_match(&req)?;
-        let resource = parse_body(&req, payload, &state, rt).await?;
-        // http.html#update: the body SHALL carry the id of the URL.
-        match resource.get("id").and_then(Value::as_str) {
-            Some(body_id) if body_id == id => {}
-            Some(body_id) => {
-                return Err(Error::Structure(format!(
-                    "the id in the body ('{body_id}') differs from the id in the URL ('{id}')"
-                )))
-            }
-            None => {
-                return Err(Error::Structure(format!(
-                    "the body has no id; an update of {rt}/{id} must carry id '{id}'"
-                )))
-            }
-        }
-        let op = Op::Update {
-            label: format!("update {rt}/{id}"),
-            rt,
-            target: Target::Id(id),
-            resource,
-            if_match: expected,
-            access: write_access(&ctx, rt, &grant),
-            full_url: None,
-        };
-        run_write(&ctx, &req, &state, rt, op, false).await
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let (type_name, id) = path.into_inner();
+    let rt = resource_type(&type_name)?;
+    if !is_valid_id(&id) {
+        return Err(Error::Invalid(format!(
+            "'{id}' is not a valid resource id (1 to 64 of A-Z a-z 0-9 - .)"
+        )));
     }
-    .await;
-    ctx.respond(result)
+    let grant = ctx.grant(rt.as_str(), Permission::Update)?;
+    let expected = if_match(&req)?;
+    let resource = parse_body(&req, payload, &state, rt).await?;
+    // http.html#update: the body SHALL carry the id of the URL.
+    match resource.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => {}
+        Some(body_id) => {
+            return Err(Error::Structure(format!(
+                "the id in the body ('{body_id}') differs from the id in the URL ('{id}')"
+            )))
+        }
+        None => {
+            return Err(Error::Structure(format!(
+                "the body has no id; an update of {rt}/{id} must carry id '{id}'"
+            )))
+        }
+    }
+    let op = Op::Update {
+        label: format!("update {rt}/{id}"),
+        rt,
+        target: Target::Id(id),
+        resource,
+        if_match: expected,
+        access: write_access(&ctx, rt, &grant),
+        full_url: None,
+    };
+    run_write(&ctx, &req, &state, rt, op, false).await
 }
 
 /// PUT [type]?criteria (http.html#cond-update): one match is updated, none creates, more is 412.
@@ -496,27 +488,23 @@ pub async fn conditional_update(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        let rt = resource_type(&path)?;
-        let grant = ctx.grant(rt.as_str(), Permission::Update)?;
-        let planned = criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, req.query_string())?;
-        let expected = if_match(&req)?;
-        let resource = parse_body(&req, payload, &state, rt).await?;
-        let op = Op::Update {
-            label: format!("conditional update of {rt}"),
-            rt,
-            target: Target::Search(planned),
-            resource,
-            if_match: expected,
-            access: write_access(&ctx, rt, &grant),
-            full_url: None,
-        };
-        run_write(&ctx, &req, &state, rt, op, false).await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let rt = resource_type(&path)?;
+    let grant = ctx.grant(rt.as_str(), Permission::Update)?;
+    let planned = criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, req.query_string())?;
+    let expected = if_match(&req)?;
+    let resource = parse_body(&req, payload, &state, rt).await?;
+    let op = Op::Update {
+        label: format!("conditional update of {rt}"),
+        rt,
+        target: Target::Search(planned),
+        resource,
+        if_match: expected,
+        access: write_access(&ctx, rt, &grant),
+        full_url: None,
+    };
+    run_write(&ctx, &req, &state, rt, op, false).await
 }
 
 /// PATCH [type]/[id] with a JSON Patch body.
@@ -544,10 +532,9 @@ pub async fn patch(
     path: web::Path<(String, String)>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Error> {
     let (type_name, id) = path.into_inner();
-    let result = run_patch(&req, &ctx, &state, payload, &type_name, Some(id)).await;
-    ctx.respond(result)
+    run_patch(&req, &ctx, &state, payload, &type_name, Some(id)).await
 }
 
 /// PATCH [type]?criteria with a JSON Patch body: the one matching resource is patched.
@@ -574,9 +561,8 @@ pub async fn conditional_patch(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = run_patch(&req, &ctx, &state, payload, &path, None).await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    run_patch(&req, &ctx, &state, payload, &path, None).await
 }
 
 async fn run_patch(
@@ -678,16 +664,12 @@ pub async fn delete(
     ctx: Ctx,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        let (type_name, id) = path.into_inner();
-        let (rt, id) = instance(&type_name, id)?;
-        let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
-        run_delete(&ctx, &req, &state, rt, Target::Id(id), &grant).await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let (type_name, id) = path.into_inner();
+    let (rt, id) = instance(&type_name, id)?;
+    let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
+    run_delete(&ctx, &req, &state, rt, Target::Id(id), &grant).await
 }
 
 #[utoipa::path(
@@ -708,16 +690,12 @@ pub async fn conditional_delete(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        ctx.negotiated()?;
-        let rt = resource_type(&path)?;
-        let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
-        let planned = criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, req.query_string())?;
-        run_delete(&ctx, &req, &state, rt, Target::Search(planned), &grant).await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let rt = resource_type(&path)?;
+    let grant = ctx.grant(rt.as_str(), Permission::Delete)?;
+    let planned = criteria(&ctx, rt, &conditional_grant(&ctx, rt, &grant)?, req.query_string())?;
+    run_delete(&ctx, &req, &state, rt, Target::Search(planned), &grant).await
 }
 
 #[cfg(test)]

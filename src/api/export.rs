@@ -172,9 +172,8 @@ async fn kick_off(
     ),
     extensions(("x-scopes" = json!(["*.r"])), ("x-contexts" = json!(["system", "user"]))),
 )]
-pub async fn system_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
-    let result = kick_off(&req, &ctx, &state, "system", None).await;
-    ctx.respond(result)
+pub async fn system_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    kick_off(&req, &ctx, &state, "system", None).await
 }
 
 #[utoipa::path(
@@ -189,9 +188,8 @@ pub async fn system_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState
     ),
     extensions(("x-scopes" = json!(["Patient.r"])), ("x-contexts" = json!(["system", "user"]))),
 )]
-pub async fn patient_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
-    let result = kick_off(&req, &ctx, &state, "patient", None).await;
-    ctx.respond(result)
+pub async fn patient_export(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    kick_off(&req, &ctx, &state, "patient", None).await
 }
 
 /// `GET /Group/{id}/$export` (dispatched from the instance operations).
@@ -265,48 +263,46 @@ async fn own_job(ctx: &Ctx, state: &AppState, id: &str) -> Result<ExportJob, Err
     ),
     extensions(("x-scopes" = json!([]))),
 )]
-pub async fn status(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
-    let result = async {
-        let job = own_job(&ctx, &state, &path).await?;
-        match job.state.as_str() {
-            "queued" | "running" => {
-                let progress = job.progress.clone().unwrap_or_else(|| job.state.clone());
-                let mut response = HttpResponse::Accepted().insert_header(("Retry-After", "1")).finish();
-                if let Ok(v) = HeaderValue::from_str(&progress) {
-                    response.headers_mut().insert(header::HeaderName::from_static("x-progress"), v);
-                }
-                Ok(response)
+pub async fn status(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let job = own_job(&ctx, &state, &path).await?;
+    match job.state.as_str() {
+        "queued" | "running" => {
+            let progress = job.progress.clone().unwrap_or_else(|| job.state.clone());
+            let mut response = HttpResponse::Accepted().insert_header(("Retry-After", "1")).finish();
+            if let Ok(v) = HeaderValue::from_str(&progress) {
+                response
+                    .headers_mut()
+                    .insert(header::HeaderName::from_static("x-progress"), v);
             }
-            "completed" => {
-                let (store, id) = (state.store.clone(), job.id.clone());
-                let files = blocking(move || store.export_file_list(&id)).await?;
-                let output: Vec<_> = files
-                    .iter()
-                    .map(|f| {
-                        json!({"type": f.res_type, "url": ctx.url(&format!("$export-file/{}/{}", job.id, f.seq)), "count": f.count})
-                    })
-                    .collect();
-                let manifest = json!({
-                    "transactionTime": dates::format_instant(job.transaction_time.unwrap_or(job.created)),
-                    "request": job.request_url,
-                    "requiresAccessToken": true,
-                    "output": output,
-                    "error": [],
-                });
-                let mut builder = HttpResponse::Ok();
-                if let Some(expires) = job.expires {
-                    builder.insert_header((header::EXPIRES, dates::format_http_date(expires)));
-                }
-                Ok(builder.content_type("application/json").body(manifest.to_string()))
-            }
-            _ => Err(Error::Internal(format!(
-                "export job failed: {}",
-                job.error.as_deref().unwrap_or("unknown cause")
-            ))),
+            Ok(response)
         }
+        "completed" => {
+            let (store, id) = (state.store.clone(), job.id.clone());
+            let files = blocking(move || store.export_file_list(&id)).await?;
+            let output: Vec<_> = files
+                .iter()
+                .map(|f| {
+                    json!({"type": f.res_type, "url": ctx.url(&format!("$export-file/{}/{}", job.id, f.seq)), "count": f.count})
+                })
+                .collect();
+            let manifest = json!({
+                "transactionTime": dates::format_instant(job.transaction_time.unwrap_or(job.created)),
+                "request": job.request_url,
+                "requiresAccessToken": true,
+                "output": output,
+                "error": [],
+            });
+            let mut builder = HttpResponse::Ok();
+            if let Some(expires) = job.expires {
+                builder.insert_header((header::EXPIRES, dates::format_http_date(expires)));
+            }
+            Ok(builder.content_type("application/json").body(manifest.to_string()))
+        }
+        _ => Err(Error::Internal(format!(
+            "export job failed: {}",
+            job.error.as_deref().unwrap_or("unknown cause")
+        ))),
     }
-    .await;
-    ctx.respond(result)
 }
 
 #[utoipa::path(
@@ -322,15 +318,11 @@ pub async fn status(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState
     ),
     extensions(("x-scopes" = json!([]))),
 )]
-pub async fn cancel(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
-    let result = async {
-        let job = own_job(&ctx, &state, &path).await?;
-        let store = state.store.clone();
-        blocking(move || store.cancel_export(&job.id)).await?;
-        Ok(HttpResponse::Accepted().finish())
-    }
-    .await;
-    ctx.respond(result)
+pub async fn cancel(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let job = own_job(&ctx, &state, &path).await?;
+    let store = state.store.clone();
+    blocking(move || store.cancel_export(&job.id)).await?;
+    Ok(HttpResponse::Accepted().finish())
 }
 
 #[utoipa::path(
@@ -347,19 +339,19 @@ pub async fn cancel(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState
     ),
     extensions(("x-scopes" = json!([]))),
 )]
-pub async fn file(ctx: Ctx, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
-    let result = async {
-        let (id, seq) = path.into_inner();
-        let job = own_job(&ctx, &state, &id).await?;
-        let seq: i64 = seq
-            .parse()
-            .map_err(|_| Error::NotFound(format!("export job '{id}' has no file '{seq}'")))?;
-        let store = state.store.clone();
-        let content = blocking(move || store.export_file(&job.id, seq))
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("export job '{id}' has no file {seq}")))?;
-        Ok(HttpResponse::Ok().content_type(NDJSON).body(content))
-    }
-    .await;
-    ctx.respond(result)
+pub async fn file(
+    ctx: Ctx,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let (id, seq) = path.into_inner();
+    let job = own_job(&ctx, &state, &id).await?;
+    let seq: i64 = seq
+        .parse()
+        .map_err(|_| Error::NotFound(format!("export job '{id}' has no file '{seq}'")))?;
+    let store = state.store.clone();
+    let content = blocking(move || store.export_file(&job.id, seq))
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("export job '{id}' has no file {seq}")))?;
+    Ok(HttpResponse::Ok().content_type(NDJSON).body(content))
 }

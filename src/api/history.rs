@@ -222,21 +222,17 @@ pub async fn instance_history(
     ctx: Ctx,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        let (type_name, id) = path.into_inner();
-        let (rt, id) = super::instance(&type_name, id)?;
-        history(
-            req,
-            &ctx,
-            state,
-            format!("{rt}/{id}/_history"),
-            OwnedScope::Instance(rt, id),
-        )
-        .await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    let (type_name, id) = path.into_inner();
+    let (rt, id) = super::instance(&type_name, id)?;
+    history(
+        req,
+        &ctx,
+        state,
+        format!("{rt}/{id}/_history"),
+        OwnedScope::Instance(rt, id),
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -256,13 +252,9 @@ pub async fn type_history(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        let rt = resource_type(&path)?;
-        history(req, &ctx, state, format!("{rt}/_history"), OwnedScope::Type(rt)).await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    let rt = resource_type(&path)?;
+    history(req, &ctx, state, format!("{rt}/_history"), OwnedScope::Type(rt)).await
 }
 
 #[utoipa::path(
@@ -277,7 +269,6 @@ pub async fn type_history(
     ),
     extensions(("x-scopes" = json!(["*.r"])), ("x-contexts" = json!(["system", "user"]))),
 )]
-pub async fn system_history(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
-    let result = history(req, &ctx, state, "_history".to_string(), OwnedScope::System).await;
-    ctx.respond(result)
+pub async fn system_history(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    history(req, &ctx, state, "_history".to_string(), OwnedScope::System).await
 }

@@ -88,6 +88,25 @@ fn security_headers(path: &str, headers: &mut header::HeaderMap) {
     }
 }
 
+/// The innermost layer: a handler's error (`Err(Error)`) becomes its answer here, in one place —
+/// an OperationOutcome in the negotiated format, with the request id, the `WWW-Authenticate`
+/// challenge of a 401/403, and the refusal noted for the metrics (Ctx::error_response).
+pub async fn errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let res = next.call(req).await?.map_into_boxed_body();
+    let rendered = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<crate::error::Error>())
+        .map(|e| super::Ctx::of(res.request()).error_response(e));
+    Ok(match rendered {
+        Some(answer) => res.into_response(answer),
+        None => res,
+    })
+}
+
 /// The outermost layer: request id, log span and line, security headers.
 pub async fn frame(
     req: ServiceRequest,

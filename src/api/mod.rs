@@ -393,11 +393,6 @@ impl Ctx {
         }
     }
 
-    /// Turns a handler's result into the response, rendering errors as OperationOutcome.
-    pub fn respond(&self, result: Result<HttpResponse, Error>) -> HttpResponse {
-        result.unwrap_or_else(|e| self.error_response(&e))
-    }
-
     pub fn error_response(&self, e: &Error) -> HttpResponse {
         self.note(e);
         let (status, code) = e.status_and_code();

@@ -50,32 +50,28 @@ pub async fn instance_operation(
     path: web::Path<(String, String, String)>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Error> {
     let (type_name, id, operation) = path.into_inner();
-    let result = async {
-        ctx.negotiated()?;
-        let rt = resource_type(&type_name)?;
-        let method = req.method().as_str();
-        let Some((_, _, expected)) = OPERATIONS.iter().find(|(t, o, _)| *t == rt.as_str() && *o == operation) else {
-            return Err(Error::UnsupportedType(format!(
-                "{rt} has no operation '{operation}' on this server"
-            )));
-        };
-        if method != *expected {
-            return Err(Error::MethodNotAllowed(format!(
-                "{method} is not supported for {operation}: use {expected}"
-            )));
-        }
-        match operation.as_str() {
-            "$book-session" => book_session(&req, &ctx, &state, &id, payload).await,
-            "$export" => super::export::group_export(&req, &ctx, &state, &id).await,
-            "$attendance" => attendance(&req, &ctx, &state, &id).await,
-            "$caseload" => caseload(&req, &ctx, &state, &id).await,
-            _ => everything(&req, &ctx, &state, &id).await,
-        }
+    ctx.negotiated()?;
+    let rt = resource_type(&type_name)?;
+    let method = req.method().as_str();
+    let Some((_, _, expected)) = OPERATIONS.iter().find(|(t, o, _)| *t == rt.as_str() && *o == operation) else {
+        return Err(Error::UnsupportedType(format!(
+            "{rt} has no operation '{operation}' on this server"
+        )));
+    };
+    if method != *expected {
+        return Err(Error::MethodNotAllowed(format!(
+            "{method} is not supported for {operation}: use {expected}"
+        )));
     }
-    .await;
-    ctx.respond(result)
+    match operation.as_str() {
+        "$book-session" => book_session(&req, &ctx, &state, &id, payload).await,
+        "$export" => super::export::group_export(&req, &ctx, &state, &id).await,
+        "$attendance" => attendance(&req, &ctx, &state, &id).await,
+        "$caseload" => caseload(&req, &ctx, &state, &id).await,
+        _ => everything(&req, &ctx, &state, &id).await,
+    }
 }
 
 fn parameter<'a>(params: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
@@ -530,7 +526,11 @@ pub(crate) async fn everything(
         (status = 200, description = "A searchset Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
     ),
 )]
-pub async fn structure_definitions(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+pub async fn structure_definitions(
+    req: HttpRequest,
+    ctx: Ctx,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
     definitions_list(req, ctx, state).await
 }
 
@@ -545,7 +545,7 @@ pub async fn structure_definitions(req: HttpRequest, ctx: Ctx, state: web::Data<
         (status = 200, description = "A searchset Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
     ),
 )]
-pub async fn code_systems(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+pub async fn code_systems(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     definitions_list(req, ctx, state).await
 }
 
@@ -560,7 +560,11 @@ pub async fn code_systems(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>
         (status = 200, description = "A searchset Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
     ),
 )]
-pub async fn operation_definitions(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+pub async fn operation_definitions(
+    req: HttpRequest,
+    ctx: Ctx,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
     definitions_list(req, ctx, state).await
 }
 
@@ -575,7 +579,7 @@ pub async fn operation_definitions(req: HttpRequest, ctx: Ctx, state: web::Data<
         (status = 200, description = "A searchset Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
     ),
 )]
-pub async fn search_parameters(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
+pub async fn search_parameters(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     definitions_list(req, ctx, state).await
 }
 
@@ -596,7 +600,7 @@ pub async fn search_parameter(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Error> {
     definition_read(req, ctx, path, state).await
 }
 
@@ -617,7 +621,7 @@ pub async fn structure_definition(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Error> {
     definition_read(req, ctx, path, state).await
 }
 
@@ -638,7 +642,7 @@ pub async fn code_system(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Error> {
     definition_read(req, ctx, path, state).await
 }
 
@@ -659,34 +663,31 @@ pub async fn operation_definition(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Error> {
     definition_read(req, ctx, path, state).await
 }
 
 /// GET /StructureDefinition, /CodeSystem and /OperationDefinition (optionally `?url=`): tandem's own
 /// definitions.
-async fn definitions_list(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
-    let result = (|| {
-        ctx.negotiated()?;
-        let res_type = req.path().trim_start_matches('/').split('/').next().unwrap_or("");
-        let all = definitions::of_type(&state.store.rules().canonical, res_type)
-            .ok_or_else(|| Error::NotFound(req.path().to_string()))?;
-        let wanted_url = query_pairs(&req).into_iter().find(|(k, _)| k == "url").map(|(_, v)| v);
-        let entries: Vec<Value> = all
-            .into_iter()
-            .filter(|d| wanted_url.as_deref().is_none_or(|u| d["url"] == u))
-            .map(|d| json!({"fullUrl": ctx.url(&format!("{res_type}/{}", d["id"].as_str().unwrap_or(""))), "resource": d, "search": {"mode": "match"}}))
-            .collect();
-        let bundle = json!({
-            "resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
-            "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
-            "type": "searchset", "total": entries.len(),
-            "link": [{"relation": "self", "url": ctx.url(req.path().trim_start_matches('/'))}],
-            "entry": entries,
-        });
-        Ok(ctx.body(HttpResponse::Ok(), &bundle))
-    })();
-    ctx.respond(result)
+async fn definitions_list(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let res_type = req.path().trim_start_matches('/').split('/').next().unwrap_or("");
+    let all = definitions::of_type(&state.store.rules().canonical, res_type)
+        .ok_or_else(|| Error::NotFound(req.path().to_string()))?;
+    let wanted_url = query_pairs(&req).into_iter().find(|(k, _)| k == "url").map(|(_, v)| v);
+    let entries: Vec<Value> = all
+        .into_iter()
+        .filter(|d| wanted_url.as_deref().is_none_or(|u| d["url"] == u))
+        .map(|d| json!({"fullUrl": ctx.url(&format!("{res_type}/{}", d["id"].as_str().unwrap_or(""))), "resource": d, "search": {"mode": "match"}}))
+        .collect();
+    let bundle = json!({
+        "resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
+        "type": "searchset", "total": entries.len(),
+        "link": [{"relation": "self", "url": ctx.url(req.path().trim_start_matches('/'))}],
+        "entry": entries,
+    });
+    Ok(ctx.body(HttpResponse::Ok(), &bundle))
 }
 
 /// GET /StructureDefinition/{id}, /CodeSystem/{id} and /OperationDefinition/{id}.
@@ -695,16 +696,13 @@ async fn definition_read(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = (|| {
-        ctx.negotiated()?;
-        let res_type = req.path().trim_start_matches('/').split('/').next().unwrap_or("");
-        let found = definitions::of_type(&state.store.rules().canonical, res_type)
-            .into_iter()
-            .flatten()
-            .find(|d| d["id"] == path.as_str())
-            .ok_or_else(|| Error::NotFound(format!("{res_type}/{} is not known", path.as_str())))?;
-        Ok(ctx.body(HttpResponse::Ok(), &found))
-    })();
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let res_type = req.path().trim_start_matches('/').split('/').next().unwrap_or("");
+    let found = definitions::of_type(&state.store.rules().canonical, res_type)
+        .into_iter()
+        .flatten()
+        .find(|d| d["id"] == path.as_str())
+        .ok_or_else(|| Error::NotFound(format!("{res_type}/{} is not known", path.as_str())))?;
+    Ok(ctx.body(HttpResponse::Ok(), &found))
 }

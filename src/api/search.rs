@@ -121,13 +121,9 @@ pub async fn type_search(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        let rt = resource_type(&path)?;
-        run(&req, &ctx, &state, vec![rt], query_pairs(&req), rt.as_str()).await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    let rt = resource_type(&path)?;
+    run(&req, &ctx, &state, vec![rt], query_pairs(&req), rt.as_str()).await
 }
 
 /// GET [type]/_search: the same search as GET [type].
@@ -148,7 +144,7 @@ pub async fn type_search_get(
     ctx: Ctx,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Error> {
     type_search(req, ctx, path, state).await
 }
 
@@ -171,15 +167,11 @@ pub async fn type_search_post(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        let rt = resource_type(&path)?;
-        let pairs = form_pairs(&req, payload, &state).await?;
-        ctx.audit(|d| d.query = Some(encode_pairs(&pairs)));
-        run(&req, &ctx, &state, vec![rt], pairs, rt.as_str()).await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    let rt = resource_type(&path)?;
+    let pairs = form_pairs(&req, payload, &state).await?;
+    ctx.audit(|d| d.query = Some(encode_pairs(&pairs)));
+    run(&req, &ctx, &state, vec![rt], pairs, rt.as_str()).await
 }
 
 /// The types of a system search: those `_type` names (each must be granted), or every type the
@@ -218,14 +210,10 @@ fn system_types(ctx: &Ctx, pairs: &[(String, String)]) -> Result<Vec<ResourceTyp
     ),
     extensions(("x-scopes" = json!(["*.s"])), ("x-search" = json!("system"))),
 )]
-pub async fn system_search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
-    let result = async {
-        let pairs = query_pairs(&req);
-        let types = system_types(&ctx, &pairs)?;
-        run(&req, &ctx, &state, types, pairs, "").await
-    }
-    .await;
-    ctx.respond(result)
+pub async fn system_search(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let pairs = query_pairs(&req);
+    let types = system_types(&ctx, &pairs)?;
+    run(&req, &ctx, &state, types, pairs, "").await
 }
 
 #[utoipa::path(
@@ -245,15 +233,11 @@ pub async fn system_search_post(
     ctx: Ctx,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        let pairs = form_pairs(&req, payload, &state).await?;
-        ctx.audit(|d| d.query = Some(encode_pairs(&pairs)));
-        let types = system_types(&ctx, &pairs)?;
-        run(&req, &ctx, &state, types, pairs, "").await
-    }
-    .await;
-    ctx.respond(result)
+) -> Result<HttpResponse, Error> {
+    let pairs = form_pairs(&req, payload, &state).await?;
+    ctx.audit(|d| d.query = Some(encode_pairs(&pairs)));
+    let types = system_types(&ctx, &pairs)?;
+    run(&req, &ctx, &state, types, pairs, "").await
 }
 
 async fn run(

@@ -70,8 +70,8 @@ fn security(state: &AppState) -> Value {
         (status = 200, description = "The CapabilityStatement", body = docs::CapabilityStatement, content_type = "application/fhir+json"),
     ),
 )]
-pub async fn metadata(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
-    let result = ctx.negotiated().map(|()| {
+pub async fn metadata(ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    ctx.negotiated().map(|()| {
         let canonical = &state.store.rules().canonical.base;
         let statement = capability_statement(
             &ctx.base,
@@ -81,8 +81,7 @@ pub async fn metadata(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
             security(&state),
         );
         ctx.body(HttpResponse::Ok(), &statement)
-    });
-    ctx.respond(result)
+    })
 }
 
 /// GET /.well-known/smart-configuration (SMART App Launch 2.0 discovery). tandem is a resource
