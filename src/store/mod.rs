@@ -28,6 +28,7 @@ mod connection;
 mod executor;
 mod export;
 mod hooks;
+mod index_rows;
 pub mod pool;
 mod reads;
 mod scheduling;
