@@ -64,7 +64,7 @@ fn stub(rt: &str, id: &str) -> Value {
         "Appointment" => {
             json!({"status": "proposed", "participant": [{"status": "needs-action", "type": [{"text": "stub"}]}]})
         }
-        "Consent" => json!({"status": "active", "scope": {"text": "stub"}, "category": [{"text": "stub"}]}),
+        "Consent" => json!({"status": "active", "scope": {"text": "stub"}, "category": [{"text": "stub"}], "policyRule": {"text": "stub"}}),
         _ => json!({}),
     };
     body["resourceType"] = json!(rt);

@@ -47,6 +47,7 @@ fn extra_resources() -> Vec<Value> {
         json!({"resourceType": "Consent", "id": "extra-consent", "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
                "category": [{"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/consent-category", "code": "group-confidentiality"}]}],
                "identifier": [{"system": "urn:tandem:consent", "value": "C-1"}],
+               "patient": {"reference": "Patient/extra-patient"}, "policy": [{"uri": "https://clinic.example/agreements/group"}],
                "sourceReference": {"reference": "Contract/k-1"},
                "provision": {"period": {"start": "2026-01-01", "end": "2026-12-31"}, "actor": [{"role": {"text": "member"}, "reference": {"reference": "Group/extra-group"}}],
                              "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
