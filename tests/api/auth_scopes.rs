@@ -14,6 +14,7 @@ fn sample(rt: &str, id: &str) -> Value {
             json!({"resourceType": rt, "status": "proposed", "participant": [{"status": "needs-action", "type": [{"text": "facilitator"}]}]})
         }
         "Group" => json!({"resourceType": rt, "type": "person", "actual": true}),
+        "Organization" => json!({"resourceType": rt, "name": "Riverside Counselling"}),
         "CareTeam" => json!({"resourceType": rt, "status": "active"}),
         "Consent" => {
             json!({"resourceType": rt, "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "agreement"}],
