@@ -248,6 +248,7 @@ fn resources(a: &Args) -> Vec<(&'static str, u64, Make<'_>)> {
                 "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
                 "category": [{"coding": [{"system": CONSENT_CATEGORY, "code": "group-confidentiality"}]}],
                 "patient": {"reference": format!("Patient/bench-pa{i}")},
+                "policyRule": {"coding": [{"system": CONSENT_CATEGORY, "code": "group-confidentiality-rules"}]},
                 "provision": {"period": {"start": "2026-01-01"},
                     "actor": [{"role": {"text": "member"}, "reference": {"reference": format!("Group/bench-gr{}", i / a.members)}}]}})
             }),

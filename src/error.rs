@@ -48,12 +48,31 @@ pub enum Error {
     /// Valid FHIR that breaks a rule of this server (an unresolvable reference, …).
     #[error("{0}")]
     Unprocessable(String),
+    /// Valid FHIR structure that breaks invariants (the R4 constraints of severity error, and this
+    /// server's own rules on a resource's content): 422, one issue per broken invariant, each with
+    /// the element's path as its `expression`.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invariant(Vec<BrokenInvariant>),
     /// A session that the scheduling rules refuse: 409 for a double booking, 422 for the others.
     #[error("{message}")]
     BookingRefused { reason: BookingRefusal, message: String },
     /// Our fault. The message goes to the log only; the caller sees an opaque text and the request id.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// One broken invariant: what the caller is told (the constraint's key first) and the FHIRPath of
+/// the element that breaks it (`Appointment`, `Consent.provision.period`, `Patient.contact[0]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenInvariant {
+    pub diagnostics: String,
+    pub expression: String,
+}
+
+impl std::fmt::Display for BrokenInvariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (at {})", self.diagnostics, self.expression)
+    }
 }
 
 /// Why the scheduling rules refused a session (a label of the bookings-refused metric).
@@ -109,6 +128,7 @@ impl Error {
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
             Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),
+            Error::Invariant(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invariant"),
             Error::BookingRefused {
                 reason: BookingRefusal::DoubleBooking,
                 ..
@@ -139,6 +159,15 @@ impl Error {
             Error::Unavailable(m) => Error::Unavailable(with(m)),
             Error::UnsupportedMediaType(m) => Error::UnsupportedMediaType(with(m)),
             Error::Unprocessable(m) => Error::Unprocessable(with(m)),
+            Error::Invariant(broken) => Error::Invariant(
+                broken
+                    .into_iter()
+                    .map(|b| BrokenInvariant {
+                        diagnostics: with(b.diagnostics),
+                        ..b
+                    })
+                    .collect(),
+            ),
             Error::BookingRefused { reason, message } => Error::BookingRefused {
                 reason,
                 message: with(message),
@@ -228,6 +257,7 @@ mod tests {
             (Error::Unavailable(String::new()), 503, "transient"),
             (Error::UnsupportedMediaType(String::new()), 415, "not-supported"),
             (Error::Unprocessable(String::new()), 422, "processing"),
+            (Error::Invariant(Vec::new()), 422, "invariant"),
             (
                 Error::booking(BookingRefusal::DoubleBooking, String::new()),
                 409,
@@ -244,6 +274,22 @@ mod tests {
             let (s, c) = err.status_and_code();
             assert_eq!((s.as_u16(), c), (status, code), "{err:?}");
         }
+    }
+
+    #[test]
+    fn broken_invariants_keep_their_paths_in_context() {
+        let e = Error::Invariant(vec![BrokenInvariant {
+            diagnostics: "per-1: If present, start SHALL have a lower value than end".into(),
+            expression: "Patient.name[0].period".into(),
+        }])
+        .in_context("entry 1 (POST Patient)");
+        let Error::Invariant(broken) = &e else { panic!("{e:?}") };
+        assert_eq!(broken[0].expression, "Patient.name[0].period");
+        assert!(
+            broken[0].diagnostics.starts_with("entry 1 (POST Patient): per-1: "),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("(at Patient.name[0].period)"), "{e}");
     }
 
     #[test]

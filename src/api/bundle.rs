@@ -138,11 +138,14 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
             .ok_or_else(|| Error::UnsupportedType(format!("{label}: resource type '{name}' is not supported")))
     };
     let grant = |rt: ResourceType, p: Permission| ctx.grant(rt.as_str(), p).map_err(|e| e.in_context(&label));
+    // The Bundle's parse left the entries' invariants to here, so that a batch answers each entry.
     let body = |resource: Option<Value>, rt: ResourceType| -> Result<Value, Error> {
         let r = resource.ok_or_else(|| Error::Invalid(format!("{label}: a resource is required")))?;
         if r.get("resourceType").and_then(Value::as_str) != Some(rt.as_str()) {
             return Err(Error::Structure(format!("{label}: the resource is not a {rt}")));
         }
+        crate::fhir::invariants::check_at(&r, &format!("Bundle.entry[{index}].resource"))
+            .map_err(|e| e.in_context(&label))?;
         Ok(r)
     };
     let in_label = |e: Error| e.in_context(&label);
@@ -422,8 +425,8 @@ fn own_full_urls(entries: &[&Entry]) -> Vec<String> {
 /// The entry of a batch-response for a failed entry.
 fn error_entry(ctx: &Ctx, e: &Error) -> Value {
     ctx.note(e);
-    let (status, code) = e.status_and_code();
-    json!({"response": {"status": reason(status), "outcome": fhir::operation_outcome("error", code, &e.diagnostics(&ctx.request_id))}})
+    let (status, _) = e.status_and_code();
+    json!({"response": {"status": reason(status), "outcome": fhir::error_outcome(e, &ctx.request_id)}})
 }
 
 fn written_entry(ctx: &Ctx, status: StatusCode, v: &Version) -> Result<Value, Error> {
@@ -500,7 +503,7 @@ fn result_entry(ctx: &Ctx, result: &OpResult, hide_body: bool) -> Result<Value, 
         (status = 200, description = "A transaction-response or batch-response Bundle", body = docs::Bundle, content_type = "application/fhir+json"),
         (status = 409, description = "A transaction entry clashed (double booking) or conflicted; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "A transaction entry's condition failed; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 422, description = "A transaction entry breaks a business rule; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "A transaction entry breaks an R4 invariant (its path from Bundle.entry[n].resource) or a business rule; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 404, description = "A transaction entry names what does not exist; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 410, description = "A transaction entry names a deleted resource; nothing was written", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),

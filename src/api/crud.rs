@@ -264,7 +264,7 @@ fn written(
         (status = 200, description = "If-None-Exist matched one {type}, which is returned (with read on {type}); nothing was created", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
         (status = 409, description = "A scheduling clash (double booking) or a conflicting write", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "If-None-Exist matched more than one {type}", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 422, description = "The {type} breaks a business rule (a reference to nothing, a session without a signed agreement)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The {type} breaks an R4 invariant (issue code invariant, one issue per broken constraint: its key in diagnostics, the element's path in expression) or a business rule (a reference to nothing, a session without a signed agreement)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!(["{type}.c"]))),
 )]
@@ -416,7 +416,7 @@ async fn run_write(
         (status = 201, description = "Created with the id of the URL", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("Location" = String, description = "The new version's URL: [base]/[type]/[id]/_history/[vid]"), ("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
         (status = 409, description = "A scheduling clash (double booking)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "If-Match names a version that is not the current one", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 422, description = "The {type} breaks a business rule", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The {type} breaks an R4 invariant (issue code invariant, with the constraint's key and the element's path) or a business rule", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!(["{type}.u"]))),
 )]
@@ -478,7 +478,7 @@ pub async fn update(
         (status = 201, description = "Nothing matched: created", body = docs::ResourceOfType, content_type = "application/fhir+json", headers(("Location" = String, description = "The new version's URL: [base]/[type]/[id]/_history/[vid]"), ("ETag" = String, description = "The version, as W/\"n\""), ("Last-Modified" = String, description = "When this version was stored"))),
         (status = 409, description = "A scheduling clash (double booking)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 422, description = "The {type} breaks a business rule", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The {type} breaks an R4 invariant (issue code invariant, with the constraint's key and the element's path) or a business rule", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!(["{type}.u", "{type}.s"])), ("x-search" = json!("audit"))),
 )]
@@ -522,7 +522,7 @@ pub async fn conditional_update(
         (status = 409, description = "A scheduling clash (double booking)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 410, description = "The {type} was deleted", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "If-Match names a version that is not the current one", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 422, description = "The patch does not apply, or its result is not a valid {type}", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The patch does not apply, or its result is not a valid {type} or breaks an R4 invariant", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!(["{type}.u"]))),
 )]
@@ -551,7 +551,7 @@ pub async fn patch(
         (status = 404, description = "Nothing matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 409, description = "A scheduling clash (double booking)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
         (status = 412, description = "More than one {type} matched", body = docs::OperationOutcome, content_type = "application/fhir+json"),
-        (status = 422, description = "The patch does not apply, or its result is not valid", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 422, description = "The patch does not apply, or its result is not valid or breaks an R4 invariant", body = docs::OperationOutcome, content_type = "application/fhir+json"),
     ),
     extensions(("x-scopes" = json!(["{type}.u", "{type}.s"])), ("x-search" = json!("audit"))),
 )]

@@ -395,11 +395,11 @@ impl Ctx {
 
     pub fn error_response(&self, e: &Error) -> HttpResponse {
         self.note(e);
-        let (status, code) = e.status_and_code();
+        let (status, _) = e.status_and_code();
         if let Error::Internal(cause) = e {
             tracing::error!(cause = %cause, "request failed");
         }
-        let outcome = fhir::operation_outcome("error", code, &e.diagnostics(&self.request_id));
+        let outcome = fhir::error_outcome(e, &self.request_id);
         let mut response = self.body(HttpResponse::build(status), &outcome);
         let challenge = match e {
             Error::Unauthorized(_) => Some("Bearer realm=\"tandem\""),

@@ -2,6 +2,7 @@
 //! OperationOutcome, Bundle and the CapabilityStatement.
 
 pub mod capability;
+pub mod invariants;
 pub mod model;
 pub mod narrative;
 pub mod prescan;
@@ -131,8 +132,10 @@ pub fn check_size(body: &[u8], format: Format, limits: Limits) -> Result<(), Err
 }
 
 /// Parses a request body into the R4 model (strict: unknown elements are refused) and returns it in
-/// its canonical JSON form. Narratives are kept verbatim and must be well-formed XHTML of the
-/// allowed elements and attributes (txt-1, txt-2).
+/// its canonical JSON form. What breaks FHIR's structure is a 400 (a control character, a primitive
+/// of the wrong form, a missing required element); valid structure that breaks an invariant of R4
+/// (narratives of the allowed XHTML only, a period that ends before it starts…) is a 422 naming
+/// each one ([`invariants`]). Narratives are kept verbatim.
 pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::Invalid(
@@ -144,7 +147,7 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
     });
     let what = if format == Format::Json { "JSON" } else { "XML" };
     let invalid = |e: String| Error::Structure(format!("the body is not a valid FHIR R4 resource in {what}: {e}"));
-    let mut value = match format {
+    let value = match format {
         Format::Json => {
             // fhirbolt reads the first value only and keeps the last of duplicate keys: one
             // document, each key once, is checked here (json.html: a resource is one JSON object).
@@ -171,8 +174,8 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value, Error> {
         .unwrap_or("Resource")
         .to_string();
     check_content(&value, &mut path).map_err(Error::Structure)?;
-    narrative::check_all(&mut value).map_err(Error::Structure)?;
     model::validate(&value).map_err(|e| Error::Structure(format!("the body is not a valid FHIR R4 resource: {e}")))?;
+    invariants::check(&value)?;
     Ok(value)
 }
 
@@ -182,14 +185,12 @@ pub fn control_character(s: &str) -> Option<char> {
     s.chars().find(|c| (*c as u32) < 32 && !matches!(c, '\t' | '\r' | '\n'))
 }
 
-/// The rules every element of a parsed resource obeys, whatever its type, with the path of the
-/// first that breaks one:
-/// - datatypes.html#string: "Strings SHALL NOT contain Unicode character points below 32, except for
-///   u0009 (horizontal tab), u000D (carriage return) and u000A (line feed)" (regex `[ \r\n\t\S]+`).
-///   It holds for every primitive's string form (code, id, uri… are strings with more rules), the
-///   narrative included; a NUL is also what PostgreSQL cannot store in text (it answered 500);
-/// - dom-2 (DomainResource): "If the resource is contained in another resource, it SHALL NOT contain
-///   nested Resources".
+/// The rule every string of a parsed resource obeys, whatever its type, with the path of the first
+/// that breaks it: datatypes.html#string: "Strings SHALL NOT contain Unicode character points below
+/// 32, except for u0009 (horizontal tab), u000D (carriage return) and u000A (line feed)" (regex
+/// `[ \r\n\t\S]+`). It holds for every primitive's string form (code, id, uri… are strings with
+/// more rules), the narrative included; a NUL is also what PostgreSQL cannot store in text (it
+/// answered 500).
 fn check_content(value: &Value, path: &mut String) -> Result<(), String> {
     match value {
         Value::String(s) => match control_character(s) {
@@ -210,13 +211,6 @@ fn check_content(value: &Value, path: &mut String) -> Result<(), String> {
         }
         Value::Object(map) => {
             let len = path.len();
-            if let Some(contained) = map.get("contained").and_then(Value::as_array) {
-                if let Some(i) = contained.iter().position(|c| c.get("contained").is_some()) {
-                    return Err(format!(
-                        "{path}.contained[{i}]: a contained resource SHALL NOT contain contained resources (dom-2)"
-                    ));
-                }
-            }
             for (key, child) in map {
                 path.push('.');
                 path.push_str(key);
@@ -288,6 +282,24 @@ pub fn operation_outcome(severity: &str, code: &str, diagnostics: &str) -> Value
         "resourceType": "OperationOutcome",
         "issue": [{ "severity": severity, "code": code, "diagnostics": diagnostics }]
     })
+}
+
+/// The OperationOutcome of an error: one issue, or one per broken invariant, each with the path of
+/// its element as `expression`.
+pub fn error_outcome(e: &Error, request_id: &str) -> Value {
+    let (_, code) = e.status_and_code();
+    match e {
+        Error::Invariant(broken) => json!({
+            "resourceType": "OperationOutcome",
+            "issue": broken.iter().map(|b| json!({
+                "severity": "error",
+                "code": code,
+                "diagnostics": b.diagnostics,
+                "expression": [b.expression],
+            })).collect::<Vec<_>>()
+        }),
+        _ => operation_outcome("error", code, &e.diagnostics(request_id)),
+    }
 }
 
 #[cfg(test)]
@@ -395,10 +407,6 @@ mod tests {
                 "Patient.name[0].given[1]",
             ),
             (
-                r#"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"x","contained":[{"resourceType":"Patient","id":"y"}]}]}"#,
-                "Patient.contained[0]: a contained resource SHALL NOT contain contained resources (dom-2)",
-            ),
-            (
                 r#"{"resourceType":"Group","type":"person","actual":true,"quantity":2147483648}"#,
                 "Group.quantity: 2147483648 is not a valid FHIR unsignedInt",
             ),
@@ -425,13 +433,28 @@ mod tests {
             let m = refused(body, Format::Xml);
             assert!(m.contains(want), "{body}: {m}");
         }
-        // What must still pass: tabs and line breaks, the largest values, one contained level.
+        // What must still pass: tabs and line breaks, the largest values, one contained level (a
+        // nested one breaks dom-2, an invariant: src/fhir/invariants.rs).
         for body in [
             "{\"resourceType\":\"Patient\",\"name\":[{\"text\":\"a\\tb\\r\\nc\"}]}",
             r#"{"resourceType":"Group","type":"person","actual":true,"quantity":2147483647}"#,
-            r#"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"x"}]}"#,
+            r##"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"x"}],"link":[{"other":{"reference":"#x"},"type":"seealso"}]}"##,
         ] {
             assert!(parse_resource(body.as_bytes(), Format::Json).is_ok(), "{body}");
+        }
+    }
+
+    fn divs_of(value: &Value) -> Vec<&str> {
+        match value {
+            Value::Object(map) => map
+                .iter()
+                .flat_map(|(k, v)| match (k.as_str(), v) {
+                    ("div", Value::String(s)) => vec![s.as_str()],
+                    _ => divs_of(v),
+                })
+                .collect(),
+            Value::Array(items) => items.iter().flat_map(divs_of).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -443,7 +466,7 @@ mod tests {
             for entry in std::fs::read_dir(format!("{dir}/{sub}")).unwrap() {
                 let path = entry.unwrap().path();
                 let body = std::fs::read(&path).unwrap();
-                let mut value: Value = match format {
+                let value: Value = match format {
                     Format::Json => serde_json::from_slice(&body).unwrap(),
                     Format::Xml => {
                         let text = String::from_utf8(body.clone()).unwrap();
@@ -451,7 +474,9 @@ mod tests {
                         Value::Array(divs.into_iter().map(|d| json!({ "div": d })).collect())
                     }
                 };
-                narrative::check_all(&mut value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                for div in divs_of(&value) {
+                    narrative::check_div(div).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                }
                 prescan::json(&serde_json::to_vec(&value).unwrap(), Limits::SYNTAX).unwrap();
                 checked += 1;
             }

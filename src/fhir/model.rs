@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Choice {
@@ -236,9 +236,6 @@ fn check_object(def: &TypeDef, value: &Value, path: &str) -> Result<(), String> 
             }
             for item in items {
                 let here = format!("{path}.{key}");
-                if item.as_object().is_some_and(Map::is_empty) {
-                    return Err(format!("{here} is empty: an element must have a value or children"));
-                }
                 if let Some(problem) = primitive_problem(type_name, item) {
                     return Err(format!("{here}: {problem}"));
                 }
@@ -326,9 +323,6 @@ mod tests {
         let mut no_participant = ok.clone();
         no_participant.as_object_mut().unwrap().remove("participant");
         assert!(validate(&no_participant).is_err());
-        let mut empty = ok.clone();
-        empty["participant"][0]["period"] = json!({});
-        assert!(validate(&empty).unwrap_err().contains("participant.period is empty"));
         let consent = json!({"resourceType": "Consent", "status": "active", "category": [{"text": "x"}]});
         assert!(validate(&consent).unwrap_err().contains("Consent.scope is required"));
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient", "birthDate": "1980-13-01"}}]});

@@ -186,13 +186,45 @@ fn style_problem(style: &str) -> Option<&'static str> {
     .then_some("a URL, import or script")
 }
 
+/// Why a narrative is refused: `key` names the R4 invariant it breaks (txt-1, txt-2), or is None
+/// when it is not one well-formed XHTML `div` at all (a structure error, like any unparsable value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DivProblem {
+    pub key: Option<&'static str>,
+    pub message: String,
+}
+
+impl DivProblem {
+    fn structure(message: impl Into<String>) -> DivProblem {
+        DivProblem {
+            key: None,
+            message: message.into(),
+        }
+    }
+
+    fn txt_1(message: impl Into<String>) -> DivProblem {
+        DivProblem {
+            key: Some("txt-1"),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for DivProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Checks that a narrative is one well-formed XHTML `div` element of the allowed elements and
 /// attributes (txt-1) with some content (txt-2: "The narrative SHALL have some non-whitespace
 /// content"; an image counts).
-pub fn check_div(div: &str) -> Result<(), String> {
+pub fn check_div(div: &str) -> Result<(), DivProblem> {
     let trimmed = div.trim();
     if !trimmed.starts_with("<div") || !XHTML_DIV_ATTRS.iter().any(|a| first_tag(trimmed).contains(a)) {
-        return Err("text.div must be an XHTML <div> element in the namespace http://www.w3.org/1999/xhtml".into());
+        return Err(DivProblem::structure(
+            "text.div must be an XHTML <div> element in the namespace http://www.w3.org/1999/xhtml",
+        ));
     }
     let mut reader = quick_xml::Reader::from_str(trimmed);
     reader.check_end_names(true).check_comments(true);
@@ -205,7 +237,7 @@ pub fn check_div(div: &str) -> Result<(), String> {
     loop {
         let event = reader
             .read_event()
-            .map_err(|e| format!("text.div is not well-formed XHTML: {e}"))?;
+            .map_err(|e| DivProblem::structure(format!("text.div is not well-formed XHTML: {e}")))?;
         if let Event::Start(e) | Event::Empty(e) = &event {
             check_element(e)?;
             content |= e.local_name().as_ref() == b"img";
@@ -227,59 +259,71 @@ pub fn check_div(div: &str) -> Result<(), String> {
             Event::Text(t) => content |= (in_pre > 0 && !t.is_empty()) || !t.iter().all(u8::is_ascii_whitespace),
             Event::CData(t) => content |= !t.iter().all(u8::is_ascii_whitespace),
             Event::DocType(_) | Event::PI(_) => {
-                return Err("text.div may not hold a DOCTYPE or processing instruction (txt-1)".into())
+                return Err(DivProblem::txt_1(
+                    "text.div may not hold a DOCTYPE or processing instruction",
+                ))
             }
             Event::Eof => break,
             _ => {}
         }
     }
     if depth != 0 || roots != 1 {
-        return Err("text.div is not one well-formed XHTML <div> element".into());
+        return Err(DivProblem::structure(
+            "text.div is not one well-formed XHTML <div> element",
+        ));
     }
     if !content {
-        return Err("text.div SHALL have some non-whitespace content (txt-2)".into());
+        return Err(DivProblem {
+            key: Some("txt-2"),
+            message: "The narrative SHALL have some non-whitespace content".into(),
+        });
     }
     Ok(())
 }
 
 /// One element of a narrative: an allowed name without a prefix, allowed attributes, safe URLs.
-fn check_element(e: &quick_xml::events::BytesStart) -> Result<(), String> {
+fn check_element(e: &quick_xml::events::BytesStart) -> Result<(), DivProblem> {
     let raw_name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
     let name: String = raw_name.chars().take(32).collect();
     if !ALLOWED_ELEMENTS.contains(&raw_name.as_str()) {
-        return Err(format!(
-            "text.div may not hold a <{name}> element: a narrative holds only basic HTML formatting (txt-1)"
-        ));
+        return Err(DivProblem::txt_1(format!(
+            "text.div may not hold a <{name}> element: a narrative holds only basic HTML formatting"
+        )));
     }
     for attribute in e.attributes().with_checks(true) {
-        let attribute = attribute.map_err(|err| format!("text.div is not well-formed XHTML: {err}"))?;
+        let attribute =
+            attribute.map_err(|err| DivProblem::structure(format!("text.div is not well-formed XHTML: {err}")))?;
         let key = String::from_utf8_lossy(attribute.key.as_ref()).into_owned();
         let shown: String = key.chars().take(32).collect();
         if key == "xmlns" {
-            let value = attribute.unescape_value().map_err(|err| format!("text.div: {err}"))?;
+            let value = attribute
+                .unescape_value()
+                .map_err(|err| DivProblem::structure(format!("text.div: {err}")))?;
             if value != "http://www.w3.org/1999/xhtml" {
-                return Err("text.div may hold XHTML only (xmlns http://www.w3.org/1999/xhtml; txt-1)".into());
+                return Err(DivProblem::txt_1(
+                    "text.div may hold XHTML only (xmlns http://www.w3.org/1999/xhtml)",
+                ));
             }
             continue;
         }
         if !attribute_allowed(&raw_name, &key) {
-            return Err(format!(
-                "text.div may not hold the attribute '{shown}' on <{name}>: no event attributes, no other namespaces (txt-1)"
-            ));
+            return Err(DivProblem::txt_1(format!(
+                "text.div may not hold the attribute '{shown}' on <{name}>: no event attributes, no other namespaces"
+            )));
         }
         if URL_ATTRIBUTES.contains(&key.as_str()) || key == "style" {
-            let value = attribute
-                .unescape_value()
-                .map_err(|err| format!("text.div: the attribute '{shown}' on <{name}>: {err}"))?;
+            let value = attribute.unescape_value().map_err(|err| {
+                DivProblem::structure(format!("text.div: the attribute '{shown}' on <{name}>: {err}"))
+            })?;
             let problem = if key == "style" {
                 style_problem(&value).map(str::to_string)
             } else {
                 url_problem(&value)
             };
             if let Some(problem) = problem {
-                return Err(format!(
-                    "text.div may not hold {problem} in '{shown}' on <{name}> (txt-1)"
-                ));
+                return Err(DivProblem::txt_1(format!(
+                    "text.div may not hold {problem} in '{shown}' on <{name}>"
+                )));
             }
         }
     }
@@ -307,17 +351,6 @@ fn for_each_div(value: &mut Value, f: &mut dyn FnMut(&mut String)) {
         Value::Array(items) => items.iter_mut().for_each(|v| for_each_div(v, f)),
         _ => {}
     }
-}
-
-/// Checks every narrative of a parsed resource.
-pub fn check_all(resource: &mut Value) -> Result<(), String> {
-    let mut result = Ok(());
-    for_each_div(resource, &mut |div| {
-        if result.is_ok() {
-            result = check_div(div);
-        }
-    });
-    result
 }
 
 fn marker(token: &str, i: usize) -> String {

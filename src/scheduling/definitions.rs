@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Canonical, GROUP_CONFIDENTIALITY};
+use super::{Canonical, GROUP_CONFIDENTIALITY, GROUP_CONFIDENTIALITY_RULES};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -113,12 +113,19 @@ pub fn code_systems(canonical: &Canonical) -> Vec<Value> {
             "consent-category",
             "ConsentCategory",
             "tandem consent categories",
-            "Consent categories of group care.",
-            &[(
-                GROUP_CONFIDENTIALITY,
-                "Group confidentiality agreement",
-                "The patient agrees to keep confidential what other members share in a support group. Consent.provision.actor names the Group and provision.period the time it covers; a patient needs an active one to be booked into that group's sessions.",
-            )],
+            "Consent categories and policy rules of group care.",
+            &[
+                (
+                    GROUP_CONFIDENTIALITY,
+                    "Group confidentiality agreement",
+                    "The patient agrees to keep confidential what other members share in a support group. Consent.provision.actor names the Group and provision.period the time it covers; a patient needs an active one to be booked into that group's sessions.",
+                ),
+                (
+                    GROUP_CONFIDENTIALITY_RULES,
+                    "Group confidentiality rules",
+                    "The rules a member of a support group agrees to: what other members share in the group stays in the group, and is not recorded, repeated or used outside it. The Consent.policyRule of a group confidentiality agreement (R4 ppc-1: a Consent names a policy or a policy rule); a clinic may instead name its own agreement text in Consent.policy.uri.",
+                ),
+            ],
         ),
     ]
 }

@@ -37,7 +37,8 @@ impl Canonical {
     pub fn attendance_codes(&self) -> String {
         format!("{}/CodeSystem/attendance", self.base)
     }
-    /// Consent.category system whose code `group-confidentiality` marks a group confidentiality agreement.
+    /// Consent.category system whose code `group-confidentiality` marks a group confidentiality
+    /// agreement; its code `group-confidentiality-rules` is the agreement's Consent.policyRule.
     pub fn consent_category(&self) -> String {
         format!("{}/CodeSystem/consent-category", self.base)
     }
@@ -51,6 +52,10 @@ impl Canonical {
 }
 
 pub const GROUP_CONFIDENTIALITY: &str = "group-confidentiality";
+
+/// The policy rule of a group confidentiality agreement (R4 ppc-1: a Consent names a policy or a
+/// policy rule), a code of the same code system as its category.
+pub const GROUP_CONFIDENTIALITY_RULES: &str = "group-confidentiality-rules";
 
 /// The rules the store enforces, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,9 +14,11 @@ fn sample(rt: &str, id: &str) -> Value {
             json!({"resourceType": rt, "status": "proposed", "participant": [{"status": "needs-action", "type": [{"text": "facilitator"}]}]})
         }
         "Group" => json!({"resourceType": rt, "type": "person", "actual": true}),
+        "Organization" => json!({"resourceType": rt, "name": "Riverside Counselling"}),
         "CareTeam" => json!({"resourceType": rt, "status": "active"}),
         "Consent" => {
-            json!({"resourceType": rt, "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "agreement"}]})
+            json!({"resourceType": rt, "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "agreement"}],
+                   "patient": {"reference": "https://ehr.example.org/fhir/Patient/7"}, "policyRule": {"text": "group confidentiality rules"}})
         }
         "Subscription" => {
             json!({"resourceType": rt, "status": "off", "reason": "sync", "criteria": "Patient?active=true",
@@ -232,7 +234,8 @@ both_backends! {
         assert_eq!(write(reqwest::Method::DELETE, "Appointment/ben-1", None).await, 204);
         assert_eq!(write(reqwest::Method::PUT, "Practitioner/moss", Some(json!({"resourceType": "Practitioner", "id": "moss"}))).await, 403);
         let consent = json!({"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/ann"},
-            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "agreement"}]});
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "agreement"}],
+            "policyRule": {"text": "group confidentiality rules"}});
         assert_eq!(write(reqwest::Method::POST, "Consent", Some(consent)).await, 201);
         assert_eq!(app.get("Appointment/ben-1").await.status(), 200, "Ben's session is untouched");
         // A transaction that reads another patient's record fails whole.

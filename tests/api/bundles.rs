@@ -105,6 +105,7 @@ both_backends! {
             "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
             "category": [{"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/consent-category", "code": "group-confidentiality"}]}],
             "patient": {"reference": "Patient/p2"},
+            "policyRule": {"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/consent-category", "code": "group-confidentiality-rules"}]},
             "provision": {"period": {"start": "2026-01-01"}, "actor": [{"role": {"text": "member"}, "reference": {"reference": "Group/grief"}}]}});
         let b = bundle("transaction", vec![entry("PUT", "Appointment/g1", None, Some(session)), entry("POST", "Consent", None, Some(agreement))]);
         let res = app.post_json("", &b).await;

@@ -165,7 +165,8 @@ both_backends! {
             json!({"resourceType": "Appointment", "status": "proposed", "participant": [{"status": "needs-action", "type": [{"text": "facilitator"}]}]}),
             json!({"resourceType": "CareTeam", "status": "active"}),
             json!({"resourceType": "Group", "type": "person", "actual": true}),
-            json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "group confidentiality agreement"}]}),
+            json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "group confidentiality agreement"}],
+                "patient": {"reference": "https://ehr.example.org/fhir/Patient/7"}, "policyRule": {"text": "group confidentiality rules"}}),
         ];
         for body in bodies {
             let created = app.create(&body).await;

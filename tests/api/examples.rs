@@ -64,7 +64,11 @@ fn stub(rt: &str, id: &str) -> Value {
         "Appointment" => {
             json!({"status": "proposed", "participant": [{"status": "needs-action", "type": [{"text": "stub"}]}]})
         }
-        "Consent" => json!({"status": "active", "scope": {"text": "stub"}, "category": [{"text": "stub"}]}),
+        "Consent" => {
+            json!({"status": "active", "scope": {"text": "stub"}, "category": [{"text": "stub"}], "policyRule": {"text": "stub"}})
+        }
+        // org-1: a name or an identifier.
+        "Organization" => json!({"name": "stub"}),
         _ => json!({}),
     };
     body["resourceType"] = json!(rt);

@@ -216,10 +216,14 @@ both_backends! {
             r#"{"resourceType":"Patient","active":true} garbage"#,
             r#"{"resourceType":"Patient"}{"resourceType":"Patient"}"#,
             r#"{"resourceType":"Patient","active":true,"active":false}"#,
-            r#"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"c1","contained":[{"resourceType":"Patient","id":"c2"}]}]}"#,
         ] {
             assert_outcome(app.post_raw("Patient", FHIR_JSON, body).await, 400, "structure").await;
         }
+        // A contained resource inside a contained one is well-formed, but breaks dom-2 (422).
+        let nested = r##"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"c1","contained":[{"resourceType":"Patient","id":"c2"}]}],"link":[{"other":{"reference":"#c1"},"type":"seealso"}]}"##;
+        let outcome = assert_outcome(app.post_raw("Patient", FHIR_JSON, nested).await, 422, "invariant").await;
+        assert!(diagnostics(&outcome).starts_with("dom-2: "), "{outcome}");
+        assert_eq!(outcome["issue"][0]["expression"][0], "Patient.contained[0]", "{outcome}");
         // A duplicate "id" in a PUT: the last one no longer wins.
         let res = app.client.put(app.url("Patient/a")).header("Content-Type", FHIR_JSON)
             .body(r#"{"resourceType":"Patient","id":"b","id":"a"}"#).send().await.unwrap();
@@ -267,12 +271,18 @@ both_backends! {
             r#"<object data="x.swf"></object>"#,
             "   ",
         ] {
-            let outcome = assert_outcome(app.post_json("Patient", &with_div(bad)).await, 400, "structure").await;
-            assert!(diagnostics(&outcome).contains("text.div"), "{bad}: {outcome}");
+            // txt-1 (the allow-list) or txt-2 (some content): invariants, 422 with the div's path.
+            let outcome = assert_outcome(app.post_json("Patient", &with_div(bad)).await, 422, "invariant").await;
+            let key = if bad.trim().is_empty() { "txt-2: " } else { "txt-1: " };
+            assert!(diagnostics(&outcome).starts_with(key), "{bad}: {outcome}");
+            assert_eq!(outcome["issue"][0]["expression"][0], "Patient.text.div", "{bad}: {outcome}");
         }
+        // A div that is not XHTML at all is a structure error.
+        let outcome = assert_outcome(app.post_json("Patient", &with_div("<p>open")).await, 400, "structure").await;
+        assert!(diagnostics(&outcome).contains("Patient.text.div"), "{outcome}");
         // XML narratives follow the same rules.
         let xml = r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p onmouseover="alert(1)">Hi</p></div></text></Patient>"#;
-        assert_outcome(app.post_raw("Patient", FHIR_XML, xml).await, 400, "structure").await;
+        assert_outcome(app.post_raw("Patient", FHIR_XML, xml).await, 422, "invariant").await;
         assert_eq!(app.version_count().await, 0);
         // What must pass: the official examples' narratives (tables, links, images, styles), in both formats.
         // (It refers to Organization/1.)

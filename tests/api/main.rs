@@ -23,6 +23,7 @@ mod generated;
 mod history;
 mod hostile;
 mod input_limits;
+mod invariants;
 mod leaks;
 mod long_values;
 mod metadata;

@@ -38,6 +38,7 @@ fn agreement(id: &str, patient: &str, group: &str, status: &str, start: &str, en
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": format!("{CANON}/CodeSystem/consent-category"), "code": "group-confidentiality"}]}],
         "patient": {"reference": format!("Patient/{patient}")},
+        "policyRule": {"coding": [{"system": format!("{CANON}/CodeSystem/consent-category"), "code": "group-confidentiality-rules"}]},
         "provision": {"period": {"start": start, "end": end}, "actor": [{"role": {"text": "member"}, "reference": {"reference": format!("Group/{group}")}}]}})
 }
 

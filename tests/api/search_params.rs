@@ -15,7 +15,8 @@ use crate::helpers::*;
 fn extra_resources() -> Vec<Value> {
     vec![
         json!({"resourceType": "Patient", "id": "extra-patient", "deceasedDateTime": "2020-02-02T10:00:00Z"}),
-        json!({"resourceType": "Appointment", "id": "extra-appointment", "status": "booked",
+        // Without times, so proposed (app-3: a booked one has a start and an end).
+        json!({"resourceType": "Appointment", "id": "extra-appointment", "status": "proposed",
                "basedOn": [{"reference": "ServiceRequest/sr-1"}], "slot": [{"reference": "Slot/slot-1"}],
                "reasonReference": [{"reference": "Condition/cond-1"}], "supportingInformation": [{"reference": "Patient/extra-patient"}],
                "extension": [{"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject", "valueReference": {"reference": "Group/extra-group"}}],
@@ -34,7 +35,7 @@ fn extra_resources() -> Vec<Value> {
                "telecom": [{"system": "phone", "value": "+64 9 555 0101"}, {"system": "email", "value": "role@clinic.example"}]}),
         json!({"resourceType": "Location", "id": "extra-location", "operationalStatus": {"system": "http://terminology.hl7.org/CodeSystem/v2-0116", "code": "O"},
                "endpoint": [{"reference": "Endpoint/ep-2"}], "partOf": {"reference": "Location/1"}}),
-        json!({"resourceType": "Organization", "id": "extra-organization", "endpoint": [{"reference": "Endpoint/ep-3"}], "partOf": {"reference": "Organization/1"}}),
+        json!({"resourceType": "Organization", "id": "extra-organization", "name": "Extra clinic", "endpoint": [{"reference": "Endpoint/ep-3"}], "partOf": {"reference": "Organization/1"}}),
         json!({"resourceType": "CareTeam", "id": "extra-careteam", "status": "active", "identifier": [{"system": "urn:tandem:team", "value": "T-1"}],
                "category": [{"coding": [{"system": "http://loinc.org", "code": "LA27976-2"}]}]}),
         // No official R4 Subscription example is in the corpus; an "off" one needs no allowed host.
@@ -47,6 +48,7 @@ fn extra_resources() -> Vec<Value> {
         json!({"resourceType": "Consent", "id": "extra-consent", "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
                "category": [{"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/consent-category", "code": "group-confidentiality"}]}],
                "identifier": [{"system": "urn:tandem:consent", "value": "C-1"}],
+               "patient": {"reference": "Patient/extra-patient"}, "policy": [{"uri": "https://clinic.example/agreements/group"}],
                "sourceReference": {"reference": "Contract/k-1"},
                "provision": {"period": {"start": "2026-01-01", "end": "2026-12-31"}, "actor": [{"role": {"text": "member"}, "reference": {"reference": "Group/extra-group"}}],
                              "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
