@@ -26,8 +26,8 @@
 //!   dates of different precision does;
 //! - txt-1 and txt-2 are the allow-list of [`super::narrative`].
 //!
-//! Besides R4's, one rule of this server: an Appointment's `end` after its `start` (R4 has no
-//! invariant for it, and a session that ends before it starts holds no time in the bookings).
+//! Besides R4's, one rule of this server: an Appointment's `end` is not before its `start` (R4 has
+//! no invariant for it, and a session that ends before it starts holds no time in the bookings).
 //!
 //! Skipped: the warnings and best practices (dom-6 and the value-set bindings), the invariants of
 //! types that are not hosted (inside a contained resource of another type only the data types and
@@ -699,20 +699,20 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// This server's rule, not R4's: an Appointment's `end` is after its `start` (both instants). A
-    /// session that ends before it starts, or when it starts, would hold no time in the bookings
-    /// that the double-booking rule reads.
+    /// This server's rule, not R4's: an Appointment's `end` is not before its `start` (both
+    /// instants, compared across time zones). A session that ends before it starts would hold no
+    /// time in the bookings that the double-booking rule reads. (One that ends as it starts is
+    /// valid R4 and is kept: it holds no time either.)
     fn appointment_end_after_start(&mut self, map: &Map<String, Value>, path: &str) {
         let instant = |k: &str| text(map, k).and_then(dates::parse_range).map(|r| r.low);
         if let (Some(start), Some(end)) = (instant("start"), instant("end")) {
-            let human = if end < start {
-                "Appointment.end is before Appointment.start"
-            } else if end == start {
-                "Appointment.end is Appointment.start: a session takes some time"
-            } else {
-                return;
-            };
-            self.broken("appointment-period", human, path);
+            if end < start {
+                self.broken(
+                    "appointment-period",
+                    "Appointment.end is before Appointment.start",
+                    path,
+                );
+            }
         }
     }
 
@@ -1337,18 +1337,20 @@ mod tests {
         let a = json!({"resourceType": "Appointment", "status": "noshow", "cancelationReason": {"text": "x"},
             "start": "2026-12-01T10:00:00Z", "end": "2026-12-01T11:00:00Z", "participant": [{"type": [{"text": "t"}], "status": "accepted"}]});
         assert!(parsed(&a).is_ok());
-        // A session ends after it starts: not at the same instant, and time zones count.
+        // A session does not end before it starts; time zones count, and ending as it starts is R4.
         let mut a = a.clone();
         a["status"] = json!("booked");
         a.as_object_mut().unwrap().remove("cancelationReason");
-        a["end"] = json!("2026-12-01T12:00:00+02:00");
+        a["end"] = json!("2026-12-01T11:59:59+02:00");
         let found = broken(&a);
         assert_eq!(keys(&found), ["appointment-period"]);
         assert!(
-            found[0].diagnostics.contains("Appointment.end is Appointment.start"),
+            found[0]
+                .diagnostics
+                .contains("Appointment.end is before Appointment.start"),
             "{found:?}"
         );
-        a["end"] = json!("2026-12-01T12:00:01+02:00");
+        a["end"] = json!("2026-12-01T12:00:00+02:00");
         assert!(parsed(&a).is_ok());
         // A booked session without an end breaks app-2 and app-3, both reported.
         a.as_object_mut().unwrap().remove("end");

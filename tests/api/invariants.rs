@@ -180,7 +180,7 @@ both_backends! {
         }
     }
 
-    async fn a_booked_session_holds_its_time_only_with_an_end_after_its_start(app: TestApp) {
+    async fn a_booked_session_holds_its_time_only_with_an_end_not_before_its_start(app: TestApp) {
         let moss = json!({"resourceType": "Practitioner", "id": "moss", "name": [{"family": "Moss"}]});
         assert_eq!(app.put_json("Practitioner/moss", &moss).await.status(), 201);
         // Booked without an end: app-2 and app-3, both named.
@@ -193,12 +193,10 @@ both_backends! {
         open.as_object_mut().unwrap().remove("start");
         let outcome = refused(app.post_json("Appointment", &open).await, "app-3", "Appointment").await;
         assert_eq!(keys(&outcome), ["app-3"], "{outcome}");
-        // An end before the start (not a Period in R4: this server's rule), or at it.
+        // An end before the start (start and end are no Period in R4: this server's rule).
         let backwards = session("2026-12-01T11:00:00Z", Some("2026-12-01T10:00:00Z"));
         let outcome = refused(app.post_json("Appointment", &backwards).await, "appointment-period", "Appointment").await;
         assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("Appointment.end is before Appointment.start"), "{outcome}");
-        let instant = session("2026-12-01T10:00:00Z", Some("2026-12-01T10:00:00Z"));
-        refused(app.post_json("Appointment", &instant).await, "appointment-period", "Appointment").await;
         // In a transaction too.
         let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"resource": backwards, "request": {"method": "POST", "url": "Appointment"}}]});
