@@ -344,21 +344,6 @@ fn written_resource(op: &Op) -> Option<&Value> {
     }
 }
 
-fn each_reference<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map {
-                match (key.as_str(), v) {
-                    ("reference", Value::String(r)) => out.push(r),
-                    _ => each_reference(v, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| each_reference(v, out)),
-        _ => {}
-    }
-}
-
 /// Checks the references of `entries` that only a Bundle can resolve, and plans the conditional
 /// ones (http.html#trules):
 /// - a `urn:uuid:` reference must be the fullUrl of an entry that creates or updates a resource in
@@ -372,9 +357,7 @@ fn bundle_references(ctx: &Ctx, entries: &[&Entry], full_urls: &[&str]) -> Resul
             continue;
         };
         let label = format!("entry {}", entry.index);
-        let mut refs = Vec::new();
-        each_reference(resource, &mut refs);
-        for reference in refs {
+        for reference in crate::resources::references(resource) {
             if reference.starts_with("urn:uuid:") {
                 if !full_urls.contains(&reference) {
                     return Err(Error::Invalid(format!(

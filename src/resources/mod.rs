@@ -134,23 +134,52 @@ fn starts_upper(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
 }
 
-/// Rewrites every `reference` equal to a `urn:uuid:` fullUrl into the id the server gave it.
-pub fn rewrite_references(value: &mut serde_json::Value, ids: &std::collections::HashMap<String, String>) {
+/// Every `reference` string of the resource (Reference.reference), in document order. A `reference`
+/// element that is itself a Reference (Consent.provision.actor.reference) is looked into.
+pub fn references(value: &serde_json::Value) -> Vec<&str> {
+    fn walk<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("reference", serde_json::Value::String(r)) => out.push(r),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut out);
+    out
+}
+
+/// Replaces every `reference` string of the resource for which `new` gives a replacement (the walk
+/// of [`references`], writing).
+fn map_references(value: &mut serde_json::Value, new: &mut impl FnMut(&str) -> Option<String>) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, v) in map.iter_mut() {
-                if key == "reference" {
-                    if let Some(new) = v.as_str().and_then(|r| ids.get(r)) {
-                        *v = serde_json::Value::String(new.clone());
-                        continue;
+                match (key.as_str(), &*v) {
+                    ("reference", serde_json::Value::String(r)) => {
+                        if let Some(replacement) = new(r) {
+                            *v = serde_json::Value::String(replacement);
+                        }
                     }
+                    _ => map_references(v, new),
                 }
-                rewrite_references(v, ids);
             }
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, ids)),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| map_references(v, new)),
         _ => {}
     }
+}
+
+/// Rewrites every `reference` equal to a `urn:uuid:` fullUrl into the id the server gave it.
+pub fn rewrite_references(value: &mut serde_json::Value, ids: &std::collections::HashMap<String, String>) {
+    map_references(value, &mut |r| ids.get(r).cloned());
 }
 
 /// Rewrites every absolute reference under `base` (this server, as the writer addressed it) to the
@@ -164,25 +193,7 @@ pub fn localize_references(value: &mut serde_json::Value, base: &str) {
     if base.is_empty() {
         return;
     }
-    localize_under(value, base);
-}
-
-fn localize_under(value: &mut serde_json::Value, base: &str) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if key == "reference" {
-                    if let Some(relative) = v.as_str().and_then(|r| same_server(r, base)) {
-                        *v = serde_json::Value::String(relative);
-                        continue;
-                    }
-                }
-                localize_under(v, base);
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| localize_under(v, base)),
-        _ => {}
-    }
+    map_references(value, &mut |r| same_server(r, base));
 }
 
 /// The relative form of `reference` if it is `{base}/Type/id[/_history/v]`. Scheme and host compare
@@ -212,33 +223,16 @@ fn split_origin(url: &str) -> (&str, &str) {
 
 /// Every relative reference in the resource to a type hosted here (these must resolve), deduplicated.
 pub fn local_references(resource: &serde_json::Value) -> Vec<(ResourceType, String)> {
-    let mut out = Vec::new();
-    collect_references(resource, &mut out);
+    let mut out: Vec<(ResourceType, String)> = references(resource)
+        .into_iter()
+        .filter_map(|r| match parse_reference(r) {
+            Target::Local { res_type, id, .. } => ResourceType::parse(&res_type).map(|t| (t, id)),
+            _ => None,
+        })
+        .collect();
     out.sort();
     out.dedup();
     out
-}
-
-fn collect_references(value: &serde_json::Value, out: &mut Vec<(ResourceType, String)>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map {
-                if key == "reference" {
-                    if let Some(s) = v.as_str() {
-                        if let Target::Local { res_type, id, .. } = parse_reference(s) {
-                            if let Some(t) = ResourceType::parse(&res_type) {
-                                out.push((t, id));
-                            }
-                        }
-                        continue;
-                    }
-                }
-                collect_references(v, out);
-            }
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_references(v, out)),
-        _ => {}
-    }
 }
 
 #[cfg(test)]
