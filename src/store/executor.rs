@@ -14,7 +14,7 @@ use super::reads::{
     load_current, load_current_for_write, may_see, not_found, read_in, read_visible_in, vread_visible_in,
 };
 use super::search::{first_page_sql, load, load_current_many, IdRow};
-use super::write::{check_references, create_in, delete_in, update_in, Tx};
+use super::write::{check_references, create_in, delete_in, matches_version, update_in, Tx};
 use super::{Abort, AnyConnection, Store, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
 use crate::resources::{compartment, rewrite_references, ResourceType};
@@ -332,15 +332,7 @@ impl Store {
                     }
                     _ => return Err(Error::Gone(format!("{rt}/{id} was deleted")).into()),
                 };
-                if let Some(v) = if_match {
-                    if *v != current.version_id {
-                        return Err(Error::PreconditionFailed(format!(
-                            "version {v} of {rt}/{id} is not the current one (version {})",
-                            current.version_id
-                        ))
-                        .into());
-                    }
-                }
+                matches_version(*rt, &id, *if_match, current.version_id)?;
                 let patched = (patcher.0)(&body)?;
                 if patched.get("resourceType") != body.get("resourceType") || patched.get("id") != body.get("id") {
                     return Err(

@@ -8,6 +8,7 @@ use diesel::sql_types::{BigInt, Text};
 use serde_json::Value;
 
 use super::hooks::Change;
+use super::reads::{load_current, may_see};
 use super::schema::{bookings, resources};
 use super::search::{load, IdOnly};
 use super::write::Tx;
@@ -106,26 +107,13 @@ fn book(
 /// Whether the writer may read the Appointment `id` (read on Appointment and, for a `patient/`
 /// writer, the Appointment in that patient's compartment).
 fn may_see_appointment(c: &mut AnyConnection, access: &WriteAccess, id: &str) -> Result<bool, Abort> {
-    if !access.may_read {
+    let Some(rt) = ResourceType::parse("Appointment").filter(|_| access.may_read) else {
         return Ok(false);
-    }
-    let Some(patient) = access.compartment.as_deref() else {
-        return Ok(true);
     };
-    let body: Option<Option<String>> = resources::table
-        .filter(resources::res_type.eq("Appointment"))
-        .filter(resources::res_id.eq(id))
-        .select(resources::body)
-        .get_result(c)
-        .optional()?;
-    let body: Value = body
-        .flatten()
-        .and_then(|b| serde_json::from_str(&b).ok())
-        .unwrap_or(Value::Null);
-    Ok(
-        ResourceType::parse("Appointment")
-            .is_some_and(|rt| crate::resources::compartment::contains(patient, rt, &body)),
-    )
+    let Some(current) = load_current(c, rt, id)? else {
+        return Ok(false);
+    };
+    Ok(may_see(c, rt, id, &current, access.compartment.as_deref())?)
 }
 
 #[derive(QueryableByName)]

@@ -162,15 +162,7 @@ pub(super) fn update_in(
         let version = insert_first(tx, rt, id, &resource, "PUT")?;
         return Ok(UpdateOutcome { version, created: true });
     };
-    if let Some(v) = if_match {
-        if v != current.version_id {
-            return Err(Error::PreconditionFailed(format!(
-                "version {v} of {rt}/{id} is not the current one (version {})",
-                current.version_id
-            ))
-            .into());
-        }
-    }
+    matches_version(rt, id, if_match, current.version_id)?;
     let entries = index::extract(rt, &resource);
     let version_id = current.version_id + 1;
     let last_updated = tx.now.max(current.last_updated + 1);
@@ -209,37 +201,22 @@ pub(super) fn delete_in(
     if_match: Option<i64>,
     access: &WriteAccess,
 ) -> Result<Option<Version>, Abort> {
-    let stale = |what: String| -> Abort {
-        Error::PreconditionFailed(format!(
-            "{what}, so version {} does not match",
-            if_match.unwrap_or_default()
-        ))
-        .into()
-    };
-    let Some(current) = load_current_for_write(tx.c, rt, id)? else {
-        return match if_match {
-            Some(_) => Err(stale(format!("{rt}/{id} does not exist"))),
-            None => Ok(None),
-        };
-    };
     // http.html#delete: deleting what does not exist succeeds; a record the caller may not see is
     // answered the same way (and left alone), so that a DELETE is no probe. With If-Match, neither
     // has the version asked for: 412, as an update would answer.
-    if current.deleted || !may_see(tx.c, rt, id, &current, access.compartment.as_deref())? {
-        return match if_match {
-            Some(_) => Err(stale(format!("{rt}/{id} does not exist"))),
-            None => Ok(None),
-        };
-    }
-    if let Some(v) = if_match {
-        if v != current.version_id {
-            return Err(Error::PreconditionFailed(format!(
-                "version {v} of {rt}/{id} is not the current one (version {})",
-                current.version_id
-            ))
-            .into());
+    let current = match load_current_for_write(tx.c, rt, id)? {
+        Some(cur) if !cur.deleted && may_see(tx.c, rt, id, &cur, access.compartment.as_deref())? => cur,
+        _ => {
+            return match if_match {
+                Some(v) => Err(Error::PreconditionFailed(format!(
+                    "{rt}/{id} does not exist, so version {v} does not match"
+                ))
+                .into()),
+                None => Ok(None),
+            }
         }
-    }
+    };
+    matches_version(rt, id, if_match, current.version_id)?;
     if access.compartment.is_some() {
         let body: Value = current
             .body
@@ -261,6 +238,17 @@ pub(super) fn delete_in(
     insert_version(tx.c, &version)?;
     clear_index(tx.c, rt, id)?;
     Ok(Some(version))
+}
+
+/// If-Match (http.html#concurrency): the version asked for must be the current one, else 412.
+pub(super) fn matches_version(rt: ResourceType, id: &str, if_match: Option<i64>, current: i64) -> Result<(), Abort> {
+    match if_match {
+        Some(v) if v != current => Err(Error::PreconditionFailed(format!(
+            "version {v} of {rt}/{id} is not the current one (version {current})"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// Moves the current row from `from_version` to `version` (its body, or none for a deletion), only
