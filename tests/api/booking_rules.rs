@@ -85,6 +85,27 @@ both_backends! {
             assert!(text.contains("Practitioner/moss") && text.contains("not free"), "{scope}: {text}");
             assert!(!text.contains("a1") && !text.contains("10:00"), "{scope} learned of p1's session: {text}");
         }
+        // The same through a transaction Bundle and a batch entry.
+        let client = app.client_with("patient/Appointment.c", Some("p2"));
+        for kind in ["transaction", "batch"] {
+            let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [
+                {"resource": clash, "request": {"method": "POST", "url": "Appointment"}}]});
+            let res = client
+                .post(app.url(""))
+                .header("Content-Type", FHIR_JSON)
+                .body(bundle.to_string())
+                .send()
+                .await
+                .unwrap();
+            // A transaction fails whole with the 409; a batch answers it in the entry.
+            let status = res.status().as_u16();
+            let text = res.text().await.unwrap();
+            match kind {
+                "transaction" => assert_eq!(status, 409, "{text}"),
+                _ => assert!(status == 200 && text.contains("\"409"), "{text}"),
+            }
+            assert!(text.contains("not free") && !text.contains("a1") && !text.contains("10:00"), "{kind} learned of p1's session: {text}");
+        }
         // A clinic token may read every Appointment: it is told which one holds the time.
         let res = app.post_json("Appointment", &clash).await;
         let text = diagnostics(&assert_outcome(res, 409, "conflict").await);
