@@ -90,8 +90,8 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(api::extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(api::extractor_error))
                 // The API browser first: /{type} and /{type}/{id} would take its paths.
-                .service(api::docs::browser())
-                .service(web::resource("/docs").to(api::docs::to_browser))
+                .route("/docs", web::get().to(api::docs::browser))
+                .route("/docs/{file:.*}", web::get().to(api::docs::browser))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
                 // Outermost last: frame (request id, logs, headers) → CORS (answers a preflight with

@@ -277,6 +277,20 @@ pub async fn create(
 ) -> Result<HttpResponse, Error> {
     ctx.negotiated()?;
     let rt = resource_type(&path)?;
+    // http.html#create defines no query on `POST [type]`. Criteria there (fhirpy's get_or_create
+    // puts them there) would otherwise be dropped and a duplicate created: refused, pointing to
+    // the header FHIR defines for them.
+    let in_url: Vec<String> = crate::search::pairs(req.query_string().as_bytes())
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k != "_format" && k != "_pretty")
+        .collect();
+    if !in_url.is_empty() {
+        return Err(Error::Invalid(format!(
+            "POST {rt} takes no search parameters in its URL (got {}); for a conditional create, send the criteria in the If-None-Exist header",
+            in_url.join(", ")
+        )));
+    }
     let grant = ctx.grant(rt.as_str(), Permission::Create)?;
     let if_none_exist = match req.headers().get("if-none-exist") {
         Some(v) => {

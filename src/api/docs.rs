@@ -126,23 +126,44 @@ pub fn document_pretty() -> String {
     text
 }
 
-/// The interactive browser at /docs/ (Swagger UI, its files compiled into the binary), reading
-/// /openapi.json.
-pub fn browser() -> utoipa_swagger_ui::SwaggerUi {
-    let config = utoipa_swagger_ui::Config::new(["/openapi.json"])
-        .try_it_out_enabled(true)
-        .persist_authorization(false)
-        .display_request_duration(true)
-        .filter(true)
-        .doc_expansion("none");
-    utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").config(config)
-}
+/// The API browser's page. Its paths are relative, so that it works behind a path prefix; `base`
+/// is where the page's own files are seen from the page (`docs/` from /docs, `` from /docs/).
+const BROWSER_PAGE: &str = include_str!("browser/index.html");
+/// Swagger UI's configuration and our LazyRefs plugin (why it exists: the file's own comment).
+const BROWSER_SCRIPT: &str = include_str!("browser/tandem-docs.js");
 
-/// `/docs` → `/docs/`, where the browser's relative asset paths resolve.
-pub async fn to_browser() -> actix_web::HttpResponse {
-    actix_web::HttpResponse::PermanentRedirect()
-        .insert_header((actix_web::http::header::LOCATION, "/docs/"))
-        .finish()
+/// `GET /docs` and `GET /docs/{file}`: the interactive browser (Swagger UI, its files compiled into
+/// the binary) reading the document at /openapi.json. Both /docs and /docs/ answer the page itself
+/// (no redirect); every path on it is relative to where it was loaded.
+pub async fn browser(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::{http::header, HttpResponse};
+    let path = req.path();
+    let file = path.strip_prefix("/docs").unwrap_or_default().trim_start_matches('/');
+    let page = |base: &str, spec: &str| {
+        HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(BROWSER_PAGE.replace("{{base}}", base).replace("{{spec}}", spec))
+    };
+    match file {
+        "" if !path.ends_with('/') => page("docs/", "openapi.json"),
+        "" | "index.html" => page("", "../openapi.json"),
+        "tandem-docs.js" => HttpResponse::Ok()
+            .content_type("text/javascript; charset=utf-8")
+            .body(BROWSER_SCRIPT),
+        // Swagger UI's stock initializer and its page are replaced by the two above.
+        "swagger-initializer.js" => HttpResponse::NotFound().finish(),
+        _ => match utoipa_swagger_ui::serve(file, std::sync::Arc::new(utoipa_swagger_ui::Config::default())) {
+            Ok(Some(found)) => {
+                let mut res = HttpResponse::Ok();
+                res.content_type(found.content_type);
+                if found.gzpipped {
+                    res.insert_header((header::CONTENT_ENCODING, "gzip"));
+                }
+                res.body(found.bytes.into_owned())
+            }
+            _ => HttpResponse::NotFound().finish(),
+        },
+    }
 }
 
 const METHODS: [&str; 8] = ["get", "head", "put", "post", "delete", "patch", "options", "trace"];
@@ -222,7 +243,8 @@ fn build() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": info(),
-        "servers": [{"url": "/", "description": "This server"}],
+        // Relative to the document itself (OpenAPI 3.1, 4.8.1): right behind a path prefix too.
+        "servers": [{"url": ".", "description": "This server (the base this document was served from)"}],
         "security": [{"bearer": []}],
         "tags": tags(),
         "paths": paths,

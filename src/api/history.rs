@@ -172,6 +172,8 @@ fn entry(ctx: &Ctx, v: &Version) -> Result<Value, Error> {
     let (method, url, status) = match v.method.as_str() {
         "POST" => ("POST", v.res_type.clone(), "201 Created"),
         "DELETE" => ("DELETE", instance.clone(), "204 No Content"),
+        // R4 HTTPVerb has PATCH: a patch is recorded as what it was.
+        "PATCH" => ("PATCH", instance.clone(), "200 OK"),
         _ if v.version_id == 1 => ("PUT", instance.clone(), "201 Created"),
         _ => ("PUT", instance.clone(), "200 OK"),
     };

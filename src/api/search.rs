@@ -12,7 +12,6 @@ use super::{blocking, query_pairs, read_body, resource_type, AppState, Ctx};
 use crate::auth::{Grant, Permission};
 use crate::config::Config;
 use crate::error::Error;
-use crate::fhir;
 use crate::resources::{compartment, dates, summary, ResourceType};
 use crate::search::plan::plan;
 use crate::search::{Include, Search, Summary, Total};
@@ -286,20 +285,22 @@ async fn run(
     let page = blocking(move || store.search(&page_plan, count, cursor.as_deref(), with_total)).await?;
     let (included, cut) = includes(ctx, state, &page.matches, &search.includes, &search.revincludes).await?;
 
+    // One warning issue per thing the answer leaves out, each with its own code: an unknown
+    // parameter was not applied (not-supported), includes were cut at the limit (too-costly).
     let mut warnings = Vec::new();
     if !planned.ignored.is_empty() {
-        warnings.push(format!(
-            "unknown search parameters were ignored: {}",
-            planned.ignored.join(", ")
-        ));
+        warnings.push(json!({
+            "severity": "warning", "code": "not-supported",
+            "diagnostics": format!("unknown search parameters were ignored: {}", planned.ignored.join(", ")),
+        }));
     }
     if cut {
-        warnings.push(format!(
-            "more than {MAX_INCLUDED} resources would be included; only the first {MAX_INCLUDED} are"
-        ));
+        warnings.push(json!({
+            "severity": "warning", "code": "too-costly",
+            "diagnostics": format!("more than {MAX_INCLUDED} resources would be included; only the first {MAX_INCLUDED} are"),
+        }));
     }
-    let outcome =
-        (!warnings.is_empty()).then(|| fhir::operation_outcome("warning", "too-costly", &warnings.join("; ")));
+    let outcome = (!warnings.is_empty()).then(|| json!({"resourceType": "OperationOutcome", "issue": warnings}));
     let bundle = searchset(
         ctx,
         &page,

@@ -47,10 +47,16 @@ impl Format {
     }
 
     /// The response format: `_format` wins over Accept (http.html#mime-type); JSON is the default.
+    /// A FHIR type that asks for another FHIR version (`fhirVersion`, http.html#version-parameter)
+    /// is not one this server can answer.
     pub fn negotiate(format_param: Option<&str>, accept: Option<&str>) -> Result<Format, Error> {
         if let Some(f) = format_param {
-            return Format::from_mime(f)
-                .ok_or_else(|| Error::NotAcceptable(format!("_format '{f}' is not supported; use json or xml")));
+            let format = Format::from_mime(f)
+                .ok_or_else(|| Error::NotAcceptable(format!("_format '{f}' is not supported; use json or xml")))?;
+            return match other_fhir_version(f) {
+                Some(v) => Err(Error::NotAcceptable(wrong_version("_format", v))),
+                None => Ok(format),
+            };
         }
         let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
             return Ok(Format::Json);
@@ -59,18 +65,24 @@ impl Format {
             .split(',')
             .enumerate()
             .map(|(i, item)| {
-                let mut parts = item.split(';');
-                let mime = parts.next().unwrap_or("").trim();
-                let q = parts
+                let q = item
+                    .split(';')
+                    .skip(1)
                     .filter_map(|p| p.trim().strip_prefix("q="))
                     .find_map(|q| q.trim().parse::<f32>().ok())
                     .unwrap_or(1.0);
-                (q, i, mime)
+                (q, i, item)
             })
             .filter(|(q, _, _)| *q > 0.0)
             .collect();
         ranges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (_, _, mime) in ranges {
+        let mut asked_version = None;
+        for (_, _, item) in ranges {
+            let mime = item.split(';').next().unwrap_or("").trim();
+            if let Some(v) = other_fhir_version(item) {
+                asked_version.get_or_insert(v);
+                continue;
+            }
             if let Some(f) = Format::from_mime(mime) {
                 return Ok(f);
             }
@@ -78,9 +90,10 @@ impl Format {
                 return Ok(Format::Json);
             }
         }
-        Err(Error::NotAcceptable(
-            "none of the Accept types is supported; use application/fhir+json or application/fhir+xml".into(),
-        ))
+        Err(Error::NotAcceptable(match asked_version {
+            Some(v) => wrong_version("Accept", v),
+            None => "none of the Accept types is supported; use application/fhir+json or application/fhir+xml".into(),
+        }))
     }
 
     /// The format of a request body, from its Content-Type.
@@ -96,6 +109,9 @@ impl Format {
             }
             _ => true,
         });
+        if let Some(v) = other_fhir_version(ct) {
+            return Err(Error::UnsupportedMediaType(wrong_version("Content-Type", v)));
+        }
         match Format::from_mime(ct) {
             Some(f) if charset_ok => Ok(f),
             Some(_) => Err(Error::UnsupportedMediaType(
@@ -107,6 +123,22 @@ impl Format {
             ))),
         }
     }
+}
+
+/// The `fhirVersion` a mime type names when it is not this server's: R4, written `4.0` (the
+/// spec's form, http.html#version-parameter) or `4.0.1`.
+fn other_fhir_version(mime: &str) -> Option<&str> {
+    mime.split(';').skip(1).find_map(|p| match p.trim().split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("fhirVersion") => {
+            let v = v.trim().trim_matches('"');
+            (v != "4.0" && v != FHIR_VERSION).then_some(v)
+        }
+        _ => None,
+    })
+}
+
+fn wrong_version(source: &str, asked: &str) -> String {
+    format!("{source} asks for fhirVersion={asked}; this server speaks FHIR R4 only (fhirVersion=4.0)")
 }
 
 /// Refuses a body that holds more than `limits` allow (413 for too many elements, 400 too-costly

@@ -14,7 +14,7 @@ use super::reads::{
     load_current, load_current_for_write, may_see, not_found, read_in, read_visible_in, vread_visible_in,
 };
 use super::search::{first_page_sql, load, load_current_many, IdRow};
-use super::write::{check_references, create_in, delete_in, matches_version, update_in, Tx};
+use super::write::{check_references, create_in, delete_in, matches_version, update_in, Tx, Via};
 use super::{Abort, AnyConnection, Store, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
 use crate::resources::{compartment, rewrite_references, ResourceType};
@@ -304,7 +304,10 @@ impl Store {
                 &id,
                 &rewritten(resource),
                 *if_match,
-                check_refs,
+                Via {
+                    method: "PUT",
+                    check_refs,
+                },
                 access,
             )?),
             (
@@ -355,7 +358,11 @@ impl Store {
                         created: false,
                     }));
                 }
-                OpResult::Updated(update_in(tx, *rt, &id, &patched, *if_match, check_refs, access)?)
+                let via = Via {
+                    method: "PATCH",
+                    check_refs,
+                };
+                OpResult::Updated(update_in(tx, *rt, &id, &patched, *if_match, via, access)?)
             }
             (
                 Op::Delete {
@@ -405,8 +412,9 @@ impl Store {
     }
 }
 
-/// The `method` of the version a patch that changed nothing answers with (it wrote none).
-const NO_OP_PATCH: &str = "PATCH";
+/// The `method` of the version a patch that changed nothing answers with (it wrote none, so no stored
+/// version carries it; a written patch is `PATCH`).
+const NO_OP_PATCH: &str = "PATCH (nothing written)";
 
 /// A write of a transaction whose references are checked once every entry is written.
 struct WrittenEntry<'a> {

@@ -9,7 +9,7 @@ use super::hooks::{Change, Written};
 use super::reads::load_current_for_write;
 use super::schema::{subscription_deliveries, subscription_index};
 use super::search::{load, CountRow};
-use super::write::{update_in, Tx};
+use super::write::{update_in, Tx, Via};
 use super::{Abort, AnyConnection, Store, WriteAccess};
 use crate::error::Error;
 use crate::resources::ResourceType;
@@ -245,7 +245,11 @@ impl Store {
                 rules: &self.rules,
                 now,
             };
-            update_in(&mut tx, rt, &d.sub_id, &sub, None, false, &WriteAccess::full())?;
+            let via = Via {
+                method: "PUT",
+                check_refs: false,
+            };
+            update_in(&mut tx, rt, &d.sub_id, &sub, None, via, &WriteAccess::full())?;
             Ok(())
         })
     }

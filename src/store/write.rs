@@ -94,6 +94,15 @@ fn insert_first(tx: &mut Tx, rt: ResourceType, id: &str, resource: &Value, metho
     Ok(version)
 }
 
+/// How an update arrived: the interaction that history records for it (R4 HTTPVerb: `PUT`, or
+/// `PATCH` for a patch), and whether its references are checked here (a Bundle checks them once,
+/// after every entry).
+#[derive(Clone, Copy)]
+pub(super) struct Via {
+    pub method: &'static str,
+    pub check_refs: bool,
+}
+
 /// Updates (or creates with the client's id) `rt/id` on an open write transaction.
 pub(super) fn update_in(
     tx: &mut Tx,
@@ -101,7 +110,7 @@ pub(super) fn update_in(
     id: &str,
     resource: &Value,
     if_match: Option<i64>,
-    check_refs: bool,
+    via: Via,
     access: &WriteAccess,
 ) -> Result<UpdateOutcome, Abort> {
     let mut resource = localized(resource, access);
@@ -136,7 +145,7 @@ pub(super) fn update_in(
     } else if !access.may_create {
         return Err(no_create().into());
     }
-    if check_refs {
+    if via.check_refs {
         check_references(
             tx.c,
             &resource,
@@ -159,7 +168,7 @@ pub(super) fn update_in(
                 Error::PreconditionFailed(format!("{rt}/{id} does not exist, so version {v} does not match")).into(),
             );
         }
-        let version = insert_first(tx, rt, id, &resource, "PUT")?;
+        let version = insert_first(tx, rt, id, &resource, via.method)?;
         return Ok(UpdateOutcome { version, created: true });
     };
     matches_version(rt, id, if_match, current.version_id)?;
@@ -171,7 +180,7 @@ pub(super) fn update_in(
         res_id: id.into(),
         version_id,
         last_updated,
-        method: "PUT".into(),
+        method: via.method.into(),
         body: Some(stamp(&resource, id, version_id, last_updated)),
     };
     swap_current(tx.c, current.version_id, &version, if_match)?;

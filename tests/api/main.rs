@@ -17,6 +17,7 @@ mod crud;
 mod errors;
 mod examples;
 mod export;
+mod first_hour;
 mod formats;
 mod fuzz;
 mod generated;

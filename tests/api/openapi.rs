@@ -255,24 +255,33 @@ both_backends! {
         let served: Value = res.json().await.unwrap();
         assert_eq!(&served, document());
 
-        // /docs leads to the browser, whose files come from the binary itself.
+        // /docs and /docs/ are both the browser itself (no redirect), its files from the binary,
+        // every path relative to the page so that it works behind a path prefix.
         let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let res = no_redirects.get(app.url("/docs")).send().await.unwrap();
-        assert_eq!(res.status(), 308);
-        assert_eq!(res.headers()["location"], "/docs/");
-        let res = app.anonymous.get(app.url("/docs/")).send().await.unwrap();
-        assert_eq!(res.status(), 200);
-        let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();
-        assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"), "{csp}");
-        let page = res.text().await.unwrap();
-        assert!(page.contains("swagger-ui-bundle.js") && page.contains("swagger-initializer.js"), "{page}");
-        assert!(!page.contains("http://") && !page.contains("https://"), "the page loads nothing from elsewhere");
-        for file in ["swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css", "swagger-initializer.js"] {
+        for (path, base, spec) in [("/docs", "docs/", "openapi.json"), ("/docs/", "", "../openapi.json")] {
+            let res = no_redirects.get(app.url(path)).send().await.unwrap();
+            assert_eq!(res.status(), 200, "{path}");
+            let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();
+            assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"), "{csp}");
+            let page = res.text().await.unwrap();
+            assert!(page.contains("<title>tandem FHIR R4 API</title>"), "{page}");
+            assert!(page.contains(&format!("data-spec=\"{spec}\"")), "{page}");
+            for file in ["swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css", "tandem-docs.js"] {
+                assert!(page.contains(&format!("\"{base}{file}\"")), "{path}: {file} in {page}");
+            }
+            assert!(!page.contains("http://") && !page.contains("https://"), "the page loads nothing from elsewhere");
+            assert!(!page.contains("\"/"), "no absolute path on the page: {page}");
+        }
+        for file in ["swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css", "tandem-docs.js"] {
             let res = app.anonymous.get(app.url(&format!("/docs/{file}"))).send().await.unwrap();
             assert_eq!(res.status(), 200, "{file}");
         }
-        let init = app.anonymous.get(app.url("/docs/swagger-initializer.js")).send().await.unwrap().text().await.unwrap();
-        assert!(init.contains("\"/openapi.json\""), "{init}");
+        let script = app.anonymous.get(app.url("/docs/tandem-docs.js")).send().await.unwrap().text().await.unwrap();
+        assert!(script.contains("LazyRefs") && script.contains("resolveSubtree"), "{script}");
+        // The stock initializer (an absolute /openapi.json) is not served.
+        assert_eq!(app.anonymous.get(app.url("/docs/swagger-initializer.js")).send().await.unwrap().status(), 404);
+        // The document's server is relative to the document.
+        assert_eq!(document()["servers"][0]["url"], ".");
     }
 
     async fn the_clinic_examples_are_records_the_server_accepts(app: TestApp) {
