@@ -5,9 +5,10 @@
 // operation's subtree, and swagger-client follows every $ref to the bottom. FHIR's data types refer
 // to one another in circles (Extension → every value[x] type → Extension, Reference → Identifier →
 // Reference, ...), so one Patient read pulls in hundreds of schemas and the page froze for minutes.
-// LazyRefs resolves an opened subtree itself, in the page, inlining schemas two levels deep and
-// leaving deeper ones as $ref (named, and listed in the Schemas section, which resolves the same way
-// when opened). Parameters, request bodies and responses ($refs outside components/schemas) are
+// LazyRefs resolves an opened subtree itself, in the page, inlining schemas one level deep (two
+// made subtrees of 550-770 KB that took seconds to render) and leaving deeper ones as $ref (named,
+// and listed in the Schemas section, which resolves the same way when opened). Parameters, request
+// bodies and responses ($refs outside components/schemas) are
 // always inlined: they are shallow, and "Try it out" needs them whole.
 (function () {
   "use strict";
