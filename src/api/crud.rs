@@ -7,7 +7,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::{
-    blocking, if_match, instance, read_body, resource_type, version_headers, AppState, Ctx, Prefer, ReturnPreference,
+    blocking, if_match, instance, query_pairs, read_body, resource_type, version_headers, AppState, Ctx, Prefer,
+    ReturnPreference,
 };
 use crate::auth::{Grant, Permission};
 use crate::error::Error;
@@ -280,7 +281,7 @@ pub async fn create(
     // http.html#create defines no query on `POST [type]`. Criteria there (fhirpy's get_or_create
     // puts them there) would otherwise be dropped and a duplicate created: refused, pointing to
     // the header FHIR defines for them.
-    let in_url: Vec<String> = crate::search::pairs(req.query_string().as_bytes())
+    let in_url: Vec<String> = query_pairs(&req)
         .into_iter()
         .map(|(k, _)| k)
         .filter(|k| k != "_format" && k != "_pretty")

@@ -103,12 +103,9 @@ impl Format {
                 "Content-Type is required: application/fhir+json or application/fhir+xml".into(),
             )
         })?;
-        let charset_ok = ct.split(';').skip(1).all(|p| match p.trim().split_once('=') {
-            Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
-                v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
-            }
-            _ => true,
-        });
+        let charset_ok = mime_params(ct)
+            .filter(|(k, _)| k.eq_ignore_ascii_case("charset"))
+            .all(|(_, v)| v.eq_ignore_ascii_case("utf-8"));
         if let Some(v) = other_fhir_version(ct) {
             return Err(Error::UnsupportedMediaType(wrong_version("Content-Type", v)));
         }
@@ -128,13 +125,18 @@ impl Format {
 /// The `fhirVersion` a mime type names when it is not this server's: R4, written `4.0` (the
 /// spec's form, http.html#version-parameter) or `4.0.1`.
 fn other_fhir_version(mime: &str) -> Option<&str> {
-    mime.split(';').skip(1).find_map(|p| match p.trim().split_once('=') {
-        Some((k, v)) if k.trim().eq_ignore_ascii_case("fhirVersion") => {
-            let v = v.trim().trim_matches('"');
-            (v != "4.0" && v != FHIR_VERSION).then_some(v)
-        }
-        _ => None,
-    })
+    mime_params(mime)
+        .filter(|(k, _)| k.eq_ignore_ascii_case("fhirVersion"))
+        .map(|(_, v)| v)
+        .find(|v| *v != "4.0" && *v != FHIR_VERSION)
+}
+
+/// The `name=value` parameters of a mime type, trimmed, quotes taken off the value.
+fn mime_params(mime: &str) -> impl Iterator<Item = (&str, &str)> {
+    mime.split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
 }
 
 fn wrong_version(source: &str, asked: &str) -> String {
