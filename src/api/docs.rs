@@ -763,6 +763,9 @@ fn primitive_schema(type_name: &str, codes: Option<&Vec<String>>) -> Option<Valu
     if let Some(pattern) = model::primitive_pattern(type_name) {
         schema["pattern"] = json!(pattern);
     }
+    if let Some(example) = model::primitive_example(type_name) {
+        schema["examples"] = json!([example]);
+    }
     if let Some(codes) = codes {
         schema = json!({"type": "string", "enum": codes});
     }

@@ -90,6 +90,28 @@ pub fn primitive_pattern(type_name: &str) -> Option<&'static str> {
     })
 }
 
+/// A valid value of a primitive type that has a pattern, for the OpenAPI document's `examples`.
+/// A renderer that builds sample bodies (Swagger UI at /docs) takes it instead of generating a
+/// string from the pattern: that generation (randexp over FHIR's date and time expressions) was
+/// most of the time an opened operation took to show, and its strings were not valid FHIR.
+pub fn primitive_example(type_name: &str) -> Option<&'static str> {
+    Some(match type_name {
+        "date" => "2026-01-15",
+        "dateTime" => "2026-01-15T09:00:00Z",
+        "instant" => "2026-01-15T09:00:00.000Z",
+        "time" => "09:00:00",
+        "id" => "example",
+        "code" => "example",
+        "oid" => "urn:oid:2.16.840.1.113883.4.642",
+        "uuid" => "urn:uuid:c757873d-ec9a-4326-a141-556f43239520",
+        "uri" => "http://example.org/fhir",
+        "url" => "https://example.org/fhir",
+        "canonical" => "http://example.org/fhir/StructureDefinition/example",
+        "base64Binary" => "aGVsbG8=",
+        _ => return None,
+    })
+}
+
 fn digits(s: &str, n: usize) -> Option<u32> {
     (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
         .then(|| s.parse().ok())
@@ -307,6 +329,29 @@ mod tests {
         }
         assert!(primitive_problem("integer", &json!(-2147483648i64)).is_none());
         assert!(primitive_problem("integer", &json!(-2147483649i64)).is_some());
+    }
+
+    #[test]
+    fn every_patterned_primitive_has_a_valid_example() {
+        for t in [
+            "date",
+            "dateTime",
+            "instant",
+            "time",
+            "id",
+            "code",
+            "oid",
+            "uuid",
+            "uri",
+            "url",
+            "canonical",
+            "base64Binary",
+        ] {
+            assert!(primitive_pattern(t).is_some(), "{t}");
+            let example = primitive_example(t).unwrap_or_else(|| panic!("{t} has no example"));
+            assert!(primitive_problem(t, &json!(example)).is_none(), "{t} {example}");
+        }
+        assert!(primitive_example("string").is_none());
     }
 
     #[test]

@@ -214,6 +214,18 @@ fn the_document_describes_operations_parameters_schemas_and_security() {
         "{consent_required}"
     );
     assert!(doc["components"]["schemas"]["Period"]["properties"]["start"]["pattern"].is_string());
+    // Patterned primitives carry a valid example, so that a renderer's sample is real FHIR (and
+    // /docs does not spend seconds generating strings from the patterns).
+    let period_start = &doc["components"]["schemas"]["Period"]["properties"]["start"];
+    assert_eq!(
+        period_start["examples"],
+        json!(["2026-01-15T09:00:00Z"]),
+        "{period_start}"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["Patient"]["properties"]["birthDate"]["examples"],
+        json!(["2026-01-15"])
+    );
 
     // Security: a bearer scheme; each operation names the scopes that grant it; public ones need none.
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
