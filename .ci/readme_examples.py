@@ -9,7 +9,8 @@ The server starts on a fresh ./data (moved aside and restored afterwards). Each 
 sections that talk to a running server is run in one bash session, in order, so variables carry
 over; a command that fails (curl -f is not used: HTTP errors are part of the examples) is reported
 by bash's exit status. Every curl answer's status is printed, and the run fails when any answer is a
-5xx or a connection error, or when an example that the README says succeeds does not.
+5xx or a connection error. The worked example then runs a second time, and both runs must answer
+as the README says: its $book-session 201, the overlapping POST /Appointment 409.
 """
 import os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
@@ -44,23 +45,55 @@ try:
             time.sleep(0.2)
     else:
         sys.exit("the server did not start")
-    # Wrap curl so that every answer's status is checked: no 5xx, no connection failure.
+    # Wrap curl so that every answer's status is checked (no 5xx, no connection failure) and
+    # logged. The status comes from a marker appended to the example's own -w, or from a -w of the
+    # wrapper's when the example has none, so that what the example prints is what it prints.
     prelude = r'''
 set -e
 curl() {
-  local out status
-  out=$(command curl -sS -w '\n__STATUS__%{http_code}' "$@") || { echo "curl failed: $*" >&2; return 1; }
+  local out status args=() own_w=
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -w|--write-out) args+=("$1" "$2"'__STATUS__%{http_code}'); own_w=1; shift 2 ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [ -n "$own_w" ] || args+=(-w '__STATUS__%{http_code}')
+  out=$(command curl -sS "${args[@]}") || { echo "curl failed: ${args[*]}" >&2; return 1; }
   status=${out##*__STATUS__}
   printf '%s\n' "${out%__STATUS__*}"
   echo "  -> HTTP $status" >&2
-  if [ "$status" -ge 500 ] || [ "$status" = 000 ]; then echo "server error $status for: $*" >&2; return 1; fi
+  printf '%s %s\n' "$status" "${args[*]}" | tr '\n' ' ' >> "$STATUS_LOG"; echo >> "$STATUS_LOG"
+  if [ "$status" -ge 500 ] || [ "$status" = 000 ]; then echo "server error $status for: ${args[*]}" >&2; return 1; fi
 }
 '''
-    result = subprocess.run(["bash", "-c", prelude + script], cwd=ROOT, capture_output=True, text=True)
+    # The worked example runs a second time, as the README says one may: its $book-session books
+    # again (201) and the overlapping POST /Appointment is still 409.
+    worked = next(b for b in runnable if "$book-session" in b)
+    log = tempfile.NamedTemporaryFile(prefix="tandem-readme-", suffix=".log", delete=False).name
+    script2 = script + "\necho __SECOND_RUN__ >> \"$STATUS_LOG\"\n" + (
+        worked.replace("cargo run -q --release", "cargo run -q") if debug else worked)
+    result = subprocess.run(["bash", "-c", prelude + script2], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, STATUS_LOG=log))
     sys.stdout.write(result.stdout[-4000:])
     sys.stderr.write(result.stderr[-8000:])
     if result.returncode != 0:
         sys.exit(f"README examples failed (exit {result.returncode})")
+    lines = open(log).read().splitlines()
+    os.unlink(log)
+    if "__SECOND_RUN__" not in lines:
+        sys.exit("the worked example's second run did not start")
+    cut = lines.index("__SECOND_RUN__")
+    for run, part in (("first", lines[:cut]), ("second", lines[cut + 1:])):
+        book = [l.split()[0] for l in part if "$book-session" in l]
+        overlap = [l.split()[0] for l in part
+                   if "-X POST" in l and "/Appointment -H" in l and "2026-12-01T19:00:00Z" in l]
+        if book != ["201"] or overlap != ["409"]:
+            sys.exit(f"worked example, {run} run: $book-session answered {book} (README: 201), "
+                     f"the overlapping POST /Appointment {overlap} (README: 409)")
+    unanswered = [l for l in lines if l != "__SECOND_RUN__" and not re.match(r"^[1-5][0-9][0-9] ", l)]
+    if unanswered:
+        sys.exit(f"curl calls without a status: {unanswered[:5]}")
     print(f"README examples: {len(runnable)} blocks ran")
 finally:
     server.send_signal(signal.SIGTERM)
