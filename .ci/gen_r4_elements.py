@@ -23,7 +23,7 @@ OUT = os.path.join(ROOT, "src", "fhir", "r4-elements.json")
 # The resources whose definitions the table holds: the hosted types and what the API answers with.
 ROOTS = [
     "Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient",
-    "Practitioner", "PractitionerRole", "Subscription",
+    "Practitioner", "PractitionerRole", "Subscription", "Encounter", "DocumentReference",
     "AuditEvent", "Binary", "Bundle", "CapabilityStatement", "OperationOutcome", "Parameters",
 ]
 
@@ -50,6 +50,10 @@ REQUIRED_CODES = {
     "Location.status": "active suspended inactive",
     "Location.mode": "instance kind",
     "Subscription.status": "requested active error off",
+    "Encounter.status": "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown",
+    "DocumentReference.status": "current superseded entered-in-error",
+    "DocumentReference.docStatus": "preliminary final amended entered-in-error",
+    "DocumentReference.relatesTo.code": "replaces transforms signs appends",
     "Subscription.channel.type": "rest-hook websocket email sms message",
     "ContactPoint.system": "phone fax email pager url sms other",
     "ContactPoint.use": "home work temp old mobile",

@@ -14,6 +14,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// What `user/` scopes reach (TANDEM_USER_ACCESS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UserAccess {
+    /// A practitioner's token sees the clinical records (the Patient compartment) of the clients
+    /// assigned to its `fhirUser`: an active participant of the client's CareTeam, or of the
+    /// CareTeam of a Group the client is an active member of, at the time of the request.
+    Assigned,
+    /// `user/` scopes reach every record of the types they name.
+    All,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address and port to listen on.
@@ -61,6 +72,10 @@ pub struct Config {
     /// session.
     #[arg(long, env = "TANDEM_REQUIRE_GROUP_CONSENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_group_consent: bool,
+
+    /// What `user/` scopes reach: `assigned` (a practitioner's assigned clients) or `all`.
+    #[arg(long, env = "TANDEM_USER_ACCESS", value_enum, default_value = "assigned")]
+    pub user_access: UserAccess,
 
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "TANDEM_WORKERS")]

@@ -268,7 +268,7 @@ fn entry(ctx: &Ctx, config: &Config, index: usize, mut e: Value) -> Result<Entry
                 _ => None,
             };
             Op::Read {
-                compartment: grant(rt, Permission::Read)?.patient().map(str::to_string),
+                reach: ctx.reach_of(&grant(rt, Permission::Read)?),
                 rt,
                 label: label.clone(),
                 id: id.to_string(),

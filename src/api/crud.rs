@@ -21,7 +21,7 @@ use crate::store::{Op, OpResult, Patcher, Target, UpdateOutcome, Version, WriteA
 /// What a caller holding `grant` may write (an update also needs create to create).
 pub(super) fn write_access(ctx: &Ctx, rt: ResourceType, grant: &Grant) -> WriteAccess {
     WriteAccess {
-        compartment: grant.patient().map(str::to_string),
+        reach: ctx.reach_of(grant),
         may_create: ctx.grant(rt.as_str(), Permission::Create).is_ok(),
         may_read: ctx.grant(rt.as_str(), Permission::Read).is_ok(),
         base: Some(ctx.base.clone()),
@@ -30,16 +30,18 @@ pub(super) fn write_access(ctx: &Ctx, rt: ResourceType, grant: &Grant) -> WriteA
 
 /// A version the caller may read: a `patient/` token sees only its compartment, and anything else
 /// is answered as if it did not exist (404), so that a probe learns nothing.
-pub(super) fn readable(rt: ResourceType, grant: &Grant, v: Version) -> Result<Version, Error> {
-    crate::store::visible_to(grant.patient(), rt, v)
+pub(super) fn readable(ctx: &Ctx, rt: ResourceType, grant: &Grant, v: Version) -> Result<Version, Error> {
+    crate::store::visible_to(&ctx.reach_of(grant), rt, v)
 }
 
-/// The narrower of two grants of one caller: where either reaches one compartment only, that one.
-/// (A token holds one `patient` claim, so two compartment grants are the same compartment.)
+/// The narrower of two grants of one caller: a compartment over assigned clients over all.
+/// (A token holds one `patient` claim and one list of assigned clients, so two grants of one
+/// kind reach the same records.)
 pub(super) fn narrower(a: Grant, b: Grant) -> Grant {
-    match (a, b) {
-        (Grant::All, other) | (other, Grant::All) => other,
-        (p, _) => p,
+    if b.rank() < a.rank() {
+        b
+    } else {
+        a
     }
 }
 
@@ -58,7 +60,7 @@ pub(super) fn conditional_grant(ctx: &Ctx, rt: ResourceType, write: &Grant) -> R
 /// sent (the existing match of a conditional create, the result of a patch) needs read (`r`).
 pub(super) fn may_read(ctx: &Ctx, rt: ResourceType, v: &Version) -> bool {
     ctx.grant(rt.as_str(), Permission::Read)
-        .is_ok_and(|g| readable(rt, &g, v.clone()).is_ok())
+        .is_ok_and(|g| readable(ctx, rt, &g, v.clone()).is_ok())
 }
 
 /// The criteria of a conditional interaction on `rt` (the query of `[type]?…`, or an If-None-Exist),
@@ -75,7 +77,7 @@ pub(super) fn criteria(ctx: &Ctx, rt: ResourceType, grant: &Grant, query: &str) 
             "a conditional interaction on {rt} needs search criteria, such as identifier=system|value"
         )));
     }
-    let own = grant.patient().map(str::to_string);
+    let own = ctx.reach_of(grant);
     let visible = |t: ResourceType| {
         if t == rt {
             Ok(own.clone())
@@ -354,8 +356,9 @@ pub async fn read(
     let (rt, id) = instance(&type_name, id)?;
     let grant = ctx.grant(rt.as_str(), Permission::Read)?;
     let store = state.store.clone();
-    let patient = grant.patient().map(str::to_string);
-    let version = blocking(move || store.read_visible(rt, &id, patient.as_deref())).await?;
+    let reach = ctx.reach_of(&grant);
+    let version = blocking(move || store.read_visible(rt, &id, &reach)).await?;
+    let version = ctx.shown_version(version);
     audit_version(&ctx, rt, &version);
     ctx.version(HttpResponse::Ok(), &version)
 }
@@ -389,8 +392,9 @@ pub async fn vread(
         .filter(|_| is_valid_id(&id))
         .ok_or_else(|| Error::NotFound(format!("{rt}/{id} has no version '{vid}'")))?;
     let store = state.store.clone();
-    let patient = grant.patient().map(str::to_string);
-    let version = blocking(move || store.vread_visible(rt, &id, version_id, patient.as_deref())).await?;
+    let reach = ctx.reach_of(&grant);
+    let version = blocking(move || store.vread_visible(rt, &id, version_id, &reach)).await?;
+    let version = ctx.shown_version(version);
     audit_version(&ctx, rt, &version);
     ctx.version(HttpResponse::Ok(), &version)
 }

@@ -5,28 +5,27 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::{blocking, query_pairs, resource_type, AppState, Ctx};
-use crate::auth::{Grant, Permission};
+use crate::auth::Permission;
 use crate::error::Error;
-use crate::resources::{compartment, dates, ResourceType};
+use crate::resources::{dates, ResourceType};
 use crate::store::{HistoryScope, Version};
 
 /// Whether a version may appear in the caller's history: its type is granted (`permission`), and
-/// for a `patient/` grant on a Patient-compartment type, the version itself is in the compartment
-/// (deletions, which have no body, are left out).
+/// the caller's reach (compartment::Reach: compartments, psychotherapy notes) holds the version
+/// itself. Deletions, which have no body, are shown only where the reach has no compartment limit.
 fn visible_version(ctx: &Ctx, permission: Permission, v: &Version) -> bool {
     let Some(rt) = ResourceType::parse(&v.res_type) else {
         return false;
     };
-    match ctx.grant(rt.as_str(), permission) {
-        Ok(Grant::All) => true,
-        Ok(Grant::Patient(p)) => {
-            compartment::patient_params(rt).is_none()
-                || v.body
-                    .as_deref()
-                    .and_then(|b| serde_json::from_str::<Value>(b).ok())
-                    .is_some_and(|body| compartment::contains(&p, rt, &body))
-        }
-        Err(_) => false,
+    let Ok(reach) = ctx.reach(rt.as_str(), permission) else {
+        return false;
+    };
+    if !reach.limits(rt) && rt.as_str() != "DocumentReference" {
+        return true;
+    }
+    match v.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) {
+        Some(body) => reach.sees(rt, &v.res_id, &body),
+        None => !reach.limits(rt),
     }
 }
 
@@ -109,12 +108,11 @@ async fn history(
     };
     if let OwnedScope::Instance(rt, id) = &scope {
         // A patient/ token learns nothing of a resource outside its compartment, not even its history.
-        let grant = ctx.grant(rt.as_str(), Permission::Read)?;
-        if grant.patient().is_some() && compartment::patient_params(*rt).is_some() {
+        let reach = ctx.reach(rt.as_str(), Permission::Read)?;
+        if reach.limits(*rt) || rt.as_str() == "DocumentReference" {
             let (store, rt, id) = (state.store.clone(), *rt, id.clone());
-            let patient = grant.patient().map(str::to_string);
             // A deleted record outside the compartment answers as a missing one (read_visible).
-            blocking(move || store.read_visible(rt, &id, patient.as_deref()))
+            blocking(move || store.read_visible(rt, &id, &reach))
                 .await
                 .map_err(|e| match e {
                     Error::Gone(m) => Error::NotFound(m),
@@ -184,7 +182,7 @@ fn entry(ctx: &Ctx, v: &Version) -> Result<Value, Error> {
     });
     if let Some(body) = &v.body {
         let resource: Value = serde_json::from_str(body).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
-        e["resource"] = resource;
+        e["resource"] = ctx.shown(&v.res_type, resource);
     }
     Ok(e)
 }

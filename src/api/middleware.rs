@@ -442,6 +442,27 @@ fn bearer(req: &ServiceRequest) -> Option<Result<String, ()>> {
     Some(parsed.ok_or(()))
 }
 
+/// Under TANDEM_USER_ACCESS=assigned, a token with `user/` scopes reaches the records of the
+/// clients assigned to its `fhirUser` Practitioner at this moment (Store::assigned_patients), and
+/// none when its `fhirUser` is not one: looked up once per request, so that an assignment ended
+/// is an access ended.
+async fn assign(state: &AppState, principal: &mut Principal) -> Result<(), Error> {
+    if state.config.user_access != crate::config::UserAccess::Assigned
+        || !principal.scopes.iter().any(|s| s.context == crate::auth::Context::User)
+    {
+        return Ok(());
+    }
+    let assigned = match principal.practitioner() {
+        Some(practitioner) => {
+            let store = state.store.clone();
+            super::blocking(move || store.assigned_patients(&practitioner, dates::now_millis())).await?
+        }
+        None => Vec::new(),
+    };
+    principal.assigned = Some(std::sync::Arc::new(assigned));
+    Ok(())
+}
+
 /// Lets a request in only with a valid bearer token (401 otherwise, with `WWW-Authenticate`).
 pub async fn authenticate(
     req: ServiceRequest,
@@ -455,9 +476,14 @@ pub async fn authenticate(
     };
     let refusal = match bearer(&req) {
         Some(Ok(token)) => match state.verifier.verify(&token) {
-            Ok(principal) => {
+            Ok(mut principal) => {
                 if let Some(slot) = req.extensions().get::<CallerSlot>() {
                     slot.fill(&principal);
+                }
+                if let Err(e) = assign(&state, &mut principal).await {
+                    let http_request = req.request().clone();
+                    let response = Ctx::detached(&http_request).error_response(&e);
+                    return Ok(ServiceResponse::new(http_request, response));
                 }
                 req.extensions_mut().insert(principal);
                 return next.call(req).await.map(ServiceResponse::map_into_boxed_body);

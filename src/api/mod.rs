@@ -353,6 +353,58 @@ impl Ctx {
             .grant(res_type, p)
     }
 
+    /// What the caller may see with `p` on `res_type` (compartment::Reach), or 403.
+    pub fn reach(&self, res_type: &str, p: Permission) -> Result<crate::resources::compartment::Reach, Error> {
+        let grant = self.grant(res_type, p)?;
+        Ok(self.reach_of(&grant))
+    }
+
+    /// What a caller holding `grant` may see.
+    pub fn reach_of(&self, grant: &Grant) -> crate::resources::compartment::Reach {
+        match &self.principal {
+            Some(principal) => principal.reach(grant),
+            None => crate::resources::compartment::Reach::unlimited(None),
+        }
+    }
+
+    /// The resource of type `res_type` as this caller is shown it: a patient's own token sees a
+    /// group session or a Group without the other patients (compartment::redact).
+    pub fn shown(&self, res_type: &str, resource: Value) -> Value {
+        match (ResourceType::parse(res_type), self.own_patient(res_type)) {
+            (Some(rt), Some(patient)) => crate::resources::compartment::redact(&patient, rt, resource),
+            _ => resource,
+        }
+    }
+
+    /// [`Ctx::shown`] for a stored version (its body rewritten only when something is left out).
+    pub fn shown_version(&self, mut v: Version) -> Version {
+        if !matches!(v.res_type.as_str(), "Appointment" | "Group") {
+            return v;
+        }
+        let (Some(rt), Some(patient)) = (ResourceType::parse(&v.res_type), self.own_patient(&v.res_type)) else {
+            return v;
+        };
+        if let Some(body) = v.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) {
+            if crate::resources::compartment::needs_redaction(&patient, rt, &body) {
+                v.body = Some(crate::resources::compartment::redact(&patient, rt, body).to_string());
+            }
+        }
+        v
+    }
+
+    /// The patient whose own view of `res_type` this caller has: the caller reads (or searches)
+    /// the type through a `patient/` grant and no broader one.
+    fn own_patient(&self, res_type: &str) -> Option<String> {
+        if !matches!(res_type, "Appointment" | "Group") {
+            return None;
+        }
+        let grant = self
+            .grant(res_type, Permission::Read)
+            .or_else(|_| self.grant(res_type, Permission::Search))
+            .ok()?;
+        grant.patient().map(str::to_string)
+    }
+
     /// Like [`Ctx::grant`], for interactions that reach many patients' records: a `patient/` grant
     /// is not enough.
     pub fn grant_all(&self, res_type: &str, p: Permission) -> Result<(), Error> {
@@ -360,6 +412,10 @@ impl Ctx {
             Grant::All => Ok(()),
             Grant::Patient(_) => Err(Error::Forbidden(format!(
                 "'{}' on {res_type} here reaches many patients' records; a patient/ scope does not grant it",
+                p.letter()
+            ))),
+            Grant::Assigned(_) => Err(Error::Forbidden(format!(
+                "'{}' on {res_type} here reaches many patients' records; a user/ scope limited to assigned clients (TANDEM_USER_ACCESS=assigned) does not grant it",
                 p.letter()
             ))),
         }

@@ -436,14 +436,15 @@ pub(crate) async fn caseload(
     ))
 }
 
-/// GET Patient/{id}/$everything: the patient, their Appointments, CareTeams, Groups and Consents,
-/// as a paged searchset Bundle.
+/// GET Patient/{id}/$everything: the patient, their Appointments, CareTeams, Groups, Consents,
+/// Encounters and DocumentReferences (less the psychotherapy notes the caller did not write), as a
+/// paged searchset Bundle.
 #[utoipa::path(
     get,
     path = "/Patient/{id}/$everything",
     operation_id = "patientEverything",
     summary = "Everything about a patient",
-    description = "The patient and every record in their compartment (Appointments, CareTeams, Groups, Consents), as a paged searchset Bundle.",
+    description = "The patient and every record in their compartment (Appointments, CareTeams, Groups, Consents, Encounters, DocumentReferences), as a paged searchset Bundle. Psychotherapy notes appear only to their author; a patient's own token sees group sessions and Groups without the other members.",
     params(("id" = String, Path, description = "The logical id of the resource"), ("_count" = Option<u32>, Query, description = "Entries per page")),
     responses(
         (status = 200, description = "The patient's records (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
@@ -458,9 +459,14 @@ pub(crate) async fn everything(
     state: &AppState,
     patient_id: &str,
 ) -> Result<HttpResponse, Error> {
-    // A patient/ token may ask for its own patient only; any other id is as unknown.
-    let grant = ctx.grant("Patient", Permission::Read)?;
-    if grant.patient().is_some_and(|p| p != patient_id) {
+    // A patient/ token may ask for its own patient only, a practitioner's for an assigned client;
+    // any other id is as unknown.
+    let reach = ctx.reach("Patient", Permission::Read)?;
+    if reach
+        .patients
+        .as_ref()
+        .is_some_and(|ps| !ps.iter().any(|p| p == patient_id))
+    {
         return Err(Error::NotFound(format!("Patient/{patient_id} is not known")));
     }
     let id = patient_id.to_string();
@@ -488,6 +494,9 @@ pub(crate) async fn everything(
         ("CareTeam", "participant"),
         ("Group", "member"),
         ("Consent", "patient"),
+        ("DocumentReference", "subject"),
+        ("DocumentReference", "author"),
+        ("Encounter", "patient"),
     ]
     .into_iter()
     .filter(|(t, _)| ctx.grant(t, Permission::Search).is_ok())
@@ -500,7 +509,7 @@ pub(crate) async fn everything(
             &pid,
         )?;
         let mut ids = vec![(patient.res_type.clone(), patient.res_id.clone())];
-        ids.extend(store.referring(("Patient", &pid), &via)?);
+        ids.extend(store.referring(("Patient", &pid), &via, &reach.notes)?);
         store.page_of(&ids, count, cursor.as_deref())
     })
     .await?;

@@ -9,10 +9,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::{blocking, query_pairs, read_body, resource_type, AppState, Ctx};
-use crate::auth::{Grant, Permission};
+use crate::auth::Permission;
 use crate::config::Config;
 use crate::error::Error;
-use crate::resources::{compartment, dates, summary, ResourceType};
+use crate::resources::{dates, summary, ResourceType};
 use crate::search::plan::plan;
 use crate::search::{Include, Search, Summary, Total};
 use crate::store::{SearchPage, Version};
@@ -43,22 +43,17 @@ pub(super) fn check_cost(search: &Search, config: &Config) -> Result<(), Error> 
     Ok(())
 }
 
-/// The caller's visibility for searching `rt`: everything, one patient's compartment, or 403.
-pub(super) fn search_visibility(ctx: &Ctx, rt: ResourceType) -> Result<Option<String>, Error> {
-    Ok(ctx
-        .grant(rt.as_str(), Permission::Search)?
-        .patient()
-        .map(str::to_string))
+/// What the caller may see when searching `rt` (compartment::Reach), or 403.
+pub(super) fn search_visibility(ctx: &Ctx, rt: ResourceType) -> Result<crate::resources::compartment::Reach, Error> {
+    ctx.reach(rt.as_str(), Permission::Search)
 }
 
-/// Whether the caller may read `resource` (of `rt`): its type is granted, and it is in the
-/// compartment of a `patient/` token's patient when its type belongs to the Patient compartment.
+/// Whether the caller may read `resource` (of `rt`): its type is granted, and the caller's reach
+/// (compartments, psychotherapy notes) holds it.
 pub(super) fn may_read(ctx: &Ctx, rt: ResourceType, resource: &Value) -> bool {
-    match ctx.grant(rt.as_str(), Permission::Read) {
-        Ok(Grant::All) => true,
-        Ok(Grant::Patient(p)) => compartment::patient_params(rt).is_none() || compartment::contains(&p, rt, resource),
-        Err(_) => false,
-    }
+    let id = resource.get("id").and_then(Value::as_str).unwrap_or("");
+    ctx.reach(rt.as_str(), Permission::Read)
+        .is_ok_and(|reach| reach.sees(rt, id, resource))
 }
 
 /// The result parameters repeated in page links (criteria come from the plan).
@@ -336,11 +331,11 @@ pub fn searchset(
     }
     let mut entries = Vec::with_capacity(page.matches.len() + included.len() + 1);
     for v in &page.matches {
-        let resource = shape(parse_body(v)?);
+        let resource = shape(ctx.shown(&v.res_type, parse_body(v)?));
         entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": resource, "search": {"mode": "match"}}));
     }
     for v in included {
-        entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": parse_body(v)?, "search": {"mode": "include"}}));
+        entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": ctx.shown(&v.res_type, parse_body(v)?), "search": {"mode": "include"}}));
     }
     if let Some(outcome) = outcome {
         entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));

@@ -840,6 +840,7 @@ mod tests {
             operation: None,
             status: 403,
             principal: Some(Principal {
+                assigned: None,
                 issuer: "https://idp".into(),
                 subject: Some("u1".into()),
                 fhir_user: Some("Practitioner/7".into()),
@@ -878,6 +879,7 @@ mod tests {
             operation: None,
             status: 200,
             principal: Some(Principal {
+                assigned: None,
                 issuer: "https://idp".into(),
                 subject: Some(subject.into()),
                 fhir_user: None,

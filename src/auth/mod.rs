@@ -3,9 +3,12 @@
 //! A scope is `context/resource.permissions`: context `patient`, `user` or `system`; resource a type
 //! name or `*`; permissions a subset of `cruds` in that order (v2), or v1's `read` (= `rs`), `write`
 //! (= `cud`) and `*` (= `cruds`). Granular v2 scopes (`…?param=value`) are not supported and grant
-//! nothing, so a token never reaches more than its scopes say. `user/` scopes are enforced for the
-//! types they name (tandem has no per-user permission model); `patient/` scopes reach only the
-//! compartment of the token's `patient` claim. The audit trail (AuditEvent) is reached only by a
+//! nothing, so a token never reaches more than its scopes say. `patient/` scopes reach only the
+//! compartment of the token's `patient` claim; `user/` scopes, under TANDEM_USER_ACCESS=assigned
+//! (the default), only the compartments of the clients assigned to the token's `fhirUser`
+//! Practitioner (through CareTeams: [`Principal::assigned`]), and every record of the types outside
+//! the Patient compartment. Psychotherapy notes are seen by their author only, whatever the scope
+//! ([`compartment::Reach`]). The audit trail (AuditEvent) is reached only by a
 //! `system/` scope that names AuditEvent: wildcards do not cover it.
 
 pub mod token;
@@ -13,7 +16,10 @@ pub mod token;
 use std::fmt;
 
 use crate::error::Error;
-use crate::resources::{compartment, ResourceType};
+use std::sync::Arc;
+
+use crate::resources::compartment::{Notes, Reach};
+use crate::resources::{compartment, local_id, ResourceType};
 
 /// The type of the audit trail: outside every wildcard.
 pub const AUDIT_EVENT: &str = "AuditEvent";
@@ -150,6 +156,10 @@ pub struct Principal {
     /// The patient in context (`patient` claim), for `patient/` scopes.
     pub patient: Option<String>,
     pub scopes: Vec<Scope>,
+    /// Under TANDEM_USER_ACCESS=assigned, the patients whose records `user/` scopes reach: the
+    /// clients assigned to the `fhirUser` Practitioner at the time of the request (set by the
+    /// authentication middleware from the store). None: `user/` scopes reach every record.
+    pub assigned: Option<Arc<Vec<String>>>,
 }
 
 /// How far a grant reaches.
@@ -159,13 +169,31 @@ pub enum Grant {
     All,
     /// Only the compartment of this patient (types outside the Patient compartment: read only).
     Patient(String),
+    /// Only the compartments of these patients, a practitioner's assigned clients (types outside
+    /// the Patient compartment: every record).
+    Assigned(Arc<Vec<String>>),
 }
 
 impl Grant {
+    /// The patient of a `patient/` grant.
     pub fn patient(&self) -> Option<&str> {
         match self {
-            Grant::All => None,
             Grant::Patient(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the grant reaches every record of the type.
+    pub fn is_all(&self) -> bool {
+        matches!(self, Grant::All)
+    }
+
+    /// How far the grant reaches: all (2), assigned clients (1), one compartment (0).
+    pub fn rank(&self) -> u8 {
+        match self {
+            Grant::All => 2,
+            Grant::Assigned(_) => 1,
+            Grant::Patient(_) => 0,
         }
     }
 }
@@ -175,10 +203,19 @@ impl Principal {
     pub fn grant(&self, res_type: &str, p: Permission) -> Result<Grant, Error> {
         let mut best: Option<Grant> = None;
         let mut patient_scope_without_patient = false;
+        let in_compartment = ResourceType::parse(res_type).is_some_and(|rt| compartment::patient_params(rt).is_some());
+        let offer = |g: Grant, best: &mut Option<Grant>| {
+            if best.as_ref().is_none_or(|b| g.rank() > b.rank()) {
+                *best = Some(g);
+            }
+        };
         for scope in self.scopes.iter().filter(|s| s.allows(p) && s.covers(res_type)) {
             match scope.context {
                 Context::System => return Ok(Grant::All),
-                Context::User if res_type != AUDIT_EVENT => return Ok(Grant::All),
+                Context::User if res_type != AUDIT_EVENT => match &self.assigned {
+                    Some(patients) if in_compartment => offer(Grant::Assigned(patients.clone()), &mut best),
+                    _ => return Ok(Grant::All),
+                },
                 Context::User => {}
                 // The audit trail and Subscriptions (endpoints, their headers) are no patient's business.
                 Context::Patient if res_type == AUDIT_EVENT || res_type == "Subscription" => {}
@@ -186,10 +223,8 @@ impl Principal {
                     Some(patient) => {
                         // Types outside the Patient compartment hold no one's record: a patient
                         // token may read them (a therapist's name) but never write them.
-                        let in_compartment =
-                            ResourceType::parse(res_type).is_some_and(|rt| compartment::patient_params(rt).is_some());
                         if in_compartment || !p.is_write() {
-                            best = Some(Grant::Patient(patient.clone()));
+                            offer(Grant::Patient(patient.clone()), &mut best);
                         }
                     }
                     None => patient_scope_without_patient = true,
@@ -207,6 +242,34 @@ impl Principal {
                 p.letter()
             ))
         })
+    }
+
+    /// The id of the token's `fhirUser` when it is a Practitioner of this server (`Practitioner/x`).
+    pub fn practitioner(&self) -> Option<String> {
+        self.fhir_user.as_deref().and_then(|u| local_id(u, "Practitioner"))
+    }
+
+    /// What a caller holding `grant` may see (compartment::Reach): the grant's patients, and the
+    /// psychotherapy notes its own Practitioner wrote.
+    pub fn reach(&self, grant: &Grant) -> Reach {
+        let notes = Notes::AuthoredBy(self.practitioner());
+        match grant {
+            Grant::All => Reach {
+                patients: None,
+                notes,
+                own_patient: None,
+            },
+            Grant::Patient(p) => Reach {
+                patients: Some(vec![p.clone()]),
+                notes,
+                own_patient: Some(p.clone()),
+            },
+            Grant::Assigned(list) => Reach {
+                patients: Some(list.as_ref().clone()),
+                notes,
+                own_patient: None,
+            },
+        }
     }
 
     /// Who this is, for the audit trail: the FHIR user, else issuer and subject.
@@ -247,6 +310,7 @@ mod tests {
             client_id: None,
             patient: patient.map(str::to_string),
             scopes: scopes.split(' ').filter_map(parse_scope).collect(),
+            assigned: None,
         }
     }
 

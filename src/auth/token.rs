@@ -361,6 +361,7 @@ fn principal(c: Claims) -> Principal {
         client_id: c.client_id.or(c.azp),
         patient: c.patient.filter(|p| crate::resources::is_valid_id(p)),
         scopes,
+        assigned: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Patient compartment (R4 compartmentdefinition-patient), for the hosted types: which search
 //! parameters put a resource into a patient's compartment. A `patient/` token sees only the
-//! compartment of its patient.
+//! compartment of its patient, a practitioner's `user/` token (TANDEM_USER_ACCESS=assigned) those of
+//! its assigned clients; [`Reach`] is that rule, and the psychotherapy-note rule every caller obeys.
 
 use serde_json::Value;
 
@@ -13,6 +14,8 @@ pub fn patient_params(rt: ResourceType) -> Option<&'static [&'static str]> {
         "Appointment" => Some(&["actor"]),
         "CareTeam" => Some(&["patient", "participant"]),
         "Consent" => Some(&["patient"]),
+        "DocumentReference" => Some(&["subject", "author"]),
+        "Encounter" => Some(&["patient"]),
         "Group" => Some(&["member"]),
         // A Patient is in its own compartment, and in that of the patients it links to.
         "Patient" => Some(&["link"]),
@@ -44,6 +47,174 @@ pub fn patients_of(rt: ResourceType, resource: &Value) -> Vec<String> {
 /// Whether `resource` is in the compartment of Patient/`patient`.
 pub fn contains(patient: &str, rt: ResourceType, resource: &Value) -> bool {
     patients_of(rt, resource).iter().any(|p| p == patient)
+}
+
+/// The security label of a psychotherapy note (v3-ActCode PSYTHPN, "psychotherapy note"; HIPAA
+/// 45 CFR 164.501 keeps these apart from the rest of the record): on a DocumentReference's
+/// `meta.security`, only its author may see it.
+pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+pub const PSYTHPN: &str = "PSYTHPN";
+
+/// The label of a resource shown with parts left out for the reader (v3-ObservationValue REDACTED).
+pub const OBSERVATION_VALUE: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
+pub const REDACTED: &str = "REDACTED";
+
+/// Whether `resource` (of `rt`) is a psychotherapy note: a DocumentReference labelled PSYTHPN.
+pub fn is_psychotherapy_note(rt: ResourceType, resource: &Value) -> bool {
+    rt.as_str() == "DocumentReference"
+        && resource
+            .pointer("/meta/security")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c.get("system").and_then(Value::as_str) == Some(ACT_CODE)
+                    && c.get("code").and_then(Value::as_str) == Some(PSYTHPN)
+            })
+}
+
+/// The local Practitioner ids among a DocumentReference's authors.
+pub fn practitioner_authors(resource: &Value) -> Vec<String> {
+    resource
+        .get("author")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("reference")?.as_str())
+        .filter_map(|r| super::local_id(r, "Practitioner"))
+        .collect()
+}
+
+/// Who may see psychotherapy notes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notes {
+    /// The server's own work (the checks of a write, reports it runs): every note.
+    All,
+    /// A caller: only the notes whose author is this Practitioner (None: no note at all).
+    AuthoredBy(Option<String>),
+}
+
+/// Which records a reader may see, beyond what its scopes name: applied to every read, search,
+/// include, history, `$everything` and write, in the SQL of searches (search::plan) and to the
+/// row for reads by id (store::reads), so that both answer alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// For types in the Patient compartment, only records in these patients' compartments (None:
+    /// every record; empty: none).
+    pub patients: Option<Vec<String>>,
+    pub notes: Notes,
+    /// A patient's own token: the patient whose view of group sessions and Groups leaves the
+    /// other patients out (see [`redact`]).
+    pub own_patient: Option<String>,
+}
+
+impl Reach {
+    /// The server itself: everything, every psychotherapy note included.
+    pub fn server() -> Reach {
+        Reach {
+            patients: None,
+            notes: Notes::All,
+            own_patient: None,
+        }
+    }
+
+    /// A caller with no compartment limit (system tokens, `user/` under TANDEM_USER_ACCESS=all):
+    /// every record but the psychotherapy notes of others than `author`.
+    pub fn unlimited(author: Option<String>) -> Reach {
+        Reach {
+            patients: None,
+            notes: Notes::AuthoredBy(author),
+            own_patient: None,
+        }
+    }
+
+    /// Whether the reader may see `resource`, stored as `rt/id`.
+    pub fn sees(&self, rt: ResourceType, id: &str, resource: &Value) -> bool {
+        if let Notes::AuthoredBy(author) = &self.notes {
+            if is_psychotherapy_note(rt, resource)
+                && !author
+                    .as_ref()
+                    .is_some_and(|a| practitioner_authors(resource).iter().any(|p| p == a))
+            {
+                return false;
+            }
+        }
+        let Some(patients) = &self.patients else { return true };
+        if patient_params(rt).is_none() {
+            return true;
+        }
+        (rt.as_str() == "Patient" && patients.iter().any(|p| p == id))
+            || patients_of(rt, resource).iter().any(|p| patients.contains(p))
+    }
+
+    /// Whether records of `rt` are limited to some patients' compartments for this reader.
+    pub fn limits(&self, rt: ResourceType) -> bool {
+        self.patients.is_some() && patient_params(rt).is_some()
+    }
+}
+
+/// Whether a patient's own view of `resource` leaves something out: a group session Appointment
+/// or a Group that names other local or external patients.
+pub fn needs_redaction(own_patient: &str, rt: ResourceType, resource: &Value) -> bool {
+    let others = |list: &str, field: &str| {
+        resource
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|p| is_other_patient(own_patient, p.get(field)))
+    };
+    match rt.as_str() {
+        "Appointment" => others("participant", "actor"),
+        "Group" => others("member", "entity") || resource.get("quantity").is_some() && resource.get("member").is_some(),
+        _ => false,
+    }
+}
+
+/// A reference to a patient other than `own` (a local Patient, or an absolute one: the reader
+/// cannot tell it is not someone else).
+fn is_other_patient(own: &str, reference: Option<&Value>) -> bool {
+    let Some(r) = reference.and_then(|r| r.get("reference")).and_then(Value::as_str) else {
+        // A participant named only by display or identifier: not the reader's own entry either.
+        return reference.is_some_and(|r| r.get("display").is_some() || r.get("identifier").is_some());
+    };
+    match super::parse_reference(r) {
+        super::Target::Local { res_type, id, .. } => res_type == "Patient" && id != own,
+        super::Target::External(url) => url.contains("/Patient/"),
+        super::Target::Contained(_) => false,
+    }
+}
+
+/// A patient's own view of a group session Appointment or a Group: the other patients' entries
+/// left out (a Group also loses `quantity`, which counts them), labelled REDACTED
+/// (v3-ObservationValue) so that a client knows it is not the whole record. Other types, and
+/// resources that name no other patient, are returned as they are.
+pub fn redact(own_patient: &str, rt: ResourceType, mut resource: Value) -> Value {
+    if !needs_redaction(own_patient, rt, &resource) {
+        return resource;
+    }
+    let (list, field) = match rt.as_str() {
+        "Appointment" => ("participant", "actor"),
+        _ => ("member", "entity"),
+    };
+    if let Some(entries) = resource.get_mut(list).and_then(Value::as_array_mut) {
+        entries.retain(|e| !is_other_patient(own_patient, e.get(field)));
+    }
+    if let Some(map) = resource.as_object_mut() {
+        if rt.as_str() == "Group" {
+            map.remove("quantity");
+        }
+        // The text narrative was written from the whole resource.
+        map.remove("text");
+        let meta = map.entry("meta").or_insert_with(|| serde_json::json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            let security = meta.entry("security").or_insert_with(|| serde_json::json!([]));
+            if let Some(labels) = security.as_array_mut() {
+                labels.push(serde_json::json!({"system": OBSERVATION_VALUE, "code": REDACTED, "display": "redacted"}));
+            }
+        }
+    }
+    resource
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@ pub mod summary;
 pub use params::{ParamType, SearchParam};
 
 /// The resource types this server hosts, in the order the CapabilityStatement lists them.
-const HOSTED: [&str; 10] = [
+const HOSTED: [&str; 12] = [
     "Appointment",
     "CareTeam",
     "Consent",
+    "DocumentReference",
+    "Encounter",
     "Group",
     "Location",
     "Organization",
@@ -25,13 +27,15 @@ const HOSTED: [&str; 10] = [
 ];
 
 /// The types that one single-valued date places in time, and its search parameter (R4 cardinality
-/// 0..1: Appointment.start, CareTeam.period, Consent.dateTime, PractitionerRole.period). Each
+/// 0..1: Appointment.start, CareTeam.period, Consent.dateTime, Encounter.period,
+/// PractitionerRole.period). Each
 /// reference row of such a resource carries that date, so that a search by reference and date is one
 /// index range (migration 000009 fills the rows written before it, from this same list).
-const TIMELINES: [(&str, &str); 4] = [
+const TIMELINES: [(&str, &str); 5] = [
     ("Appointment", "date"),
     ("CareTeam", "date"),
     ("Consent", "date"),
+    ("Encounter", "date"),
     ("PractitionerRole", "date"),
 ];
 
@@ -245,7 +249,7 @@ mod tests {
         assert_eq!(ResourceType::parse("Patient").map(|t| t.as_str()), Some("Patient"));
         assert!(ResourceType::parse("Observation").is_none());
         assert!(ResourceType::parse("patient").is_none());
-        assert_eq!(ResourceType::all().count(), 10);
+        assert_eq!(ResourceType::all().count(), 12);
     }
 
     #[test]

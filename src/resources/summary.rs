@@ -6,7 +6,9 @@
 //! base name (`deceased`); a backbone element whose children are summary is kept as their container
 //! even when it is not marked itself (Appointment.participant). Subscription (hosted for rest-hook
 //! notifications) was added from the R4 Subscription definition (subscription.html), in which every
-//! element is Σ.
+//! element is Σ. Encounter and DocumentReference come from the same SDK's R4 classes
+//! (FirelyTeam/firely-net-sdk, src/Hl7.Fhir.R4/Model/Generated/{Encounter,DocumentReference}.cs),
+//! checked against HAPI's R4 model (`@Child(summary = true)`).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;

@@ -11,6 +11,11 @@ use crate::resources::{dates, local_id, parse_reference, Target};
 /// HL7's R5 cross-version extension that carries the Group of a group session on an R4 Appointment.
 pub const APPOINTMENT_SUBJECT: &str = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject";
 
+/// HL7's R5 cross-version extension that carries a video session's link on an R4 Appointment
+/// (R5 Appointment.virtualService); its Encounters have class VR.
+pub const APPOINTMENT_VIRTUAL_SERVICE: &str =
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.virtualService";
+
 /// Appointment statuses that hold the time of their participants (the double-booking rule).
 pub const ACTIVE_STATUSES: [&str; 4] = ["pending", "booked", "arrived", "checked-in"];
 
@@ -36,6 +41,11 @@ impl Canonical {
     }
     pub fn attendance_codes(&self) -> String {
         format!("{}/CodeSystem/attendance", self.base)
+    }
+    /// The identifier system of the Encounters the server writes for a session that took place:
+    /// value `Appointment/{id}` (a group's session) or `Appointment/{id}/Patient/{pid}` (a client's).
+    pub fn encounter_identifier(&self) -> String {
+        format!("{}/sid/appointment-encounter", self.base)
     }
     /// Consent.category system whose code `group-confidentiality` marks a group confidentiality
     /// agreement; its code `group-confidentiality-rules` is the agreement's Consent.policyRule.

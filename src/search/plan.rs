@@ -5,6 +5,7 @@
 
 use super::{reference_targets, split_pipe, unescape, Criterion, Key, Search, SortKey};
 use crate::error::Error;
+use crate::resources::compartment::{Notes, Reach};
 use crate::resources::{compartment, dates, index, ParamType, ResourceType, SearchParam};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,44 +136,86 @@ pub struct Planned {
     pub applied: Vec<(String, String)>,
 }
 
-/// Which resources of a type a search may see: `Ok(None)` all of them, `Ok(Some(patient))` only
-/// the compartment of that patient (for types in the Patient compartment), `Err` none (403). Applied
-/// to the types searched and to every type a chain or `_has` passes through, so that no criterion
-/// can reveal what the caller could not read.
-pub type Visibility<'a> = &'a dyn Fn(ResourceType) -> Result<Option<String>, Error>;
+/// Which resources of a type a search may see ([`Reach`]), or `Err` none (403). Applied to the
+/// types searched and to every type a chain or `_has` passes through, so that no criterion can
+/// reveal what the caller could not read.
+pub type Visibility<'a> = &'a dyn Fn(ResourceType) -> Result<Reach, Error>;
 
-/// The visibility of a caller who may see everything (reports run on behalf of a full grant).
-pub fn see_everything(_: ResourceType) -> Result<Option<String>, Error> {
-    Ok(None)
+/// The visibility of the server's own reports (run on behalf of a full grant): every record but
+/// the psychotherapy notes, which only their author sees.
+pub fn see_everything(_: ResourceType) -> Result<Reach, Error> {
+    Ok(Reach::unlimited(None))
 }
 
-/// The ids of `rt` in the compartment of Patient/`patient`, or None when `rt` is not in the Patient
+/// The ids of `rt` in the compartment of any of `patients`, or None when `rt` is not in the Patient
 /// compartment. Local references only: an absolute reference names another server's patient.
-pub fn compartment_ids(rt: ResourceType, patient: &str) -> Option<Sql> {
+pub fn compartment_ids(rt: ResourceType, patients: &[String]) -> Option<Sql> {
     let params = compartment::patient_params(rt)?;
-    let mut sql = Sql::new("SELECT res_id FROM idx_reference WHERE target_type = 'Patient' AND target_id = ");
-    sql.text_bind(patient)
-        .push(" AND url IS NULL AND res_type = ")
+    if patients.is_empty() {
+        return Some(Sql::new("SELECT res_id FROM resources WHERE 1 = 0"));
+    }
+    let mut sql = Sql::new("SELECT res_id FROM idx_reference WHERE target_type = 'Patient' AND target_id IN (");
+    sql.text_binds(patients.iter().map(String::as_str))
+        .push(") AND url IS NULL AND res_type = ")
         .text_bind(rt.as_str())
         .push(" AND param IN (")
         .text_binds(params.iter().copied())
         .push(")");
     if rt.as_str() == "Patient" {
-        sql.push(" UNION SELECT res_id FROM resources WHERE res_type = 'Patient' AND res_id = ")
-            .text_bind(patient);
+        sql.push(" UNION SELECT res_id FROM resources WHERE res_type = 'Patient' AND res_id IN (")
+            .text_binds(patients.iter().map(String::as_str))
+            .push(")");
     }
     Some(sql)
 }
 
-/// `column IN (the visible ids of rt)`, or None when every resource of `rt` is visible.
+/// The psychotherapy notes (DocumentReference labelled v3-ActCode PSYTHPN) a reader may not see:
+/// every one but those `author` wrote (`SELECT res_id …`).
+pub fn hidden_notes(author: Option<&str>) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT res_id FROM idx_token WHERE res_type = 'DocumentReference' AND param = '_security' AND system = ",
+    );
+    sql.text_bind(key(compartment::ACT_CODE))
+        .push(" AND code = ")
+        .text_bind(key(compartment::PSYTHPN));
+    if let Some(author) = author {
+        sql.push(
+            " AND res_id NOT IN (SELECT res_id FROM idx_reference WHERE res_type = 'DocumentReference' \
+             AND param = 'author' AND target_type = 'Practitioner' AND url IS NULL AND target_id = ",
+        )
+        .text_bind(author)
+        .push(")");
+    }
+    sql
+}
+
+/// The condition on `column` that keeps only the visible ids of `rt`, or None when every resource
+/// of `rt` is visible.
 fn visible_condition(column: &str, rt: ResourceType, visible: Visibility) -> Result<Option<Sql>, Error> {
-    let Some(patient) = visible(rt)? else { return Ok(None) };
-    Ok(compartment_ids(rt, &patient).map(|ids| {
+    let reach = visible(rt)?;
+    let mut parts = Vec::new();
+    if let Some(ids) = reach.patients.as_deref().and_then(|p| compartment_ids(rt, p)) {
         let mut sql = Sql::new(&format!("{column} IN ("));
         sql.append(&ids).push(")");
-        sql
-    }))
+        parts.push(sql);
+    }
+    if let (Notes::AuthoredBy(author), "DocumentReference") = (&reach.notes, rt.as_str()) {
+        let mut sql = Sql::new(&format!("{column} NOT IN ("));
+        sql.append(&hidden_notes(author.as_deref())).push(")");
+        parts.push(sql);
+    }
+    let mut parts = parts.into_iter();
+    let Some(mut sql) = parts.next() else { return Ok(None) };
+    for more in parts {
+        sql.push(" AND ").append(&more);
+    }
+    Ok(Some(sql))
 }
+
+/// The parameters a patient's own token may not search group sessions and Groups by: they are
+/// read from every participant or member, and the patient's view holds only its own entry (a
+/// `part-status=declined` match would tell that another member declined; `quantity`, how many).
+const UNREDACTABLE: [(&str, &str); 2] = [("Appointment", "part-status"), ("Group", "quantity")];
 
 /// Plans a search over one type, or several (whole-system search), showing only what `visible` allows.
 pub fn plan(types: &[ResourceType], search: &Search, strict: bool, visible: Visibility) -> Result<Planned, Error> {
@@ -452,7 +495,21 @@ fn matching(
     visible: Visibility,
 ) -> Result<Option<Matching>, Error> {
     match key {
-        Key::Param { name, modifier } => param_matching(rt, name, modifier.as_deref(), values, c),
+        Key::Param { name, modifier } => {
+            // A patient's own view of a group session or a Group holds no other patient: its
+            // criteria match that view, not the whole resource.
+            let own = match rt.as_str() {
+                "Appointment" | "Group" => visible(rt)?.own_patient,
+                _ => None,
+            };
+            if own.is_some() && UNREDACTABLE.contains(&(rt.as_str(), name.as_str())) {
+                return Err(Error::Invalid(format!(
+                    "search parameter '{}' is not available to a patient's token: it reads every participant of a {rt}",
+                    c.raw_key
+                )));
+            }
+            param_matching(rt, name, modifier.as_deref(), values, c, own.as_deref())
+        }
         Key::Chain {
             name,
             target_type,
@@ -585,12 +642,15 @@ fn select_ids(table: &str, rt: ResourceType, param: &str) -> Sql {
     sql
 }
 
+/// `own_patient`: the reader is this patient, whose view of the type leaves other patients out
+/// (compartment::redact), so a reference to another patient matches nothing.
 fn param_matching(
     rt: ResourceType,
     name: &str,
     modifier: Option<&str>,
     values: &[String],
     c: &Criterion,
+    own_patient: Option<&str>,
 ) -> Result<Option<Matching>, Error> {
     if values.iter().all(|v| v.is_empty()) {
         return Err(Error::Invalid(format!("search parameter '{}' has no value", c.raw_key)));
@@ -638,6 +698,14 @@ fn param_matching(
         (ParamType::String, Some("contains")) => (false, name.to_string(), string_contains_condition),
         (ParamType::Date, None) => (false, name.to_string(), date_condition),
         (ParamType::Reference, None) => (false, name.to_string(), reference_condition),
+        (ParamType::Reference, Some("identifier")) if own_patient.is_some() => {
+            // The index does not say whose identifier it is: the patient's view matches none.
+            return Ok(Some(Matching {
+                negated: false,
+                ids: Sql::new("SELECT res_id FROM resources WHERE 1 = 0"),
+                probe: None,
+            }));
+        }
         (ParamType::Reference, Some("identifier")) => {
             (false, format!("{name}{}", index::IDENTIFIER_SUFFIX), token_condition)
         }
@@ -657,6 +725,9 @@ fn param_matching(
                 ids.push("target_id = ").text_bind(key(id));
             }
             ids.push(")");
+            if let Some(own) = own_patient {
+                others_left_out(&mut ids, own);
+            }
             return Ok(Some(Matching {
                 negated: false,
                 ids,
@@ -695,6 +766,9 @@ fn param_matching(
             tail.push(")");
         }
         tail.push(")");
+        if let (Some(own), ParamType::Reference) = (own_patient, p.kind) {
+            others_left_out(&mut tail, own);
+        }
         Ok(tail)
     };
     let mut ids = Sql::new(&format!("SELECT res_id FROM {table} WHERE res_type = "));
@@ -713,6 +787,14 @@ fn param_matching(
         None
     };
     Ok(Some(Matching { negated, ids, probe }))
+}
+
+/// Leaves out the reference rows a patient's redacted view does not hold: other local patients,
+/// and absolute references to a Patient (compartment::redact).
+fn others_left_out(sql: &mut Sql, own_patient: &str) {
+    sql.push(" AND NOT (target_type = 'Patient' AND target_id <> ")
+        .text_bind(own_patient)
+        .push(") AND (url IS NULL OR url NOT LIKE '%/Patient/%')");
 }
 
 fn token_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {

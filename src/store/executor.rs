@@ -17,7 +17,8 @@ use super::search::{first_page_sql, load, load_current_many, IdRow};
 use super::write::{check_references, create_in, delete_in, matches_version, update_in, Tx, Via};
 use super::{Abort, AnyConnection, Store, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
-use crate::resources::{compartment, rewrite_references, ResourceType};
+use crate::resources::compartment::Reach;
+use crate::resources::{rewrite_references, ResourceType};
 use crate::search::plan::Planned;
 
 /// One operation; `label` names it in errors (the Bundle entry).
@@ -65,8 +66,8 @@ pub enum Op {
         id: String,
         /// A version (vread), or None for the current one.
         version: Option<i64>,
-        /// A `patient/` reader sees only this patient's compartment.
-        compartment: Option<String>,
+        /// What the reader may see.
+        reach: Reach,
     },
     /// A search inside a Bundle (`GET Patient?identifier=…`): its first page.
     Search {
@@ -91,18 +92,14 @@ pub enum OpResult {
     },
 }
 
-/// The version, if a reader limited to `patient`'s compartment may see it; else NotFound, as if
-/// it did not exist.
-pub fn visible_to(patient: Option<&str>, rt: ResourceType, v: Version) -> Result<Version, Error> {
-    let (Some(patient), Some(_)) = (patient, compartment::patient_params(rt)) else {
-        return Ok(v);
-    };
+/// The version, if a reader of `reach` may see it; else NotFound, as if it did not exist.
+pub fn visible_to(reach: &Reach, rt: ResourceType, v: Version) -> Result<Version, Error> {
     let body: Value = v
         .body
         .as_deref()
         .and_then(|b| serde_json::from_str(b).ok())
         .unwrap_or(Value::Null);
-    if compartment::contains(patient, rt, &body) {
+    if reach.sees(rt, &v.res_id, &body) {
         Ok(v)
     } else {
         Err(not_found(rt, &v.res_id))
@@ -124,23 +121,17 @@ enum Resolved {
 }
 
 impl Store {
-    /// The current version of `rt/id` for a reader limited to `patient`'s compartment (None: no
+    /// The current version of `rt/id` for a reader of `reach`
     /// limit). What that reader may not see answers exactly as what does not exist, deleted or not.
-    pub fn read_visible(&self, rt: ResourceType, id: &str, patient: Option<&str>) -> Result<Version, Error> {
+    pub fn read_visible(&self, rt: ResourceType, id: &str, reach: &Reach) -> Result<Version, Error> {
         let mut conn = self.pool.get()?;
-        read_visible_in(&mut conn, rt, id, patient)
+        read_visible_in(&mut conn, rt, id, reach)
     }
 
-    /// One version, for a reader limited to `patient`'s compartment (see [`Store::read_visible`]).
-    pub fn vread_visible(
-        &self,
-        rt: ResourceType,
-        id: &str,
-        version_id: i64,
-        patient: Option<&str>,
-    ) -> Result<Version, Error> {
+    /// One version, for a reader of `reach` (see [`Store::read_visible`]).
+    pub fn vread_visible(&self, rt: ResourceType, id: &str, version_id: i64, reach: &Reach) -> Result<Version, Error> {
         let mut conn = self.pool.get()?;
-        vread_visible_in(&mut conn, rt, id, version_id, patient)
+        vread_visible_in(&mut conn, rt, id, version_id, reach)
     }
 
     /// Runs one operation in its own transaction.
@@ -223,8 +214,9 @@ impl Store {
             for (op, target) in ops.iter().zip(resolved) {
                 let label = label_of(op);
                 // A compartment-limited writer keeps the references the version it replaces held.
-                let previous = match (op, &target, access_of(op).and_then(|a| a.compartment.as_ref())) {
-                    (Op::Update { rt, .. } | Op::Patch { rt, .. }, Resolved::At(id), Some(_)) if !check_early => {
+                let limited = access_of(op).is_some_and(|a| a.reach.patients.is_some());
+                let previous = match (op, &target, limited) {
+                    (Op::Update { rt, .. } | Op::Patch { rt, .. }, Resolved::At(id), true) if !check_early => {
                         load_current(tx.c, *rt, id)?
                             .filter(|cur| !cur.deleted)
                             .and_then(|cur| cur.body)
@@ -250,7 +242,7 @@ impl Store {
                                 rt,
                                 id: v.res_id.clone(),
                                 body,
-                                patient: access_of(op).and_then(|a| a.compartment.as_deref()),
+                                reach: access_of(op).map(|a| &a.reach),
                                 previous,
                             });
                         }
@@ -259,7 +251,7 @@ impl Store {
                 results.push(result);
             }
             for w in &written {
-                check_references(tx.c, &w.body, w.rt, &w.id, w.patient, w.previous.as_ref())
+                check_references(tx.c, &w.body, w.rt, &w.id, w.reach, w.previous.as_ref())
                     .map_err(|a| in_entry(w.label, a))?;
             }
             Ok(results)
@@ -326,7 +318,7 @@ impl Store {
                 // Visibility first, before the version, the If-Match or a single op is looked at: a
                 // patch (its `test` ops, an empty one) on a record the caller may not see answers
                 // exactly as one on a record that does not exist.
-                if !may_see(tx.c, *rt, &id, &current, access.compartment.as_deref())? {
+                if !may_see(tx.c, *rt, &id, &current, &access.reach)? {
                     return Err(not_found(*rt, &id).into());
                 }
                 let body: Value = match (&current.body, current.deleted) {
@@ -335,6 +327,8 @@ impl Store {
                     }
                     _ => return Err(Error::Gone(format!("{rt}/{id} was deleted")).into()),
                 };
+                // Before a single op runs: a `test` op would probe what the caller's view leaves out.
+                access.check_whole(*rt, &id, &body)?;
                 matches_version(*rt, &id, *if_match, current.version_id)?;
                 let patched = (patcher.0)(&body)?;
                 if patched.get("resourceType") != body.get("resourceType") || patched.get("id") != body.get("id") {
@@ -384,17 +378,13 @@ impl Store {
             (Op::Delete { .. }, Resolved::Nothing) => OpResult::Deleted(None),
             (
                 Op::Read {
-                    rt,
-                    id,
-                    version,
-                    compartment,
-                    ..
+                    rt, id, version, reach, ..
                 },
                 _,
             ) => {
                 let v = match version {
-                    Some(n) => vread_visible_in(tx.c, *rt, id, *n, compartment.as_deref())?,
-                    None => read_visible_in(tx.c, *rt, id, compartment.as_deref())?,
+                    Some(n) => vread_visible_in(tx.c, *rt, id, *n, reach)?,
+                    None => read_visible_in(tx.c, *rt, id, reach)?,
                 };
                 OpResult::Read(v)
             }
@@ -422,8 +412,8 @@ struct WrittenEntry<'a> {
     rt: ResourceType,
     id: String,
     body: Value,
-    /// The compartment the writer is limited to.
-    patient: Option<&'a str>,
+    /// What the writer may see (None: everything).
+    reach: Option<&'a Reach>,
     /// The version this write replaced, for a compartment-limited writer.
     previous: Option<Value>,
 }

@@ -300,6 +300,12 @@ impl Store {
         if let Some(since) = job.since {
             sql.push(" AND r.last_updated >= ").int_bind(since);
         }
+        if rt.as_str() == "DocumentReference" {
+            // Psychotherapy notes are their author's alone: no export carries them.
+            sql.push(" AND r.res_id NOT IN (")
+                .append(&crate::search::plan::hidden_notes(None))
+                .push(")");
+        }
         let members = |sql: &mut Sql, group: &str| {
             sql.push(
                 "SELECT target_id FROM idx_reference WHERE res_type = 'Group' AND param = 'member' \

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::write::Tx;
-use super::{scheduling, subscriptions, Abort, WriteAccess};
+use super::{care, scheduling, subscriptions, Abort, WriteAccess};
 use crate::resources::ResourceType;
 
 /// One write of one resource, as the rules see it.
@@ -41,15 +41,25 @@ struct Hooks {
 
 /// The rules per type. Types not listed have none beyond what every write does (the search
 /// indexes, references, and the Subscription outbox).
-const HOOKS: [(&str, Hooks); 3] = [
+const HOOKS: [(&str, Hooks); 4] = [
     (
         "Appointment",
         Hooks {
             // The double-booking rule, then the group-session rules (roster, capacity, agreements).
             before_write: Some(scheduling::before_appointment),
+            // The Encounters of a session that took place (fulfilled), kept in step with it.
+            after_write: Some(care::after_appointment),
+            // Frees the time it held; its Encounters turn entered-in-error.
+            on_delete: Some(appointment_deleted),
+        },
+    ),
+    (
+        "DocumentReference",
+        Hooks {
+            // Psychotherapy notes: one Practitioner author, the writer; inline note attachments.
+            before_write: Some(care::before_document_reference),
             after_write: None,
-            // Frees the time it held.
-            on_delete: Some(scheduling::free_bookings),
+            on_delete: None,
         },
     ),
     (
@@ -73,6 +83,11 @@ const HOOKS: [(&str, Hooks); 3] = [
         },
     ),
 ];
+
+fn appointment_deleted(tx: &mut Tx, id: &str) -> Result<(), Abort> {
+    scheduling::free_bookings(tx, id)?;
+    care::retire_encounters(tx, id)
+}
 
 fn hooks_of(rt: ResourceType) -> Option<&'static Hooks> {
     HOOKS.iter().find(|(t, _)| *t == rt.as_str()).map(|(_, h)| h)

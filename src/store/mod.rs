@@ -23,6 +23,7 @@ macro_rules! insert_rows {
 }
 
 mod audit;
+mod care;
 mod conditional;
 mod connection;
 mod executor;
@@ -53,7 +54,8 @@ use reads::{load_current, not_found, read_in, version_columns, vread_in};
 use schema::{resource_versions, write_lock};
 
 use crate::error::Error;
-use crate::resources::{compartment, ResourceType};
+use crate::resources::compartment::Reach;
+use crate::resources::ResourceType;
 
 /// How many times a write is retried after losing a race with another writer (no If-Match given).
 const WRITE_ATTEMPTS: usize = 5;
@@ -88,8 +90,8 @@ pub struct HistoryPage {
 /// What a writer may touch, checked inside the write transaction against the rows it locks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteAccess {
-    /// Only resources in this patient's compartment, before and after the write.
-    pub compartment: Option<String>,
+    /// What the writer may see: only resources it holds, before and after the write.
+    pub reach: Reach,
     /// Whether an update may create the resource (the caller also holds create on the type).
     pub may_create: bool,
     /// Whether the writer may read the type it writes: a refusal names another record (the
@@ -105,25 +107,46 @@ impl WriteAccess {
     /// A caller who may write anything.
     pub fn full() -> WriteAccess {
         WriteAccess {
-            compartment: None,
+            reach: Reach::server(),
             may_create: true,
             may_read: true,
             base: None,
         }
     }
 
-    /// Refuses (403) a resource outside the caller's compartment. `id` is the resource's id.
+    /// Refuses (403) a resource outside the caller's compartments. `id` is the resource's id.
+    /// (Psychotherapy notes are checked by their own rule, store::notes, which says why.)
     fn check(&self, rt: ResourceType, id: &str, resource: &Value) -> Result<(), Error> {
-        let Some(patient) = &self.compartment else {
+        let Some(patients) = &self.reach.patients else {
             return Ok(());
         };
-        let own_record = rt.as_str() == "Patient" && id == patient;
-        if own_record || compartment::contains(patient, rt, resource) {
+        let unlabelled = Reach {
+            notes: crate::resources::compartment::Notes::All,
+            ..self.reach.clone()
+        };
+        if unlabelled.sees(rt, id, resource) {
             return Ok(());
         }
-        Err(Error::Forbidden(format!(
-            "{rt}/{id} is outside the compartment of Patient/{patient}, the only one this token may write"
-        )))
+        Err(Error::Forbidden(match (&self.reach.own_patient, patients.as_slice()) {
+            (Some(patient), _) => {
+                format!("{rt}/{id} is outside the compartment of Patient/{patient}, the only one this token may write")
+            }
+            _ => format!("{rt}/{id} is outside the records of the clients assigned to this token's practitioner"),
+        }))
+    }
+
+    /// Refuses (403) a change, by a patient's own token, of a resource that token sees only in
+    /// part (a group session, a Group: compartment::redact): the write would replace, or remove,
+    /// entries the caller cannot see. `current` is the stored resource.
+    fn check_whole(&self, rt: ResourceType, id: &str, current: &Value) -> Result<(), Error> {
+        match &self.reach.own_patient {
+            Some(own) if crate::resources::compartment::needs_redaction(own, rt, current) => {
+                Err(Error::Forbidden(format!(
+                    "{rt}/{id} names other patients, whom this token may not see; a patient's token may not change it"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

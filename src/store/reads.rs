@@ -1,5 +1,7 @@
 //! Reading what is stored, on a connection the caller holds (a write's transaction, or a read's):
-//! the current row, a version, and whether a `patient/` caller may learn that either exists.
+//! the current row, a version, and whether a reader of limited reach (compartment::Reach: a
+//! `patient/` token, a practitioner's assigned clients, psychotherapy notes) may learn that either
+//! exists.
 
 use diesel::prelude::*;
 use serde_json::Value;
@@ -7,7 +9,8 @@ use serde_json::Value;
 use super::schema::{resource_versions, resources};
 use super::{AnyConnection, Version};
 use crate::error::Error;
-use crate::resources::{compartment, ResourceType};
+use crate::resources::compartment::Reach;
+use crate::resources::ResourceType;
 
 #[derive(Queryable)]
 pub(super) struct Current {
@@ -18,20 +21,20 @@ pub(super) struct Current {
 }
 
 pub(super) fn read_in(conn: &mut AnyConnection, rt: ResourceType, id: &str) -> Result<Version, Error> {
-    read_visible_in(conn, rt, id, None)
+    read_visible_in(conn, rt, id, &Reach::server())
 }
 
-/// The current version of `rt/id` for a reader limited to `patient`'s compartment (None: no limit).
+/// The current version of `rt/id` for a reader of `reach`.
 /// A resource the reader may not see answers exactly as one that does not exist, deleted or not,
 /// so that a probe learns nothing (see [`may_see`]).
 pub(super) fn read_visible_in(
     conn: &mut AnyConnection,
     rt: ResourceType,
     id: &str,
-    patient: Option<&str>,
+    reach: &Reach,
 ) -> Result<Version, Error> {
     let current = load_current(conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
-    if !may_see(conn, rt, id, &current, patient)? {
+    if !may_see(conn, rt, id, &current, reach)? {
         return Err(not_found(rt, id));
     }
     match current.body {
@@ -48,12 +51,6 @@ pub(super) fn read_visible_in(
             current.version_id
         ))),
     }
-}
-
-/// Whether `resource` (stored as `rt/id`) is in Patient/`patient`'s compartment: the patient's own
-/// record, or one that refers to it through the compartment's parameters.
-pub(super) fn in_compartment(patient: &str, rt: ResourceType, id: &str, resource: &Value) -> bool {
-    (rt.as_str() == "Patient" && id == patient) || compartment::contains(patient, rt, resource)
 }
 
 /// The body of the last version of `rt/id` before `version_id` that has one (the version a
@@ -76,20 +73,18 @@ fn body_before(
         .flatten())
 }
 
-/// Whether a caller limited to Patient/`patient`'s compartment may learn that this version of
-/// `rt/id` exists: its body is in the compartment or, for a deletion, the body it deleted was.
-/// Without a limit, and for types outside the Patient compartment (readable by every patient/
-/// token), yes. Anything else must be answered exactly like a resource that does not exist.
+/// Whether a reader of `reach` may learn that this version of `rt/id` exists: the reach holds its
+/// body or, for a deletion, the body it deleted. Anything else must be answered exactly like a
+/// resource that does not exist.
 fn version_visible(
     c: &mut AnyConnection,
     rt: ResourceType,
     id: &str,
     version_id: i64,
     body: Option<&str>,
-    patient: Option<&str>,
+    reach: &Reach,
 ) -> Result<bool, diesel::result::Error> {
-    let Some(patient) = patient else { return Ok(true) };
-    if compartment::patient_params(rt).is_none() {
+    if !reach.limits(rt) && (reach == &Reach::server() || rt.as_str() != "DocumentReference") {
         return Ok(true);
     }
     let body = match body {
@@ -98,20 +93,20 @@ fn version_visible(
     };
     Ok(body
         .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-        .is_some_and(|v| in_compartment(patient, rt, id, &v)))
+        .is_some_and(|v| reach.sees(rt, id, &v)))
 }
 
 /// [`version_visible`] for the current row of `rt/id`: what every read, patch and delete by a
-/// `patient/` caller decides first, before anything else is looked at or applied.
+/// caller of limited reach decides first, before anything else is looked at or applied.
 pub(super) fn may_see(
     c: &mut AnyConnection,
     rt: ResourceType,
     id: &str,
     current: &Current,
-    patient: Option<&str>,
+    reach: &Reach,
 ) -> Result<bool, diesel::result::Error> {
     let body = current.body.as_deref().filter(|_| !current.deleted);
-    version_visible(c, rt, id, current.version_id, body, patient)
+    version_visible(c, rt, id, current.version_id, body, reach)
 }
 
 type VersionColumns = (
@@ -125,17 +120,17 @@ type VersionColumns = (
 
 /// One version (http.html#vread). A deletion version answers Gone.
 pub(super) fn vread_in(c: &mut AnyConnection, rt: ResourceType, id: &str, version_id: i64) -> Result<Version, Error> {
-    vread_visible_in(c, rt, id, version_id, None)
+    vread_visible_in(c, rt, id, version_id, &Reach::server())
 }
 
-/// One version for a reader limited to `patient`'s compartment (None: no limit): a version the
-/// reader may not see answers exactly as a resource that does not exist ("has no version n").
+/// One version for a reader of `reach`: a version the reader may not see answers exactly as a
+/// resource that does not exist ("has no version n").
 pub(super) fn vread_visible_in(
     c: &mut AnyConnection,
     rt: ResourceType,
     id: &str,
     version_id: i64,
-    patient: Option<&str>,
+    reach: &Reach,
 ) -> Result<Version, Error> {
     let unknown = || Error::NotFound(format!("{rt}/{id} has no version {version_id}"));
     let found: Option<Version> = resource_versions::table
@@ -146,7 +141,7 @@ pub(super) fn vread_visible_in(
         .get_result(c)
         .optional()?;
     let Some(v) = found else { return Err(unknown()) };
-    if !version_visible(c, rt, id, version_id, v.body.as_deref(), patient)? {
+    if !version_visible(c, rt, id, version_id, v.body.as_deref(), reach)? {
         return Err(unknown());
     }
     match v.body {

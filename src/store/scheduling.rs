@@ -113,7 +113,7 @@ fn may_see_appointment(c: &mut AnyConnection, access: &WriteAccess, id: &str) ->
     let Some(current) = load_current(c, rt, id)? else {
         return Ok(false);
     };
-    Ok(may_see(c, rt, id, &current, access.compartment.as_deref())?)
+    Ok(may_see(c, rt, id, &current, &access.reach)?)
 }
 
 #[derive(QueryableByName)]

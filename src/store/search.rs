@@ -12,7 +12,7 @@ use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use super::schema::{idx_reference, resources, search_results, search_snapshots};
 use super::{Abort, AnyConnection, Store, Version};
 use crate::error::Error;
-use crate::resources::{dates, is_valid_id, ResourceType};
+use crate::resources::{compartment, dates, is_valid_id, ResourceType};
 use crate::search::plan::{Bind, Planned, Sql, KEYSET_ORDER};
 use crate::search::Include;
 
@@ -452,8 +452,14 @@ impl Store {
     }
 
     /// The resources of a patient's record here (for $everything): what refers to the patient
-    /// through the given (type, reference parameter) pairs, distinct, in type and id order.
-    pub fn referring(&self, target: (&str, &str), via: &[(&str, &str)]) -> Result<Vec<(String, String)>, Error> {
+    /// through the given (type, reference parameter) pairs, distinct, in type and id order, less
+    /// the psychotherapy notes `notes` may not see (compartment::Reach).
+    pub fn referring(
+        &self,
+        target: (&str, &str),
+        via: &[(&str, &str)],
+        notes: &compartment::Notes,
+    ) -> Result<Vec<(String, String)>, Error> {
         let mut conn = self.pool.get()?;
         let mut out: Vec<(String, String)> = Vec::new();
         for (res_type, param) in via {
@@ -467,6 +473,18 @@ impl Store {
                 .distinct()
                 .load(&mut conn)?;
             out.extend(found);
+        }
+        if let compartment::Notes::AuthoredBy(author) = notes {
+            if out.iter().any(|(t, _)| t == "DocumentReference") {
+                let mut sql = Sql::new("SELECT 'DocumentReference' AS res_type, res_id FROM (");
+                sql.append(&crate::search::plan::hidden_notes(author.as_deref()))
+                    .push(") hidden");
+                let hidden: std::collections::HashSet<(String, String)> = load::<IdRow>(&mut conn, &sql)?
+                    .into_iter()
+                    .map(|r| (r.res_type, r.res_id))
+                    .collect();
+                out.retain(|k| !hidden.contains(k));
+            }
         }
         out.sort();
         out.dedup();

@@ -7,11 +7,12 @@ use serde_json::{Map, Value};
 
 use super::hooks::{self, Change, Written};
 use super::index_rows::{clear_index, write_index};
-use super::reads::{in_compartment, load_current_for_write, may_see};
+use super::reads::{load_current_for_write, may_see};
 use super::schema::{resource_versions, resources};
 use super::{schema, Abort, AnyConnection, UpdateOutcome, Version, WriteAccess};
 use crate::error::Error;
-use crate::resources::{compartment, dates, index, local_references, ResourceType};
+use crate::resources::compartment::Reach;
+use crate::resources::{dates, index, local_references, ResourceType};
 use crate::scheduling::Rules;
 
 /// A write's transaction: its connection, the rules, and its own time — one instant for every
@@ -44,7 +45,7 @@ pub(super) fn create_in(
     let mut resource = localized(resource, access);
     access.check(rt, id, &resource)?;
     if check_refs {
-        check_references(tx.c, &resource, rt, id, access.compartment.as_deref(), None)?;
+        check_references(tx.c, &resource, rt, id, Some(&access.reach), None)?;
     }
     let change = Change {
         rt,
@@ -125,7 +126,7 @@ pub(super) fn update_in(
     // be: without create, the same refusal; with create, the id is taken (the one thing a client
     // choosing its own ids in a shared id space learns), but nothing of what holds it.
     if let Some(cur) = &current {
-        if !may_see(tx.c, rt, id, cur, access.compartment.as_deref())? {
+        if !may_see(tx.c, rt, id, cur, &access.reach)? {
             if !access.may_create {
                 return Err(no_create().into());
             }
@@ -142,18 +143,12 @@ pub(super) fn update_in(
         .and_then(|b| serde_json::from_str(b).ok());
     if let Some(previous) = &previous {
         access.check(rt, id, previous)?;
+        access.check_whole(rt, id, previous)?;
     } else if !access.may_create {
         return Err(no_create().into());
     }
     if via.check_refs {
-        check_references(
-            tx.c,
-            &resource,
-            rt,
-            id,
-            access.compartment.as_deref(),
-            previous.as_ref(),
-        )?;
+        check_references(tx.c, &resource, rt, id, Some(&access.reach), previous.as_ref())?;
     }
     let change = Change {
         rt,
@@ -214,7 +209,7 @@ pub(super) fn delete_in(
     // answered the same way (and left alone), so that a DELETE is no probe. With If-Match, neither
     // has the version asked for: 412, as an update would answer.
     let current = match load_current_for_write(tx.c, rt, id)? {
-        Some(cur) if !cur.deleted && may_see(tx.c, rt, id, &cur, access.compartment.as_deref())? => cur,
+        Some(cur) if !cur.deleted && may_see(tx.c, rt, id, &cur, &access.reach)? => cur,
         _ => {
             return match if_match {
                 Some(v) => Err(Error::PreconditionFailed(format!(
@@ -226,13 +221,14 @@ pub(super) fn delete_in(
         }
     };
     matches_version(rt, id, if_match, current.version_id)?;
-    if access.compartment.is_some() {
+    if access.reach.patients.is_some() {
         let body: Value = current
             .body
             .as_deref()
             .and_then(|b| serde_json::from_str(b).ok())
             .unwrap_or(Value::Null);
         access.check(rt, id, &body)?;
+        access.check_whole(rt, id, &body)?;
     }
     let version = Version {
         res_type: rt.as_str().into(),
@@ -318,7 +314,7 @@ pub(super) fn check_references(
     resource: &Value,
     rt: ResourceType,
     own_id: &str,
-    patient: Option<&str>,
+    reach: Option<&Reach>,
     previous: Option<&Value>,
 ) -> Result<(), Abort> {
     let mut wanted: Vec<(ResourceType, String)> = local_references(resource)
@@ -338,11 +334,19 @@ pub(super) fn check_references(
         .filter(schema::resources::res_type.eq_any(&types))
         .filter(schema::resources::res_id.eq_any(&ids))
         .filter(schema::resources::deleted.eq(false));
-    let mut found: Vec<(String, String)> = match patient {
+    // Only a reach that limits some type asks for the bodies: a psychotherapy note, or a record
+    // outside the writer's compartments, is refused exactly like a missing record.
+    let limited = reach.filter(|r| {
+        **r != Reach::server()
+            && wanted
+                .iter()
+                .any(|(t, _)| r.limits(*t) || t.as_str() == "DocumentReference")
+    });
+    let mut found: Vec<(String, String)> = match limited {
         None => existing
             .select((schema::resources::res_type, schema::resources::res_id))
             .load(c)?,
-        Some(patient) => {
+        Some(reach) => {
             let mut kept: Vec<(ResourceType, String)> = previous.map(local_references).unwrap_or_default();
             kept.sort();
             let rows: Vec<(String, String, Option<String>)> = existing
@@ -355,12 +359,11 @@ pub(super) fn check_references(
             rows.into_iter()
                 .filter(|(t, id, body)| {
                     let Some(t) = ResourceType::parse(t) else { return false };
-                    compartment::patient_params(t).is_none()
-                        || kept.binary_search(&(t, id.clone())).is_ok()
+                    kept.binary_search(&(t, id.clone())).is_ok()
                         || body
                             .as_deref()
                             .and_then(|b| serde_json::from_str::<Value>(b).ok())
-                            .is_some_and(|v| in_compartment(patient, t, id, &v))
+                            .is_some_and(|v| reach.sees(t, id, &v))
                 })
                 .map(|(t, id, _)| (t, id))
                 .collect()

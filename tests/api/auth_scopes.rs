@@ -16,6 +16,12 @@ fn sample(rt: &str, id: &str) -> Value {
         "Group" => json!({"resourceType": rt, "type": "person", "actual": true}),
         "Organization" => json!({"resourceType": rt, "name": "Riverside Counselling"}),
         "CareTeam" => json!({"resourceType": rt, "status": "active"}),
+        "Encounter" => {
+            json!({"resourceType": rt, "status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+        }
+        "DocumentReference" => {
+            json!({"resourceType": rt, "status": "current", "content": [{"attachment": {"contentType": "text/plain", "data": "bm90ZQ=="}}]})
+        }
         "Consent" => {
             json!({"resourceType": rt, "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "agreement"}],
                    "patient": {"reference": "https://ehr.example.org/fhir/Patient/7"}, "policyRule": {"text": "group confidentiality rules"}})
@@ -30,10 +36,12 @@ fn sample(rt: &str, id: &str) -> Value {
     body
 }
 
-const TYPES: [&str; 10] = [
+const TYPES: [&str; 12] = [
     "Appointment",
     "CareTeam",
     "Consent",
+    "DocumentReference",
+    "Encounter",
     "Group",
     "Location",
     "Organization",
@@ -72,6 +80,9 @@ async fn interact(app: &TestApp, client: &reqwest::Client, rt: &str, interaction
 
 both_backends! {
     async fn every_interaction_on_every_type_needs_its_own_permission(app: TestApp) {
+        // user/ tokens here have no fhirUser: with TANDEM_USER_ACCESS=all they reach every record
+        // (assignment is tested in care_access).
+        let app = TestApp::spawn_configured(app.backend, |c| c.user_access = tandem::config::UserAccess::All).await;
         for rt in TYPES {
             let id = format!("m-{}", rt.to_lowercase());
             assert_eq!(app.put_json(&format!("{rt}/{id}"), &sample(rt, &id)).await.status(), 201, "{rt}");

@@ -95,7 +95,7 @@ both_backends! {
         // References that are not to a hosted type, absolute, or contained are not checked.
         let ok = json!({"resourceType": "CareTeam", "status": "active",
             "subject": {"reference": "https://ehr.example.org/fhir/Patient/7"},
-            "encounter": {"reference": "Encounter/elsewhere"}});
+            "reasonReference": [{"reference": "Condition/elsewhere"}]});
         assert_eq!(app.post_json("CareTeam", &ok).await.status(), 201);
         assert_eq!(app.version_count().await, 1);
     }

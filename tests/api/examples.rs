@@ -6,10 +6,12 @@ use serde_json::{json, Value};
 use crate::both_backends;
 use crate::helpers::*;
 
-pub const HOSTED: [&str; 9] = [
+pub const HOSTED: [&str; 11] = [
     "Appointment",
     "CareTeam",
     "Consent",
+    "DocumentReference",
+    "Encounter",
     "Group",
     "Location",
     "Organization",
@@ -69,6 +71,12 @@ fn stub(rt: &str, id: &str) -> Value {
         }
         // org-1: a name or an identifier.
         "Organization" => json!({"name": "stub"}),
+        "Encounter" => {
+            json!({"status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+        }
+        "DocumentReference" => {
+            json!({"status": "current", "content": [{"attachment": {"contentType": "text/plain", "data": "c3R1Yg=="}}]})
+        }
         _ => json!({}),
     };
     body["resourceType"] = json!(rt);
@@ -192,7 +200,7 @@ both_backends! {
     }
 
     async fn official_xml_examples_read_back_as_the_official_json(app: TestApp) {
-        for (rt, id, json_file, xml_file) in manifest() {
+        for (rt, id, json_file, xml_file) in manifest().into_iter().filter(|(_, _, _, xml)| !xml.is_empty()) {
             let official_json: Value = serde_json::from_str(&fixture(&format!("json/{json_file}"))).unwrap();
             put_stubs(&app, &rt, &id, &official_json).await;
             let path = format!("{rt}/{id}");

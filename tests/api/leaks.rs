@@ -321,17 +321,20 @@ both_backends! {
         let res = ann.post(app.url("CareTeam")).header("Content-Type", FHIR_JSON)
             .body(care_team("ann").to_string()).send().await.unwrap();
         assert_eq!(res.status(), 201);
-        // A session she shares with Bob (booked by the clinic) she may still update: the reference to
-        // Bob was already there.
+        // A session she shares with Bob (booked by the clinic) she sees without him, and may not
+        // change: a write of her view would remove him, a write of the whole would need to see him.
         let res = app.put_json("Appointment/a-both", &session("a-both", "6", &["ann", "bob"])).await;
         assert_eq!(res.status(), 201);
         let mut shared = json(ann.get(app.url("Appointment/a-both")).send().await.unwrap()).await;
+        assert!(!shared.to_string().contains("Patient/bob"), "{shared}");
         shared["comment"] = json!("running late");
         let res = ann.put(app.url("Appointment/a-both")).header("Content-Type", FHIR_JSON).body(shared.to_string()).send().await.unwrap();
-        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        assert_eq!(res.status(), 403, "{}", res.text().await.unwrap());
         let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             binary_patch_entry("Appointment/a-both", &json!([{"op": "replace", "path": "/comment", "value": "on time"}]))]});
-        assert_eq!(post_bundle(app, &ann, &tx).await.status(), 200);
+        assert_eq!(post_bundle(app, &ann, &tx).await.status(), 403);
+        let stored = json(app.get("Appointment/a-both").await).await;
+        assert_eq!(stored["meta"]["versionId"], "1", "nothing written");
     }
 
     async fn a_conditional_create_needs_search_and_shows_the_match_only_with_read(app: TestApp) {

@@ -38,6 +38,15 @@ fn extra_resources() -> Vec<Value> {
         json!({"resourceType": "Organization", "id": "extra-organization", "name": "Extra clinic", "endpoint": [{"reference": "Endpoint/ep-3"}], "partOf": {"reference": "Organization/1"}}),
         json!({"resourceType": "CareTeam", "id": "extra-careteam", "status": "active", "identifier": [{"system": "urn:tandem:team", "value": "T-1"}],
                "category": [{"coding": [{"system": "http://loinc.org", "code": "LA27976-2"}]}]}),
+        // Encounter.length, .location and .reason-reference have no value in the official examples.
+        json!({"resourceType": "Encounter", "id": "extra-encounter", "status": "finished",
+               "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+               "subject": {"reference": "Patient/extra-patient"}, "length": {"value": 50, "unit": "min", "system": "http://unitsofmeasure.org", "code": "min"},
+               "location": [{"location": {"reference": "Location/extra-location"}}], "reasonReference": [{"reference": "Condition/cond-1"}]}),
+        json!({"resourceType": "DocumentReference", "id": "extra-note", "status": "current",
+               "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}]},
+               "subject": {"reference": "Patient/extra-patient"}, "context": {"encounter": [{"reference": "Encounter/extra-encounter"}]},
+               "content": [{"attachment": {"contentType": "text/plain", "data": "U2xlcHQgYmV0dGVyLg=="}}]}),
         // No official R4 Subscription example is in the corpus; an "off" one needs no allowed host.
         json!({"resourceType": "Subscription", "id": "extra-subscription", "status": "off", "reason": "EHR sync",
                "meta": {"tag": [{"system": "urn:tandem:tag", "code": "sync"}], "profile": ["http://hl7.org/fhir/StructureDefinition/Subscription"],
@@ -83,6 +92,14 @@ fn hit_query(e: &Entry) -> Option<(String, String)> {
         },
         Entry::Uri(u) => Some((u.param.clone(), u.uri.clone())),
         Entry::Position(p) => Some((p.param.clone(), format!("{}|{}|1|km", p.latitude, p.longitude))),
+        Entry::Number(n) => Some((
+            n.param.clone(),
+            match (&n.system, &n.code) {
+                (Some(s), Some(c)) => format!("{}|{}|{}", n.value, esc(s), esc(c)),
+                (None, Some(c)) => format!("{}||{}", n.value, esc(c)),
+                _ => n.value.to_string(),
+            },
+        )),
         Entry::Composite(c) => {
             let token = |system: &Option<String>, code: &Option<String>| match system {
                 Some(s) => format!("{}|{}", esc(s), esc(code.as_deref().unwrap_or(""))),
@@ -108,7 +125,7 @@ fn miss_query(kind: tandem::resources::ParamType, param: &str) -> (String, Strin
         Uri => (param.to_string(), "urn:no-such-uri".into()),
         Composite => (param.to_string(), "urn:no-such-system|a$urn:no-such-system|b".into()),
         Special => (param.to_string(), "-60|-140|10|km".into()), // the southern Pacific
-        other => panic!("no miss query for {other:?}"),
+        Number | Quantity => (param.to_string(), "-987654321".into()),
     }
 }
 
@@ -120,6 +137,7 @@ enum Entry {
     Uri(index::UriEntry),
     Composite(index::CompositeEntry),
     Position(index::PositionEntry),
+    Number(index::NumberEntry),
 }
 
 async fn ids(app: &TestApp, rt: &str, key: &str, value: &str) -> Vec<String> {
@@ -175,7 +193,8 @@ both_backends! {
                 .chain(e.references.into_iter().map(Entry::Reference))
                 .chain(e.uris.into_iter().map(Entry::Uri))
                 .chain(e.composites.into_iter().map(Entry::Composite))
-                .chain(e.positions.into_iter().map(Entry::Position));
+                .chain(e.positions.into_iter().map(Entry::Position))
+                .chain(e.numbers.into_iter().map(Entry::Number));
             let mut asked = BTreeSet::new();
             for entry in entries {
                 let Some((key, value)) = hit_query(&entry) else { continue };

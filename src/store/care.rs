@@ -1,0 +1,490 @@
+//! The record of the care itself (DESIGN.md, "Recording the care, not only the calendar"): the
+//! Encounters the server writes when a session took place, the rules of session notes
+//! (DocumentReference), and which clients a practitioner is assigned to.
+
+use base64::Engine as _;
+use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text};
+use serde_json::{json, Map, Value};
+
+use super::hooks::{Change, Written};
+use super::search::load;
+use super::write::{create_in, update_in, Tx, Via};
+use super::{Abort, AnyConnection, Store, WriteAccess};
+use crate::error::Error;
+use crate::resources::compartment::{self, Notes};
+use crate::resources::{dates, local_id, new_id, parse_reference, ResourceType, Target};
+use crate::scheduling::{self, APPOINTMENT_VIRTUAL_SERVICE};
+use crate::search::plan::Sql;
+
+/// HL7 v3 ActCode: the class of an Encounter (R4 Encounter.class, extensible to v3 ActEncounterCode).
+const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+/// The attachment types a session note may carry inline.
+const NOTE_CONTENT_TYPES: [&str; 3] = ["text/plain", "text/markdown", "application/pdf"];
+
+#[derive(QueryableByName)]
+struct Stored {
+    #[diesel(sql_type = Text)]
+    res_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    body: Option<String>,
+}
+
+impl Store {
+    /// The clients assigned to Practitioner/`practitioner` at `now` (ms): the subject Patients of
+    /// the CareTeams in which the practitioner is an active participant, and the active members of
+    /// the Groups that are the subject of such a CareTeam. A CareTeam counts while its status is
+    /// `active` and its period (if any) covers `now`; a participant, while its own period (if any)
+    /// covers `now`. The candidates come from the reference index (the practitioner's own teams,
+    /// a caseload's worth), and only they are read.
+    pub fn assigned_patients(&self, practitioner: &str, now: i64) -> Result<Vec<String>, Error> {
+        let mut pooled = self.pool.get()?;
+        let conn: &mut AnyConnection = &mut pooled;
+        let mut sql = Sql::new(
+            "SELECT r.res_id, r.body FROM resources r WHERE r.res_type = 'CareTeam' AND r.deleted = false \
+             AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = 'CareTeam' AND param = 'participant' \
+             AND target_type = 'Practitioner' AND url IS NULL AND target_id = ",
+        );
+        sql.text_bind(practitioner).push(")");
+        let teams: Vec<Stored> = load(conn, &sql)?;
+        let mut patients = Vec::new();
+        let mut groups = Vec::new();
+        for body in teams.iter().filter_map(|t| t.body.as_deref()) {
+            let Ok(team) = serde_json::from_str::<Value>(body) else {
+                continue;
+            };
+            if team.get("status").and_then(Value::as_str) != Some("active") || !covers(team.get("period"), now) {
+                continue;
+            }
+            let active = team
+                .get("participant")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|p| covers(p.get("period"), now))
+                .filter_map(|p| p.get("member")?.get("reference")?.as_str())
+                .any(|r| local_id(r, "Practitioner").as_deref() == Some(practitioner));
+            if !active {
+                continue;
+            }
+            let Some(subject) = team.pointer("/subject/reference").and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some(p) = local_id(subject, "Patient") {
+                patients.push(p);
+            } else if let Some(g) = local_id(subject, "Group") {
+                groups.push(g);
+            }
+        }
+        groups.sort();
+        groups.dedup();
+        if !groups.is_empty() {
+            let rows: Vec<(String, Option<String>)> = super::schema::resources::table
+                .filter(super::schema::resources::res_type.eq("Group"))
+                .filter(super::schema::resources::deleted.eq(false))
+                .filter(super::schema::resources::res_id.eq_any(&groups))
+                .select((super::schema::resources::res_id, super::schema::resources::body))
+                .load(conn)?;
+            for group in rows.iter().filter_map(|(_, b)| b.as_deref()) {
+                if let Ok(group) = serde_json::from_str::<Value>(group) {
+                    patients.extend(scheduling::active_members(&group, now));
+                }
+            }
+        }
+        patients.sort();
+        patients.dedup();
+        Ok(patients)
+    }
+}
+
+/// Whether a Period (absent: always) covers `at` (ms); an open end is open.
+fn covers(period: Option<&Value>, at: i64) -> bool {
+    let bound = |key: &str| {
+        period
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_str)
+            .and_then(dates::parse_range)
+    };
+    bound("start").map_or(i64::MIN, |r| r.low) <= at && at <= bound("end").map_or(i64::MAX, |r| r.high)
+}
+
+/// Before a DocumentReference is stored: a psychotherapy note (meta.security v3-ActCode PSYTHPN)
+/// has exactly one author, a Practitioner of this server (422), and that is the writer's own
+/// `fhirUser` (403): only its author ever sees it, so no one else may write one in their name —
+/// a system token included. Every inline attachment is one a session note may carry (422).
+pub(super) fn before_document_reference(_tx: &mut Tx, change: &Change, doc: &mut Value) -> Result<(), Abort> {
+    let rt = change.rt;
+    if compartment::is_psychotherapy_note(rt, doc) {
+        let authors = doc.get("author").and_then(Value::as_array).map_or(0, Vec::len);
+        let practitioners = compartment::practitioner_authors(doc);
+        if authors != 1 || practitioners.len() != 1 {
+            return Err(Error::Unprocessable(
+                "a psychotherapy note (meta.security v3-ActCode|PSYTHPN) needs exactly one author, a Practitioner of this server (Practitioner/id)".into(),
+            )
+            .into());
+        }
+        if let Notes::AuthoredBy(writer) = &change.access.reach.notes {
+            if writer.as_deref() != Some(practitioners[0].as_str()) {
+                return Err(Error::Forbidden(
+                    "a psychotherapy note may be written only by its author: the token's fhirUser must be the note's author".into(),
+                )
+                .into());
+            }
+        }
+    }
+    let contents = doc
+        .get("content")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, content) in contents.iter().enumerate() {
+        let Some(attachment) = content.get("attachment") else {
+            continue;
+        };
+        check_attachment(attachment)
+            .map_err(|m| Error::Unprocessable(format!("DocumentReference.content[{i}].attachment: {m}")))?;
+    }
+    Ok(())
+}
+
+/// An inline attachment (one with `data`): a content type of [`NOTE_CONTENT_TYPES`], base64 that
+/// decodes, matches `size` when given, and is what its type says (UTF-8 text; a PDF's `%PDF-`
+/// header). A document held elsewhere (`url` only, as an EHR's CDA document) is not ours to check.
+fn check_attachment(attachment: &Value) -> Result<(), String> {
+    if attachment.get("data").is_none() {
+        return Ok(());
+    }
+    let content_type = attachment.get("contentType").and_then(Value::as_str).unwrap_or("");
+    let (mime, params) = content_type.split_once(';').unwrap_or((content_type, ""));
+    let mime = mime.trim().to_ascii_lowercase();
+    if !NOTE_CONTENT_TYPES.contains(&mime.as_str()) {
+        return Err(format!(
+            "contentType '{content_type}' is not one a session note may carry ({})",
+            NOTE_CONTENT_TYPES.join(", ")
+        ));
+    }
+    let charset = params
+        .split(';')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_ascii_lowercase());
+    if charset.as_deref().is_some_and(|c| c != "utf-8") {
+        return Err("a text note's charset must be utf-8".into());
+    }
+    let Some(data) = attachment.get("data").and_then(Value::as_str) else {
+        return Err("data must be base64 text".into());
+    };
+    let compact: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|_| "data is not base64".to_string())?;
+    if let Some(size) = attachment.get("size").and_then(Value::as_u64) {
+        if size != bytes.len() as u64 {
+            return Err(format!("size is {size} but data holds {} bytes", bytes.len()));
+        }
+    }
+    if mime == "application/pdf" {
+        if !bytes.starts_with(b"%PDF-") {
+            return Err("data is not a PDF (no %PDF- header)".into());
+        }
+    } else if std::str::from_utf8(&bytes).is_err() {
+        return Err("data is not UTF-8 text".into());
+    }
+    Ok(())
+}
+
+/// The identifier an Encounter of ours carries: system [`scheduling::Canonical::encounter_identifier`],
+/// value `Appointment/{id}` for a group's session Encounter and `Appointment/{id}/Patient/{pid}`
+/// for a client's.
+fn identifier_value(appointment: &str, patient: Option<&str>) -> String {
+    match patient {
+        Some(p) => format!("Appointment/{appointment}/Patient/{p}"),
+        None => format!("Appointment/{appointment}"),
+    }
+}
+
+/// After an Appointment is stored: its Encounters, in the same transaction. Fulfilled: an
+/// individual session has one Encounter per client, a group session one for the session (subject
+/// the Group) and one per member recorded as `attended`, partOf it; each is found again by our
+/// identifier, so a re-save changes (a new version) only what differs and never duplicates. Ours
+/// that are no longer wanted (a member corrected to no-show, a status other than fulfilled) turn
+/// `entered-in-error`; none is deleted.
+pub(super) fn after_appointment(tx: &mut Tx, written: &Written) -> Result<(), Abort> {
+    let appointment = written.resource;
+    let wanted = if appointment.get("status").and_then(Value::as_str) == Some("fulfilled") {
+        wanted_encounters(tx, written.id, appointment)
+    } else {
+        Vec::new()
+    };
+    settle_encounters(tx, written.id, wanted)
+}
+
+/// When an Appointment is deleted: its Encounters turn `entered-in-error`.
+pub(super) fn retire_encounters(tx: &mut Tx, appointment_id: &str) -> Result<(), Abort> {
+    settle_encounters(tx, appointment_id, Vec::new())
+}
+
+/// One Encounter the server wants for an Appointment: its identifier value, and the elements it owns.
+struct Wanted {
+    key: String,
+    /// For a client's Encounter of a group session: it is partOf the session Encounter.
+    part_of_session: bool,
+    owned: Map<String, Value>,
+}
+
+fn wanted_encounters(tx: &Tx, id: &str, appointment: &Value) -> Vec<Wanted> {
+    let canonical = &tx.rules.canonical;
+    let participants: Vec<&Value> = appointment
+        .get("participant")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("status").and_then(Value::as_str) != Some("declined"))
+        .collect();
+    let of_type = |p: &&Value, types: &[&str]| {
+        p.get("actor")
+            .and_then(|a| a.get("reference"))
+            .and_then(Value::as_str)
+            .is_some_and(|r| match parse_reference(r) {
+                Target::Local { res_type, .. } => types.contains(&res_type.as_str()),
+                Target::External(url) => types.iter().any(|t| url.contains(&format!("/{t}/"))),
+                Target::Contained(_) => false,
+            })
+    };
+    let practitioners: Vec<Value> = participants
+        .iter()
+        .filter(|p| of_type(p, &["Practitioner", "PractitionerRole"]))
+        .filter_map(|p| p.get("actor").cloned())
+        .map(|actor| json!({"individual": actor}))
+        .collect();
+    let locations: Vec<Value> = participants
+        .iter()
+        .filter(|p| of_type(p, &["Location"]))
+        .filter_map(|p| p.get("actor").cloned())
+        .map(|actor| json!({"location": actor}))
+        .collect();
+    let video = appointment
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| e.get("url").and_then(Value::as_str) == Some(APPOINTMENT_VIRTUAL_SERVICE));
+    let class = if video {
+        json!({"system": ACT_CODE, "code": "VR", "display": "virtual"})
+    } else {
+        json!({"system": ACT_CODE, "code": "AMB", "display": "ambulatory"})
+    };
+    let owned = |key: &str, subject: Value| {
+        let mut m = Map::new();
+        m.insert(
+            "identifier".into(),
+            json!([{"system": canonical.encounter_identifier(), "value": key}]),
+        );
+        m.insert("status".into(), json!("finished"));
+        m.insert("class".into(), class.clone());
+        if let Some(service) = appointment
+            .get("serviceType")
+            .and_then(Value::as_array)
+            .and_then(|s| s.first())
+        {
+            m.insert("serviceType".into(), service.clone());
+        }
+        m.insert("subject".into(), subject);
+        if !practitioners.is_empty() {
+            m.insert("participant".into(), Value::Array(practitioners.clone()));
+        }
+        m.insert(
+            "appointment".into(),
+            json!([{"reference": format!("Appointment/{id}")}]),
+        );
+        let mut period = Map::new();
+        for k in ["start", "end"] {
+            if let Some(v) = appointment.get(k) {
+                period.insert(k.into(), v.clone());
+            }
+        }
+        if !period.is_empty() {
+            m.insert("period".into(), Value::Object(period));
+        }
+        if !locations.is_empty() {
+            m.insert("location".into(), Value::Array(locations.clone()));
+        }
+        m
+    };
+    match scheduling::session_group(appointment) {
+        Some(group) => {
+            let mut wanted = vec![Wanted {
+                key: identifier_value(id, None),
+                part_of_session: false,
+                owned: owned(
+                    &identifier_value(id, None),
+                    json!({"reference": format!("Group/{group}")}),
+                ),
+            }];
+            for (patient, declined, code) in scheduling::patient_attendance(appointment, canonical) {
+                if declined
+                    || code != Some("attended")
+                    || wanted.iter().any(|w| w.key.ends_with(&format!("/Patient/{patient}")))
+                {
+                    continue;
+                }
+                let key = identifier_value(id, Some(&patient));
+                wanted.push(Wanted {
+                    owned: owned(&key, json!({"reference": format!("Patient/{patient}")})),
+                    key,
+                    part_of_session: true,
+                });
+            }
+            wanted
+        }
+        None => scheduling::patient_ids(appointment)
+            .into_iter()
+            .map(|patient| {
+                let key = identifier_value(id, Some(&patient));
+                Wanted {
+                    owned: owned(&key, json!({"reference": format!("Patient/{patient}")})),
+                    key,
+                    part_of_session: false,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Brings the Encounters of ours for Appointment/`id` to `wanted`: creates what is missing,
+/// updates what differs in the elements we own (what a client added to them stays), and turns
+/// the rest `entered-in-error`.
+fn settle_encounters(tx: &mut Tx, id: &str, wanted: Vec<Wanted>) -> Result<(), Abort> {
+    let system = tx.rules.canonical.encounter_identifier();
+    let mut sql = Sql::new(
+        "SELECT r.res_id, r.body FROM resources r WHERE r.res_type = 'Encounter' AND r.deleted = false \
+         AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = 'Encounter' AND param = 'appointment' \
+         AND target_type = 'Appointment' AND url IS NULL AND target_id = ",
+    );
+    sql.text_bind(id).push(") ORDER BY r.res_id");
+    let rows: Vec<Stored> = load(tx.c, &sql)?;
+    // (identifier value, id, body) of ours; an EHR's own Encounters of the Appointment are not.
+    let mut existing: Vec<(String, String, Value)> = Vec::new();
+    for row in rows {
+        let Some(body) = row.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
+            continue;
+        };
+        let key = body
+            .get("identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|i| i.get("system").and_then(Value::as_str) == Some(system.as_str()))
+            .and_then(|i| i.get("value")?.as_str().map(str::to_string));
+        if let Some(key) = key {
+            if !existing.iter().any(|(k, _, _)| *k == key) {
+                existing.push((key, row.res_id, body));
+            }
+        }
+    }
+    let access = WriteAccess::full();
+    let via = Via {
+        method: "PUT",
+        check_refs: false,
+    };
+    let mut session_id: Option<String> = None;
+    for w in wanted {
+        let mut owned = w.owned;
+        if w.part_of_session {
+            if let Some(session) = &session_id {
+                owned.insert("partOf".into(), json!({"reference": format!("Encounter/{session}")}));
+            }
+        }
+        let found = existing.iter().position(|(k, _, _)| *k == w.key);
+        let enc_id = match found {
+            Some(i) => {
+                let (_, enc_id, body) = existing.remove(i);
+                let mut updated = body.clone();
+                if let Some(map) = updated.as_object_mut() {
+                    if !w.part_of_session {
+                        map.remove("partOf");
+                    }
+                    for (k, v) in owned {
+                        map.insert(k, v);
+                    }
+                }
+                if without_meta(&updated) != without_meta(&body) {
+                    update_in(tx, encounter()?, &enc_id, &updated, None, via, &access)?;
+                }
+                enc_id
+            }
+            None => {
+                let mut body = Map::new();
+                body.insert("resourceType".into(), json!("Encounter"));
+                body.extend(owned);
+                let enc_id = new_id();
+                create_in(tx, encounter()?, &Value::Object(body), &enc_id, false, &access)?;
+                enc_id
+            }
+        };
+        if !w.part_of_session {
+            session_id.get_or_insert(enc_id);
+        }
+    }
+    for (_, enc_id, mut body) in existing {
+        if body.get("status").and_then(Value::as_str) == Some("entered-in-error") {
+            continue;
+        }
+        body["status"] = json!("entered-in-error");
+        update_in(tx, encounter()?, &enc_id, &body, None, via, &access)?;
+    }
+    Ok(())
+}
+
+fn encounter() -> Result<ResourceType, Error> {
+    ResourceType::parse("Encounter").ok_or_else(|| Error::Internal("Encounter is not hosted".into()))
+}
+
+fn without_meta(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("meta");
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn a_note_attachment_is_inline_text_or_pdf() {
+        let ok = json!({"contentType": "text/plain; charset=utf-8", "data": b64(b"Slept better."), "size": 13});
+        assert_eq!(check_attachment(&ok), Ok(()));
+        assert_eq!(
+            check_attachment(&json!({"contentType": "application/pdf", "data": b64(b"%PDF-1.7 ...")})),
+            Ok(())
+        );
+        assert!(check_attachment(&json!({"contentType": "text/html", "data": b64(b"<p>")})).is_err());
+        assert_eq!(
+            check_attachment(&json!({"contentType": "application/hl7-v3+xml", "url": "https://x/y"})),
+            Ok(())
+        );
+        assert!(check_attachment(&json!({"data": b64(b"no type")})).is_err());
+        assert!(check_attachment(&json!({"contentType": "text/plain", "data": "%%%"})).is_err());
+        assert!(check_attachment(&json!({"contentType": "text/plain", "data": b64(b"abc"), "size": 4})).is_err());
+        assert!(check_attachment(&json!({"contentType": "application/pdf", "data": b64(b"not a pdf")})).is_err());
+        assert!(check_attachment(&json!({"contentType": "text/markdown", "data": b64(&[0xff, 0xfe])})).is_err());
+        assert!(check_attachment(&json!({"contentType": "text/plain; charset=latin1", "data": b64(b"x")})).is_err());
+    }
+
+    #[test]
+    fn periods_cover_with_open_ends() {
+        let at = dates::parse_range("2027-03-01T10:00:00Z").unwrap().low;
+        assert!(covers(None, at));
+        assert!(covers(Some(&json!({"start": "2027-01-01"})), at));
+        assert!(covers(Some(&json!({"end": "2027-03-01"})), at));
+        assert!(!covers(Some(&json!({"end": "2027-02-28"})), at));
+        assert!(!covers(Some(&json!({"start": "2027-03-02"})), at));
+    }
+}
