@@ -924,6 +924,11 @@ fn schemas() -> Map<String, Value> {
                 "token_endpoint": {"type": "string"},
                 "scopes_supported": {"type": "array", "items": {"type": "string"}},
                 "capabilities": {"type": "array", "items": {"type": "string"}},
+                "user_access": {
+                    "type": "object",
+                    "description": "What user/ scopes reach here (TANDEM_USER_ACCESS): a practitioner's assigned clients, or every record",
+                    "properties": {"mode": {"type": "string", "enum": ["assigned", "all"]}, "description": {"type": "string"}},
+                },
             },
             "required": ["capabilities"],
         }),

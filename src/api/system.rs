@@ -24,6 +24,24 @@ const SCOPES_SUPPORTED: [&str; 12] = [
     "fhirUser",
 ];
 
+/// What `user/` scopes reach (TANDEM_USER_ACCESS), and the rule that holds for every token: as
+/// told by the CapabilityStatement and the SMART configuration.
+fn user_access_text(config: &crate::config::Config) -> &'static str {
+    match config.user_access {
+        crate::config::UserAccess::Assigned => {
+            "user/ scopes (TANDEM_USER_ACCESS=assigned) reach the records in the Patient compartment of the clients \
+             assigned to the token's fhirUser Practitioner (an active participant of the client's CareTeam, or of the \
+             CareTeam of a Group the client is an active member of, at the time of the request), and every record \
+             outside the Patient compartment; psychotherapy notes (DocumentReference labelled v3-ActCode PSYTHPN) are \
+             seen only by their author, whatever the token"
+        }
+        crate::config::UserAccess::All => {
+            "user/ scopes (TANDEM_USER_ACCESS=all) reach every record of the types they name; psychotherapy notes \
+             (DocumentReference labelled v3-ActCode PSYTHPN) are seen only by their author, whatever the token"
+        }
+    }
+}
+
 /// CapabilityStatement.rest.security: SMART on FHIR bearer tokens.
 fn security(state: &AppState) -> Value {
     let config = &state.config;
@@ -38,10 +56,12 @@ fn security(state: &AppState) -> Value {
             "Every request but /metadata, /.well-known/smart-configuration, the conformance resources, the \
              probes, /metrics and /docs needs `Authorization: Bearer <JWT>`: RS256 or ES256 (HS256 only where \
              enabled), issuer {}, audience {}. SMART v2 scopes (c r u d s; v1 read/write accepted) are enforced per \
-             interaction; patient/ scopes reach only the compartment of the token's patient claim; the audit \
-             trail (AuditEvent) needs system/AuditEvent.rs.",
+             interaction; patient/ scopes reach only the compartment of the token's patient claim, where group \
+             sessions and Groups show no other patient (labelled REDACTED); {}; the audit trail (AuditEvent) needs \
+             system/AuditEvent.rs.",
             state.verifier.issuer(),
-            state.verifier.audience()
+            state.verifier.audience(),
+            user_access_text(config)
         ),
     });
     let mut uris = Vec::new();
@@ -116,6 +136,14 @@ pub async fn smart_configuration(ctx: Ctx, state: web::Data<AppState>) -> HttpRe
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        // An additional field (SMART App Launch 2.0 allows them): what user/ scopes reach here.
+        "user_access": {
+            "mode": match config.user_access {
+                crate::config::UserAccess::Assigned => "assigned",
+                crate::config::UserAccess::All => "all",
+            },
+            "description": user_access_text(config),
+        },
     });
     if let Some(a) = &config.auth_authorization_endpoint {
         doc["authorization_endpoint"] = json!(a);

@@ -83,6 +83,16 @@ both_backends! {
         assert!(doc["capabilities"].as_array().unwrap().contains(&json!("client-confidential-asymmetric")));
         assert!(doc.get("authorization_endpoint").is_none());
         assert!(doc.get("code_challenge_methods_supported").is_none());
+        // What user/ scopes reach (TANDEM_USER_ACCESS), here and in the CapabilityStatement.
+        assert_eq!(doc["user_access"]["mode"], "assigned");
+        let cs = json(app.anonymous.get(app.url("metadata")).send().await.unwrap()).await;
+        assert!(cs["rest"][0]["security"]["description"].as_str().unwrap().contains("TANDEM_USER_ACCESS=assigned"));
+        let open = TestApp::spawn_configured(backend, |c| {
+            c.auth_token_endpoint = Some(token.into());
+            c.user_access = tandem::config::UserAccess::All;
+        }).await;
+        let doc = json(open.anonymous.get(open.url(".well-known/smart-configuration")).send().await.unwrap()).await;
+        assert_eq!(doc["user_access"]["mode"], "all");
 
         let authorize = "https://idp.clinic.example/authorize";
         let app = TestApp::spawn_configured(backend, |c| {

@@ -10,7 +10,7 @@ use crate::both_backends;
 use crate::helpers::*;
 
 /// Kicks off an export; returns the status URL.
-async fn kick_off(app: &TestApp, client: &reqwest::Client, path: &str) -> String {
+pub(crate) async fn kick_off(app: &TestApp, client: &reqwest::Client, path: &str) -> String {
     let res = client
         .get(app.url(path))
         .header("Prefer", "respond-async")
@@ -23,7 +23,7 @@ async fn kick_off(app: &TestApp, client: &reqwest::Client, path: &str) -> String
 }
 
 /// Polls a status URL until the manifest is there.
-async fn manifest(client: &reqwest::Client, status_url: &str) -> Value {
+pub(crate) async fn manifest(client: &reqwest::Client, status_url: &str) -> Value {
     for _ in 0..400 {
         let res = client.get(status_url).send().await.unwrap();
         match res.status().as_u16() {
@@ -39,7 +39,7 @@ async fn manifest(client: &reqwest::Client, status_url: &str) -> Value {
 }
 
 /// Every resource of a manifest's files, each checked against the R4 model: (type, id) pairs.
-async fn read_back(client: &reqwest::Client, manifest: &Value) -> BTreeSet<(String, String)> {
+pub(crate) async fn read_back(client: &reqwest::Client, manifest: &Value) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for file in manifest["output"].as_array().unwrap() {
         let res = client.get(file["url"].as_str().unwrap()).send().await.unwrap();
