@@ -250,9 +250,15 @@ impl Principal {
     }
 
     /// What a caller holding `grant` may see (compartment::Reach): the grant's patients, and the
-    /// psychotherapy notes its own Practitioner wrote.
+    /// psychotherapy notes its own Practitioner wrote (through a `user/` scope).
     pub fn reach(&self, grant: &Grant) -> Reach {
-        let notes = Notes::AuthoredBy(self.practitioner());
+        // A psychotherapy note's author acts through a user/ token (a practitioner's app); a
+        // backend service's system/ token never reaches one, whatever fhirUser it carries.
+        let author = match self.scopes.iter().any(|s| s.context == Context::User) {
+            true => self.practitioner(),
+            false => None,
+        };
+        let notes = Notes::AuthoredBy(author);
         match grant {
             Grant::All => Reach {
                 patients: None,

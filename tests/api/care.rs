@@ -299,6 +299,9 @@ both_backends! {
         assert_eq!(status, 403, "a system token cannot write a psychotherapy note");
         let (status, _) = send(&ngata, ngata.post(app.url("DocumentReference")), &psych).await;
         assert_eq!(status, 403, "nor another practitioner in the author's name");
+        let service_as_moss = bearer_client(&tandem::auth::token::mint(&app.config, "system/*.cruds", None, "svc", Some("Practitioner/moss".into()), 600).unwrap());
+        let (status, _) = send(&service_as_moss, service_as_moss.post(app.url("DocumentReference")), &psych).await;
+        assert_eq!(status, 403, "nor a system token that names the author as its fhirUser");
         let mut no_author = psych.clone();
         no_author.as_object_mut().unwrap().remove("author");
         assert_eq!(send(&moss, moss.post(app.url("DocumentReference")), &no_author).await.0, 422);
@@ -316,7 +319,7 @@ both_backends! {
         // Read, vread, history: the author only; everyone else is told it does not exist.
         let path = format!("DocumentReference/{psych_id}");
         assert_eq!(get(&app, &moss, &path).await.0, 200);
-        for (who, client) in [("ngata", &ngata), ("system", &system), ("p1", &p1)] {
+        for (who, client) in [("ngata", &ngata), ("system", &system), ("p1", &p1), ("system as moss", &service_as_moss)] {
             assert_eq!(get(&app, client, &path).await.0, 404, "{who} read");
             assert_eq!(get(&app, client, &format!("{path}/_history/1")).await.0, 404, "{who} vread");
             assert_eq!(get(&app, client, &format!("{path}/_history")).await.0, 404, "{who} history");
