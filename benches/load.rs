@@ -13,6 +13,13 @@
 //! (or, with `--json`, one JSON object per line): requests, throughput, p50/p99 latency, errors (any
 //! answer that is not 2xx, or no answer). `--only read,search` runs some scenarios only.
 //!
+//! Two scenarios read as someone other than the system: `member-read` with `--member-token` (a
+//! `patient/` token of Patient/bench-pa0, a member of group 0) reads that group's sessions, which
+//! the server shows without the other members; `therapist-encounters` with `--therapist-token` (a
+//! `user/` token whose fhirUser is Practitioner/bench-pr0) searches the Encounters of the clients
+//! assigned to that therapist through their CareTeams. Without its token such a scenario is not run,
+//! and says so.
+//!
 //! Writes during the scenarios (create, transaction, $book-session) book hours after the latest
 //! appointment on the server, found with `Appointment?_sort=-date&_count=1`, so a run never clashes
 //! with data already there and runs can be repeated on one database.
@@ -37,9 +44,11 @@ const WEEK: i64 = 7 * DAY;
 /// Individual sessions a therapist holds in a week (five a day, Monday to Friday).
 const PER_WEEK: u64 = 25;
 /// Every scenario, in the order they run.
-const SCENARIOS: [Scenario; 9] = [
+const SCENARIOS: [Scenario; 11] = [
     Scenario::Create,
     Scenario::Read,
+    Scenario::MemberRead,
+    Scenario::TherapistEncounters,
     Scenario::Update,
     Scenario::SearchDateActor,
     Scenario::SearchSorted,
@@ -53,6 +62,8 @@ const SCENARIOS: [Scenario; 9] = [
 struct Args {
     base: String,
     token: Option<String>,
+    member_token: Option<String>,
+    therapist_token: Option<String>,
     only: Vec<String>,
     seed: bool,
     json: bool,
@@ -72,6 +83,8 @@ impl Args {
         let mut a = Args {
             base: String::new(),
             token: std::env::var("TANDEM_BENCH_TOKEN").ok(),
+            member_token: std::env::var("TANDEM_BENCH_MEMBER_TOKEN").ok(),
+            therapist_token: std::env::var("TANDEM_BENCH_THERAPIST_TOKEN").ok(),
             only: Vec::new(),
             seed: false,
             json: false,
@@ -93,6 +106,8 @@ impl Args {
             match flag.as_str() {
                 "--base" => a.base = value().trim_end_matches('/').to_string(),
                 "--token" => a.token = Some(value()),
+                "--member-token" => a.member_token = Some(value()),
+                "--therapist-token" => a.therapist_token = Some(value()),
                 "--only" => a.only = value().split(',').map(str::to_string).collect(),
                 "--seed" => a.seed = true,
                 "--json" => a.json = true,
@@ -133,6 +148,11 @@ impl Args {
 
     fn individual_sessions(&self) -> u64 {
         self.appointments - self.group_sessions()
+    }
+
+    /// Encounters seeded: one for each of the first individual sessions, four per client.
+    fn encounters(&self) -> u64 {
+        self.individual_sessions().min(4 * self.patients)
     }
 
     /// Weeks that hold the seeded individual sessions.
@@ -277,7 +297,20 @@ fn resources(a: &Args) -> Vec<(&'static str, u64, Make<'_>)> {
             }),
         ),
         ("Appointment", a.appointments, Box::new(|i| appointment(i, a))),
+        ("Encounter", a.encounters(), Box::new(|k| encounter(k, a))),
     ]
+}
+
+/// The Encounter of individual session k, as an EHR would record it (the seeded sessions are all
+/// booked, so the server writes none of its own).
+fn encounter(k: u64, a: &Args) -> Value {
+    let session = individual(k, a);
+    json!({"resourceType": "Encounter", "id": format!("bench-en{k}"), "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/bench-pa{}", k % a.patients)},
+        "participant": [{"individual": {"reference": format!("Practitioner/bench-pr{}", k % a.practitioners)}}],
+        "appointment": [{"reference": format!("Appointment/bench-ai{k}")}],
+        "period": {"start": session["start"], "end": session["end"]}})
 }
 
 /// Appointment i of the seeded calendar: four individual sessions, then one group session.
@@ -411,6 +444,8 @@ impl Client {
 enum Scenario {
     Create,
     Read,
+    MemberRead,
+    TherapistEncounters,
     Update,
     SearchDateActor,
     SearchSorted,
@@ -425,6 +460,8 @@ impl Scenario {
         match self {
             Scenario::Create => "create",
             Scenario::Read => "read",
+            Scenario::MemberRead => "member-read",
+            Scenario::TherapistEncounters => "therapist-encounters",
             Scenario::Update => "update",
             Scenario::SearchDateActor => "search",
             Scenario::SearchSorted => "search-sorted",
@@ -439,6 +476,8 @@ impl Scenario {
         match self {
             Scenario::Create => "create Appointment",
             Scenario::Read => "read Appointment by id",
+            Scenario::MemberRead => "read a group session as a member (patient/ token, redacted)",
+            Scenario::TherapistEncounters => "search Encounters of a client as an assigned therapist (user/ token)",
             Scenario::Update => "update Appointment",
             Scenario::SearchDateActor => "search Appointment by week + therapist (_count=20)",
             Scenario::SearchSorted => "the same search, _sort=date",
@@ -486,6 +525,23 @@ async fn request(c: &Client, scenario: Scenario, i: u64, next: &AtomicU64, after
         }
         Scenario::Read => {
             http.get(c.url(&format!("Appointment/{}", individual_id().1)))
+                .send()
+                .await
+        }
+        Scenario::MemberRead => {
+            // Group 0's weekly sessions: j = w * G.
+            let weeks = (a.group_sessions() / a.groups).max(1);
+            let j = (i % weeks) * a.groups;
+            http.get(c.url(&format!("Appointment/bench-ag{j}")))
+                .bearer_auth(a.member_token.as_deref().unwrap_or(""))
+                .send()
+                .await
+        }
+        Scenario::TherapistEncounters => {
+            // The clients of therapist 0 are those whose number is a multiple of P.
+            let pa = (i % (a.patients / a.practitioners).max(1)) * a.practitioners;
+            http.get(c.url(&format!("Encounter?subject=Patient/bench-pa{pa}&_count=20")))
+                .bearer_auth(a.therapist_token.as_deref().unwrap_or(""))
                 .send()
                 .await
         }
@@ -661,6 +717,15 @@ async fn main() {
     }
     for scenario in SCENARIOS {
         if c.args.only.is_empty() || c.args.only.iter().any(|o| o == scenario.short()) {
+            let token = match scenario {
+                Scenario::MemberRead => Some(("--member-token", &c.args.member_token)),
+                Scenario::TherapistEncounters => Some(("--therapist-token", &c.args.therapist_token)),
+                _ => None,
+            };
+            if let Some((flag, None)) = token {
+                eprintln!("load: not running {}: it needs {flag}", scenario.short());
+                continue;
+            }
             run(&c, scenario).await;
         }
     }

@@ -97,6 +97,9 @@ def load(exe, args, *extra):
     env = dict(os.environ)
     if args.get("token"):
         env["TANDEM_BENCH_TOKEN"] = args["token"]
+    for key, var in [("member_token", "TANDEM_BENCH_MEMBER_TOKEN"), ("therapist_token", "TANDEM_BENCH_THERAPIST_TOKEN")]:
+        if args.get(key):
+            env[var] = args[key]
     out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if out.returncode != 0:
         sys.exit(f"the load generator failed ({out.returncode}); its messages are above")
@@ -169,7 +172,12 @@ def bench_backend(name, exes, opts, workdir):
     result["first_start_s"] = server.start()
     token = subprocess.run([server_exe, "token", "--scope", "system/*.cruds", "--lifetime", "86400"], env=env,
                            check=True, capture_output=True, text=True).stdout.strip()
-    args = {"port": PORT, "concurrency": opts.concurrency, "seconds": opts.seconds, "scale": opts.scale, "token": token}
+    mint = lambda *scope: subprocess.run([server_exe, "token", *scope, "--lifetime", "86400"], env=env,
+                                         check=True, capture_output=True, text=True).stdout.strip()
+    args = {"port": PORT, "concurrency": opts.concurrency, "seconds": opts.seconds, "scale": opts.scale, "token": token,
+            # A member of group 0, and the therapist of clients 0, P, 2P… (benches/load.rs).
+            "member_token": mint("--scope", "patient/*.rs", "--patient", "bench-pa0"),
+            "therapist_token": mint("--scope", "user/*.rs", "--fhir-user", "Practitioner/bench-pr0")}
     with analyzer:
         print(f"[{name}] seeding at scale {opts.scale}", file=sys.stderr, flush=True)
         seeded = load(load_exe, args, "--seed", "--only", "none")
@@ -268,7 +276,10 @@ def report(results, opts, date, machine_text):
         cells = []
         for b in backends:
             s = b["scenarios"][i]
-            ratio = f" ({s['per_second'] / base_rps:.0%} of baseline)" if s["scenario"] == "read" else ""
+            read = next((x for x in b["scenarios"] if x["scenario"] == "read"), None)
+            ratio = (f" ({s['per_second'] / base_rps:.0%} of baseline)" if s["scenario"] == "read"
+                     else f" ({s['per_second'] / read['per_second']:.0%} of the system read)"
+                     if s["scenario"] in ("member-read", "therapist-encounters") and read else "")
             cells.append(f"{s['per_second']:,.0f}{ratio} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['errors']}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| | " + " | ".join(b["backend"] for b in backends) + " |", "| --- |" + " ---: |" * len(backends)]

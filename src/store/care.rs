@@ -4,32 +4,22 @@
 
 use base64::Engine as _;
 use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Text};
 use serde_json::{json, Map, Value};
 
 use super::hooks::{Change, Written};
-use super::search::load;
+use super::schema::{idx_reference, resources};
 use super::write::{create_in, update_in, Tx, Via};
 use super::{Abort, AnyConnection, Store, WriteAccess};
 use crate::error::Error;
 use crate::resources::compartment::{self, Notes};
 use crate::resources::{dates, local_id, new_id, parse_reference, ResourceType, Target};
 use crate::scheduling::{self, APPOINTMENT_VIRTUAL_SERVICE};
-use crate::search::plan::Sql;
 
 /// HL7 v3 ActCode: the class of an Encounter (R4 Encounter.class, extensible to v3 ActEncounterCode).
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 
 /// The attachment types a session note may carry inline.
 const NOTE_CONTENT_TYPES: [&str; 3] = ["text/plain", "text/markdown", "application/pdf"];
-
-#[derive(QueryableByName)]
-struct Stored {
-    #[diesel(sql_type = Text)]
-    res_id: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    body: Option<String>,
-}
 
 impl Store {
     /// The clients assigned to Practitioner/`practitioner` at `now` (ms): the subject Patients of
@@ -41,16 +31,27 @@ impl Store {
     pub fn assigned_patients(&self, practitioner: &str, now: i64) -> Result<Vec<String>, Error> {
         let mut pooled = self.pool.get()?;
         let conn: &mut AnyConnection = &mut pooled;
-        let mut sql = Sql::new(
-            "SELECT r.res_id, r.body FROM resources r WHERE r.res_type = 'CareTeam' AND r.deleted = false \
-             AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = 'CareTeam' AND param = 'participant' \
-             AND target_type = 'Practitioner' AND url IS NULL AND target_id = ",
-        );
-        sql.text_bind(practitioner).push(")");
-        let teams: Vec<Stored> = load(conn, &sql)?;
+        let team_ids: Vec<String> = idx_reference::table
+            .filter(idx_reference::res_type.eq("CareTeam"))
+            .filter(idx_reference::param.eq("participant"))
+            .filter(idx_reference::target_id.eq(practitioner))
+            .filter(idx_reference::target_type.eq("Practitioner"))
+            .filter(idx_reference::url.is_null())
+            .select(idx_reference::res_id)
+            .load(conn)?;
+        let teams: Vec<Option<String>> = if team_ids.is_empty() {
+            Vec::new()
+        } else {
+            resources::table
+                .filter(resources::res_type.eq("CareTeam"))
+                .filter(resources::res_id.eq_any(&team_ids))
+                .filter(resources::deleted.eq(false))
+                .select(resources::body)
+                .load(conn)?
+        };
         let mut patients = Vec::new();
         let mut groups = Vec::new();
-        for body in teams.iter().filter_map(|t| t.body.as_deref()) {
+        for body in teams.iter().filter_map(|t| t.as_deref()) {
             let Ok(team) = serde_json::from_str::<Value>(body) else {
                 continue;
             };
@@ -80,13 +81,13 @@ impl Store {
         groups.sort();
         groups.dedup();
         if !groups.is_empty() {
-            let rows: Vec<(String, Option<String>)> = super::schema::resources::table
-                .filter(super::schema::resources::res_type.eq("Group"))
-                .filter(super::schema::resources::deleted.eq(false))
-                .filter(super::schema::resources::res_id.eq_any(&groups))
-                .select((super::schema::resources::res_id, super::schema::resources::body))
+            let rows: Vec<Option<String>> = resources::table
+                .filter(resources::res_type.eq("Group"))
+                .filter(resources::deleted.eq(false))
+                .filter(resources::res_id.eq_any(&groups))
+                .select(resources::body)
                 .load(conn)?;
-            for group in rows.iter().filter_map(|(_, b)| b.as_deref()) {
+            for group in rows.iter().filter_map(|b| b.as_deref()) {
                 if let Ok(group) = serde_json::from_str::<Value>(group) {
                     patients.extend(scheduling::active_members(&group, now));
                 }
@@ -357,17 +358,31 @@ fn wanted_encounters(tx: &Tx, id: &str, appointment: &Value) -> Vec<Wanted> {
 /// the rest `entered-in-error`.
 fn settle_encounters(tx: &mut Tx, id: &str, wanted: Vec<Wanted>) -> Result<(), Abort> {
     let system = tx.rules.canonical.encounter_identifier();
-    let mut sql = Sql::new(
-        "SELECT r.res_id, r.body FROM resources r WHERE r.res_type = 'Encounter' AND r.deleted = false \
-         AND r.res_id IN (SELECT res_id FROM idx_reference WHERE res_type = 'Encounter' AND param = 'appointment' \
-         AND target_type = 'Appointment' AND url IS NULL AND target_id = ",
-    );
-    sql.text_bind(id).push(") ORDER BY r.res_id");
-    let rows: Vec<Stored> = load(tx.c, &sql)?;
+    // Two lookups by index (the reference index by target, then the rows by key), so that no
+    // statistics can turn them into a scan: most Appointment writes find nothing here.
+    let ids: Vec<String> = idx_reference::table
+        .filter(idx_reference::res_type.eq("Encounter"))
+        .filter(idx_reference::param.eq("appointment"))
+        .filter(idx_reference::target_id.eq(id))
+        .filter(idx_reference::target_type.eq("Appointment"))
+        .filter(idx_reference::url.is_null())
+        .select(idx_reference::res_id)
+        .load(tx.c)?;
+    let rows: Vec<(String, Option<String>)> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        resources::table
+            .filter(resources::res_type.eq("Encounter"))
+            .filter(resources::res_id.eq_any(&ids))
+            .filter(resources::deleted.eq(false))
+            .order(resources::res_id)
+            .select((resources::res_id, resources::body))
+            .load(tx.c)?
+    };
     // (identifier value, id, body) of ours; an EHR's own Encounters of the Appointment are not.
     let mut existing: Vec<(String, String, Value)> = Vec::new();
-    for row in rows {
-        let Some(body) = row.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
+    for (res_id, body) in rows {
+        let Some(body) = body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
             continue;
         };
         let key = body
@@ -379,7 +394,7 @@ fn settle_encounters(tx: &mut Tx, id: &str, wanted: Vec<Wanted>) -> Result<(), A
             .and_then(|i| i.get("value")?.as_str().map(str::to_string));
         if let Some(key) = key {
             if !existing.iter().any(|(k, _, _)| *k == key) {
-                existing.push((key, row.res_id, body));
+                existing.push((key, res_id, body));
             }
         }
     }
