@@ -423,7 +423,9 @@ fn written_entry(ctx: &Ctx, status: StatusCode, v: &Version) -> Result<Value, Er
         }
     });
     if let Some(body) = &v.body {
-        e["resource"] = serde_json::from_str(body).map_err(|err| Error::Internal(format!("stored JSON: {err}")))?;
+        let resource = serde_json::from_str(body).map_err(|err| Error::Internal(format!("stored JSON: {err}")))?;
+        // A patient's own token sees group sessions and Groups without the other patients.
+        e["resource"] = ctx.shown(&v.res_type, resource);
     }
     Ok(e)
 }
@@ -460,7 +462,7 @@ fn result_entry(ctx: &Ctx, result: &OpResult, hide_body: bool) -> Result<Value, 
                 .map(|v| {
                     Ok(json!({
                         "fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)),
-                        "resource": super::search::parse_body(v)?,
+                        "resource": ctx.shown(&v.res_type, super::search::parse_body(v)?),
                         "search": {"mode": "match"},
                     }))
                 })

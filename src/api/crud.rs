@@ -25,6 +25,16 @@ pub(super) fn write_access(ctx: &Ctx, rt: ResourceType, grant: &Grant) -> WriteA
         may_create: ctx.grant(rt.as_str(), Permission::Create).is_ok(),
         may_read: ctx.grant(rt.as_str(), Permission::Read).is_ok(),
         base: Some(ctx.base.clone()),
+        subscribable: (rt.as_str() == "Subscription").then(|| {
+            ResourceType::all()
+                .filter(|t| {
+                    [Permission::Search, Permission::Read]
+                        .into_iter()
+                        .all(|p| ctx.grant(t.as_str(), p).is_ok_and(|g| g.is_all()))
+                })
+                .map(|t| t.as_str().to_string())
+                .collect()
+        }),
     }
 }
 
@@ -358,7 +368,6 @@ pub async fn read(
     let store = state.store.clone();
     let reach = ctx.reach_of(&grant);
     let version = blocking(move || store.read_visible(rt, &id, &reach)).await?;
-    let version = ctx.shown_version(version);
     audit_version(&ctx, rt, &version);
     ctx.version(HttpResponse::Ok(), &version)
 }
@@ -394,7 +403,6 @@ pub async fn vread(
     let store = state.store.clone();
     let reach = ctx.reach_of(&grant);
     let version = blocking(move || store.vread_visible(rt, &id, version_id, &reach)).await?;
-    let version = ctx.shown_version(version);
     audit_version(&ctx, rt, &version);
     ctx.version(HttpResponse::Ok(), &version)
 }

@@ -139,9 +139,27 @@ async fn history(
     if let Some(next) = page.next_before {
         links.push(json!({"relation": "next", "url": link(ctx, &path, &req, Some(format!("{next}.{watermark}")))}));
     }
+    // Every version of a DocumentReference the caller may not see as it stands (a psychotherapy
+    // note of someone else, labelled or deleted later) is left out, not only the labelled ones.
+    let mut notes: Vec<String> = page
+        .entries
+        .iter()
+        .filter(|v| v.res_type == "DocumentReference")
+        .map(|v| v.res_id.clone())
+        .collect();
+    notes.sort();
+    notes.dedup();
+    let unseen = match (notes.is_empty(), ctx.reach("DocumentReference", permission)) {
+        (false, Ok(reach)) => {
+            let store = state.store.clone();
+            blocking(move || store.unseen_notes(&notes, &reach)).await?
+        }
+        _ => Default::default(),
+    };
     let entries = page
         .entries
         .iter()
+        .filter(|v| !(v.res_type == "DocumentReference" && unseen.contains(&v.res_id)))
         .filter(|v| visible_version(ctx, permission, v))
         .map(|v| entry(ctx, v))
         .collect::<Result<Vec<_>, _>>()?;

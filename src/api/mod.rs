@@ -483,6 +483,15 @@ impl Ctx {
 
     /// A response carrying one stored version: ETag, Last-Modified and the resource.
     pub fn version(&self, mut builder: HttpResponseBuilder, v: &Version) -> Result<HttpResponse, Error> {
+        // Whatever answered with it (read, vread, a conditional create's match, a write's result),
+        // a patient's own token is shown a group session or a Group without the other patients.
+        let shown;
+        let v = if matches!(v.res_type.as_str(), "Appointment" | "Group") && self.own_patient(&v.res_type).is_some() {
+            shown = self.shown_version(v.clone());
+            &shown
+        } else {
+            v
+        };
         version_headers(&mut builder, v);
         let body = v
             .body

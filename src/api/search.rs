@@ -322,6 +322,7 @@ pub fn searchset(
     with_total: bool,
     shape: impl Fn(Value) -> Value,
 ) -> Result<Value, Error> {
+    let later_page = cursor.is_some();
     let mut links = vec![json!({"relation": "self", "url": link(cursor)})];
     if let Some(next) = &page.next {
         links.push(json!({"relation": "next", "url": link(Some(next.clone()))}));
@@ -330,8 +331,15 @@ pub fn searchset(
         links.push(json!({"relation": "previous", "url": link(Some(previous.clone()))}));
     }
     let mut entries = Vec::with_capacity(page.matches.len() + included.len() + 1);
+    // A later page comes from a snapshot taken at the first: what changed since (a note labelled
+    // PSYTHPN, a record that left a compartment, an assignment ended) or a cursor replayed by
+    // another caller must not show what this caller may not see now.
     for v in &page.matches {
-        let resource = shape(ctx.shown(&v.res_type, parse_body(v)?));
+        let body = parse_body(v)?;
+        if later_page && !ResourceType::parse(&v.res_type).is_some_and(|rt| may_read(ctx, rt, &body)) {
+            continue;
+        }
+        let resource = shape(ctx.shown(&v.res_type, body));
         entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": resource, "search": {"mode": "match"}}));
     }
     for v in included {

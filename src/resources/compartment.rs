@@ -153,58 +153,91 @@ impl Reach {
     }
 }
 
-/// Whether a patient's own view of `resource` leaves something out: a group session Appointment
-/// or a Group that names other local or external patients.
+/// Whether a patient's own view of `resource` leaves something out: a group session Appointment or
+/// a Group that holds an entry other than hers and those of practitioners and places, or
+/// contained resources (which could be anyone).
 pub fn needs_redaction(own_patient: &str, rt: ResourceType, resource: &Value) -> bool {
-    let others = |list: &str, field: &str| {
-        resource
+    let Some((list, field)) = redacted_list(rt) else {
+        return false;
+    };
+    resource.get("contained").is_some()
+        || resource
             .get(list)
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .any(|p| is_other_patient(own_patient, p.get(field)))
-    };
+            .any(|e| !kept(own_patient, rt, e.get(field)))
+        || (rt.as_str() == "Group" && resource.get("quantity").is_some() && resource.get("member").is_some())
+}
+
+/// The list of people a type's patient view is cut from, and the field naming each.
+fn redacted_list(rt: ResourceType) -> Option<(&'static str, &'static str)> {
     match rt.as_str() {
-        "Appointment" => others("participant", "actor"),
-        "Group" => others("member", "entity") || resource.get("quantity").is_some() && resource.get("member").is_some(),
-        _ => false,
+        "Appointment" => Some(("participant", "actor")),
+        "Group" => Some(("member", "entity")),
+        _ => None,
     }
 }
 
-/// A reference to a patient other than `own` (a local Patient, or an absolute one: the reader
-/// cannot tell it is not someone else).
-fn is_other_patient(own: &str, reference: Option<&Value>) -> bool {
-    let Some(r) = reference.and_then(|r| r.get("reference")).and_then(Value::as_str) else {
-        // A participant named only by display or identifier: not the reader's own entry either.
-        return reference.is_some_and(|r| r.get("display").is_some() || r.get("identifier").is_some());
+/// Whether an entry stays in a patient's own view (an allow-list): her own entry; in a session, an
+/// entry with no actor (a role still to fill) or one naming a practitioner, a place, a service or
+/// a device. Anyone else — another patient, a relative, a contained or display-only actor, an
+/// absolute reference she cannot tell — is left out.
+fn kept(own: &str, rt: ResourceType, reference: Option<&Value>) -> bool {
+    let Some(reference) = reference else {
+        return rt.as_str() == "Appointment";
     };
-    match super::parse_reference(r) {
-        super::Target::Local { res_type, id, .. } => res_type == "Patient" && id != own,
-        super::Target::External(url) => url.contains("/Patient/"),
-        super::Target::Contained(_) => false,
-    }
+    let Some(r) = reference.get("reference").and_then(Value::as_str) else {
+        return false;
+    };
+    let (res_type, own_entry) = match super::parse_reference(r) {
+        super::Target::Local { res_type, id, .. } => {
+            let own_entry = res_type == "Patient" && id == own;
+            (res_type, own_entry)
+        }
+        super::Target::External(url) => match [
+            "Practitioner",
+            "PractitionerRole",
+            "Location",
+            "HealthcareService",
+            "Device",
+        ]
+        .into_iter()
+        .find(|t| url.contains(&format!("/{t}/")))
+        {
+            Some(t) => (t.to_string(), false),
+            None => return false,
+        },
+        super::Target::Contained(_) => return false,
+    };
+    own_entry
+        || (rt.as_str() == "Appointment"
+            && matches!(
+                res_type.as_str(),
+                "Practitioner" | "PractitionerRole" | "Location" | "HealthcareService" | "Device"
+            ))
 }
 
-/// A patient's own view of a group session Appointment or a Group: the other patients' entries
-/// left out (a Group also loses `quantity`, which counts them), labelled REDACTED
-/// (v3-ObservationValue) so that a client knows it is not the whole record. Other types, and
-/// resources that name no other patient, are returned as they are.
+/// A patient's own view of a group session Appointment or a Group: only the entries [`kept`]
+/// (a Group also loses `quantity`, which counts them; both lose `contained` and the narrative,
+/// written from the whole), labelled REDACTED (v3-ObservationValue) so that a client knows it is
+/// not the whole record. Other types, and resources with nothing to leave out, are returned as
+/// they are.
 pub fn redact(own_patient: &str, rt: ResourceType, mut resource: Value) -> Value {
     if !needs_redaction(own_patient, rt, &resource) {
         return resource;
     }
-    let (list, field) = match rt.as_str() {
-        "Appointment" => ("participant", "actor"),
-        _ => ("member", "entity"),
+    let Some((list, field)) = redacted_list(rt) else {
+        return resource;
     };
     if let Some(entries) = resource.get_mut(list).and_then(Value::as_array_mut) {
-        entries.retain(|e| !is_other_patient(own_patient, e.get(field)));
+        entries.retain(|e| kept(own_patient, rt, e.get(field)));
     }
     if let Some(map) = resource.as_object_mut() {
         if rt.as_str() == "Group" {
             map.remove("quantity");
         }
-        // The text narrative was written from the whole resource.
+        map.remove("contained");
         map.remove("text");
         let meta = map.entry("meta").or_insert_with(|| serde_json::json!({}));
         if let Some(meta) = meta.as_object_mut() {

@@ -377,25 +377,46 @@ fn add_value(out: &mut Entries, param: &str, kind: ParamType, node: &Value) {
 /// Every pair of the two token components found under one node (Group.characteristic: its code
 /// and its value).
 fn add_composite(out: &mut Entries, param: &super::SearchParam, node: &Value) {
-    let [(ParamType::Token, first), (ParamType::Token, second)] = param.components.as_slice() else {
+    let [(first_kind, first), (ParamType::Token, second)] = param.components.as_slice() else {
         return;
     };
-    let tokens = |steps: &[Step]| {
+    // A component's values as (system, code) pairs: a token's own; a reference's `Type/id` (local)
+    // or URL (absolute) as a code without system, as a search value `Type/id$code` names it.
+    let values = |kind: ParamType, steps: &[Step]| -> Vec<(Option<String>, Option<String>)> {
         let mut e = Entries::default();
         for n in walk(node, steps) {
-            add_token(&mut e, "", n);
+            match kind {
+                ParamType::Reference => add_reference(&mut e, "", n),
+                _ => add_token(&mut e, "", n),
+            }
         }
-        e.tokens.into_iter().filter(|t| t.code.is_some()).collect::<Vec<_>>()
+        let references = e
+            .references
+            .into_iter()
+            .filter_map(|r| match (r.target_type, r.target_id, r.url) {
+                (_, _, Some(url)) => Some((None, Some(url))),
+                (Some(t), Some(id), None) => Some((None, Some(format!("{t}/{id}")))),
+                _ => None,
+            });
+        e.tokens
+            .into_iter()
+            .filter(|t| t.code.is_some())
+            .map(|t| (t.system, t.code))
+            .chain(references)
+            .collect()
     };
-    let (left, right) = (tokens(first), tokens(second));
-    for l in &left {
-        for r in &right {
+    if !matches!(first_kind, ParamType::Token | ParamType::Reference) {
+        return;
+    }
+    let (left, right) = (values(*first_kind, first), values(ParamType::Token, second));
+    for (system1, code1) in &left {
+        for (system2, code2) in &right {
             out.composites.push(CompositeEntry {
                 param: param.code.clone(),
-                system1: l.system.clone(),
-                code1: l.code.clone(),
-                system2: r.system.clone(),
-                code2: r.code.clone(),
+                system1: system1.clone(),
+                code1: code1.clone(),
+                system2: system2.clone(),
+                code2: code2.clone(),
             });
         }
     }

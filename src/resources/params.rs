@@ -159,11 +159,13 @@ impl SearchParam {
         match self.kind {
             // near is the one special parameter of our types: positions are indexed for it.
             ParamType::Special => self.code == "near" && !self.paths.is_empty(),
-            // Composites of two token components are indexed as pairs.
+            // Composites of two components, a token or a reference then a token, are indexed as pairs.
             ParamType::Composite => {
                 !self.paths.is_empty()
-                    && self.components.len() == 2
-                    && self.components.iter().all(|(k, _)| *k == ParamType::Token)
+                    && matches!(
+                        self.components.as_slice(),
+                        [(ParamType::Token | ParamType::Reference, _), (ParamType::Token, _)]
+                    )
             }
             _ => native || !self.paths.is_empty(),
         }
@@ -179,6 +181,27 @@ pub fn load() {
     LazyLock::force(&BY_TYPE);
 }
 
+/// A composite component's expression. R4's DocumentReference-relationship gives its components'
+/// expressions crossed — `code` for the relatesto (reference) component, `target` for the relation
+/// (token) one — so that neither could ever match; the parameter means relatesto = `target` and
+/// relation = `code` (`relationship=DocumentReference/1$replaces`), as Microsoft's FHIR Server
+/// pairs them.
+fn component_expression<'a>(param_url: &str, component: &str, expression: &'a str) -> &'a str {
+    match (param_url, component, expression) {
+        (
+            "http://hl7.org/fhir/SearchParameter/DocumentReference-relationship",
+            "http://hl7.org/fhir/SearchParameter/DocumentReference-relatesto",
+            "code",
+        ) => "target",
+        (
+            "http://hl7.org/fhir/SearchParameter/DocumentReference-relationship",
+            "http://hl7.org/fhir/SearchParameter/DocumentReference-relation",
+            "target",
+        ) => "code",
+        _ => expression,
+    }
+}
+
 fn compile(rt: ResourceType, def: &Definition, all: &[DefinitionEntry]) -> SearchParam {
     // A component is named by its definition's URL; its type is that definition's type.
     let components = def
@@ -186,7 +209,7 @@ fn compile(rt: ResourceType, def: &Definition, all: &[DefinitionEntry]) -> Searc
         .iter()
         .filter_map(|c| {
             let kind = all.iter().find(|e| e.resource.url == c.definition)?.resource.kind;
-            let steps = split_dots(&c.expression)
+            let steps = split_dots(component_expression(&def.url, &c.definition, &c.expression))
                 .into_iter()
                 .map(compile_step)
                 .collect::<Option<Vec<_>>>()?;

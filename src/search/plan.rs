@@ -726,7 +726,7 @@ fn param_matching(
             }
             ids.push(")");
             if let Some(own) = own_patient {
-                others_left_out(&mut ids, own);
+                others_left_out(&mut ids, rt, name, own);
             }
             return Ok(Some(Matching {
                 negated: false,
@@ -767,7 +767,7 @@ fn param_matching(
         }
         tail.push(")");
         if let (Some(own), ParamType::Reference) = (own_patient, p.kind) {
-            others_left_out(&mut tail, own);
+            others_left_out(&mut tail, rt, name, own);
         }
         Ok(tail)
     };
@@ -789,12 +789,30 @@ fn param_matching(
     Ok(Some(Matching { negated, ids, probe }))
 }
 
-/// Leaves out the reference rows a patient's redacted view does not hold: other local patients,
-/// and absolute references to a Patient (compartment::redact).
-fn others_left_out(sql: &mut Sql, own_patient: &str) {
-    sql.push(" AND NOT (target_type = 'Patient' AND target_id <> ")
-        .text_bind(own_patient)
-        .push(") AND (url IS NULL OR url NOT LIKE '%/Patient/%')");
+/// Leaves out the reference rows a patient's redacted view does not hold (compartment::redact):
+/// for the parameters read from a session's participants or a Group's members, every row but her
+/// own and those naming a practitioner, place, service or device (the view's allow-list); for the
+/// others, rows naming other local patients or an absolute Patient URL.
+fn others_left_out(sql: &mut Sql, rt: ResourceType, name: &str, own_patient: &str) {
+    let participants = matches!(
+        (rt.as_str(), name),
+        ("Appointment", "actor" | "patient" | "practitioner" | "location") | ("Group", "member")
+    );
+    if participants {
+        sql.push(" AND ((target_type = 'Patient' AND url IS NULL AND target_id = ")
+            .text_bind(own_patient)
+            .push(")");
+        if rt.as_str() == "Appointment" {
+            sql.push(
+                " OR target_type IN ('Practitioner', 'PractitionerRole', 'Location', 'HealthcareService', 'Device')",
+            );
+        }
+        sql.push(")");
+    } else {
+        sql.push(" AND NOT (target_type = 'Patient' AND target_id <> ")
+            .text_bind(own_patient)
+            .push(") AND (url IS NULL OR url NOT LIKE '%/Patient/%')");
+    }
 }
 
 fn token_condition(sql: &mut Sql, value: &str, _: &Criterion) -> Result<(), Error> {

@@ -132,6 +132,18 @@ pub(super) fn before_document_reference(_tx: &mut Tx, change: &Change, doc: &mut
                 )
                 .into());
             }
+            // A record someone else wrote (or co-wrote) does not become one's own hidden note:
+            // labelling would take it from everyone else's view.
+            if let Some(previous) = change.previous {
+                let sole = previous.get("author").and_then(Value::as_array).map_or(0, Vec::len) == 1
+                    && compartment::practitioner_authors(previous) == practitioners;
+                if !sole {
+                    return Err(Error::Forbidden(
+                        "only a DocumentReference whose one author is the writer may become (or stay) the writer's psychotherapy note".into(),
+                    )
+                    .into());
+                }
+            }
         }
     }
     let contents = doc
@@ -145,6 +157,77 @@ pub(super) fn before_document_reference(_tx: &mut Tx, change: &Change, doc: &mut
         };
         check_attachment(attachment)
             .map_err(|m| Error::Unprocessable(format!("DocumentReference.content[{i}].attachment: {m}")))?;
+    }
+    Ok(())
+}
+
+/// What a CareTeam assigns (Store::assigned_patients reads it): its subject, status, period, and
+/// its Practitioner participants with their periods.
+fn assignment(team: Option<&Value>) -> Value {
+    let Some(team) = team else { return Value::Null };
+    let mut practitioners: Vec<Value> = team
+        .get("participant")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p.pointer("/member/reference")
+                .and_then(Value::as_str)
+                .is_some_and(|r| local_id(r, "Practitioner").is_some())
+        })
+        .map(|p| json!([p.pointer("/member/reference"), p.get("period")]))
+        .collect();
+    if practitioners.is_empty() {
+        return Value::Null;
+    }
+    practitioners.sort_by_key(|p| p.to_string());
+    json!([
+        team.get("subject"),
+        team.get("status"),
+        team.get("period"),
+        practitioners
+    ])
+}
+
+/// Before a CareTeam is stored: under TANDEM_USER_ACCESS=assigned a CareTeam decides which clients'
+/// records a practitioner reaches, so a writer limited to some patients' records (a patient's
+/// token, a practitioner's assigned clients) may not change what it assigns — its subject, status,
+/// period, or Practitioner participants and their periods (403); everything else it may.
+pub(super) fn before_care_team(_tx: &mut Tx, change: &Change, team: &mut Value) -> Result<(), Abort> {
+    if change.access.reach.patients.is_some() && assignment(Some(team)) != assignment(change.previous) {
+        return Err(Error::Forbidden(
+            "a CareTeam's subject, status, period and practitioners assign clients to practitioners: only a token that reaches every record (system/, or user/ with TANDEM_USER_ACCESS=all) may change them".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Before an Encounter is stored: the identifier of ours (scheduling::Canonical::encounter_identifier)
+/// is the server's own — a client may keep it on an Encounter the server wrote, never add, change
+/// or remove it (403): the server would take such an Encounter for its own.
+pub(super) fn before_encounter(tx: &mut Tx, change: &Change, encounter: &mut Value) -> Result<(), Abort> {
+    if change.access.reach == crate::resources::compartment::Reach::server() {
+        return Ok(());
+    }
+    let system = tx.rules.canonical.encounter_identifier();
+    let ours = |e: Option<&Value>| -> Vec<Value> {
+        e.and_then(|e| e.get("identifier"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|i| i.get("system").and_then(Value::as_str) == Some(system.as_str()))
+            .map(|i| i.get("value").cloned().unwrap_or(Value::Null))
+            .collect()
+    };
+    let theirs = ours(Some(encounter));
+    if theirs != ours(change.previous)
+        || (!theirs.is_empty() && encounter.get("appointment") != change.previous.and_then(|p| p.get("appointment")))
+    {
+        return Err(Error::Forbidden(format!(
+            "the identifier system {system} and the appointment of an Encounter written by the server are the server's: a client may not add, change or remove them"
+        ))
+        .into());
     }
     Ok(())
 }
@@ -219,6 +302,36 @@ pub(super) fn after_appointment(tx: &mut Tx, written: &Written) -> Result<(), Ab
         Vec::new()
     };
     settle_encounters(tx, written.id, wanted)
+}
+
+/// Before an Appointment is stored: whether a session took place, and who attended, is the clinic's
+/// record — a patient's own token may not move a session into or out of `fulfilled`, nor change
+/// what its attendance says (403): either would write or retire Encounters.
+pub(super) fn before_appointment(tx: &mut Tx, change: &Change, appointment: &mut Value) -> Result<(), Abort> {
+    if change.access.reach.own_patient.is_none() {
+        return Ok(());
+    }
+    let fulfilled = |a: Option<&Value>| a.and_then(|a| a.get("status")).and_then(Value::as_str) == Some("fulfilled");
+    let canonical = &tx.rules.canonical;
+    let attendance = |a: Option<&Value>| {
+        a.map(|a| {
+            scheduling::patient_attendance(a, canonical)
+                .into_iter()
+                .map(|(p, _, code)| (p, code.map(str::to_string)))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+    };
+    let previous = change.previous;
+    if fulfilled(Some(appointment)) != fulfilled(previous)
+        || (fulfilled(previous) && attendance(Some(appointment)) != attendance(previous))
+    {
+        return Err(Error::Forbidden(
+            "whether a session took place, and who attended, is recorded by the clinic: a patient's token may not change it".into(),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// When an Appointment is deleted: its Encounters turn `entered-in-error`.
@@ -339,7 +452,13 @@ fn wanted_encounters(tx: &Tx, id: &str, appointment: &Value) -> Vec<Wanted> {
             }
             wanted
         }
-        None => scheduling::patient_ids(appointment)
+        // A client recorded as not there (no-show, late-cancel) had no session; unrecorded is
+        // taken as there, the session being fulfilled.
+        None => scheduling::patient_attendance(appointment, canonical)
+            .into_iter()
+            .filter(|(_, declined, code)| !declined && code.is_none_or(|c| c == "attended"))
+            .map(|(patient, _, _)| patient)
+            .collect::<std::collections::BTreeSet<String>>()
             .into_iter()
             .map(|patient| {
                 let key = identifier_value(id, Some(&patient));
@@ -392,10 +511,9 @@ fn settle_encounters(tx: &mut Tx, id: &str, wanted: Vec<Wanted>) -> Result<(), A
             .flatten()
             .find(|i| i.get("system").and_then(Value::as_str) == Some(system.as_str()))
             .and_then(|i| i.get("value")?.as_str().map(str::to_string));
+        // Two of one key (an earlier race, a client's copy): the first is kept, the other retired.
         if let Some(key) = key {
-            if !existing.iter().any(|(k, _, _)| *k == key) {
-                existing.push((key, res_id, body));
-            }
+            existing.push((key, res_id, body));
         }
     }
     let access = WriteAccess::full();

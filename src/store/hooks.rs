@@ -41,16 +41,35 @@ struct Hooks {
 
 /// The rules per type. Types not listed have none beyond what every write does (the search
 /// indexes, references, and the Subscription outbox).
-const HOOKS: [(&str, Hooks); 4] = [
+const HOOKS: [(&str, Hooks); 6] = [
     (
         "Appointment",
         Hooks {
-            // The double-booking rule, then the group-session rules (roster, capacity, agreements).
-            before_write: Some(scheduling::before_appointment),
+            // Who may record that a session took place; the double-booking rule, then the
+            // group-session rules (roster, capacity, agreements).
+            before_write: Some(appointment_before),
             // The Encounters of a session that took place (fulfilled), kept in step with it.
             after_write: Some(care::after_appointment),
             // Frees the time it held; its Encounters turn entered-in-error.
             on_delete: Some(appointment_deleted),
+        },
+    ),
+    (
+        "CareTeam",
+        Hooks {
+            // What assigns clients to practitioners is written by a writer who reaches everyone.
+            before_write: Some(care::before_care_team),
+            after_write: None,
+            on_delete: None,
+        },
+    ),
+    (
+        "Encounter",
+        Hooks {
+            // The server's identifier (and appointment) of the Encounters it writes are its own.
+            before_write: Some(care::before_encounter),
+            after_write: None,
+            on_delete: None,
         },
     ),
     (
@@ -83,6 +102,11 @@ const HOOKS: [(&str, Hooks); 4] = [
         },
     ),
 ];
+
+fn appointment_before(tx: &mut Tx, change: &Change, appointment: &mut Value) -> Result<(), Abort> {
+    care::before_appointment(tx, change, appointment)?;
+    scheduling::before_appointment(tx, change, appointment)
+}
 
 fn appointment_deleted(tx: &mut Tx, id: &str) -> Result<(), Abort> {
     scheduling::free_bookings(tx, id)?;

@@ -101,6 +101,9 @@ pub struct WriteAccess {
     /// reference to a resource here, and is stored as the relative `Type/id` (references.html:
     /// "a reference to a resource on the same server ... the server base URL is the same").
     pub base: Option<String>,
+    /// The types a Subscription written by this writer may watch (None: any): those it may search
+    /// and read with no compartment or assignment limit, since a notification carries every match.
+    pub subscribable: Option<Vec<String>>,
 }
 
 impl WriteAccess {
@@ -111,6 +114,7 @@ impl WriteAccess {
             may_create: true,
             may_read: true,
             base: None,
+            subscribable: None,
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::schema::{resource_versions, resources};
 use super::{AnyConnection, Version};
 use crate::error::Error;
-use crate::resources::compartment::Reach;
+use crate::resources::compartment::{Notes, Reach};
 use crate::resources::ResourceType;
 
 #[derive(Queryable)]
@@ -144,6 +144,14 @@ pub(super) fn vread_visible_in(
     if !version_visible(c, rt, id, version_id, v.body.as_deref(), reach)? {
         return Err(unknown());
     }
+    // An earlier version of what is now a psychotherapy note (labelled later) is as hidden as the
+    // note: the reader may not learn it exists.
+    if rt.as_str() == "DocumentReference" && reach.notes != Notes::All {
+        let current = load_current(c, rt, id)?;
+        if !current.is_some_and(|cur| may_see(c, rt, id, &cur, reach).unwrap_or(false)) {
+            return Err(unknown());
+        }
+    }
     match v.body {
         Some(_) => Ok(v),
         None => Err(Error::Gone(format!(
@@ -201,4 +209,28 @@ pub(super) fn load_current(
         ))
         .get_result::<Current>(c)
         .optional()
+}
+
+impl super::Store {
+    /// Of these DocumentReference ids, those whose record a reader of `reach` may not see as it
+    /// stands now (a psychotherapy note of someone else, or one deleted): every version of such a
+    /// record is left out of that reader's history. One lookup per id, for a page of history.
+    pub fn unseen_notes(&self, ids: &[String], reach: &Reach) -> Result<std::collections::HashSet<String>, Error> {
+        let mut hidden = std::collections::HashSet::new();
+        if reach.notes == Notes::All || ids.is_empty() {
+            return Ok(hidden);
+        }
+        let rt = ResourceType::parse("DocumentReference").ok_or_else(|| Error::Internal("DocumentReference".into()))?;
+        let mut conn = self.pool.get()?;
+        for id in ids {
+            let seen = match load_current(&mut conn, rt, id)? {
+                Some(cur) => may_see(&mut conn, rt, id, &cur, reach)?,
+                None => true,
+            };
+            if !seen {
+                hidden.insert(id.clone());
+            }
+        }
+        Ok(hidden)
+    }
 }

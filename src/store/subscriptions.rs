@@ -39,8 +39,33 @@ struct Claimed {
 }
 
 /// Before a Subscription is stored: only the channels and endpoints this server may use.
-pub(super) fn before_subscription(tx: &mut Tx, _change: &Change, resource: &mut Value) -> Result<(), Abort> {
-    Ok(crate::subscriptions::accept(resource, &tx.rules.subscription_hosts)?)
+/// Before a Subscription is stored: only channels and endpoints this server may use, and only on a
+/// type whose every record the writer may search and read — a notification carries each match, so
+/// a writer limited to a compartment or to assigned clients could otherwise watch everyone's (403).
+pub(super) fn before_subscription(tx: &mut Tx, change: &Change, resource: &mut Value) -> Result<(), Abort> {
+    crate::subscriptions::accept(resource, &tx.rules.subscription_hosts)?;
+    if let (Some(allowed), Ok(spec)) = (&change.access.subscribable, spec_of(resource)) {
+        // A chain or `_has` matches through other types' records (planned with the server's
+        // reach when notifying): only a writer who reaches every record of every type may use one.
+        let through_others = crate::search::pairs(spec.criteria.as_bytes())
+            .iter()
+            .any(|(k, _)| k.starts_with("_has") || k.split(':').next().is_some_and(|name| name.contains('.')));
+        if through_others && ResourceType::all().any(|t| !allowed.iter().any(|a| a == t.as_str())) {
+            return Err(Error::Forbidden(
+                "a Subscription whose criteria chain or use _has matches through other types' records: the token's scopes must grant search and read on every record of every type".into(),
+            )
+            .into());
+        }
+        if !allowed.iter().any(|t| t == spec.res_type.as_str()) {
+            return Err(Error::Forbidden(format!(
+                "a Subscription on {} notifies every match: the token's scopes must grant search and read on every {} record (system/, or user/ with TANDEM_USER_ACCESS=all)",
+                spec.res_type.as_str(),
+                spec.res_type.as_str()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// After a Subscription is stored: its row in the index that writes are matched against.

@@ -54,7 +54,7 @@ both_backends! {
     async fn every_interaction_and_every_refusal_leaves_an_audit_event(app: TestApp) {
         // The therapist's token reaches every record (TANDEM_USER_ACCESS=all): assignment is tested
         // in care_access; here each interaction is.
-        let app = TestApp::spawn_configured(app.backend, |c| c.user_access = tandem::config::UserAccess::All).await;
+        let app = TestApp::spawn_configured_on(app.backend, app.stop().await, |c| c.user_access = tandem::config::UserAccess::All).await;
         let therapist = {
             let token = tandem::auth::token::mint(&app.config, "user/*.cruds", None, "sam", Some("Practitioner/rivera".into()), 600).unwrap();
             bearer_client(&token)

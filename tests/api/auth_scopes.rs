@@ -82,7 +82,7 @@ both_backends! {
     async fn every_interaction_on_every_type_needs_its_own_permission(app: TestApp) {
         // user/ tokens here have no fhirUser: with TANDEM_USER_ACCESS=all they reach every record
         // (assignment is tested in care_access).
-        let app = TestApp::spawn_configured(app.backend, |c| c.user_access = tandem::config::UserAccess::All).await;
+        let app = TestApp::spawn_configured_on(app.backend, app.stop().await, |c| c.user_access = tandem::config::UserAccess::All).await;
         for rt in TYPES {
             let id = format!("m-{}", rt.to_lowercase());
             assert_eq!(app.put_json(&format!("{rt}/{id}"), &sample(rt, &id)).await.status(), 201, "{rt}");
@@ -104,6 +104,12 @@ both_backends! {
                 }
                 // Tokens that grant it: v2 in each context, v1, and the wildcard.
                 for scope in [format!("system/{rt}.{p}"), format!("user/{rt}.{p}"), format!("system/{rt}.{}", v1(p)), format!("system/*.{p}")] {
+                    // A Subscription written also needs search and read on every record it watches
+                    // (its criteria: Patient?active=true).
+                    let scope = match (rt, p) {
+                        ("Subscription", 'c' | 'u') => format!("{scope} system/Patient.rs"),
+                        _ => scope,
+                    };
                     let status = interact(&app, &app.client_with(&scope, None), rt, interaction).await;
                     assert!(status < 400, "{scope} must allow {interaction} on {rt}: {status}");
                 }

@@ -206,6 +206,19 @@ both_backends! {
         let back = encounters_of(&app, "i1").await;
         assert_eq!((back.len(), back[0]["status"].as_str(), &back[0]["id"]), (1, Some("finished"), &e["id"]));
 
+        // The server's identifier is its own: no client adds it to an Encounter, or changes it.
+        let mut forged = e.clone();
+        forged.as_object_mut().unwrap().remove("id");
+        assert_eq!(app.post_json("Encounter", &forged).await.status(), 403);
+        let mut moved = e.clone();
+        moved["identifier"][0]["value"] = json!("Appointment/i1/Patient/p2");
+        assert_eq!(app.put_json(&format!("Encounter/{}", e["id"].as_str().unwrap()), &moved).await.status(), 403);
+        // A client recorded as not there had no session.
+        let mut missed = individual("i8", "12");
+        missed["status"] = json!("fulfilled");
+        missed["participant"][0]["extension"] = attendance("no-show");
+        put_ok(&app, missed).await;
+        assert!(encounters_of(&app, "i8").await.is_empty());
         // A write that is refused writes no Encounter: a fulfilled session that double-books Ngata.
         let mut clash = individual("i6", "03");
         clash["status"] = json!("booked");
@@ -280,7 +293,7 @@ both_backends! {
     }
 
     async fn a_psychotherapy_note_is_its_authors_alone(app: TestApp) {
-        let app = TestApp::spawn_configured(app.backend, |c| {
+        let app = TestApp::spawn_configured_on(app.backend, app.stop().await, |c| {
             // Its notifications are refused (nothing listens on port 9): they stay in the outbox.
             c.subscription_allowed_hosts = vec!["127.0.0.1:9".into()];
         }).await;
@@ -366,6 +379,25 @@ both_backends! {
         assert!(outcomes.iter().any(|(who, outcome)| who.contains("ngata") && outcome != "0"), "ngata's refused read: {outcomes:?}");
         assert!(outcomes.iter().any(|(who, outcome)| who.contains("moss") && outcome == "0"), "moss's read: {outcomes:?}");
 
+        // Another's record does not become one's hidden note; one's own progress note may, and then
+        // its earlier version is as hidden as the note.
+        let mut takeover = progress.clone();
+        takeover["meta"] = json!({"security": [{"system": ACT_CODE, "code": "PSYTHPN"}]});
+        takeover["author"] = json!([{"reference": "Practitioner/ngata"}]);
+        assert_eq!(send(&ngata, ngata.put(app.url(&format!("DocumentReference/{progress_id}"))), &takeover).await.0, 403);
+        let (_, draft) = send(&moss, moss.post(app.url("DocumentReference")), &note("Patient/p1", "Practitioner/moss", "Draft.", false)).await;
+        let draft_id = draft["id"].as_str().unwrap().to_string();
+        let mut relabelled = draft.clone();
+        relabelled["meta"] = json!({"security": [{"system": ACT_CODE, "code": "PSYTHPN"}]});
+        assert_eq!(send(&moss, moss.put(app.url(&format!("DocumentReference/{draft_id}"))), &relabelled).await.0, 200);
+        assert_eq!(get(&app, &system, &format!("DocumentReference/{draft_id}/_history/1")).await.0, 404);
+        let (_, history) = get(&app, &system, "DocumentReference/_history").await;
+        assert!(!history.to_string().contains(&draft_id), "no version of it in the type history");
+        // Deleted by its author: the deletion is no one else's to see either.
+        assert_eq!(moss.delete(app.url(&format!("DocumentReference/{draft_id}"))).send().await.unwrap().status(), 204);
+        let (_, history) = get(&app, &system, "_history").await;
+        assert!(!history.to_string().contains(&draft_id), "nor its deletion");
+
         // $export and the Subscription outbox leave it out.
         let exported = read_back(&system, &manifest(&system, &kick_off(&app, &system, "$export?_type=DocumentReference").await).await).await;
         assert!(exported.contains(&("DocumentReference".to_string(), progress_id.clone())));
@@ -428,6 +460,34 @@ both_backends! {
         assert_eq!(res.status(), 403, "no test op may probe the other members");
         let stored = json(app.get("Appointment/g1").await).await;
         assert_eq!((stored["meta"]["versionId"].as_str(), stored["participant"].as_array().unwrap().len()), (Some("1"), 6));
+        // Nor through a batch, nor as the match of a conditional create.
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "Appointment/g1"}}, {"request": {"method": "GET", "url": "Group/grief"}},
+            {"request": {"method": "GET", "url": "Appointment?patient=Patient/p1"}}]});
+        let (status, answer) = send(&p1w, p1w.post(app.url("")), &batch).await;
+        assert_eq!(status, 200);
+        assert!(leaks(&answer).is_empty(), "{answer}");
+        assert_eq!(answer["entry"].as_array().unwrap().iter().filter(|e| e["response"]["status"].as_str().unwrap().starts_with("200")).count(), 3, "{answer}");
+        assert!(answer.to_string().contains("Patient/p1"));
+        let res = p1w.post(app.url("Appointment")).header("Content-Type", FHIR_JSON).header("If-None-Exist", "_id=g1")
+            .body(group_session("ignored").to_string()).send().await.unwrap();
+        let matched = res.text().await.unwrap();
+        assert!(others.iter().all(|o| !matched.contains(o)), "{matched}");
+        assert!(matched.contains("Patient/p1") && matched.contains("REDACTED"), "{matched}");
+        // A participant she cannot tell apart (a contained relative) is left out too.
+        let mut with_relative = group_session("g1");
+        with_relative["contained"] = json!([{"resourceType": "RelatedPerson", "id": "mum", "patient": {"reference": "Patient/p2"}, "name": [{"family": "Client2-mother"}]}]);
+        with_relative["participant"].as_array_mut().unwrap().push(json!({"actor": {"reference": "#mum"}, "status": "accepted"}));
+        put_ok(&app, with_relative).await;
+        let (_, session) = get(&app, &p1, "Appointment/g1").await;
+        assert!(!session.to_string().contains("Client2-mother") && session.get("contained").is_none(), "{session}");
+        put_ok(&app, group_session("g1")).await;
+        // Whether a session took place is the clinic's record: her token may not fulfil her own session.
+        put_ok(&app, appointment("own", "booked", "2026-11-20T10:00:00Z", "2026-11-20T10:50:00Z", &["Patient/p1", "Practitioner/ngata"])).await;
+        let mut own = appointment("own", "fulfilled", "2026-11-20T10:00:00Z", "2026-11-20T10:50:00Z", &["Patient/p1", "Practitioner/ngata"]);
+        own["status"] = json!("fulfilled");
+        assert_eq!(send(&p1w, p1w.put(app.url("Appointment/own")), &own).await.0, 403);
+        assert!(encounters_of(&app, "own").await.is_empty());
         // Her own session Encounter and her own notes are hers to see.
         put_ok(&app, fulfilled(group_session("g1"), &[("p1", "attended"), ("p2", "attended")])).await;
         let (_, encounters) = get(&app, &p1, "Encounter").await;
@@ -467,6 +527,34 @@ both_backends! {
         assert_eq!(total(&e2), 0);
         let (_, all) = get(&app, &moss, "Encounter?_summary=count").await;
         assert_eq!(total(&all), 1, "totals count only what he may see");
+        // Nor assign himself more clients: a CareTeam's assignment is written by the clinic.
+        let grab = json!({"resourceType": "CareTeam", "status": "active", "subject": {"reference": "Group/grief"},
+            "participant": [{"member": {"reference": "Practitioner/moss"}}, {"member": {"reference": "Patient/p1"}}]});
+        assert_eq!(send(&moss, moss.post(app.url("CareTeam")), &grab).await.0, 403);
+        let p1w = app.client_with("patient/*.cruds", Some("p1"));
+        let invite = json!({"resourceType": "CareTeam", "status": "active", "subject": {"reference": "Patient/p1"},
+            "participant": [{"member": {"reference": "Practitioner/ngata"}}]});
+        assert_eq!(send(&p1w, p1w.post(app.url("CareTeam")), &invite).await.0, 403, "nor a client for another therapist");
+        assert_eq!(get(&app, &moss, "Patient/p2").await.0, 404);
+        // A cursor of someone else's search shows him only what he may see.
+        let (_, first) = get(&app, &app.client, "Patient?_count=1&_sort=family").await;
+        let next = first["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_string();
+        for _ in 0..6 {
+            let res = moss.get(&next).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let page = json(res).await;
+            assert!(ids_of(&page, "Patient").iter().all(|id| id == "p1"), "{page}");
+        }
+        // Nor can he watch every client through a Subscription: a notification carries each match.
+        let watch = json!({"resourceType": "Subscription", "status": "off", "reason": "sessions", "criteria": "Appointment?status=booked",
+            "channel": {"type": "rest-hook", "endpoint": "https://hooks.ehr.example/fhir", "payload": "application/fhir+json"}});
+        assert_eq!(send(&moss, moss.post(app.url("Subscription")), &watch).await.0, 403);
+        let subscriptions_only = app.client_with("system/Subscription.cruds", None);
+        assert_eq!(send(&subscriptions_only, subscriptions_only.post(app.url("Subscription")), &watch).await.0, 403, "nor a token that may not search Appointments");
+        assert_eq!(app.post_json("Subscription", &watch).await.status(), 201, "a system token that may search and read them all may");
+        let mut oracle = watch.clone();
+        oracle["criteria"] = json!("Practitioner?_has:Appointment:practitioner:patient=Patient/p2");
+        assert_eq!(send(&moss, moss.post(app.url("Subscription")), &oracle).await.0, 403, "a _has through records he may not see");
         // His assignment ends: so does his access, at once.
         put_ok(&app, care_team("team-p1", "Patient/p1", "moss", json!({"start": "2026-01-01", "end": "2026-06-30"}))).await;
         assert_eq!(get(&app, &moss, "Patient/p1").await.0, 404);

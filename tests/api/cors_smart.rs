@@ -87,11 +87,11 @@ both_backends! {
         assert_eq!(doc["user_access"]["mode"], "assigned");
         let cs = json(app.anonymous.get(app.url("metadata")).send().await.unwrap()).await;
         assert!(cs["rest"][0]["security"]["description"].as_str().unwrap().contains("TANDEM_USER_ACCESS=assigned"));
-        let open = TestApp::spawn_configured(backend, |c| {
+        let app = TestApp::spawn_configured_on(backend, app.stop().await, |c| {
             c.auth_token_endpoint = Some(token.into());
             c.user_access = tandem::config::UserAccess::All;
         }).await;
-        let doc = json(open.anonymous.get(open.url(".well-known/smart-configuration")).send().await.unwrap()).await;
+        let doc = json(app.anonymous.get(app.url(".well-known/smart-configuration")).send().await.unwrap()).await;
         assert_eq!(doc["user_access"]["mode"], "all");
 
         let authorize = "https://idp.clinic.example/authorize";

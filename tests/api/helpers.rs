@@ -104,7 +104,23 @@ pub fn test_config(db: &TestDb) -> Config {
     config.db_pool_size = 4;
     config.workers = Some(2);
     config.base_url = None;
+    // A test's server is stopped when its TestApp is dropped (StopOnDrop): in-flight requests get
+    // this long, not 30 s.
+    config.shutdown_grace_seconds = 1;
     config
+}
+
+/// Stops a test's server when the TestApp holding it is dropped, so that its workers, background
+/// threads and database connections end with the test. (Left to a dropped runtime, actix's workers
+/// kept their pools open for the rest of the run, and the suite reached PostgreSQL's 100
+/// connections.)
+pub struct StopOnDrop(actix_web::dev::ServerHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        // The command is sent at once; the server's own thread carries it out.
+        let _ = self.0.stop(false);
+    }
 }
 
 pub struct TestApp {
@@ -117,6 +133,7 @@ pub struct TestApp {
     pub handle: actix_web::dev::ServerHandle,
     pub db: TestDb,
     pub config: Config,
+    _stop_on_drop: StopOnDrop,
 }
 
 impl TestApp {
@@ -147,15 +164,29 @@ impl TestApp {
     }
 
     async fn start(backend: Backend, db: TestDb, config: Config) -> TestApp {
-        let app = Application::build(config.clone()).expect("application starts");
-        let address = format!("http://127.0.0.1:{}", app.port());
-        let handle = app.handle();
-        tokio::spawn(app.run_until_stopped());
+        // The server runs on a thread of its own, so that it outlives no test: dropping the TestApp
+        // stops it there, and the thread ends with it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let built = config.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the test server");
+            runtime.block_on(async move {
+                let app = Application::build(built).expect("application starts");
+                let _ = tx.send((app.port(), app.handle()));
+                let _ = app.run_until_stopped().await;
+            });
+        });
+        let (port, handle) = rx.await.expect("application starts");
+        let address = format!("http://127.0.0.1:{port}");
         let mut test_app = TestApp {
             address,
             client: reqwest::Client::new(),
             anonymous: reqwest::Client::new(),
             backend,
+            _stop_on_drop: StopOnDrop(handle.clone()),
             handle,
             db,
             config,

@@ -317,10 +317,17 @@ both_backends! {
         assert_eq!(got.0, 422, "{}", got.1);
         same_apart_from_id(&got, "bob", &nope, "nobody");
         assert_eq!(app.version_count().await, before, "nothing written");
-        // What she may see she may refer to: herself, a practitioner.
+        // What she may see she may refer to: herself, a practitioner (in a note: a Practitioner
+        // participant would assign her to him, which only the clinic may do).
+        let mine = json!({"resourceType": "CareTeam", "status": "active", "subject": {"reference": "Patient/ann"},
+            "participant": [{"member": {"reference": "Patient/ann"}}],
+            "note": [{"authorReference": {"reference": "Practitioner/rivera"}, "text": "my own supports"}]});
+        let res = ann.post(app.url("CareTeam")).header("Content-Type", FHIR_JSON)
+            .body(mine.to_string()).send().await.unwrap();
+        assert_eq!(res.status(), 201);
         let res = ann.post(app.url("CareTeam")).header("Content-Type", FHIR_JSON)
             .body(care_team("ann").to_string()).send().await.unwrap();
-        assert_eq!(res.status(), 201);
+        assert_eq!(res.status(), 403, "a Practitioner participant is an assignment");
         // A session she shares with Bob (booked by the clinic) she sees without him, and may not
         // change: a write of her view would remove him, a write of the whole would need to see him.
         let res = app.put_json("Appointment/a-both", &session("a-both", "6", &["ann", "bob"])).await;
