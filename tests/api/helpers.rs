@@ -118,8 +118,9 @@ pub struct StopOnDrop(actix_web::dev::ServerHandle);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        // The command is sent at once; the server's own thread carries it out.
-        let _ = self.0.stop(false);
+        // The command is sent when stop is called; the server's own thread carries it out, so
+        // the future that would wait for it is not needed.
+        drop(self.0.stop(false));
     }
 }
 
