@@ -143,6 +143,11 @@ def contract(py, base, token, workdir):
         "--request-timeout", "30",
         "--suppress-health-check", "all",
         "--continue-on-failure",
+        # The transaction/batch endpoint (POST /) takes a Bundle whose entries may be any of the
+        # hosted types: with Encounter and DocumentReference among them, generating its bodies ran
+        # past 13 minutes and 2.8 GB (alone, 74 s; every other operation together, 180 s). Its
+        # contract is held by the integration tests (tests/api/bundles.rs), not here.
+        "--exclude-path-regex", "^/$",
         "--no-color",
     ]
     started = time.time()
