@@ -24,13 +24,14 @@ OUT = os.path.join(ROOT, "src", "fhir", "r4-elements.json")
 ROOTS = [
     "Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient",
     "Practitioner", "PractitionerRole", "Subscription", "Encounter", "DocumentReference",
+    "Observation", "Questionnaire", "QuestionnaireResponse",
     "AuditEvent", "Binary", "Bundle", "CapabilityStatement", "OperationOutcome", "Parameters",
 ]
 
 # fhirbolt keeps every repeating element in a Vec, whatever its minimum; these are 1..* in R4.
 AT_LEAST_ONE = {
     "Appointment.participant", "Consent.category", "OperationOutcome.issue", "AuditEvent.agent",
-    "CapabilityStatement.format", "CapabilityStatement.rest.resource.type",
+    "CapabilityStatement.format", "CapabilityStatement.rest.resource.type", "DocumentReference.content",
 }
 
 # Codes of the required bindings of the elements tandem's users write and read most
@@ -54,6 +55,12 @@ REQUIRED_CODES = {
     "DocumentReference.status": "current superseded entered-in-error",
     "DocumentReference.docStatus": "preliminary final amended entered-in-error",
     "DocumentReference.relatesTo.code": "replaces transforms signs appends",
+    "Observation.status": "registered preliminary final amended corrected cancelled entered-in-error unknown",
+    "Questionnaire.status": "draft active retired unknown",
+    "Questionnaire.item.type": "group display boolean decimal integer date dateTime time string text url choice open-choice attachment reference quantity",
+    "Questionnaire.item.enableWhen.operator": "exists = != > < >= <=",
+    "Questionnaire.item.enableBehavior": "all any",
+    "QuestionnaireResponse.status": "in-progress completed amended entered-in-error stopped",
     "Subscription.channel.type": "rest-hook websocket email sms message",
     "ContactPoint.system": "phone fax email pager url sms other",
     "ContactPoint.use": "home work temp old mobile",

@@ -428,14 +428,18 @@ async fn includes(
     Ok((included, false))
 }
 
-/// Elements every resource of a type must keep in a subset (its top-level required elements).
-fn mandatory(resource_type: &str) -> &'static [&'static str] {
-    match resource_type {
-        "Appointment" => &["status", "participant"],
-        "Group" => &["type", "actual"],
-        "Consent" => &["status", "scope", "category"],
-        _ => &[],
-    }
+/// Whether `key` is one of the elements every resource of the type must keep in a subset: its
+/// top-level required elements (R4 minimum 1, from the element table).
+fn mandatory(resource_type: &str, key: &str) -> bool {
+    crate::fhir::model::types().get(resource_type).is_some_and(|t| {
+        t.elements.iter().any(|e| {
+            e.min >= 1
+                && match &e.choice {
+                    Some(choices) => choices.iter().any(|c| key == format!("{}{}", e.name, c.suffix)),
+                    None => e.name == key,
+                }
+        })
+    })
 }
 
 type KeepElement<'a> = Box<dyn Fn(&str) -> bool + 'a>;
@@ -458,12 +462,12 @@ fn subset(resource: Value, summary: Summary, elements: &[String]) -> Value {
         .to_string();
     let keep: Option<KeepElement> = match summary {
         Summary::Text => Some(Box::new(|k: &str| {
-            matches!(k, "resourceType" | "id" | "meta" | "text") || mandatory(&resource_type).contains(&k)
+            matches!(k, "resourceType" | "id" | "meta" | "text") || mandatory(&resource_type, k)
         })),
         Summary::Data => Some(Box::new(|k: &str| k != "text")),
         _ if !elements.is_empty() => Some(Box::new(|k: &str| {
             matches!(k, "resourceType" | "id" | "meta")
-                || mandatory(&resource_type).contains(&k)
+                || mandatory(&resource_type, k)
                 || elements.iter().any(|e| e == k)
         })),
         _ => None,

@@ -17,6 +17,8 @@ pub fn patient_params(rt: ResourceType) -> Option<&'static [&'static str]> {
         "DocumentReference" => Some(&["subject", "author"]),
         "Encounter" => Some(&["patient"]),
         "Group" => Some(&["member"]),
+        "Observation" => Some(&["subject", "performer"]),
+        "QuestionnaireResponse" => Some(&["subject", "author"]),
         // A Patient is in its own compartment, and in that of the patients it links to.
         "Patient" => Some(&["link"]),
         _ => None,

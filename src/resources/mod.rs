@@ -11,7 +11,7 @@ pub mod summary;
 pub use params::{ParamType, SearchParam};
 
 /// The resource types this server hosts, in the order the CapabilityStatement lists them.
-const HOSTED: [&str; 12] = [
+const HOSTED: [&str; 15] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -19,24 +19,29 @@ const HOSTED: [&str; 12] = [
     "Encounter",
     "Group",
     "Location",
+    "Observation",
     "Organization",
     "Patient",
     "Practitioner",
     "PractitionerRole",
+    "Questionnaire",
+    "QuestionnaireResponse",
     "Subscription",
 ];
 
 /// The types that one single-valued date places in time, and its search parameter (R4 cardinality
 /// 0..1: Appointment.start, CareTeam.period, Consent.dateTime, Encounter.period,
-/// PractitionerRole.period). Each
+/// Observation.effective[x], PractitionerRole.period, QuestionnaireResponse.authored). Each
 /// reference row of such a resource carries that date, so that a search by reference and date is one
 /// index range (migration 000009 fills the rows written before it, from this same list).
-const TIMELINES: [(&str, &str); 5] = [
+const TIMELINES: [(&str, &str); 7] = [
     ("Appointment", "date"),
     ("CareTeam", "date"),
     ("Consent", "date"),
     ("Encounter", "date"),
+    ("Observation", "date"),
     ("PractitionerRole", "date"),
+    ("QuestionnaireResponse", "authored"),
 ];
 
 /// A resource type hosted here. Only [`ResourceType::parse`] makes one, so holding one proves the
@@ -247,9 +252,9 @@ mod tests {
     #[test]
     fn hosted_types_parse_and_others_do_not() {
         assert_eq!(ResourceType::parse("Patient").map(|t| t.as_str()), Some("Patient"));
-        assert!(ResourceType::parse("Observation").is_none());
+        assert!(ResourceType::parse("MedicationRequest").is_none());
         assert!(ResourceType::parse("patient").is_none());
-        assert_eq!(ResourceType::all().count(), 12);
+        assert_eq!(ResourceType::all().count(), 15);
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn compile(rt: ResourceType, def: &Definition, all: &[DefinitionEntry]) -> Searc
                 .into_iter()
                 .map(compile_step)
                 .collect::<Option<Vec<_>>>()?;
-            Some((kind, steps))
+            Some((kind, fold_as(steps)))
         })
         .collect();
     let native = matches!(def.code.as_str(), "_id" | "_lastUpdated");
@@ -282,7 +282,31 @@ fn compile_steps(rt: ResourceType, path: &str) -> Option<Vec<Step>> {
     if *root != rt.as_str() && *root != "Resource" && *root != "DomainResource" {
         return None;
     }
-    rest.iter().map(|s| compile_step(s)).collect()
+    rest.iter()
+        .map(|s| compile_step(s))
+        .collect::<Option<Vec<_>>>()
+        .map(fold_as)
+}
+
+/// `value.as(CodeableConcept)`: the type an `as()` names is the choice of the element before it
+/// (`valueCodeableConcept`), not a child of that element.
+fn fold_as(steps: Vec<Step>) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    for step in steps {
+        match (step, out.last_mut()) {
+            (
+                Step::Field { name, choice: Some(t) },
+                Some(Step::Field {
+                    choice: previous @ None,
+                    ..
+                }),
+            ) if name.is_empty() => {
+                *previous = Some(t);
+            }
+            (step, _) => out.push(step),
+        }
+    }
+    out
 }
 
 fn split_dots(path: &str) -> Vec<&str> {

@@ -8,7 +8,11 @@
 //! notifications) was added from the R4 Subscription definition (subscription.html), in which every
 //! element is Σ. Encounter and DocumentReference come from the same SDK's R4 classes
 //! (FirelyTeam/firely-net-sdk, src/Hl7.Fhir.R4/Model/Generated/{Encounter,DocumentReference}.cs),
-//! checked against HAPI's R4 model (`@Child(summary = true)`).
+//! checked against HAPI's R4 model (`@Child(summary = true)`); Observation, Questionnaire and
+//! QuestionnaireResponse from the same files (Observation.cs and Questionnaire.cs at 08d6dba9,
+//! QuestionnaireResponse.cs at 0a80a438), checked against HAPI's (hapifhir/org.hl7.fhir.core,
+//! org.hl7.fhir.r4 model): Observation.category, Questionnaire.derivedFrom and .description are
+//! not Σ in R4 (they became so in R5).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;

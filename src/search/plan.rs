@@ -1163,7 +1163,9 @@ fn number_condition(sql: &mut Sql, value: &str, c: &Criterion) -> Result<(), Err
         .map_err(|_| bad_value(c, value, "is not a number with an optional prefix"))?;
     let decimals = number.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
     let half = 0.5 * 10f64.powi(-decimals);
-    let (low, high) = (n - half, n + half);
+    // A value given to more digits than a double holds still matches itself: the range is never
+    // narrower than the neighbouring doubles (66.89999999999999 ± 5e-15 rounds to itself).
+    let (low, high) = ((n - half).min(n.next_down()), (n + half).max(n.next_up()));
     match prefix {
         Prefix::Eq | Prefix::Ap => sql
             .push("value >= ")

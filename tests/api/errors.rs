@@ -65,7 +65,7 @@ both_backends! {
 
     async fn unknown_resource_types_are_404(app: TestApp) {
         assert_outcome(app.get("Spaceship/1").await, 404, "not-supported").await;
-        assert_outcome(app.post_json("Observation", &json!({"resourceType": "Observation"})).await, 404, "not-supported").await;
+        assert_outcome(app.post_json("MedicationRequest", &json!({"resourceType": "MedicationRequest"})).await, 404, "not-supported").await;
         assert_outcome(app.get("Spaceship/_history").await, 404, "not-supported").await;
         assert_outcome(app.get("Spaceship/1/2/3/4").await, 404, "not-supported").await;
         assert_outcome(app.get("no/such/thing/here/at/all").await, 404, "not-found").await;

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::both_backends;
 use crate::helpers::*;
 
-pub const HOSTED: [&str; 11] = [
+pub const HOSTED: [&str; 14] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -14,10 +14,13 @@ pub const HOSTED: [&str; 11] = [
     "Encounter",
     "Group",
     "Location",
+    "Observation",
     "Organization",
     "Patient",
     "Practitioner",
     "PractitionerRole",
+    "Questionnaire",
+    "QuestionnaireResponse",
 ];
 
 /// (type, id, json file, xml file) for every example of a hosted type.
@@ -77,6 +80,9 @@ fn stub(rt: &str, id: &str) -> Value {
         "DocumentReference" => {
             json!({"status": "current", "content": [{"attachment": {"contentType": "text/plain", "data": "c3R1Yg=="}}]})
         }
+        "Observation" => json!({"status": "final", "code": {"text": "stub"}}),
+        "Questionnaire" => json!({"status": "active"}),
+        "QuestionnaireResponse" => json!({"status": "completed"}),
         _ => json!({}),
     };
     body["resourceType"] = json!(rt);

@@ -47,6 +47,27 @@ fn extra_resources() -> Vec<Value> {
                "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}]},
                "subject": {"reference": "Patient/extra-patient"}, "context": {"encounter": [{"reference": "Encounter/extra-encounter"}]},
                "content": [{"attachment": {"contentType": "text/plain", "data": "U2xlcHQgYmV0dGVyLg=="}}]}),
+        // Observation.basedOn and a coded value (with a coded component) have no value in the official examples.
+        json!({"resourceType": "Observation", "id": "extra-observation", "status": "final",
+               "basedOn": [{"reference": "ServiceRequest/sr-1"}],
+               "code": {"coding": [{"system": "http://loinc.org", "code": "72166-2", "display": "Tobacco smoking status"}]},
+               "subject": {"reference": "Patient/extra-patient"},
+               "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "266919005", "display": "Never smoked tobacco"}]},
+               "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "88031-0"}]},
+                              "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "722499006"}]}}]}),
+        // Questionnaire.useContext (coded and quantity) and item.definition.
+        json!({"resourceType": "Questionnaire", "id": "extra-questionnaire", "status": "active",
+               "url": "https://ehr.example.org/fhir/Questionnaire/intake", "version": "2",
+               "useContext": [
+                   {"code": {"system": "http://terminology.hl7.org/CodeSystem/usage-context-type", "code": "focus"},
+                    "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "35489007", "display": "Depressive disorder"}]}},
+                   {"code": {"system": "http://terminology.hl7.org/CodeSystem/usage-context-type", "code": "age"},
+                    "valueQuantity": {"value": 18, "unit": "a", "system": "http://unitsofmeasure.org", "code": "a"}}],
+               "item": [{"linkId": "1", "definition": "http://hl7.org/fhir/StructureDefinition/Patient#Patient.birthDate", "text": "Date of birth", "type": "date"}]}),
+        json!({"resourceType": "QuestionnaireResponse", "id": "extra-response", "status": "completed",
+               "questionnaire": "https://ehr.example.org/fhir/Questionnaire/intake|2",
+               "basedOn": [{"reference": "CarePlan/cp-1"}], "subject": {"reference": "Patient/extra-patient"},
+               "item": [{"linkId": "1", "answer": [{"valueDate": "1990-04-02"}]}]}),
         // No official R4 Subscription example is in the corpus; an "off" one needs no allowed host.
         json!({"resourceType": "Subscription", "id": "extra-subscription", "status": "off", "reason": "EHR sync",
                "meta": {"tag": [{"system": "urn:tandem:tag", "code": "sync"}], "profile": ["http://hl7.org/fhir/StructureDefinition/Subscription"],
