@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod fhir;
+pub mod measures;
 pub mod metrics;
 pub mod notifier;
 pub mod resources;

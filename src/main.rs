@@ -92,8 +92,11 @@ fn serve(config: Config) -> Result<(), String> {
 
 fn migrate(config: Config) -> Result<(), String> {
     config.validate()?;
-    let store = tandem::store::Store::open(&config.database_url, 1).map_err(|e| e.to_string())?;
+    let store = tandem::store::Store::open(&config.database_url, 1)
+        .map_err(|e| e.to_string())?
+        .with_rules(tandem::startup::rules(&config));
     let applied = store.migrate().map_err(|e| e.to_string())?;
     tracing::info!(backend = store.backend(), applied, "migrations applied");
-    Ok(())
+    // The migration step (the chart's Job) also publishes the measures' Questionnaires.
+    tandem::startup::publish(&store).map_err(|e| e.to_string())
 }

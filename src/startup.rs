@@ -20,6 +20,27 @@ use crate::resources;
 use crate::store::Store;
 use crate::worker::Workers;
 
+/// The rules the store enforces, from the configuration.
+pub fn rules(config: &Config) -> crate::scheduling::Rules {
+    crate::scheduling::Rules {
+        canonical: crate::scheduling::Canonical::new(&config.canonical_base),
+        require_group_consent: config.require_group_consent,
+        subscription_hosts: config
+            .subscription_allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect(),
+    }
+}
+
+/// Stores the Questionnaires of the measures the server publishes (PHQ-9, GAD-7), where they differ.
+pub fn publish(store: &Store) -> Result<(), Error> {
+    let written = store.publish_measures()?;
+    tracing::info!(written, "measures' Questionnaires published");
+    Ok(())
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -34,16 +55,7 @@ impl Application {
         let (verifier, _local_key) = Verifier::from_config(&config).map_err(Error::Invalid)?;
         tracing::info!(keys = %verifier.source, issuer = verifier.issuer(), audience = verifier.audience(), "bearer tokens verified");
         resources::params::load();
-        let rules = crate::scheduling::Rules {
-            canonical: crate::scheduling::Canonical::new(&config.canonical_base),
-            require_group_consent: config.require_group_consent,
-            subscription_hosts: config
-                .subscription_allowed_hosts
-                .iter()
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
-        };
+        let rules = rules(&config);
         let store = Store::open_with_timeout(
             &config.database_url,
             config.db_pool_size,
@@ -53,6 +65,9 @@ impl Application {
         if config.migrate_on_start {
             let applied = store.migrate()?;
             tracing::info!(backend = store.backend(), applied, "database migrated");
+            publish(&store)?;
+        } else if store.ready(Duration::from_secs(2)).unwrap_or(false) {
+            publish(&store)?;
         } else {
             // Another step migrates (the chart's migration Job); /readyz answers 503 until it has.
             tracing::info!(

@@ -193,7 +193,7 @@ mod tests {
         accept(&mut off, &hosts).unwrap();
         assert_eq!(off["status"], "off");
         let mut bad = sub("requested", "https://hooks.ehr.example/fhir");
-        bad["criteria"] = json!("Observation?code=x");
+        bad["criteria"] = json!("MedicationRequest?code=x");
         assert!(accept(&mut bad, &hosts).is_err());
         bad["criteria"] = json!("Appointment?colour=blue");
         assert!(accept(&mut bad, &hosts).is_err());

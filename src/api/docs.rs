@@ -97,8 +97,10 @@ schema_names!(
     super::operations::book_session,
     super::operations::attendance,
     super::export::group_export,
+    super::operations::group_outcomes,
     super::operations::caseload,
     super::operations::everything,
+    super::operations::patient_outcomes,
     super::crud::vread,
 ))]
 struct ApiDoc;

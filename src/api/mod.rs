@@ -57,7 +57,9 @@ pub const SUPPORTED: Supported<'static> = Supported {
     operations: &[
         ("Group", "book-session", "/OperationDefinition/Group-book-session"),
         ("Group", "attendance", "/OperationDefinition/Group-attendance"),
+        ("Group", "outcomes", "/OperationDefinition/Group-outcomes"),
         ("Practitioner", "caseload", "/OperationDefinition/Practitioner-caseload"),
+        ("Patient", "outcomes", "/OperationDefinition/Patient-outcomes"),
         (
             "Patient",
             "everything",

@@ -1,6 +1,6 @@
-//! tandem's operations (each documented in the README): Group $book-session and $attendance,
-//! Practitioner $caseload, Patient $everything; and the read-only StructureDefinitions and
-//! CodeSystems of its own extensions and codes.
+//! tandem's operations (each documented in the README): Group $book-session, $attendance and
+//! $outcomes, Practitioner $caseload, Patient $everything and $outcomes; and the read-only
+//! StructureDefinitions and CodeSystems of its own extensions and codes.
 
 use super::docs;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +14,7 @@ use super::{blocking, query_pairs, read_body, resource_type, AppState, Ctx};
 use crate::auth::Permission;
 use crate::error::Error;
 use crate::fhir::{self, Format};
+use crate::measures::{self, outcomes};
 use crate::resources::{dates, ResourceType};
 use crate::scheduling::{self, definitions, APPOINTMENT_SUBJECT};
 use crate::search::plan::{plan, see_everything};
@@ -35,12 +36,14 @@ const REPORT_CAP: i64 = 10_000;
 
 /// The instance operations: the type, the operation and the one method it takes. The dispatcher
 /// below and the OpenAPI document (each operation's function carries its description) follow it.
-pub const OPERATIONS: [(&str, &str, &str); 5] = [
+pub const OPERATIONS: [(&str, &str, &str); 7] = [
     ("Group", "$book-session", "POST"),
     ("Group", "$attendance", "GET"),
     ("Group", "$export", "GET"),
+    ("Group", "$outcomes", "GET"),
     ("Practitioner", "$caseload", "GET"),
     ("Patient", "$everything", "GET"),
+    ("Patient", "$outcomes", "GET"),
 ];
 
 /// `/{type}/{id}/$operation`: dispatches to the operation, or 404 for one this type does not have.
@@ -70,6 +73,8 @@ pub async fn instance_operation(
         "$export" => super::export::group_export(&req, &ctx, &state, &id).await,
         "$attendance" => attendance(&req, &ctx, &state, &id).await,
         "$caseload" => caseload(&req, &ctx, &state, &id).await,
+        "$outcomes" if rt.as_str() == "Group" => group_outcomes(&req, &ctx, &state, &id).await,
+        "$outcomes" => patient_outcomes(&req, &ctx, &state, &id).await,
         _ => everything(&req, &ctx, &state, &id).await,
     }
 }
@@ -357,6 +362,418 @@ pub(crate) async fn attendance(
     ))
 }
 
+/// The measure a `$outcomes` request names (`measure=phq-9|gad-7`), or every measure when it
+/// names none and `all` is allowed.
+fn measures_param(req: &HttpRequest, all: bool) -> Result<Vec<&'static measures::Measure>, Error> {
+    let named: Vec<String> = query_pairs(req)
+        .into_iter()
+        .filter(|(k, _)| k == "measure")
+        .flat_map(|(_, v)| v.split(',').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    if named.is_empty() {
+        return if all {
+            Ok(measures::MEASURES.to_vec())
+        } else {
+            Err(Error::Invalid("parameter 'measure' is required: phq-9 or gad-7".into()))
+        };
+    }
+    named
+        .iter()
+        .map(|m| {
+            measures::by_id(m).ok_or_else(|| Error::Invalid(format!("'measure' must be phq-9 or gad-7, not '{m}'")))
+        })
+        .collect()
+}
+
+/// The bounds of a report's window as ms: [start, end), open where absent.
+fn window_ms(start: &Option<String>, end: &Option<String>) -> (i64, i64) {
+    let bound = |v: &Option<String>, open: i64| v.as_deref().and_then(dates::parse_range).map_or(open, |r| r.low);
+    (bound(start, i64::MIN), bound(end, i64::MAX))
+}
+
+/// `rt` resources matching `pairs` (criteria and the report's window), read whole, as the caller may see them.
+async fn report_search(
+    ctx: &Ctx,
+    state: &AppState,
+    rt: &'static str,
+    pairs: Vec<(String, String)>,
+) -> Result<Vec<Value>, Error> {
+    let rt = ResourceType::parse(rt).ok_or_else(|| Error::Internal(format!("{rt} is not hosted")))?;
+    let visible = |rt: ResourceType| ctx.reach(rt.as_str(), Permission::Search);
+    let planned = plan(&[rt], &Search::parse(&pairs)?, true, &visible)?;
+    let store = state.store.clone();
+    let found = blocking(move || store.search_all(&planned, REPORT_CAP)).await?;
+    found.iter().map(super::search::parse_body).collect()
+}
+
+/// Windowed criteria: `param` ge start and lt end.
+fn dated(
+    mut pairs: Vec<(String, String)>,
+    param: &str,
+    start: &Option<String>,
+    end: &Option<String>,
+) -> Vec<(String, String)> {
+    if let Some(s) = start {
+        pairs.push((param.into(), format!("ge{s}")));
+    }
+    if let Some(e) = end {
+        pairs.push((param.into(), format!("lt{e}")));
+    }
+    pairs
+}
+
+/// Per patient, sessions attended in the window: (group sessions by Group id, individual
+/// sessions). From the finished Encounters of the care record: a client's Encounter partOf a
+/// session Encounter whose subject is a Group is a session of that group; one partOf nothing is
+/// an individual session.
+async fn sessions_attended(
+    ctx: &Ctx,
+    state: &AppState,
+    patients: &[String],
+    (start, end): (&Option<String>, &Option<String>),
+) -> Result<BTreeMap<String, (BTreeMap<String, u32>, u32)>, Error> {
+    let mut out: BTreeMap<String, (BTreeMap<String, u32>, u32)> = BTreeMap::new();
+    if patients.is_empty() {
+        return Ok(out);
+    }
+    let (low, high) = window_ms(start, end);
+    let subjects = patients
+        .iter()
+        .map(|p| format!("Patient/{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let encounters = report_search(
+        ctx,
+        state,
+        "Encounter",
+        dated(
+            vec![("subject".into(), subjects), ("status".into(), "finished".into())],
+            "date",
+            start,
+            end,
+        ),
+    )
+    .await?;
+    let started = |e: &Value| {
+        e.pointer("/period/start")
+            .and_then(Value::as_str)
+            .and_then(dates::parse_range)
+            .is_some_and(|r| low <= r.low && r.low < high)
+    };
+    let sessions: BTreeSet<String> = encounters
+        .iter()
+        .filter_map(|e| e.pointer("/partOf/reference").and_then(Value::as_str))
+        .filter_map(|r| crate::resources::local_id(r, "Encounter"))
+        .collect();
+    let mut group_of: BTreeMap<String, String> = BTreeMap::new();
+    if !sessions.is_empty() {
+        let ids = sessions.into_iter().collect::<Vec<_>>().join(",");
+        for s in report_search(ctx, state, "Encounter", vec![("_id".into(), ids)]).await? {
+            let group = s
+                .pointer("/subject/reference")
+                .and_then(Value::as_str)
+                .and_then(|r| crate::resources::local_id(r, "Group"));
+            if let (Some(id), Some(g)) = (s.get("id").and_then(Value::as_str), group) {
+                group_of.insert(id.to_string(), g);
+            }
+        }
+    }
+    for e in encounters.iter().filter(|e| started(e)) {
+        let Some(patient) = e
+            .pointer("/subject/reference")
+            .and_then(Value::as_str)
+            .and_then(|r| crate::resources::local_id(r, "Patient"))
+        else {
+            continue;
+        };
+        let entry = out.entry(patient).or_default();
+        match e.pointer("/partOf/reference").and_then(Value::as_str) {
+            None => entry.1 += 1,
+            Some(r) => {
+                if let Some(g) = crate::resources::local_id(r, "Encounter").and_then(|s| group_of.get(&s)) {
+                    *entry.0.entry(g.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per patient, their total scores of `measure` in the window, oldest first.
+async fn scores_of(
+    ctx: &Ctx,
+    state: &AppState,
+    measure: &measures::Measure,
+    patients: &[String],
+    (start, end): (&Option<String>, &Option<String>),
+) -> Result<BTreeMap<String, Vec<outcomes::Score>>, Error> {
+    let mut out: BTreeMap<String, Vec<outcomes::Score>> = BTreeMap::new();
+    if patients.is_empty() {
+        return Ok(out);
+    }
+    let (low, high) = window_ms(start, end);
+    let subjects = patients
+        .iter()
+        .map(|p| format!("Patient/{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pairs = dated(
+        vec![
+            ("subject".into(), subjects),
+            ("code".into(), format!("{}|{}", measures::LOINC, measure.total.0)),
+        ],
+        "date",
+        start,
+        end,
+    );
+    for o in report_search(ctx, state, "Observation", pairs).await? {
+        if let Some(score) = outcomes::score_of(measure, &o).filter(|s| low <= s.at && s.at < high) {
+            out.entry(score.patient.clone()).or_default().push(score);
+        }
+    }
+    for scores in out.values_mut() {
+        outcomes::sort_scores(scores);
+    }
+    Ok(out)
+}
+
+/// The Patients on a Group's roster at some time in [low, high): members whose period overlaps it.
+fn members_during(group: &Value, low: i64, high: i64) -> Vec<String> {
+    let mut members: Vec<String> = group
+        .get("member")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            let bound = |k: &str| {
+                m.pointer(&format!("/period/{k}"))
+                    .and_then(Value::as_str)
+                    .and_then(dates::parse_range)
+            };
+            bound("start").map_or(i64::MIN, |r| r.low) < high && bound("end").map_or(i64::MAX, |r| r.high) >= low
+        })
+        .filter_map(|m| m.pointer("/entity/reference").and_then(Value::as_str))
+        .filter_map(|r| crate::resources::local_id(r, "Patient"))
+        .collect();
+    members.sort();
+    members.dedup();
+    members
+}
+
+/// Most members one Group $outcomes report covers.
+const OUTCOME_MEMBERS_CAP: usize = 500;
+
+/// GET Group/{id}/$outcomes?measure=&start=&end=: per member the first and latest score, the
+/// change and the sessions attended; then the members who also had individual sessions and those
+/// who had group sessions only, summarised.
+#[utoipa::path(
+    get,
+    path = "/Group/{id}/$outcomes",
+    operation_id = "groupOutcomes",
+    summary = "Outcomes of a group's members",
+    description = "For each member of the group in the period: the first and the latest PHQ-9 or GAD-7 total, the change, and the group and individual sessions attended; then two cohorts — members who also had individual sessions, and members who had group sessions only — with their count, how many were measured (two scores or more), the mean change, and the share improved by at least the measure's minimal clinically important difference (PHQ-9 5 points, GAD-7 4). The caller must reach every member's record. Documented at OperationDefinition/Group-outcomes.",
+    params(("id" = String, Path, description = "The logical id of the resource"),
+           ("measure" = String, Query, description = "phq-9 or gad-7"),
+           ("start" = Option<String>, Query, description = "First day (or instant) of the period"),
+           ("end" = Option<String>, Query, description = "End of the period (exclusive)")),
+    responses(
+        (status = 200, description = "The report", body = docs::Parameters, content_type = "application/fhir+json"),
+        (status = 400, description = "No measure, or an unknown one; a malformed date", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 403, description = "The token does not reach every member's record", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 404, description = "No Group has this id", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["Group.r", "Observation.s", "Encounter.s"])), ("x-contexts" = json!(["system", "user"]))),
+)]
+pub(crate) async fn group_outcomes(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    group_id: &str,
+) -> Result<HttpResponse, Error> {
+    let measure = measures_param(req, false)?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Invalid("parameter 'measure' is required".into()))?;
+    let (start, end) = window_params(req)?;
+    let group_reach = ctx.reach("Group", Permission::Read)?;
+    let group = read_json(state, "Group", group_id).await?;
+    if !group_reach.sees(resource_type("Group")?, group_id, &group) {
+        return Err(Error::NotFound(format!("Group/{group_id} is not known")));
+    }
+    let (low, high) = window_ms(&start, &end);
+    let members = members_during(&group, low, high);
+    if members.len() > OUTCOME_MEMBERS_CAP {
+        return Err(Error::Unprocessable(format!(
+            "the group had {} members in the period; a report covers at most {OUTCOME_MEMBERS_CAP}",
+            members.len()
+        )));
+    }
+    // A report about a group speaks of every member: only a caller who reaches each one's record.
+    for rt in ["Observation", "Encounter"] {
+        let reach = ctx.reach(rt, Permission::Search)?;
+        if reach.own_patient.is_some()
+            || reach
+                .patients
+                .as_ref()
+                .is_some_and(|p| members.iter().any(|m| !p.contains(m)))
+        {
+            return Err(Error::Forbidden(format!(
+                "this report covers every member of Group/{group_id}; the token does not reach every member's {rt} records"
+            )));
+        }
+    }
+    let window = (&start, &end);
+    let mut scores = scores_of(ctx, state, measure, &members, window).await?;
+    let mut sessions = sessions_attended(ctx, state, &members, window).await?;
+    let found: Vec<outcomes::Outcome> = members
+        .iter()
+        .map(|m| {
+            let (groups, individual) = sessions.remove(m).unwrap_or_default();
+            outcomes::Outcome {
+                patient: m.clone(),
+                scores: scores.remove(m).unwrap_or_default(),
+                group_sessions: groups.get(group_id).copied().unwrap_or(0),
+                individual_sessions: individual,
+            }
+        })
+        .collect();
+    let combined: Vec<&outcomes::Outcome> = found
+        .iter()
+        .filter(|o| o.group_sessions > 0 && o.individual_sessions > 0)
+        .collect();
+    let group_only: Vec<&outcomes::Outcome> = found
+        .iter()
+        .filter(|o| o.group_sessions > 0 && o.individual_sessions == 0)
+        .collect();
+    let canonical = &state.store.rules().canonical;
+    let mut parameters = vec![
+        json!({"name": "group", "valueReference": {"reference": format!("Group/{group_id}")}}),
+        json!({"name": "measure", "valueCanonical": measure.url(canonical)}),
+        json!({"name": "mcid", "valueInteger": measure.mcid}),
+    ];
+    if let Some(s) = &start {
+        parameters.push(json!({"name": "start", "valueString": s}));
+    }
+    if let Some(e) = &end {
+        parameters.push(json!({"name": "end", "valueString": e}));
+    }
+    for o in &found {
+        parameters.push(json!({"name": "member", "part": outcomes::member_parts(measure, o)}));
+    }
+    parameters.push(outcomes::cohort_parameter(
+        "individual-and-group",
+        &outcomes::cohort(measure, &combined),
+    ));
+    parameters.push(outcomes::cohort_parameter(
+        "group-only",
+        &outcomes::cohort(measure, &group_only),
+    ));
+    Ok(ctx.body(
+        HttpResponse::Ok(),
+        &json!({"resourceType": "Parameters", "parameter": parameters}),
+    ))
+}
+
+/// GET Patient/{id}/$outcomes?measure=&start=&end=: one client's scores of each measure, the
+/// change, and the sessions attended.
+#[utoipa::path(
+    get,
+    path = "/Patient/{id}/$outcomes",
+    operation_id = "patientOutcomes",
+    summary = "A client's outcomes across measures",
+    description = "For one client in the period: per measure (PHQ-9 and GAD-7, or the one named), every total score in order with its severity band, the first and the latest, the change and whether it is an improvement of at least the minimal clinically important difference; and the group and individual sessions attended. Documented at OperationDefinition/Patient-outcomes.",
+    params(("id" = String, Path, description = "The logical id of the resource"),
+           ("measure" = Option<String>, Query, description = "phq-9 or gad-7 (default: both)"),
+           ("start" = Option<String>, Query, description = "First day (or instant) of the period"),
+           ("end" = Option<String>, Query, description = "End of the period (exclusive)")),
+    responses(
+        (status = 200, description = "The report", body = docs::Parameters, content_type = "application/fhir+json"),
+        (status = 400, description = "An unknown measure; a malformed date", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 404, description = "No Patient has this id (or the caller may not see it)", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["Patient.r", "Observation.s", "Encounter.s"])), ("x-contexts" = json!(["system", "user", "patient"]))),
+)]
+pub(crate) async fn patient_outcomes(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    patient_id: &str,
+) -> Result<HttpResponse, Error> {
+    let chosen = measures_param(req, true)?;
+    let (start, end) = window_params(req)?;
+    let reach = ctx.reach("Patient", Permission::Read)?;
+    let store = state.store.clone();
+    let (rt, pid) = (resource_type("Patient")?, patient_id.to_string());
+    // As a read: a patient the caller may not see answers as one that does not exist.
+    blocking(move || store.read_visible(rt, &pid, &reach)).await?;
+    for rt in ["Observation", "Encounter"] {
+        let reach = ctx.reach(rt, Permission::Search)?;
+        if reach
+            .patients
+            .as_ref()
+            .is_some_and(|p| !p.iter().any(|p| p == patient_id))
+        {
+            return Err(Error::NotFound(format!("Patient/{patient_id} is not known")));
+        }
+    }
+    let patients = vec![patient_id.to_string()];
+    let window = (&start, &end);
+    let (groups, individual) = sessions_attended(ctx, state, &patients, window)
+        .await?
+        .remove(patient_id)
+        .unwrap_or_default();
+    let canonical = &state.store.rules().canonical;
+    let mut parameters =
+        vec![json!({"name": "patient", "valueReference": {"reference": format!("Patient/{patient_id}")}})];
+    if let Some(s) = &start {
+        parameters.push(json!({"name": "start", "valueString": s}));
+    }
+    if let Some(e) = &end {
+        parameters.push(json!({"name": "end", "valueString": e}));
+    }
+    parameters.push(json!({"name": "groupSessions", "valueInteger": groups.values().sum::<u32>()}));
+    parameters.push(json!({"name": "individualSessions", "valueInteger": individual}));
+    for measure in chosen {
+        let scores = scores_of(ctx, state, measure, &patients, window)
+            .await?
+            .remove(patient_id)
+            .unwrap_or_default();
+        let outcome = outcomes::Outcome {
+            patient: patient_id.to_string(),
+            scores,
+            group_sessions: groups.values().sum(),
+            individual_sessions: individual,
+        };
+        let mut parts = vec![
+            json!({"name": "measure", "valueCanonical": measure.url(canonical)}),
+            json!({"name": "mcid", "valueInteger": measure.mcid}),
+        ];
+        parts.extend(outcomes::member_parts(measure, &outcome).into_iter().filter(|p| {
+            !matches!(
+                p["name"].as_str(),
+                Some("patient" | "groupSessions" | "individualSessions")
+            )
+        }));
+        parameters.push(json!({"name": "outcome", "part": parts}));
+        for s in &outcome.scores {
+            let mut score = vec![
+                json!({"name": "measure", "valueCanonical": measure.url(canonical)}),
+                json!({"name": "date", "valueDateTime": s.date}),
+                json!({"name": "value", "valueInteger": s.value}),
+            ];
+            if let Some(band) = measure.band(s.value) {
+                score.push(json!({"name": "band", "valueCode": band.code}));
+            }
+            score.push(json!({"name": "observation", "valueReference": {"reference": format!("Observation/{}", s.observation)}}));
+            parameters.push(json!({"name": "score", "part": score}));
+        }
+    }
+    Ok(ctx.body(
+        HttpResponse::Ok(),
+        &json!({"resourceType": "Parameters", "parameter": parameters}),
+    ))
+}
+
 /// GET Practitioner/{id}/$caseload?start=&end=: booked hours split into individual and group
 /// sessions, and the number of distinct patients.
 #[utoipa::path(
@@ -437,14 +854,14 @@ pub(crate) async fn caseload(
 }
 
 /// GET Patient/{id}/$everything: the patient, their Appointments, CareTeams, Groups, Consents,
-/// Encounters and DocumentReferences (less the psychotherapy notes the caller did not write), as a
-/// paged searchset Bundle.
+/// Encounters, DocumentReferences (less the psychotherapy notes the caller did not write),
+/// Observations and QuestionnaireResponses, as a paged searchset Bundle.
 #[utoipa::path(
     get,
     path = "/Patient/{id}/$everything",
     operation_id = "patientEverything",
     summary = "Everything about a patient",
-    description = "The patient and every record in their compartment (Appointments, CareTeams, Groups, Consents, Encounters, DocumentReferences), as a paged searchset Bundle. Psychotherapy notes appear only to their author; a patient's own token sees group sessions and Groups without the other members.",
+    description = "The patient and every record in their compartment (Appointments, CareTeams, Groups, Consents, Encounters, DocumentReferences, Observations, QuestionnaireResponses), as a paged searchset Bundle. Psychotherapy notes appear only to their author; a patient's own token sees group sessions and Groups without the other members.",
     params(("id" = String, Path, description = "The logical id of the resource"), ("_count" = Option<u32>, Query, description = "Entries per page")),
     responses(
         (status = 200, description = "The patient's records (a searchset Bundle)", body = docs::Bundle, content_type = "application/fhir+json"),
@@ -497,6 +914,10 @@ pub(crate) async fn everything(
         ("DocumentReference", "subject"),
         ("DocumentReference", "author"),
         ("Encounter", "patient"),
+        ("Observation", "subject"),
+        ("Observation", "performer"),
+        ("QuestionnaireResponse", "subject"),
+        ("QuestionnaireResponse", "author"),
     ]
     .into_iter()
     .filter(|(t, _)| ctx.grant(t, Permission::Search).is_ok())

@@ -98,6 +98,14 @@ pub fn code_systems(canonical: &Canonical) -> Vec<Value> {
     vec![
         code_system(
             canonical,
+            "measure-severity",
+            "MeasureSeverity",
+            "Severity bands of outcome measures",
+            "The severity band of a PHQ-9 or GAD-7 total score, as the Observation.interpretation of the total the server derives from a completed response. PHQ-9 bands: Kroenke, Spitzer, Williams, J Gen Intern Med 2001;16(9):606-613; GAD-7 bands: Spitzer, Kroenke, Williams, Löwe, Arch Intern Med 2006;166(10):1092-1097.",
+            &crate::measures::severity_concepts(),
+        ),
+        code_system(
+            canonical,
             "attendance",
             "Attendance",
             "Session attendance",
@@ -133,8 +141,8 @@ pub fn code_systems(canonical: &Canonical) -> Vec<Value> {
 /// One operation parameter: (name, use, min, max, type, documentation).
 type OperationParameter<'a> = (&'a str, &'a str, u32, &'a str, &'a str, &'a str);
 
-/// The parts of the one parameter of an operation that has them (its name, and the parts).
-type Parts<'a> = Option<(&'a str, &'a [OperationParameter<'a>])>;
+/// The parts of the parameters of an operation that have them (each one's name, and its parts).
+type Parts<'a> = &'a [(&'a str, &'a [OperationParameter<'a>])];
 
 fn parameter_json((n, u, min, max, t, doc): &OperationParameter<'_>, parts: &[OperationParameter<'_>]) -> Value {
     let mut p = json!({"name": n, "use": u, "min": min, "max": max, "documentation": doc});
@@ -176,7 +184,7 @@ fn operation(
         "type": false,
         "instance": true,
         "parameter": parameters.iter().map(|p| {
-            let own = parts.filter(|(name, _)| *name == p.0).map_or(&[][..], |(_, parts)| parts);
+            let own = parts.iter().find(|(name, _)| *name == p.0).map_or(&[][..], |(_, parts)| parts);
             parameter_json(p, own)
         }).collect::<Vec<_>>()
     })
@@ -192,7 +200,7 @@ pub fn operation_definitions(canonical: &Canonical) -> Vec<Value> {
               ("location", "in", 0, "1", "Reference", "The room: a Location reference"),
               ("member", "in", 0, "*", "Reference", "Only these members (Patient references; each must be an active member); all active members when absent"),
               ("description", "in", 0, "1", "string", "Shown as Appointment.description"),
-              ("return", "out", 1, "1", "Appointment", "The session as created")], None),
+              ("return", "out", 1, "1", "Appointment", "The session as created")], &[]),
         operation(canonical, "Group", "attendance", "GroupAttendance", false,
             "Per member of a group: sessions invited, attended and missed (no-show plus late cancellation) among the group's sessions that start in [start, end), from the participant-attendance extension.",
             &[("start", "in", 0, "1", "date", "First day (or instant) of the period"),
@@ -200,14 +208,14 @@ pub fn operation_definitions(canonical: &Canonical) -> Vec<Value> {
               ("group", "out", 1, "1", "Reference", "The group"),
               ("sessions", "out", 1, "1", "integer", "Sessions held or booked in the period"),
               ("member", "out", 0, "*", "", "One per member on the roster or in a session")],
-            Some(("member", &[
+            &[("member", &[
               ("patient", "out", 1, "1", "Reference", "The member: a Patient reference"),
               ("invited", "out", 1, "1", "integer", "Sessions the member was a participant of and did not decline"),
               ("attended", "out", 1, "1", "integer", "Sessions recorded as attended"),
               ("missed", "out", 1, "1", "integer", "noShow + lateCancel"),
               ("noShow", "out", 1, "1", "integer", "Sessions recorded as no-show"),
               ("lateCancel", "out", 1, "1", "integer", "Sessions recorded as late cancellation"),
-              ("unrecorded", "out", 1, "1", "integer", "Sessions with no attendance recorded for the member")]))),
+              ("unrecorded", "out", 1, "1", "integer", "Sessions with no attendance recorded for the member")])]),
         operation(canonical, "Practitioner", "caseload", "PractitionerCaseload", false,
             "A practitioner's booked hours in [start, end), split into individual and group sessions, and the number of distinct patients seen: the workload view that keeps a therapist's individual and group work in balance.",
             &[("start", "in", 0, "1", "date", "First day (or instant) of the period"),
@@ -218,7 +226,67 @@ pub fn operation_definitions(canonical: &Canonical) -> Vec<Value> {
               ("groupSessions", "out", 1, "1", "integer", "Group sessions"),
               ("groupHours", "out", 1, "1", "decimal", "Hours of group sessions"),
               ("totalHours", "out", 1, "1", "decimal", "All booked hours"),
-              ("distinctPatients", "out", 1, "1", "integer", "Distinct patients across these sessions")], None),
+              ("distinctPatients", "out", 1, "1", "integer", "Distinct patients across these sessions")], &[]),
+        operation(canonical, "Group", "outcomes", "GroupOutcomes", false,
+            "What a measure's scores did for a group's members in [start, end): per member on the roster in the period, the first and latest total score (PHQ-9 LOINC 44261-6 or GAD-7 70274-6 Observations that stand: final, amended, corrected), the change (latest less first, with two scores or more; negative is better), whether that is an improvement of at least the measure's minimal clinically important difference (PHQ-9 5 points, Löwe et al., Med Care 2004;42(12):1194-1201; GAD-7 4 points, Toussaint et al., J Affect Disord 2020;265:395-401), and the sessions attended (finished Encounters that started in the period: partOf a session Encounter of this Group, or partOf nothing for an individual session). Then two cohorts: members who had both group and individual sessions in the period (individual-and-group), and members who had group sessions only (group-only); members with no group session in the period are in neither. Each cohort: members, measured (two scores or more), meanChange of the measured, improved, shareImproved (improved / measured). The caller must reach every member's Observations and Encounters (403 otherwise).",
+            &[("measure", "in", 1, "1", "code", "phq-9 or gad-7"),
+              ("start", "in", 0, "1", "date", "First day (or instant) of the period"),
+              ("end", "in", 0, "1", "date", "End of the period (exclusive)"),
+              ("group", "out", 1, "1", "Reference", "The group"),
+              ("start", "out", 0, "1", "string", "The period's start, as asked"),
+              ("end", "out", 0, "1", "string", "The period's end, as asked"),
+              ("measure", "out", 1, "1", "canonical", "The measure's Questionnaire"),
+              ("mcid", "out", 1, "1", "integer", "The measure's minimal clinically important difference, in points"),
+              ("member", "out", 0, "*", "", "One per member on the roster in the period"),
+              ("cohort", "out", 2, "2", "", "individual-and-group, then group-only")],
+            &[("member", &[
+                ("patient", "out", 1, "1", "Reference", "The member: a Patient reference"),
+                ("scores", "out", 1, "1", "integer", "Total scores in the period"),
+                ("firstScore", "out", 0, "1", "integer", "The first score in the period"),
+                ("firstDate", "out", 0, "1", "dateTime", "When it was taken"),
+                ("latestScore", "out", 0, "1", "integer", "The latest score in the period"),
+                ("latestDate", "out", 0, "1", "dateTime", "When it was taken"),
+                ("latestBand", "out", 0, "1", "code", "Its severity band (CodeSystem measure-severity)"),
+                ("change", "out", 0, "1", "integer", "latestScore - firstScore, with two scores or more"),
+                ("improved", "out", 0, "1", "boolean", "change <= -mcid"),
+                ("groupSessions", "out", 1, "1", "integer", "Sessions of this group attended"),
+                ("individualSessions", "out", 1, "1", "integer", "Individual sessions attended")]),
+              ("cohort", &[
+                ("name", "out", 1, "1", "code", "individual-and-group or group-only"),
+                ("members", "out", 1, "1", "integer", "Members in the cohort"),
+                ("measured", "out", 1, "1", "integer", "Members with two scores or more"),
+                ("meanChange", "out", 0, "1", "decimal", "Mean change of the measured (two decimals)"),
+                ("improved", "out", 1, "1", "integer", "Measured members who improved by at least the MCID"),
+                ("shareImproved", "out", 0, "1", "decimal", "improved / measured (three decimals)")])]),
+        operation(canonical, "Patient", "outcomes", "PatientOutcomes", false,
+            "One client's measures in [start, end): for each measure (both, or the one named), every total score that stands in time order with its severity band, the first and latest, the change and whether it is an improvement of at least the minimal clinically important difference; and the group and individual sessions attended (finished Encounters, as Group $outcomes counts them). A caller who may not see the patient gets 404.",
+            &[("measure", "in", 0, "1", "code", "phq-9 or gad-7 (default: both)"),
+              ("start", "in", 0, "1", "date", "First day (or instant) of the period"),
+              ("end", "in", 0, "1", "date", "End of the period (exclusive)"),
+              ("patient", "out", 1, "1", "Reference", "The client"),
+              ("start", "out", 0, "1", "string", "The period's start, as asked"),
+              ("end", "out", 0, "1", "string", "The period's end, as asked"),
+              ("groupSessions", "out", 1, "1", "integer", "Group sessions attended (any group)"),
+              ("individualSessions", "out", 1, "1", "integer", "Individual sessions attended"),
+              ("outcome", "out", 1, "*", "", "One per measure"),
+              ("score", "out", 0, "*", "", "Each total score in the period, per measure in time order")],
+            &[("outcome", &[
+                ("measure", "out", 1, "1", "canonical", "The measure's Questionnaire"),
+                ("mcid", "out", 1, "1", "integer", "Its minimal clinically important difference"),
+                ("scores", "out", 1, "1", "integer", "Total scores in the period"),
+                ("firstScore", "out", 0, "1", "integer", "The first score"),
+                ("firstDate", "out", 0, "1", "dateTime", "When it was taken"),
+                ("latestScore", "out", 0, "1", "integer", "The latest score"),
+                ("latestDate", "out", 0, "1", "dateTime", "When it was taken"),
+                ("latestBand", "out", 0, "1", "code", "Its severity band"),
+                ("change", "out", 0, "1", "integer", "latestScore - firstScore, with two scores or more"),
+                ("improved", "out", 0, "1", "boolean", "change <= -mcid")]),
+              ("score", &[
+                ("measure", "out", 1, "1", "canonical", "The measure's Questionnaire"),
+                ("date", "out", 1, "1", "dateTime", "When it was taken"),
+                ("value", "out", 1, "1", "integer", "The total score"),
+                ("band", "out", 1, "1", "code", "Its severity band (CodeSystem measure-severity)"),
+                ("observation", "out", 1, "1", "Reference", "The Observation it is")])]),
     ]
 }
 

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::write::Tx;
-use super::{care, scheduling, subscriptions, Abort, WriteAccess};
+use super::{care, measures, scheduling, subscriptions, Abort, WriteAccess};
 use crate::resources::ResourceType;
 
 /// One write of one resource, as the rules see it.
@@ -28,20 +28,21 @@ pub(super) struct Written<'a> {
 
 type BeforeWrite = fn(&mut Tx, &Change, &mut Value) -> Result<(), Abort>;
 type AfterWrite = fn(&mut Tx, &Written) -> Result<(), Abort>;
-type OnDelete = fn(&mut Tx, &str) -> Result<(), Abort>;
+/// The change's `previous` is the version being deleted.
+type OnDelete = fn(&mut Tx, &Change) -> Result<(), Abort>;
 
 struct Hooks {
     /// Checks the resource (refusing the write) and keeps what the server derives in it.
     before_write: Option<BeforeWrite>,
     /// Keeps what the store derives from a stored version (its own index rows).
     after_write: Option<AfterWrite>,
-    /// Undoes what the type's writes derived, when it is deleted.
+    /// Refuses a deletion, or undoes what the type's writes derived, when it is deleted.
     on_delete: Option<OnDelete>,
 }
 
 /// The rules per type. Types not listed have none beyond what every write does (the search
 /// indexes, references, and the Subscription outbox).
-const HOOKS: [(&str, Hooks); 6] = [
+const HOOKS: [(&str, Hooks); 9] = [
     (
         "Appointment",
         Hooks {
@@ -91,6 +92,35 @@ const HOOKS: [(&str, Hooks); 6] = [
         },
     ),
     (
+        "Observation",
+        Hooks {
+            // The Observations of a score are the server's own.
+            before_write: Some(measures::before_observation),
+            after_write: None,
+            on_delete: Some(measures::observation_deleted),
+        },
+    ),
+    (
+        "Questionnaire",
+        Hooks {
+            // The measures this server publishes (PHQ-9, GAD-7) are read-only.
+            before_write: Some(measures::before_questionnaire),
+            after_write: None,
+            on_delete: Some(measures::questionnaire_deleted),
+        },
+    ),
+    (
+        "QuestionnaireResponse",
+        Hooks {
+            // A response to a measure of ours: its answers checked (and the Questionnaire it names).
+            before_write: Some(measures::before_questionnaire_response),
+            // Its score: the total (and PHQ-9's self-harm item) as Observations, kept in step.
+            after_write: Some(measures::after_questionnaire_response),
+            // Its score's Observations turn entered-in-error.
+            on_delete: Some(measures::questionnaire_response_deleted),
+        },
+    ),
+    (
         "Subscription",
         Hooks {
             // Only channels and endpoints this server may use; status set by the server.
@@ -98,7 +128,7 @@ const HOOKS: [(&str, Hooks); 6] = [
             // The index of active Subscriptions that every write is matched against.
             after_write: Some(subscriptions::index_subscription),
             // A deleted Subscription notifies no more.
-            on_delete: Some(subscriptions::forget_subscription),
+            on_delete: Some(subscription_deleted),
         },
     ),
 ];
@@ -108,9 +138,13 @@ fn appointment_before(tx: &mut Tx, change: &Change, appointment: &mut Value) -> 
     scheduling::before_appointment(tx, change, appointment)
 }
 
-fn appointment_deleted(tx: &mut Tx, id: &str) -> Result<(), Abort> {
-    scheduling::free_bookings(tx, id)?;
-    care::retire_encounters(tx, id)
+fn appointment_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort> {
+    scheduling::free_bookings(tx, change.id)?;
+    care::retire_encounters(tx, change.id)
+}
+
+fn subscription_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort> {
+    subscriptions::forget_subscription(tx, change.id)
 }
 
 fn hooks_of(rt: ResourceType) -> Option<&'static Hooks> {
@@ -133,9 +167,9 @@ pub(super) fn after_write(tx: &mut Tx, written: &Written) -> Result<(), Abort> {
     subscriptions::queue_notifications(tx, written)
 }
 
-pub(super) fn on_delete(tx: &mut Tx, rt: ResourceType, id: &str) -> Result<(), Abort> {
-    match hooks_of(rt).and_then(|h| h.on_delete) {
-        Some(rule) => rule(tx, id),
+pub(super) fn on_delete(tx: &mut Tx, change: &Change) -> Result<(), Abort> {
+    match hooks_of(change.rt).and_then(|h| h.on_delete) {
+        Some(rule) => rule(tx, change),
         None => Ok(()),
     }
 }

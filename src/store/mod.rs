@@ -30,6 +30,7 @@ mod executor;
 mod export;
 mod hooks;
 mod index_rows;
+mod measures;
 pub mod pool;
 mod reads;
 mod scheduling;

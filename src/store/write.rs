@@ -221,12 +221,12 @@ pub(super) fn delete_in(
         }
     };
     matches_version(rt, id, if_match, current.version_id)?;
+    let body: Value = current
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
     if access.reach.patients.is_some() {
-        let body: Value = current
-            .body
-            .as_deref()
-            .and_then(|b| serde_json::from_str(b).ok())
-            .unwrap_or(Value::Null);
         access.check(rt, id, &body)?;
         access.check_whole(rt, id, &body)?;
     }
@@ -239,7 +239,13 @@ pub(super) fn delete_in(
         body: None,
     };
     swap_current(tx.c, current.version_id, &version, None)?;
-    hooks::on_delete(tx, rt, id)?;
+    let change = Change {
+        rt,
+        id,
+        previous: Some(&body),
+        access,
+    };
+    hooks::on_delete(tx, &change)?;
     insert_version(tx.c, &version)?;
     clear_index(tx.c, rt, id)?;
     Ok(Some(version))

@@ -26,6 +26,11 @@ fn sample(rt: &str, id: &str) -> Value {
             json!({"resourceType": rt, "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "category": [{"text": "agreement"}],
                    "patient": {"reference": "https://ehr.example.org/fhir/Patient/7"}, "policyRule": {"text": "group confidentiality rules"}})
         }
+        "Observation" => {
+            json!({"resourceType": rt, "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}})
+        }
+        "Questionnaire" => json!({"resourceType": rt, "status": "draft"}),
+        "QuestionnaireResponse" => json!({"resourceType": rt, "status": "in-progress"}),
         "Subscription" => {
             json!({"resourceType": rt, "status": "off", "reason": "sync", "criteria": "Patient?active=true",
                                  "channel": {"type": "rest-hook", "endpoint": "https://hooks.ehr.example/fhir"}})
@@ -36,7 +41,7 @@ fn sample(rt: &str, id: &str) -> Value {
     body
 }
 
-const TYPES: [&str; 12] = [
+const TYPES: [&str; 15] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -44,10 +49,13 @@ const TYPES: [&str; 12] = [
     "Encounter",
     "Group",
     "Location",
+    "Observation",
     "Organization",
     "Patient",
     "Practitioner",
     "PractitionerRole",
+    "Questionnaire",
+    "QuestionnaireResponse",
     "Subscription",
 ];
 

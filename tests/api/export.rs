@@ -131,7 +131,8 @@ both_backends! {
         let all = read_back(&app.client, &manifest(&app.client, &kick_off(&app, &app.client, "$export").await).await).await;
         assert!(all.contains(&("Practitioner".into(), "rivera".into())));
         assert!(all.contains(&("Appointment".into(), "a-out".into())));
-        assert_eq!(all.len(), 10, "3 patients, a practitioner, a group, 3 sessions, 2 care teams");
+        assert!(all.contains(&("Questionnaire".into(), "phq-9".into())) && all.contains(&("Questionnaire".into(), "gad-7".into())));
+        assert_eq!(all.len(), 12, "3 patients, a practitioner, a group, 3 sessions, 2 care teams, and the published PHQ-9 and GAD-7");
         let patients = read_back(&app.client, &manifest(&app.client, &kick_off(&app, &app.client, "Patient/$export?_type=Patient,CareTeam").await).await).await;
         assert_eq!(patients, pairs(&[("Patient", "m1"), ("Patient", "m2"), ("Patient", "out"), ("CareTeam", "t-m2"), ("CareTeam", "t-out")]));
         let later = tandem::resources::dates::format_instant(tandem::resources::dates::now_millis() + 3_600_000).replace('+', "%2B");

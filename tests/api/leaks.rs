@@ -173,7 +173,8 @@ both_backends! {
         let status = res.headers()["content-location"].to_str().unwrap().to_string();
         let m = manifest(&app.client, &status).await;
         let files: Vec<String> = m["output"].as_array().unwrap().iter().map(|f| f["url"].as_str().unwrap().to_string()).collect();
-        assert_eq!(files.len(), 2, "{m}");
+        // Patients, Practitioners, and the Questionnaires the server publishes.
+        assert_eq!(files.len(), 3, "{m}");
         // The client that started it downloads its files.
         for f in &files {
             let res = app.client.get(f).send().await.unwrap();

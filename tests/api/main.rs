@@ -28,6 +28,7 @@ mod input_limits;
 mod invariants;
 mod leaks;
 mod long_values;
+mod measures;
 mod metadata;
 mod openapi;
 mod operations;

@@ -115,7 +115,7 @@ both_backends! {
     async fn every_operation_definition_is_valid_and_every_output_matches_its_definition(app: TestApp) {
         let listed: Value = app.anonymous.get(app.url("OperationDefinition")).send().await.unwrap().json().await.unwrap();
         let defs = entries(&listed);
-        assert_eq!(defs.len(), 3);
+        assert_eq!(defs.len(), 5);
         for d in &defs {
             let d = &d["resource"];
             for p in d["parameter"].as_array().unwrap() {
@@ -147,7 +147,19 @@ both_backends! {
         }
         put_ok(&app, session).await;
 
+        // Two PHQ-9s of a member, so that $outcomes has scores, a change and a trend to report.
+        for (day, code) in [("01", "LA6571-9"), ("20", "LA6569-3")] {
+            let items: Vec<Value> = ["44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", "44252-5", "44253-3", "44260-8"]
+                .iter().map(|l| json!({"linkId": l, "answer": [{"valueCoding": {"system": "http://loinc.org", "code": code}}]})).collect();
+            let r = json!({"resourceType": "QuestionnaireResponse", "status": "completed", "questionnaire": "https://tandem.example.org/fhir/Questionnaire/phq-9",
+                "subject": {"reference": "Patient/p1"}, "authored": format!("2026-12-{day}T09:00:00Z"), "item": items});
+            app.create(&r).await;
+        }
         for (id, path) in [
+            ("Group-outcomes", "Group/grief/$outcomes?measure=phq-9&start=2026-12-01&end=2027-01-01"),
+            ("Group-outcomes", "Group/grief/$outcomes?measure=gad-7"),
+            ("Patient-outcomes", "Patient/p1/$outcomes?start=2026-12-01&end=2027-01-01"),
+            ("Patient-outcomes", "Patient/p2/$outcomes?measure=phq-9"),
             ("Group-attendance", "Group/grief/$attendance?start=2026-12-01&end=2027-01-01"),
             ("Group-attendance", "Group/grief/$attendance"),
             ("Practitioner-caseload", "Practitioner/moss/$caseload?start=2026-12-01T00:00:00Z&end=2026-12-31"),

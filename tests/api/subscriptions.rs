@@ -12,17 +12,17 @@ use crate::helpers::*;
 
 /// What the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    authorization: Option<String>,
-    body: String,
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: String,
 }
 
 /// A local HTTP receiver that records every request and answers with the next of `answers`
 /// (then 200).
-struct Receiver {
-    port: u16,
+pub struct Receiver {
+    pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     handle: actix_web::dev::ServerHandle,
 }
@@ -67,16 +67,16 @@ impl Receiver {
         Receiver { port, received, handle }
     }
 
-    async fn start(answers: Vec<u16>) -> Receiver {
+    pub async fn start(answers: Vec<u16>) -> Receiver {
         Receiver::start_on(free_port(), answers).await
     }
 
-    fn got(&self) -> Vec<Received> {
+    pub fn got(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
     /// Waits until at least `n` requests arrived.
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         for _ in 0..300 {
             let got = self.got();
             if got.len() >= n {
@@ -112,7 +112,7 @@ fn session(status: &str, practitioner: &str, hour: u32) -> Value {
            "participant": [{"actor": {"reference": format!("Practitioner/{practitioner}")}, "status": "accepted"}]})
 }
 
-async fn spawn_allowing(backend: Backend, port: u16, workers: bool) -> TestApp {
+pub async fn spawn_allowing(backend: Backend, port: u16, workers: bool) -> TestApp {
     let app = TestApp::spawn_configured(backend, |c| {
         c.subscription_allowed_hosts = vec![format!("127.0.0.1:{port}")];
         c.background_workers = workers;
