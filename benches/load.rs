@@ -44,7 +44,7 @@ const WEEK: i64 = 7 * DAY;
 /// Individual sessions a therapist holds in a week (five a day, Monday to Friday).
 const PER_WEEK: u64 = 25;
 /// Every scenario, in the order they run.
-const SCENARIOS: [Scenario; 11] = [
+const SCENARIOS: [Scenario; 13] = [
     Scenario::Create,
     Scenario::Read,
     Scenario::MemberRead,
@@ -56,7 +56,18 @@ const SCENARIOS: [Scenario; 11] = [
     Scenario::Everything,
     Scenario::Transaction,
     Scenario::BookSession,
+    Scenario::SubmitPhq9,
+    Scenario::Outcomes,
 ];
+/// The group whose quarter `$outcomes` reports on: twelve members (the first clients, who also have
+/// the seeded individual sessions' Encounters), weekly sessions over the first 13 weeks, and three
+/// PHQ-9s each (weeks 0, 6 and 12).
+const OUTCOMES_MEMBERS: u64 = 12;
+const OUTCOMES_WEEKS: u64 = 13;
+const PHQ9_ITEMS: [&str; 9] = [
+    "44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", "44252-5", "44253-3", "44260-8",
+];
+const LL358_3: [&str; 4] = ["LA6568-5", "LA6569-3", "LA6570-1", "LA6571-9"];
 
 /// The clinic's size and the load's shape.
 struct Args {
@@ -298,7 +309,79 @@ fn resources(a: &Args) -> Vec<(&'static str, u64, Make<'_>)> {
         ),
         ("Appointment", a.appointments, Box::new(|i| appointment(i, a))),
         ("Encounter", a.encounters(), Box::new(|k| encounter(k, a))),
+        (
+            "Group (outcomes)",
+            1,
+            Box::new(|_| {
+                let member: Vec<Value> = (0..OUTCOMES_MEMBERS)
+                    .map(|m| json!({"entity": {"reference": format!("Patient/bench-pa{m}")}, "period": {"start": "2026-01-01"}}))
+                    .collect();
+                json!({"resourceType": "Group", "id": "bench-outcomes", "type": "person", "actual": true,
+                       "name": "Outcomes group", "member": member})
+            }),
+        ),
+        // Per week: the session's Encounter, then one per member (all attend), partOf it.
+        (
+            "Encounter (outcomes group)",
+            OUTCOMES_WEEKS * (OUTCOMES_MEMBERS + 1),
+            Box::new(outcomes_encounter),
+        ),
+        (
+            "QuestionnaireResponse (PHQ-9, scored)",
+            OUTCOMES_MEMBERS * 3,
+            Box::new(|i| {
+                let (m, k) = (i / 3, i % 3);
+                // Weeks 0, 6 and 12; totals falling by member-dependent steps.
+                let total = 20u64.saturating_sub(k * (m % 5 + 1));
+                phq9(
+                    &format!("bench-qr{i}"),
+                    m,
+                    WEEK0 + (k * 6) as i64 * WEEK + 8 * HOUR,
+                    total,
+                )
+            }),
+        ),
     ]
+}
+
+/// Encounter i of the outcomes group's quarter: week i / (M + 1); the session's own first, then
+/// member (i % (M + 1)) - 1's, partOf it.
+fn outcomes_encounter(i: u64) -> Value {
+    let (week, k) = (i / (OUTCOMES_MEMBERS + 1), i % (OUTCOMES_MEMBERS + 1));
+    let start = WEEK0 + week as i64 * WEEK + 5 * DAY + 10 * HOUR;
+    let mut e = json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "period": {"start": instant(start), "end": instant(start + 90 * 60)}});
+    if k == 0 {
+        e["id"] = json!(format!("bench-oe{week}"));
+        e["subject"] = json!({"reference": "Group/bench-outcomes"});
+    } else {
+        e["id"] = json!(format!("bench-oe{week}-{}", k - 1));
+        e["subject"] = json!({"reference": format!("Patient/bench-pa{}", k - 1)});
+        e["partOf"] = json!({"reference": format!("Encounter/bench-oe{week}")});
+    }
+    e
+}
+
+/// A completed PHQ-9 of Patient/bench-pa`patient` whose answers add up to `total`.
+fn phq9(id: &str, patient: u64, at: i64, total: u64) -> Value {
+    let items: Vec<Value> = PHQ9_ITEMS
+        .iter()
+        .enumerate()
+        .map(|(i, link)| {
+            let score = total.saturating_sub(3 * i as u64).min(3) as usize;
+            json!({"linkId": link, "answer": [{"valueCoding": {"system": "http://loinc.org", "code": LL358_3[score]}}]})
+        })
+        .collect();
+    let mut r = json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+        "questionnaire": "https://tandem.example.org/fhir/Questionnaire/phq-9",
+        "subject": {"reference": format!("Patient/bench-pa{patient}")},
+        "source": {"reference": format!("Patient/bench-pa{patient}")},
+        "authored": instant(at), "item": items});
+    if !id.is_empty() {
+        r["id"] = json!(id);
+    }
+    r
 }
 
 /// The Encounter of individual session k, as an EHR would record it (the seeded sessions are all
@@ -453,6 +536,8 @@ enum Scenario {
     Everything,
     Transaction,
     BookSession,
+    SubmitPhq9,
+    Outcomes,
 }
 
 impl Scenario {
@@ -469,6 +554,8 @@ impl Scenario {
             Scenario::Everything => "everything",
             Scenario::Transaction => "transaction",
             Scenario::BookSession => "book-session",
+            Scenario::SubmitPhq9 => "phq9",
+            Scenario::Outcomes => "outcomes",
         }
     }
 
@@ -485,6 +572,8 @@ impl Scenario {
             Scenario::Everything => "Patient $everything",
             Scenario::Transaction => "transaction of 100 Appointments",
             Scenario::BookSession => "Group $book-session",
+            Scenario::SubmitPhq9 => "submit a completed PHQ-9 (scored: its Observations in the same transaction)",
+            Scenario::Outcomes => "Group $outcomes, PHQ-9, a group of 12 over a quarter",
         }
     }
 
@@ -618,6 +707,30 @@ async fn request(c: &Client, scenario: Scenario, i: u64, next: &AtomicU64, after
                 .body(body.to_string())
                 .send()
                 .await
+        }
+        Scenario::SubmitPhq9 => {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            // Dated after the outcomes group's quarter, so that its report reads the same scores.
+            let body = phq9(
+                "",
+                n % a.patients,
+                WEEK0 + 26 * WEEK + (n % 100_000) as i64 * 60,
+                n % 28,
+            );
+            http.post(c.url("QuestionnaireResponse"))
+                .header("Content-Type", FHIR_JSON)
+                .body(body.to_string())
+                .send()
+                .await
+        }
+        Scenario::Outcomes => {
+            http.get(c.url(&format!(
+                "Group/bench-outcomes/$outcomes?measure=phq-9&start={}&end={}",
+                &instant(WEEK0)[..10],
+                &instant(WEEK0 + OUTCOMES_WEEKS as i64 * WEEK)[..10]
+            )))
+            .send()
+            .await
         }
     };
     match res {

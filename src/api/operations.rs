@@ -391,19 +391,39 @@ fn window_ms(start: &Option<String>, end: &Option<String>) -> (i64, i64) {
     (bound(start, i64::MIN), bound(end, i64::MAX))
 }
 
-/// `rt` resources matching `pairs` (criteria and the report's window), read whole, as the caller may see them.
+/// Alternatives per search of a report: within a search's limit on the values of one parameter.
+const REPORT_CHUNK: usize = 100;
+
+/// `rt` resources matching `pairs` and one of `values` for `param`, read whole, as the caller may
+/// see them — or as the server does, for `as_server` (the session Encounters of a group, whose
+/// subject is all a report takes from them). The values are asked for in chunks.
 async fn report_search(
     ctx: &Ctx,
     state: &AppState,
     rt: &'static str,
+    (param, values): (&str, &[String]),
     pairs: Vec<(String, String)>,
+    as_server: bool,
 ) -> Result<Vec<Value>, Error> {
     let rt = ResourceType::parse(rt).ok_or_else(|| Error::Internal(format!("{rt} is not hosted")))?;
     let visible = |rt: ResourceType| ctx.reach(rt.as_str(), Permission::Search);
-    let planned = plan(&[rt], &Search::parse(&pairs)?, true, &visible)?;
-    let store = state.store.clone();
-    let found = blocking(move || store.search_all(&planned, REPORT_CAP)).await?;
-    found.iter().map(super::search::parse_body).collect()
+    let mut out = Vec::new();
+    for chunk in values.chunks(REPORT_CHUNK) {
+        let mut criteria = pairs.clone();
+        criteria.push((param.to_string(), chunk.join(",")));
+        let search = Search::parse(&criteria)?;
+        let planned = if as_server {
+            plan(&[rt], &search, true, &see_everything)?
+        } else {
+            plan(&[rt], &search, true, &visible)?
+        };
+        let store = state.store.clone();
+        let found = blocking(move || store.search_all(&planned, REPORT_CAP)).await?;
+        for v in &found {
+            out.push(super::search::parse_body(v)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Windowed criteria: `param` ge start and lt end.
@@ -437,21 +457,14 @@ async fn sessions_attended(
         return Ok(out);
     }
     let (low, high) = window_ms(start, end);
-    let subjects = patients
-        .iter()
-        .map(|p| format!("Patient/{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let subjects: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
     let encounters = report_search(
         ctx,
         state,
         "Encounter",
-        dated(
-            vec![("subject".into(), subjects), ("status".into(), "finished".into())],
-            "date",
-            start,
-            end,
-        ),
+        ("subject", &subjects),
+        dated(vec![("status".into(), "finished".into())], "date", start, end),
+        false,
     )
     .await?;
     let started = |e: &Value| {
@@ -467,8 +480,10 @@ async fn sessions_attended(
         .collect();
     let mut group_of: BTreeMap<String, String> = BTreeMap::new();
     if !sessions.is_empty() {
-        let ids = sessions.into_iter().collect::<Vec<_>>().join(",");
-        for s in report_search(ctx, state, "Encounter", vec![("_id".into(), ids)]).await? {
+        // The sessions the caller's visible Encounters are part of: a group's session Encounter is
+        // in no patient's compartment, and only its Group is taken from it.
+        let ids: Vec<String> = sessions.into_iter().collect();
+        for s in report_search(ctx, state, "Encounter", ("_id", &ids), Vec::new(), true).await? {
             let group = s
                 .pointer("/subject/reference")
                 .and_then(Value::as_str)
@@ -512,22 +527,16 @@ async fn scores_of(
         return Ok(out);
     }
     let (low, high) = window_ms(start, end);
-    let subjects = patients
-        .iter()
-        .map(|p| format!("Patient/{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let subjects: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
     let pairs = dated(
-        vec![
-            ("subject".into(), subjects),
-            ("code".into(), format!("{}|{}", measures::LOINC, measure.total.0)),
-        ],
+        vec![("code".into(), format!("{}|{}", measures::LOINC, measure.total.0))],
         "date",
         start,
         end,
     );
-    for o in report_search(ctx, state, "Observation", pairs).await? {
-        if let Some(score) = outcomes::score_of(measure, &o).filter(|s| low <= s.at && s.at < high) {
+    let system = measures::observation_identifier(&state.store.rules().canonical);
+    for o in report_search(ctx, state, "Observation", ("subject", &subjects), pairs, false).await? {
+        if let Some(score) = outcomes::score_of(measure, &system, &o).filter(|s| low <= s.at && s.at < high) {
             out.entry(score.patient.clone()).or_default().push(score);
         }
     }
@@ -590,24 +599,27 @@ pub(crate) async fn group_outcomes(
     state: &AppState,
     group_id: &str,
 ) -> Result<HttpResponse, Error> {
-    let measure = measures_param(req, false)?
-        .first()
-        .copied()
-        .ok_or_else(|| Error::Invalid("parameter 'measure' is required".into()))?;
+    let measure = match measures_param(req, false)?.as_slice() {
+        [one] => *one,
+        _ => {
+            return Err(Error::Invalid(
+                "Group $outcomes reports on one measure: measure=phq-9 or measure=gad-7".into(),
+            ))
+        }
+    };
     let (start, end) = window_params(req)?;
     let group_reach = ctx.reach("Group", Permission::Read)?;
-    let group = read_json(state, "Group", group_id).await?;
+    // A Group the caller may not see, or one deleted, answers as one that does not exist.
+    let unknown = || Error::NotFound(format!("Group/{group_id} is not known"));
+    let group = match read_json(state, "Group", group_id).await {
+        Err(Error::Gone(_)) => return Err(unknown()),
+        other => other?,
+    };
     if !group_reach.sees(resource_type("Group")?, group_id, &group) {
-        return Err(Error::NotFound(format!("Group/{group_id} is not known")));
+        return Err(unknown());
     }
     let (low, high) = window_ms(&start, &end);
     let members = members_during(&group, low, high);
-    if members.len() > OUTCOME_MEMBERS_CAP {
-        return Err(Error::Unprocessable(format!(
-            "the group had {} members in the period; a report covers at most {OUTCOME_MEMBERS_CAP}",
-            members.len()
-        )));
-    }
     // A report about a group speaks of every member: only a caller who reaches each one's record.
     for rt in ["Observation", "Encounter"] {
         let reach = ctx.reach(rt, Permission::Search)?;
@@ -621,6 +633,11 @@ pub(crate) async fn group_outcomes(
                 "this report covers every member of Group/{group_id}; the token does not reach every member's {rt} records"
             )));
         }
+    }
+    if members.len() > OUTCOME_MEMBERS_CAP {
+        return Err(Error::Unprocessable(format!(
+            "the group had more than {OUTCOME_MEMBERS_CAP} members in the period, more than one report covers; narrow the period"
+        )));
     }
     let window = (&start, &end);
     let mut scores = scores_of(ctx, state, measure, &members, window).await?;

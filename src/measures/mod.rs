@@ -428,6 +428,15 @@ pub fn measure_of(canonical: &Canonical, questionnaire: &str) -> Result<Option<&
     let ours = format!("{}/Questionnaire/", canonical.base);
     let id = url.strip_prefix(&ours).or_else(|| url.strip_prefix("Questionnaire/"));
     let Some(id) = id else { return Ok(None) };
+    // `Questionnaire/phq-9/_history/1` and the like: one of ours, named in a way we do not resolve.
+    if let Some((first, _)) = id.split_once('/') {
+        if by_id(first).is_some() || url.starts_with(&ours) {
+            return Err(format!(
+                "'{questionnaire}' is not a canonical URL of a Questionnaire this server publishes: name it as {ours}{first}"
+            ));
+        }
+        return Ok(None);
+    }
     let Some(measure) = by_id(id) else {
         if url.starts_with(&ours) {
             return Err(format!("this server publishes no Questionnaire '{url}'"));
@@ -538,6 +547,16 @@ pub fn score(measure: &Measure, response: &Value, complete: bool) -> Result<Scor
                 continue;
             };
         if answers.is_empty() {
+            continue;
+        }
+        if answers.iter().any(|a| a.get("item").is_some()) {
+            problems.push(broken(
+                link_id,
+                format!(
+                    "item '{link_id}' has items nested in its answer: {} has none",
+                    measure.title
+                ),
+            ));
             continue;
         }
         if answers.len() > 1 {
@@ -657,8 +676,14 @@ fn derived(
     if let Some(authored) = response.get("authored") {
         m.insert("effectiveDateTime".into(), authored.clone());
     }
+    // The source answered; as performer it would also put the score in the source's compartment,
+    // so another Patient (one who answered for someone else) is not copied there.
     if let Some(source) = response.get("source") {
-        m.insert("performer".into(), json!([source]));
+        let reference = source.get("reference").and_then(Value::as_str).unwrap_or("");
+        let a_patient = crate::resources::local_id(reference, "Patient").is_some() || reference.contains("/Patient/");
+        if !a_patient || response.get("subject") == Some(source) {
+            m.insert("performer".into(), json!([source]));
+        }
     }
     m.insert(
         "derivedFrom".into(),
@@ -819,6 +844,8 @@ mod tests {
             None
         );
         assert_eq!(measure_of(&c, "Questionnaire/3141").unwrap().map(|m| m.id), None);
+        assert!(measure_of(&c, "Questionnaire/phq-9/_history/1").is_err());
+        assert!(measure_of(&c, "https://fhir.clinic.example/fhir/Questionnaire/phq-9/_history/1").is_err());
     }
 
     #[test]

@@ -18,9 +18,19 @@ pub struct Score {
     pub observation: String,
 }
 
-/// A total-score Observation of `measure` that stands (final, amended or corrected), taken at a
-/// known time, about a Patient of this server, with a whole score in the measure's range.
-pub fn score_of(measure: &Measure, observation: &Value) -> Option<Score> {
+/// A total-score Observation of `measure` that the server derived from a response it scored (our
+/// identifier system `score_system`: a total an EHR or a client recorded itself is not verified,
+/// and would count a response twice), that stands (final, amended or corrected), taken at a known
+/// time, about a Patient of this server, with a whole score in the measure's range.
+pub fn score_of(measure: &Measure, score_system: &str, observation: &Value) -> Option<Score> {
+    let derived = observation
+        .get("identifier")
+        .and_then(Value::as_array)?
+        .iter()
+        .any(|i| i.get("system").and_then(Value::as_str) == Some(score_system));
+    if !derived {
+        return None;
+    }
     let status = observation.get("status").and_then(Value::as_str)?;
     if !matches!(status, "final" | "amended" | "corrected") {
         return None;
@@ -203,15 +213,23 @@ mod tests {
 
     #[test]
     fn only_standing_scores_in_range_count() {
+        let system = "https://x.example/sid/questionnaire-score";
         let obs = |status: &str, value: f64| {
             json!({"resourceType": "Observation", "id": "o1", "status": status, "subject": {"reference": "Patient/p"},
+                   "identifier": [{"system": system, "value": "QuestionnaireResponse/r/44261-6"}],
                    "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
                    "effectiveDateTime": "2027-01-05T10:00:00Z", "valueQuantity": {"value": value}})
         };
-        assert_eq!(score_of(&PHQ9, &obs("final", 12.0)).map(|s| s.value), Some(12));
-        assert!(score_of(&PHQ9, &obs("entered-in-error", 12.0)).is_none());
-        assert!(score_of(&PHQ9, &obs("cancelled", 12.0)).is_none());
-        assert!(score_of(&PHQ9, &obs("final", 28.0)).is_none());
-        assert!(score_of(&PHQ9, &obs("final", 2.5)).is_none());
+        assert_eq!(score_of(&PHQ9, system, &obs("final", 12.0)).map(|s| s.value), Some(12));
+        assert!(score_of(&PHQ9, system, &obs("entered-in-error", 12.0)).is_none());
+        assert!(score_of(&PHQ9, system, &obs("cancelled", 12.0)).is_none());
+        assert!(score_of(&PHQ9, system, &obs("final", 28.0)).is_none());
+        assert!(score_of(&PHQ9, system, &obs("final", 2.5)).is_none());
+        let mut recorded = obs("final", 12.0);
+        recorded.as_object_mut().unwrap().remove("identifier");
+        assert!(
+            score_of(&PHQ9, system, &recorded).is_none(),
+            "not derived by the server"
+        );
     }
 }

@@ -155,6 +155,15 @@ pub(super) fn before_questionnaire_response(tx: &mut Tx, change: &Change, respon
         ));
     }
     let complete = matches!(status(response), "completed" | "amended");
+    if complete && response.get("authored").and_then(Value::as_str).is_none() {
+        return Err(invariant(
+            "QuestionnaireResponse.authored",
+            format!(
+                "a completed {} says when it was answered: authored is required (its score is dated by it)",
+                measure.title
+            ),
+        ));
+    }
     measures::score(measure, response, complete).map_err(|problems| Abort::from(Error::Invariant(problems)))?;
     Ok(())
 }
@@ -263,8 +272,9 @@ fn settle_observations(
             .load(tx.c)?
     };
     let prefix = format!("QuestionnaireResponse/{id}/");
-    // (key: the LOINC code, Observation id, body) of ours.
+    // (key: the LOINC code, Observation id, body) of ours, and ours about another subject.
     let mut existing: Vec<(String, String, Value)> = Vec::new();
+    let mut stale: Vec<(String, Value)> = Vec::new();
     for (obs_id, body) in rows {
         let Some(body) = body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
             continue;
@@ -276,8 +286,13 @@ fn settle_observations(
             .flatten()
             .find(|i| i.get("system").and_then(Value::as_str) == Some(system.as_str()))
             .and_then(|i| i.get("value")?.as_str()?.strip_prefix(&prefix).map(str::to_string));
-        if let Some(key) = key {
-            existing.push((key, obs_id, body));
+        // One entered in error is never revived (a response deleted, its id used again, makes new
+        // Observations); nor is one about another subject (a response moved to another patient).
+        let same_subject = response.is_none_or(|r| body.get("subject") == r.get("subject"));
+        match key {
+            Some(key) if status(&body) != "entered-in-error" && same_subject => existing.push((key, obs_id, body)),
+            Some(_) if status(&body) != "entered-in-error" => stale.push((obs_id, body)),
+            _ => {}
         }
     }
     let rt = hosted("Observation")?;
@@ -286,6 +301,10 @@ fn settle_observations(
         method: "PUT",
         check_refs: false,
     };
+    for (obs_id, mut body) in stale {
+        body["status"] = json!("entered-in-error");
+        update_in(tx, rt, &obs_id, &body, None, via, &access)?;
+    }
     let retire_as = match (response, measure) {
         (Some(r), Some(measure)) if matches!(status(r), "completed" | "amended") => {
             let scored = measures::score(measure, r, true).map_err(|p| Abort::from(Error::Invariant(p)))?;
@@ -365,18 +384,13 @@ pub(super) fn before_observation(tx: &mut Tx, change: &Change, observation: &mut
     if carries(Some(observation)) || carries(change.previous) {
         return Err(owned().into());
     }
-    let scored_code = observation
-        .pointer("/code/coding")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|c| c.get("system").and_then(Value::as_str) == Some(measures::LOINC))
-        .filter_map(|c| c.get("code").and_then(Value::as_str))
-        .any(|code| {
-            measures::MEASURES
-                .iter()
-                .any(|m| m.total.0 == code || m.flagged == Some(code))
-        });
+    let scored_code = measure_code(observation);
+    if scored_code && change.access.reach.own_patient.is_some() {
+        return Err(Error::Forbidden(
+            "a client's own token may not record a PHQ-9 or GAD-7 score: send the QuestionnaireResponse, and the server scores it".into(),
+        )
+        .into());
+    }
     if !scored_code {
         return Ok(());
     }
@@ -391,16 +405,22 @@ pub(super) fn before_observation(tx: &mut Tx, change: &Change, observation: &mut
     if responses.is_empty() {
         return Ok(());
     }
-    let bodies: Vec<Option<String>> = resources::table
+    let rows: Vec<(String, Option<String>)> = resources::table
         .filter(resources::res_type.eq("QuestionnaireResponse"))
         .filter(resources::res_id.eq_any(&responses))
         .filter(resources::deleted.eq(false))
-        .select(resources::body)
+        .select((resources::res_id, resources::body))
         .load(tx.c)?;
-    for body in bodies.iter().filter_map(|b| b.as_deref()) {
-        let Ok(response) = serde_json::from_str::<Value>(body) else {
+    let rt = hosted("QuestionnaireResponse")?;
+    for (qid, body) in rows {
+        let Some(response) = body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
             continue;
         };
+        // A response the writer may not see is left to the reference check, which answers for it
+        // as for one that does not exist: the refusal is no probe.
+        if !change.access.reach.sees(rt, &qid, &response) {
+            continue;
+        }
         if matches!(measure_of(tx, &response), Ok(Some(_))) {
             return Err(owned().into());
         }
@@ -408,9 +428,27 @@ pub(super) fn before_observation(tx: &mut Tx, change: &Change, observation: &mut
     Ok(())
 }
 
-/// When an Observation is deleted by anyone but the server: not one the server derived (403).
+/// Whether an Observation is coded (LOINC) as a measure's total or its flagged item.
+fn measure_code(observation: &Value) -> bool {
+    observation
+        .pointer("/code/coding")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("system").and_then(Value::as_str) == Some(measures::LOINC))
+        .filter_map(|c| c.get("code").and_then(Value::as_str))
+        .any(|code| {
+            measures::MEASURES
+                .iter()
+                .any(|m| m.total.0 == code || m.flagged == Some(code))
+        })
+}
+
+/// When an Observation is deleted: one the server derived only by the server, or by a writer who
+/// reaches every record (a clinic's system token erasing a record); otherwise 403.
 pub(super) fn observation_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort> {
-    if change.access.reach == Reach::server() {
+    let reach = &change.access.reach;
+    if reach.patients.is_none() && reach.own_patient.is_none() {
         return Ok(());
     }
     let mut previous = change.previous.cloned().unwrap_or(Value::Null);

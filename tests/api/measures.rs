@@ -318,6 +318,9 @@ both_backends! {
             ("a stated total that is not the sum", with(&|r| r["item"].as_array_mut().unwrap().push(json!({"linkId": "44261-6", "answer": [{"valueInteger": 12}]}))), "44261-6"),
             ("a Group as the subject", with(&|r| r["subject"] = json!({"reference": "Group/g1"})), "subject"),
             ("no subject", with(&|r| { r.as_object_mut().unwrap().remove("subject"); }), "subject"),
+            ("no authored", with(&|r| { r.as_object_mut().unwrap().remove("authored"); }), "authored"),
+            ("ours named by a version's URL", with(&|r| r["questionnaire"] = json!("Questionnaire/phq-9/_history/1")), "questionnaire"),
+            ("items nested in an answer", with(&|r| r["item"][1]["answer"][0]["item"] = json!([{"linkId": "x", "answer": [{"valueString": "y"}]}])), "44255-8"),
         ];
         let before = app.version_count().await;
         for (what, body, names) in &cases {
@@ -325,7 +328,7 @@ both_backends! {
             assert_eq!(status, 422, "{what}: {outcome}");
             let issue = &outcome["issue"][0];
             let (diagnostics, expression) = (issue["diagnostics"].as_str().unwrap(), issue["expression"][0].as_str().unwrap());
-            if matches!(*names, "questionnaire" | "subject") {
+            if matches!(*names, "questionnaire" | "subject" | "authored") {
                 assert_eq!(expression, format!("QuestionnaireResponse.{names}"), "{what}: {outcome}");
             } else {
                 assert!(diagnostics.contains(&format!("'{names}'")), "{what}: {outcome}");
@@ -373,15 +376,83 @@ both_backends! {
         let patch = app.client.patch(app.url(&format!("Observation/{oid}"))).header("Content-Type", "application/json-patch+json")
             .body(json!([{"op": "replace", "path": "/valueQuantity/value", "value": 1}]).to_string()).send().await.unwrap();
         assert_outcome(patch, 403, "forbidden").await;
-        assert_outcome(app.client.delete(app.url(&format!("Observation/{oid}"))).send().await.unwrap(), 403, "forbidden").await;
+        let res = ann.delete(app.url(&format!("Observation/{oid}"))).send().await.unwrap();
+        assert_outcome(res, 403, "forbidden").await;
         let mut copy = obs.clone();
         copy.as_object_mut().unwrap().remove("id");
         assert_outcome(app.post_json("Observation", &copy).await, 403, "forbidden").await;
         assert_eq!(app.version_count().await, before);
-        // A total the EHR records itself (a paper form, no response here) is its own to write.
+        // A total the EHR records itself (a paper form, no response here) is its own to write, but
+        // not a client's own app; and $outcomes counts only the scores the server derived.
         let paper = json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": LOINC, "code": "70274-6"}]},
-            "subject": {"reference": "Patient/ann"}, "effectiveDateTime": "2026-10-01", "valueQuantity": {"value": 12}});
+            "subject": {"reference": "Patient/ann"}, "effectiveDateTime": "2027-04-01", "valueQuantity": {"value": 0}});
+        let res = ann.post(app.url("Observation")).header("Content-Type", FHIR_JSON).body(paper.to_string()).send().await.unwrap();
+        assert_outcome(res, 403, "forbidden").await;
         assert_eq!(app.post_json("Observation", &paper).await.status(), 201);
+        let report = json(app.get("Patient/ann/$outcomes?measure=gad-7").await).await;
+        let scores: Vec<i64> = report["parameter"].as_array().unwrap().iter().filter(|p| p["name"] == "score").map(|p| int(p, "value").unwrap()).collect();
+        assert_eq!(scores, [7], "the paper total is not counted");
+        // In a Bundle, naming a response the writer may not see answers as naming none (no probe):
+        // Ann's therapist, who is not Ben's, learns nothing of Ben's response by naming it.
+        app.put_json("CareTeam/ann-team", &json!({"resourceType": "CareTeam", "id": "ann-team", "status": "active",
+            "subject": {"reference": "Patient/ann"}, "participant": [{"member": {"reference": "Practitioner/moss"}}]})).await;
+        let moss = bearer_client(&tandem::auth::token::mint(&app.config, "user/*.cruds", None, "moss", Some("Practitioner/moss".into()), 600).unwrap());
+        let ben_r = app.create(&response("gad-7", "ben", "2027-04-02T09:00:00Z", &[0; 7])).await;
+        let mut answers = Vec::new();
+        for target in [ben_r["id"].as_str().unwrap(), "no-such-response"] {
+            let mut o = forged.clone();
+            o["derivedFrom"] = json!([{"reference": format!("QuestionnaireResponse/{target}")}]);
+            let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "QuestionnaireResponse", "status": "in-progress", "subject": {"reference": "Patient/ann"}}, "request": {"method": "POST", "url": "QuestionnaireResponse"}},
+                {"resource": o, "request": {"method": "POST", "url": "Observation"}}]});
+            let res = moss.post(app.url("")).header("Content-Type", FHIR_JSON).body(tx.to_string()).send().await.unwrap();
+            let status = res.status().as_u16();
+            let outcome = json(res).await;
+            answers.push((status, outcome["issue"][0]["code"].clone()));
+            assert_eq!(status, 422, "{target}: {outcome}");
+        }
+        assert_eq!(answers[0], answers[1]);
+        // The same writer naming its own client's response is told the server owns the score.
+        let mut o = forged.clone();
+        o["derivedFrom"] = json!([{"reference": format!("QuestionnaireResponse/{rid}")}]);
+        let res = moss.post(app.url("Observation")).header("Content-Type", FHIR_JSON).body(o.to_string()).send().await.unwrap();
+        assert_outcome(res, 403, "forbidden").await;
+        // The clinic's system token may erase one (a record removed on request).
+        assert_eq!(app.client.delete(app.url(&format!("Observation/{oid}"))).send().await.unwrap().status(), 204);
+    }
+
+    async fn a_response_moved_or_recreated_gets_new_observations(app: TestApp) {
+        clients(&app).await;
+        let mut r = response("phq-9", "ann", "2027-04-03T09:00:00Z", &[1; 9]);
+        r["id"] = json!("r-move");
+        assert_eq!(app.put_json("QuestionnaireResponse/r-move", &r).await.status(), 201);
+        let first = one(&app, "r-move", "44261-6").await;
+        // Entered against the wrong client, and moved to the right one: Ann's score is retired,
+        // Ben's is new (not Ann's Observation with another subject).
+        r["subject"] = json!({"reference": "Patient/ben"});
+        r["source"] = json!({"reference": "Patient/ben"});
+        assert_eq!(app.put_json("QuestionnaireResponse/r-move", &r).await.status(), 200);
+        let all = derived(&app, "r-move", "44261-6").await;
+        assert_eq!(all.len(), 2);
+        let old = all.iter().find(|o| o["id"] == first["id"]).unwrap();
+        assert_eq!((old["status"].as_str(), old["subject"]["reference"].as_str()), (Some("entered-in-error"), Some("Patient/ann")));
+        let new = all.iter().find(|o| o["id"] != first["id"]).unwrap();
+        assert_eq!((new["status"].as_str(), new["subject"]["reference"].as_str()), (Some("final"), Some("Patient/ben")));
+        // Deleted, then its id used again: new Observations; the retired ones stay retired.
+        assert_eq!(app.client.delete(app.url("QuestionnaireResponse/r-move")).send().await.unwrap().status(), 204);
+        assert_eq!(app.put_json("QuestionnaireResponse/r-move", &r).await.status(), 201);
+        let all = derived(&app, "r-move", "44261-6").await;
+        assert_eq!(all.len(), 3);
+        assert_eq!(all.iter().filter(|o| o["status"] == "final").count(), 1);
+        // A response one patient gave about another: the score is not put in the giver's compartment.
+        let mut proxy = response("phq-9", "cai", "2027-04-04T09:00:00Z", &[1; 9]);
+        proxy["source"] = json!({"reference": "Patient/ben"});
+        let p = app.create(&proxy).await;
+        let obs = one(&app, p["id"].as_str().unwrap(), "44261-6").await;
+        assert!(obs.get("performer").is_none(), "{obs}");
+        let ben = app.client_with("patient/*.rs", Some("ben"));
+        let seen = json(ben.get(app.url(&format!("Observation?derived-from=QuestionnaireResponse/{}", p["id"].as_str().unwrap()))).send().await.unwrap()).await;
+        assert_eq!(seen["total"], 0);
     }
 
     async fn measures_are_in_bulk_export(app: TestApp) {
@@ -707,6 +778,26 @@ both_backends! {
         assert_outcome(app.get("Group/grief/$outcomes?measure=phq-9&start=soon").await, 400, "invalid").await;
         assert_outcome(app.get("Group/nope/$outcomes?measure=phq-9").await, 404, "not-found").await;
         assert_outcome(app.client.post(app.url("Group/grief/$outcomes?measure=phq-9")).send().await.unwrap(), 405, "not-supported").await;
+        assert_outcome(app.get("Group/grief/$outcomes?measure=phq-9,gad-7").await, 400, "invalid").await;
+        assert_eq!(app.client.delete(app.url("Group/other")).send().await.unwrap().status(), 204);
+        assert_outcome(app.get("Group/other/$outcomes?measure=phq-9").await, 404, "not-found").await;
+
+        // A large group: its members are asked for in chunks, within a search's limit.
+        let mut entries = Vec::new();
+        let mut roster = Vec::new();
+        for i in 0..250 {
+            let id = format!("big-{i}");
+            entries.push(json!({"resource": {"resourceType": "Patient", "id": id}, "request": {"method": "PUT", "url": format!("Patient/{id}")}}));
+            roster.push(json!({"entity": {"reference": format!("Patient/{id}")}}));
+        }
+        entries.push(json!({"resource": {"resourceType": "Group", "id": "big", "type": "person", "actual": true, "member": roster}, "request": {"method": "PUT", "url": "Group/big"}}));
+        let res = app.post_json("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+        assert_eq!(res.status(), 200);
+        app.create(&response("phq-9", "big-249", "2027-02-01T09:00:00Z", &answers_for("phq-9", 12))).await;
+        let big = json(app.get("Group/big/$outcomes?measure=phq-9").await).await;
+        let members: Vec<&Value> = big["parameter"].as_array().unwrap().iter().filter(|p| p["name"] == "member").collect();
+        assert_eq!(members.len(), 250);
+        assert_eq!(int(members.iter().find(|m| part(m, "patient").unwrap()["valueReference"]["reference"] == "Patient/big-249").unwrap(), "scores"), Some(1));
     }
 
     async fn group_outcomes_need_every_members_record(app: TestApp) {
@@ -727,6 +818,9 @@ both_backends! {
         assert_outcome(res, 403, "forbidden").await;
         let res = therapist("moss").get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        // The group's own therapist sees the same report as the clinic (its session Encounters,
+        // which are in no patient's compartment, included).
+        assert_eq!(json(res).await["parameter"], json(app.get(path).await).await["parameter"]);
         // Scopes: without Observation search, refused.
         assert_eq!(app.client_with("system/Group.r system/Encounter.s", None).get(app.url(path)).send().await.unwrap().status(), 403);
         // Over all time the roster also holds m6, who left before the therapist took the group on.
