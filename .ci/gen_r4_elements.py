@@ -24,7 +24,7 @@ OUT = os.path.join(ROOT, "src", "fhir", "r4-elements.json")
 ROOTS = [
     "Appointment", "CareTeam", "Consent", "Group", "Location", "Organization", "Patient",
     "Practitioner", "PractitionerRole", "Subscription", "Encounter", "DocumentReference",
-    "Observation", "Questionnaire", "QuestionnaireResponse",
+    "Observation", "Questionnaire", "QuestionnaireResponse", "Schedule", "Slot",
     "AuditEvent", "Binary", "Bundle", "CapabilityStatement", "OperationOutcome", "Parameters",
 ]
 
@@ -32,6 +32,7 @@ ROOTS = [
 AT_LEAST_ONE = {
     "Appointment.participant", "Consent.category", "OperationOutcome.issue", "AuditEvent.agent",
     "CapabilityStatement.format", "CapabilityStatement.rest.resource.type", "DocumentReference.content",
+    "Schedule.actor",
 }
 
 # Codes of the required bindings of the elements tandem's users write and read most
@@ -55,6 +56,7 @@ REQUIRED_CODES = {
     "DocumentReference.status": "current superseded entered-in-error",
     "DocumentReference.docStatus": "preliminary final amended entered-in-error",
     "DocumentReference.relatesTo.code": "replaces transforms signs appends",
+    "Slot.status": "busy free busy-unavailable busy-tentative entered-in-error",
     "Observation.status": "registered preliminary final amended corrected cancelled entered-in-error unknown",
     "Questionnaire.status": "draft active retired unknown",
     "Questionnaire.item.type": "group display boolean decimal integer date dateTime time string text url choice open-choice attachment reference quantity",

@@ -53,7 +53,8 @@ pub enum Error {
     /// the element's path as its `expression`.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invariant(Vec<BrokenInvariant>),
-    /// A session that the scheduling rules refuse: 409 for a double booking, 422 for the others.
+    /// A session that the scheduling rules refuse: 409 for a double booking or reserved time, 422
+    /// for the others.
     #[error("{message}")]
     BookingRefused { reason: BookingRefusal, message: String },
     /// Our fault. The message goes to the log only; the caller sees an opaque text and the request id.
@@ -88,6 +89,8 @@ pub enum BookingRefusal {
     NoAgreement,
     /// The session's group does not exist.
     UnknownGroup,
+    /// An individual session in time a Slot reserves for group sessions (or time reserved over one).
+    ReservedTime,
 }
 
 impl BookingRefusal {
@@ -98,6 +101,7 @@ impl BookingRefusal {
             BookingRefusal::OverCapacity => "over-capacity",
             BookingRefusal::NoAgreement => "no-agreement",
             BookingRefusal::UnknownGroup => "unknown-group",
+            BookingRefusal::ReservedTime => "reserved-time",
         }
     }
 }
@@ -130,7 +134,7 @@ impl Error {
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),
             Error::Invariant(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invariant"),
             Error::BookingRefused {
-                reason: BookingRefusal::DoubleBooking,
+                reason: BookingRefusal::DoubleBooking | BookingRefusal::ReservedTime,
                 ..
             } => (StatusCode::CONFLICT, "conflict"),
             Error::BookingRefused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),

@@ -935,6 +935,7 @@ pub(crate) async fn everything(
         ("Observation", "performer"),
         ("QuestionnaireResponse", "subject"),
         ("QuestionnaireResponse", "author"),
+        ("Schedule", "actor"),
     ]
     .into_iter()
     .filter(|(t, _)| ctx.grant(t, Permission::Search).is_ok())

@@ -19,6 +19,7 @@ pub fn patient_params(rt: ResourceType) -> Option<&'static [&'static str]> {
         "Group" => Some(&["member"]),
         "Observation" => Some(&["subject", "performer"]),
         "QuestionnaireResponse" => Some(&["subject", "author"]),
+        "Schedule" => Some(&["actor"]),
         // A Patient is in its own compartment, and in that of the patients it links to.
         "Patient" => Some(&["link"]),
         _ => None,

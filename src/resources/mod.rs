@@ -11,7 +11,7 @@ pub mod summary;
 pub use params::{ParamType, SearchParam};
 
 /// The resource types this server hosts, in the order the CapabilityStatement lists them.
-const HOSTED: [&str; 15] = [
+const HOSTED: [&str; 17] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -26,15 +26,17 @@ const HOSTED: [&str; 15] = [
     "PractitionerRole",
     "Questionnaire",
     "QuestionnaireResponse",
+    "Schedule",
+    "Slot",
     "Subscription",
 ];
 
 /// The types that one single-valued date places in time, and its search parameter (R4 cardinality
 /// 0..1: Appointment.start, CareTeam.period, Consent.dateTime, Encounter.period,
-/// Observation.effective[x], PractitionerRole.period, QuestionnaireResponse.authored). Each
+/// Observation.effective[x], PractitionerRole.period, QuestionnaireResponse.authored, Slot.start). Each
 /// reference row of such a resource carries that date, so that a search by reference and date is one
 /// index range (migration 000009 fills the rows written before it, from this same list).
-const TIMELINES: [(&str, &str); 7] = [
+const TIMELINES: [(&str, &str); 8] = [
     ("Appointment", "date"),
     ("CareTeam", "date"),
     ("Consent", "date"),
@@ -42,6 +44,7 @@ const TIMELINES: [(&str, &str); 7] = [
     ("Observation", "date"),
     ("PractitionerRole", "date"),
     ("QuestionnaireResponse", "authored"),
+    ("Slot", "start"),
 ];
 
 /// A resource type hosted here. Only [`ResourceType::parse`] makes one, so holding one proves the
@@ -254,7 +257,7 @@ mod tests {
         assert_eq!(ResourceType::parse("Patient").map(|t| t.as_str()), Some("Patient"));
         assert!(ResourceType::parse("MedicationRequest").is_none());
         assert!(ResourceType::parse("patient").is_none());
-        assert_eq!(ResourceType::all().count(), 15);
+        assert_eq!(ResourceType::all().count(), 17);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! QuestionnaireResponse.cs at 0a80a438), checked against HAPI's (hapifhir/org.hl7.fhir.core,
 //! org.hl7.fhir.r4 model): Observation.category, Questionnaire.derivedFrom and .description are
 //! not Σ in R4 (they became so in R5).
+//! Schedule and Slot from the same SDK's Schedule.cs and Slot.cs, checked against HAPI's.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;

@@ -106,6 +106,18 @@ pub fn code_systems(canonical: &Canonical) -> Vec<Value> {
         ),
         code_system(
             canonical,
+            "slot-purpose",
+            "SlotPurpose",
+            "What a Slot's time is for",
+            "Slot.serviceCategory or Slot.serviceType codes of tandem. A Slot with status busy-unavailable or free whose serviceCategory or serviceType carries group-therapy, on a Schedule whose actor is a Practitioner or a Location, reserves that time for group sessions: an individual session (an Appointment without a Group) of that practitioner or room that overlaps it is refused (409 naming the Slot); group sessions inside it are booked as usual.",
+            &[(
+                super::GROUP_THERAPY,
+                "Group therapy",
+                "The Slot's time is reserved for group sessions of its Schedule's practitioners and rooms.",
+            )],
+        ),
+        code_system(
+            canonical,
             "attendance",
             "Attendance",
             "Session attendance",

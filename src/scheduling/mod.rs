@@ -52,6 +52,11 @@ impl Canonical {
     pub fn consent_category(&self) -> String {
         format!("{}/CodeSystem/consent-category", self.base)
     }
+    /// Slot.serviceCategory / serviceType system whose code `group-therapy` reserves the Slot's time
+    /// on its Schedule's practitioners and rooms for group sessions.
+    pub fn slot_purpose(&self) -> String {
+        format!("{}/CodeSystem/slot-purpose", self.base)
+    }
     /// A URL of ours written under the default base, under this base (any other URL as it is).
     pub fn own(&self, url: &str) -> String {
         match url.strip_prefix(DEFAULT_CANONICAL_BASE) {
@@ -62,6 +67,63 @@ impl Canonical {
 }
 
 pub const GROUP_CONFIDENTIALITY: &str = "group-confidentiality";
+
+/// The code of the slot-purpose CodeSystem that reserves a Slot's time for group sessions.
+pub const GROUP_THERAPY: &str = "group-therapy";
+
+/// Slot statuses that reserve time when the Slot is marked for group therapy: `busy-unavailable`
+/// (held back from individual booking) and `free` (open for group sessions).
+pub const RESERVING_STATUSES: [&str; 2] = ["busy-unavailable", "free"];
+
+/// The time a Slot reserves for group sessions, [start, end) in ms: marked with our slot-purpose
+/// code `group-therapy` (in serviceCategory or serviceType), with a reserving status and both ends.
+pub fn reserved_window(slot: &Value, canonical: &Canonical) -> Option<(i64, i64)> {
+    let status = slot.get("status").and_then(Value::as_str)?;
+    if !RESERVING_STATUSES.contains(&status) {
+        return None;
+    }
+    let system = canonical.slot_purpose();
+    let marked = ["serviceCategory", "serviceType"].iter().any(|k| {
+        slot.get(*k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("coding").and_then(Value::as_array))
+            .flatten()
+            .any(|c| {
+                c.get("system").and_then(Value::as_str) == Some(system.as_str())
+                    && c.get("code").and_then(Value::as_str) == Some(GROUP_THERAPY)
+            })
+    });
+    if !marked {
+        return None;
+    }
+    let at = |k: &str| {
+        slot.get(k)
+            .and_then(Value::as_str)
+            .and_then(dates::parse_range)
+            .map(|r| r.low)
+    };
+    let (start, end) = (at("start")?, at("end")?);
+    (end > start).then_some((start, end))
+}
+
+/// The practitioners and rooms of a Schedule (`Practitioner/x`, `Location/x`, local references):
+/// whose time its reserving Slots hold for groups.
+pub fn schedule_actors(schedule: &Value) -> Vec<String> {
+    let mut actors: Vec<String> = schedule
+        .get("actor")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("reference").and_then(Value::as_str))
+        .filter(|r| matches!(parse_reference(r), Target::Local { ref res_type, .. } if res_type == "Practitioner" || res_type == "Location"))
+        .map(|r| r.split("/_history").next().unwrap_or(r).to_string())
+        .collect();
+    actors.sort();
+    actors.dedup();
+    actors
+}
 
 /// The policy rule of a group confidentiality agreement (R4 ppc-1: a Consent names a policy or a
 /// policy rule), a code of the same code system as its category.

@@ -42,7 +42,7 @@ struct Hooks {
 
 /// The rules per type. Types not listed have none beyond what every write does (the search
 /// indexes, references, and the Subscription outbox).
-const HOOKS: [(&str, Hooks); 9] = [
+const HOOKS: [(&str, Hooks); 11] = [
     (
         "Appointment",
         Hooks {
@@ -118,6 +118,25 @@ const HOOKS: [(&str, Hooks); 9] = [
             after_write: Some(measures::after_questionnaire_response),
             // Its score's Observations turn entered-in-error.
             on_delete: Some(measures::questionnaire_response_deleted),
+        },
+    ),
+    (
+        "Schedule",
+        Hooks {
+            before_write: None,
+            // Its Slots reserve the time of its practitioners and rooms as they now are.
+            after_write: Some(scheduling::after_schedule),
+            on_delete: Some(scheduling::schedule_deleted),
+        },
+    ),
+    (
+        "Slot",
+        Hooks {
+            // The time it reserves for group sessions (no individual session in it).
+            before_write: Some(scheduling::before_slot),
+            after_write: None,
+            // Frees that time.
+            on_delete: Some(scheduling::slot_deleted),
         },
     ),
     (

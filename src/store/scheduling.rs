@@ -64,9 +64,34 @@ fn book(
         return Ok(());
     };
     let actors = scheduling::booked_actors(appointment);
+    let kind = if scheduling::session_group(appointment).is_some() {
+        "group"
+    } else {
+        "individual"
+    };
     // The bookings index holds bounded keys, as the search indexes do: an absolute reference may be
     // longer than a btree (or GiST) entry can be.
     let keys: Vec<String> = actors.iter().map(|a| index::index_key(a).into_owned()).collect();
+    // An individual session stays out of the time Slots reserve for groups.
+    if kind == "individual" {
+        if let Some(r) = reserved_overlaps(c, &keys, start, end)?.into_iter().next() {
+            let actor = actors
+                .iter()
+                .zip(&keys)
+                .find(|(_, k)| **k == r.actor)
+                .map_or(r.actor.as_str(), |(a, _)| a.as_str());
+            return Err(Error::booking(
+                BookingRefusal::ReservedTime,
+                format!(
+                    "{actor}'s time from {} to {} is reserved for group sessions by {}: an individual session may not be booked in it",
+                    dates::format_instant(r.start_ms),
+                    dates::format_instant(r.end_ms),
+                    r.appointment_id
+                ),
+            )
+            .into());
+        }
+    }
     let latest = latest_bookings(c, &keys, end)?;
     // In the order of the actors, so that the refusal names the same clash every time.
     for (actor, key) in actors.iter().zip(&keys) {
@@ -96,6 +121,143 @@ fn book(
                     bookings::actor.eq(actor),
                     bookings::start_ms.eq(start),
                     bookings::end_ms.eq(end),
+                    bookings::kind.eq(kind),
+                )
+            })
+            .collect(),
+        BOOKINGS_CHUNK
+    );
+    Ok(())
+}
+
+/// The owner of a Slot's reserved rows in the bookings table (`Slot/{id}`: never an Appointment id).
+fn slot_owner(id: &str) -> String {
+    format!("Slot/{id}")
+}
+
+/// Before a Slot is stored: the time it reserves for group sessions on its Schedule's practitioners
+/// and rooms (see scheduling::reserved_window), replacing what it reserved before. Reserving time
+/// that already holds an individual session is refused (409): the session stands, and the time is
+/// not free to reserve. Changing or deleting the Slot frees what it held and never touches sessions.
+pub(super) fn before_slot(tx: &mut Tx, change: &Change, slot: &mut Value) -> Result<(), Abort> {
+    let actors = match slot
+        .pointer("/schedule/reference")
+        .and_then(Value::as_str)
+        .and_then(|r| crate::resources::local_id(r, "Schedule"))
+    {
+        Some(schedule) => schedule_actors_of(tx.c, &schedule)?,
+        None => Vec::new(),
+    };
+    reserve(tx.c, change.id, slot, &actors, &tx.rules.canonical, change.access)
+}
+
+/// When a Slot is deleted: the time it reserved is free.
+pub(super) fn slot_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort> {
+    diesel::delete(bookings::table.filter(bookings::appointment_id.eq(slot_owner(change.id)))).execute(tx.c)?;
+    Ok(())
+}
+
+/// After a Schedule is stored, or deleted (`schedule` None): its Slots reserve the time of its
+/// practitioners and rooms as they now are.
+pub(super) fn refresh_schedule(tx: &mut Tx, id: &str, schedule: Option<&Value>) -> Result<(), Abort> {
+    let actors = schedule.map(scheduling::schedule_actors).unwrap_or_default();
+    let slots: Vec<String> = super::schema::idx_reference::table
+        .filter(super::schema::idx_reference::res_type.eq("Slot"))
+        .filter(super::schema::idx_reference::param.eq("schedule"))
+        .filter(super::schema::idx_reference::target_id.eq(id))
+        .filter(super::schema::idx_reference::target_type.eq("Schedule"))
+        .filter(super::schema::idx_reference::url.is_null())
+        .select(super::schema::idx_reference::res_id)
+        .load(tx.c)?;
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(String, Option<String>)> = resources::table
+        .filter(resources::res_type.eq("Slot"))
+        .filter(resources::res_id.eq_any(&slots))
+        .filter(resources::deleted.eq(false))
+        .select((resources::res_id, resources::body))
+        .load(tx.c)?;
+    let canonical = tx.rules.canonical.clone();
+    for (slot_id, body) in rows {
+        let Some(slot) = body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
+            continue;
+        };
+        reserve(tx.c, &slot_id, &slot, &actors, &canonical, &WriteAccess::full())?;
+    }
+    Ok(())
+}
+
+pub(super) fn after_schedule(tx: &mut Tx, written: &super::hooks::Written) -> Result<(), Abort> {
+    refresh_schedule(tx, written.id, Some(written.resource))
+}
+
+pub(super) fn schedule_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort> {
+    refresh_schedule(tx, change.id, None)
+}
+
+fn schedule_actors_of(c: &mut AnyConnection, schedule: &str) -> Result<Vec<String>, Abort> {
+    let body: Option<Option<String>> = resources::table
+        .filter(resources::res_type.eq("Schedule"))
+        .filter(resources::res_id.eq(schedule))
+        .filter(resources::deleted.eq(false))
+        .select(resources::body)
+        .get_result(c)
+        .optional()?;
+    Ok(body
+        .flatten()
+        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+        .map(|s| scheduling::schedule_actors(&s))
+        .unwrap_or_default())
+}
+
+/// Replaces Slot/`id`'s reserved rows with those `slot` reserves on `actors`.
+fn reserve(
+    c: &mut AnyConnection,
+    id: &str,
+    slot: &Value,
+    actors: &[String],
+    canonical: &scheduling::Canonical,
+    access: &WriteAccess,
+) -> Result<(), Abort> {
+    let owner = slot_owner(id);
+    diesel::delete(bookings::table.filter(bookings::appointment_id.eq(&owner))).execute(c)?;
+    let Some((start, end)) = scheduling::reserved_window(slot, canonical) else {
+        return Ok(());
+    };
+    if actors.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = actors.iter().map(|a| index::index_key(a).into_owned()).collect();
+    if let Some(b) = individual_overlaps(c, &keys, start, end)?.into_iter().next() {
+        let actor = actors
+            .iter()
+            .zip(&keys)
+            .find(|(_, k)| **k == b.actor)
+            .map_or(b.actor.as_str(), |(a, _)| a.as_str());
+        let message = if may_see_appointment(c, access, &b.appointment_id)? {
+            format!(
+                "{actor} has an individual session from {} to {} (Appointment/{}): that time cannot be reserved for groups",
+                dates::format_instant(b.start_ms),
+                dates::format_instant(b.end_ms),
+                b.appointment_id
+            )
+        } else {
+            format!("{actor} has an individual session in that time: it cannot be reserved for groups")
+        };
+        return Err(Error::booking(BookingRefusal::ReservedTime, message).into());
+    }
+    insert_rows!(
+        c,
+        bookings::table,
+        keys.iter()
+            .map(|actor| {
+                (
+                    bookings::appointment_id.eq(&owner),
+                    bookings::actor.eq(actor),
+                    bookings::start_ms.eq(start),
+                    bookings::end_ms.eq(end),
+                    bookings::kind.eq("reserved"),
                 )
             })
             .collect(),
@@ -147,13 +309,72 @@ fn latest_bookings(c: &mut AnyConnection, actors: &[String], end: i64) -> Result
             }
             sql.push("SELECT * FROM (SELECT actor, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
                 .text_bind(actor)
-                .push(" AND start_ms < ")
+                .push(" AND kind <> 'reserved' AND start_ms < ")
                 .int_bind(end)
                 .push(" ORDER BY start_ms DESC")
                 .limit(1)
                 .push(&format!(") AS b{i}"));
         }
         found.extend(load::<LatestBooking>(c, &sql)?);
+    }
+    Ok(found)
+}
+
+/// The reserved time of these actors that overlaps [start, end): per actor, the reservation that
+/// ends first after `start` and starts before `end` (the partial index on reserved rows, by end).
+fn reserved_overlaps(
+    c: &mut AnyConnection,
+    actors: &[String],
+    start: i64,
+    end: i64,
+) -> Result<Vec<LatestBooking>, Abort> {
+    let mut found = Vec::new();
+    for chunk in actors.chunks(IDS_PER_LOOKUP) {
+        let mut sql = Sql::new("");
+        for (i, actor) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(" UNION ALL ");
+            }
+            sql.push("SELECT * FROM (SELECT actor, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
+                .text_bind(actor)
+                .push(" AND kind = 'reserved' AND end_ms > ")
+                .int_bind(start)
+                .push(" AND start_ms < ")
+                .int_bind(end)
+                .push(" ORDER BY end_ms")
+                .limit(1)
+                .push(&format!(") AS r{i}"));
+        }
+        found.extend(load::<LatestBooking>(c, &sql)?);
+    }
+    Ok(found)
+}
+
+/// The individual sessions of these actors that overlap [start, end). An actor's sessions never
+/// overlap one another, so per actor the individual one that starts last before `end` is the only
+/// candidate (one index probe, as in [`latest_bookings`]).
+fn individual_overlaps(
+    c: &mut AnyConnection,
+    actors: &[String],
+    start: i64,
+    end: i64,
+) -> Result<Vec<LatestBooking>, Abort> {
+    let mut found = Vec::new();
+    for chunk in actors.chunks(IDS_PER_LOOKUP) {
+        let mut sql = Sql::new("");
+        for (i, actor) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(" UNION ALL ");
+            }
+            sql.push("SELECT * FROM (SELECT actor, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
+                .text_bind(actor)
+                .push(" AND kind = 'individual' AND start_ms < ")
+                .int_bind(end)
+                .push(" ORDER BY start_ms DESC")
+                .limit(1)
+                .push(&format!(") AS i{i}"));
+        }
+        found.extend(load::<LatestBooking>(c, &sql)?.into_iter().filter(|b| b.end_ms > start));
     }
     Ok(found)
 }

@@ -154,6 +154,7 @@ diesel::table! {
         actor -> Text,
         start_ms -> BigInt,
         end_ms -> BigInt,
+        kind -> Text,
     }
 }
 

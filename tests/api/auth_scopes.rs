@@ -31,6 +31,11 @@ fn sample(rt: &str, id: &str) -> Value {
         }
         "Questionnaire" => json!({"resourceType": rt, "status": "draft"}),
         "QuestionnaireResponse" => json!({"resourceType": rt, "status": "in-progress"}),
+        "Schedule" => json!({"resourceType": rt, "actor": [{"reference": "Practitioner/m-practitioner"}]}),
+        "Slot" => {
+            json!({"resourceType": rt, "status": "free", "schedule": {"reference": "Schedule/m-schedule"},
+                   "start": "2027-01-04T09:00:00Z", "end": "2027-01-04T10:00:00Z"})
+        }
         "Subscription" => {
             json!({"resourceType": rt, "status": "off", "reason": "sync", "criteria": "Patient?active=true",
                                  "channel": {"type": "rest-hook", "endpoint": "https://hooks.ehr.example/fhir"}})
@@ -41,7 +46,7 @@ fn sample(rt: &str, id: &str) -> Value {
     body
 }
 
-const TYPES: [&str; 15] = [
+const TYPES: [&str; 17] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -56,6 +61,8 @@ const TYPES: [&str; 15] = [
     "PractitionerRole",
     "Questionnaire",
     "QuestionnaireResponse",
+    "Schedule",
+    "Slot",
     "Subscription",
 ];
 

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::both_backends;
 use crate::helpers::*;
 
-pub const HOSTED: [&str; 14] = [
+pub const HOSTED: [&str; 16] = [
     "Appointment",
     "CareTeam",
     "Consent",
@@ -21,6 +21,8 @@ pub const HOSTED: [&str; 14] = [
     "PractitionerRole",
     "Questionnaire",
     "QuestionnaireResponse",
+    "Schedule",
+    "Slot",
 ];
 
 /// (type, id, json file, xml file) for every example of a hosted type.
@@ -83,6 +85,10 @@ fn stub(rt: &str, id: &str) -> Value {
         "Observation" => json!({"status": "final", "code": {"text": "stub"}}),
         "Questionnaire" => json!({"status": "active"}),
         "QuestionnaireResponse" => json!({"status": "completed"}),
+        "Schedule" => json!({"actor": [{"display": "stub"}]}),
+        "Slot" => {
+            json!({"status": "free", "schedule": {"display": "stub"}, "start": "2027-01-01T09:00:00Z", "end": "2027-01-01T10:00:00Z"})
+        }
         _ => json!({}),
     };
     body["resourceType"] = json!(rt);

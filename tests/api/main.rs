@@ -34,6 +34,7 @@ mod openapi;
 mod operations;
 mod own_definitions;
 mod platform;
+mod reserved_time;
 mod restart;
 mod scheduling;
 mod scheduling_processes;

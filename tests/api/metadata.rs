@@ -16,7 +16,7 @@ both_backends! {
         let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
         assert_eq!(
             types,
-            ["Appointment", "CareTeam", "Consent", "DocumentReference", "Encounter", "Group", "Location", "Observation", "Organization", "Patient", "Practitioner", "PractitionerRole", "Questionnaire", "QuestionnaireResponse", "Subscription",
+            ["Appointment", "CareTeam", "Consent", "DocumentReference", "Encounter", "Group", "Location", "Observation", "Organization", "Patient", "Practitioner", "PractitionerRole", "Questionnaire", "QuestionnaireResponse", "Schedule", "Slot", "Subscription",
              "StructureDefinition", "CodeSystem", "OperationDefinition", "SearchParameter", "AuditEvent"]
         );
 

@@ -68,6 +68,10 @@ fn extra_resources() -> Vec<Value> {
                "questionnaire": "https://ehr.example.org/fhir/Questionnaire/intake|2",
                "basedOn": [{"reference": "CarePlan/cp-1"}], "subject": {"reference": "Patient/extra-patient"},
                "item": [{"linkId": "1", "answer": [{"valueDate": "1990-04-02"}]}]}),
+        // The official Schedule and Slot examples carry no meta (_tag, _profile, _security, _source).
+        json!({"resourceType": "Schedule", "id": "extra-schedule", "active": true, "actor": [{"reference": "Practitioner/extra-practitioner"}]}),
+        json!({"resourceType": "Slot", "id": "extra-slot", "schedule": {"reference": "Schedule/extra-schedule"}, "status": "free",
+               "start": "2027-01-05T17:00:00Z", "end": "2027-01-05T21:00:00Z"}),
         // No official R4 Subscription example is in the corpus; an "off" one needs no allowed host.
         json!({"resourceType": "Subscription", "id": "extra-subscription", "status": "off", "reason": "EHR sync",
                "meta": {"tag": [{"system": "urn:tandem:tag", "code": "sync"}], "profile": ["http://hl7.org/fhir/StructureDefinition/Subscription"],
