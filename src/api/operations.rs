@@ -463,15 +463,18 @@ async fn sessions_attended(
         state,
         "Encounter",
         ("subject", &subjects),
-        dated(vec![("status".into(), "finished".into())], "date", start, end),
+        // Only the clients and the window drive the query: a status or code criterion would list
+        // every finished Encounter (or every score) of the clinic; they are checked here instead.
+        dated(Vec::new(), "date", start, end),
         false,
     )
     .await?;
     let started = |e: &Value| {
-        e.pointer("/period/start")
-            .and_then(Value::as_str)
-            .and_then(dates::parse_range)
-            .is_some_and(|r| low <= r.low && r.low < high)
+        e.get("status").and_then(Value::as_str) == Some("finished")
+            && e.pointer("/period/start")
+                .and_then(Value::as_str)
+                .and_then(dates::parse_range)
+                .is_some_and(|r| low <= r.low && r.low < high)
     };
     let sessions: BTreeSet<String> = encounters
         .iter()
@@ -528,12 +531,8 @@ async fn scores_of(
     }
     let (low, high) = window_ms(start, end);
     let subjects: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
-    let pairs = dated(
-        vec![("code".into(), format!("{}|{}", measures::LOINC, measure.total.0))],
-        "date",
-        start,
-        end,
-    );
+    // The clients and the window drive the query; the code is checked by score_of.
+    let pairs = dated(Vec::new(), "date", start, end);
     let system = measures::observation_identifier(&state.store.rules().canonical);
     for o in report_search(ctx, state, "Observation", ("subject", &subjects), pairs, false).await? {
         if let Some(score) = outcomes::score_of(measure, &system, &o).filter(|s| low <= s.at && s.at < high) {
