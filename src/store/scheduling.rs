@@ -72,9 +72,15 @@ fn book(
     // The bookings index holds bounded keys, as the search indexes do: an absolute reference may be
     // longer than a btree (or GiST) entry can be.
     let keys: Vec<String> = actors.iter().map(|a| index::index_key(a).into_owned()).collect();
+    // Each actor's latest booking, and for an individual session the reserved time it would fall
+    // in: one statement.
+    let (reserved, latest): (Vec<LatestBooking>, Vec<LatestBooking>) =
+        latest_bookings(c, &keys, end, (kind == "individual").then_some(start))?
+            .into_iter()
+            .partition(|b| b.kind == "reserved");
     // An individual session stays out of the time Slots reserve for groups.
     if kind == "individual" {
-        if let Some(r) = reserved_overlaps(c, &keys, start, end)?.into_iter().next() {
+        if let Some(r) = reserved.into_iter().next() {
             let actor = actors
                 .iter()
                 .zip(&keys)
@@ -92,7 +98,6 @@ fn book(
             .into());
         }
     }
-    let latest = latest_bookings(c, &keys, end)?;
     // In the order of the actors, so that the refusal names the same clash every time.
     for (actor, key) in actors.iter().zip(&keys) {
         let clash = latest.iter().find(|b| &b.actor == key && b.end_ms > start);
@@ -153,6 +158,15 @@ pub(super) fn before_slot(tx: &mut Tx, change: &Change, slot: &mut Value) -> Res
 
 /// When a Slot is deleted: the time it reserved is free.
 pub(super) fn slot_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort> {
+    // Taking the Schedule's turn: a concurrent refresh of it does not write this Slot's rows back.
+    if let Some(schedule) = change
+        .previous
+        .and_then(|p| p.pointer("/schedule/reference"))
+        .and_then(Value::as_str)
+        .and_then(|r| crate::resources::local_id(r, "Schedule"))
+    {
+        schedule_actors_of(tx.c, &schedule)?;
+    }
     diesel::delete(bookings::table.filter(bookings::appointment_id.eq(slot_owner(change.id)))).execute(tx.c)?;
     Ok(())
 }
@@ -196,16 +210,14 @@ pub(super) fn schedule_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort
     refresh_schedule(tx, change.id, None)
 }
 
+/// The actors of Schedule/`schedule`, its row locked for the rest of the transaction (PostgreSQL):
+/// a Slot's write and its Schedule's then take turns, so a Slot never reserves the time of actors
+/// the Schedule no longer has, and a Schedule's refresh sees every Slot written before it.
 fn schedule_actors_of(c: &mut AnyConnection, schedule: &str) -> Result<Vec<String>, Abort> {
-    let body: Option<Option<String>> = resources::table
-        .filter(resources::res_type.eq("Schedule"))
-        .filter(resources::res_id.eq(schedule))
-        .filter(resources::deleted.eq(false))
-        .select(resources::body)
-        .get_result(c)
-        .optional()?;
-    Ok(body
-        .flatten()
+    let rt = ResourceType::parse("Schedule").ok_or_else(|| Error::Internal("Schedule is not hosted".into()))?;
+    Ok(super::reads::load_current_for_write(c, rt, schedule)?
+        .filter(|cur| !cur.deleted)
+        .and_then(|cur| cur.body)
         .and_then(|b| serde_json::from_str::<Value>(&b).ok())
         .map(|s| scheduling::schedule_actors(&s))
         .unwrap_or_default())
@@ -283,6 +295,8 @@ struct LatestBooking {
     #[diesel(sql_type = Text)]
     actor: String,
     #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Text)]
     appointment_id: String,
     #[diesel(sql_type = BigInt)]
     start_ms: i64,
@@ -299,34 +313,11 @@ const IDS_PER_LOOKUP: usize = 100;
 /// last: it is the only one that can clash with a window ending at `end`. One index probe per actor,
 /// however long the calendar (filtering on `end_ms > start` instead would walk every earlier booking),
 /// and all the actors in one statement: on PostgreSQL one round trip, not one per participant.
-fn latest_bookings(c: &mut AnyConnection, actors: &[String], end: i64) -> Result<Vec<LatestBooking>, Abort> {
-    let mut found = Vec::new();
-    for chunk in actors.chunks(IDS_PER_LOOKUP) {
-        let mut sql = Sql::new("");
-        for (i, actor) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(" UNION ALL ");
-            }
-            sql.push("SELECT * FROM (SELECT actor, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
-                .text_bind(actor)
-                .push(" AND kind <> 'reserved' AND start_ms < ")
-                .int_bind(end)
-                .push(" ORDER BY start_ms DESC")
-                .limit(1)
-                .push(&format!(") AS b{i}"));
-        }
-        found.extend(load::<LatestBooking>(c, &sql)?);
-    }
-    Ok(found)
-}
-
-/// The reserved time of these actors that overlaps [start, end): per actor, the reservation that
-/// ends first after `start` and starts before `end` (the partial index on reserved rows, by end).
-fn reserved_overlaps(
+fn latest_bookings(
     c: &mut AnyConnection,
     actors: &[String],
-    start: i64,
     end: i64,
+    reserved_from: Option<i64>,
 ) -> Result<Vec<LatestBooking>, Abort> {
     let mut found = Vec::new();
     for chunk in actors.chunks(IDS_PER_LOOKUP) {
@@ -335,15 +326,28 @@ fn reserved_overlaps(
             if i > 0 {
                 sql.push(" UNION ALL ");
             }
-            sql.push("SELECT * FROM (SELECT actor, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
-                .text_bind(actor)
-                .push(" AND kind = 'reserved' AND end_ms > ")
-                .int_bind(start)
-                .push(" AND start_ms < ")
-                .int_bind(end)
-                .push(" ORDER BY end_ms")
-                .limit(1)
-                .push(&format!(") AS r{i}"));
+            sql.push(
+                "SELECT * FROM (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ",
+            )
+            .text_bind(actor)
+            .push(" AND kind <> 'reserved' AND start_ms < ")
+            .int_bind(end)
+            .push(" ORDER BY start_ms DESC")
+            .limit(1)
+            .push(&format!(") AS b{i}"));
+            // The reserved time that overlaps [start, end): the reservation that ends first after
+            // `start` and starts before `end` (the partial index on reserved rows, by end).
+            if let Some(start) = reserved_from {
+                sql.push(" UNION ALL SELECT * FROM (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
+                    .text_bind(actor)
+                    .push(" AND kind = 'reserved' AND end_ms > ")
+                    .int_bind(start)
+                    .push(" AND start_ms < ")
+                    .int_bind(end)
+                    .push(" ORDER BY end_ms")
+                    .limit(1)
+                    .push(&format!(") AS r{i}"));
+            }
         }
         found.extend(load::<LatestBooking>(c, &sql)?);
     }
@@ -366,13 +370,15 @@ fn individual_overlaps(
             if i > 0 {
                 sql.push(" UNION ALL ");
             }
-            sql.push("SELECT * FROM (SELECT actor, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
-                .text_bind(actor)
-                .push(" AND kind = 'individual' AND start_ms < ")
-                .int_bind(end)
-                .push(" ORDER BY start_ms DESC")
-                .limit(1)
-                .push(&format!(") AS i{i}"));
+            sql.push(
+                "SELECT * FROM (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ",
+            )
+            .text_bind(actor)
+            .push(" AND kind = 'individual' AND start_ms < ")
+            .int_bind(end)
+            .push(" ORDER BY start_ms DESC")
+            .limit(1)
+            .push(&format!(") AS i{i}"));
         }
         found.extend(load::<LatestBooking>(c, &sql)?.into_iter().filter(|b| b.end_ms > start));
     }
