@@ -558,63 +558,49 @@ fn add_date(out: &mut Entries, param: &str, node: &Value) {
     }
 }
 
+/// The index entry of a reference: a local one by type and id, an absolute one by URL (and by type
+/// and id when its path names them); None for a contained one (`#id`).
+fn reference_entry(param: &str, reference: &str) -> Option<ReferenceEntry> {
+    match parse_reference(reference) {
+        Target::Local { res_type, id, .. } => Some(ReferenceEntry {
+            param: param.to_string(),
+            target_type: Some(res_type),
+            target_id: Some(id),
+            url: None,
+        }),
+        Target::External(url) => {
+            let t = reference_type(&url);
+            let id = url.trim_end_matches('/').rsplit('/').next().map(str::to_string);
+            let (target_type, target_id) = if t.is_some() { (t, id) } else { (None, None) };
+            Some(ReferenceEntry {
+                param: param.to_string(),
+                target_type,
+                target_id,
+                url: Some(url),
+            })
+        }
+        Target::Contained(_) => None,
+    }
+}
+
 fn add_reference(out: &mut Entries, param: &str, node: &Value) {
     let Some(map) = node.as_object() else {
         if let Some(s) = node.as_str() {
             // A canonical (or uri) used as a reference: without its `|version`, found by its URL,
             // and by type and id when it names one (`Questionnaire/gcs`, `{base}/Questionnaire/phq-9`).
             let url = s.split_once('|').map_or(s, |(u, _)| u);
-            let entry = match parse_reference(url) {
-                Target::Local { res_type, id, .. } => ReferenceEntry {
-                    param: param.to_string(),
-                    target_type: Some(res_type),
-                    target_id: Some(id),
-                    url: None,
-                },
-                Target::External(url) => {
-                    let t = reference_type(&url);
-                    let id = url.trim_end_matches('/').rsplit('/').next().map(str::to_string);
-                    let (target_type, target_id) = if t.is_some() { (t, id) } else { (None, None) };
-                    ReferenceEntry {
-                        param: param.to_string(),
-                        target_type,
-                        target_id,
-                        url: Some(url),
-                    }
-                }
-                Target::Contained(_) => ReferenceEntry {
-                    param: param.to_string(),
-                    target_type: None,
-                    target_id: None,
-                    url: Some(url.to_string()),
-                },
-            };
+            let entry = reference_entry(param, url).unwrap_or_else(|| ReferenceEntry {
+                param: param.to_string(),
+                target_type: None,
+                target_id: None,
+                url: Some(url.to_string()),
+            });
             out.references.push(entry);
         }
         return;
     };
     if let Some(reference) = map.get("reference").and_then(Value::as_str) {
-        let entry = match parse_reference(reference) {
-            Target::Local { res_type, id, .. } => Some(ReferenceEntry {
-                param: param.to_string(),
-                target_type: Some(res_type),
-                target_id: Some(id),
-                url: None,
-            }),
-            Target::External(url) => {
-                let t = reference_type(&url);
-                let id = url.trim_end_matches('/').rsplit('/').next().map(str::to_string);
-                let (target_type, target_id) = if t.is_some() { (t, id) } else { (None, None) };
-                Some(ReferenceEntry {
-                    param: param.to_string(),
-                    target_type,
-                    target_id,
-                    url: Some(url),
-                })
-            }
-            Target::Contained(_) => None,
-        };
-        out.references.extend(entry);
+        out.references.extend(reference_entry(param, reference));
     }
     if let Some(identifier) = map.get("identifier") {
         out.tokens.push(TokenEntry {

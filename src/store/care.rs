@@ -3,16 +3,16 @@
 //! (DocumentReference), and which clients a practitioner is assigned to.
 
 use base64::Engine as _;
-use diesel::prelude::*;
 use serde_json::{json, Map, Value};
 
 use super::hooks::{Change, Written};
-use super::schema::{idx_reference, resources};
+
+use super::reads::{current_bodies, hosted, referring_ids};
 use super::write::{create_in, update_in, Tx, Via};
 use super::{Abort, AnyConnection, Store, WriteAccess};
 use crate::error::Error;
 use crate::resources::compartment::{self, Notes};
-use crate::resources::{dates, local_id, new_id, parse_reference, ResourceType, Target};
+use crate::resources::{dates, local_id, new_id, parse_reference, Target};
 use crate::scheduling::{self, APPOINTMENT_VIRTUAL_SERVICE};
 
 /// HL7 v3 ActCode: the class of an Encounter (R4 Encounter.class, extensible to v3 ActEncounterCode).
@@ -31,30 +31,10 @@ impl Store {
     pub fn assigned_patients(&self, practitioner: &str, now: i64) -> Result<Vec<String>, Error> {
         let mut pooled = self.pool.get()?;
         let conn: &mut AnyConnection = &mut pooled;
-        let team_ids: Vec<String> = idx_reference::table
-            .filter(idx_reference::res_type.eq("CareTeam"))
-            .filter(idx_reference::param.eq("participant"))
-            .filter(idx_reference::target_id.eq(practitioner))
-            .filter(idx_reference::target_type.eq("Practitioner"))
-            .filter(idx_reference::url.is_null())
-            .select(idx_reference::res_id)
-            .load(conn)?;
-        let teams: Vec<Option<String>> = if team_ids.is_empty() {
-            Vec::new()
-        } else {
-            resources::table
-                .filter(resources::res_type.eq("CareTeam"))
-                .filter(resources::res_id.eq_any(&team_ids))
-                .filter(resources::deleted.eq(false))
-                .select(resources::body)
-                .load(conn)?
-        };
+        let team_ids = referring_ids(conn, "CareTeam", "participant", "Practitioner", practitioner)?;
         let mut patients = Vec::new();
         let mut groups = Vec::new();
-        for body in teams.iter().filter_map(|t| t.as_deref()) {
-            let Ok(team) = serde_json::from_str::<Value>(body) else {
-                continue;
-            };
+        for (_, team) in current_bodies(conn, "CareTeam", &team_ids)? {
             if team.get("status").and_then(Value::as_str) != Some("active") || !covers(team.get("period"), now) {
                 continue;
             }
@@ -80,18 +60,8 @@ impl Store {
         }
         groups.sort();
         groups.dedup();
-        if !groups.is_empty() {
-            let rows: Vec<Option<String>> = resources::table
-                .filter(resources::res_type.eq("Group"))
-                .filter(resources::deleted.eq(false))
-                .filter(resources::res_id.eq_any(&groups))
-                .select(resources::body)
-                .load(conn)?;
-            for group in rows.iter().filter_map(|b| b.as_deref()) {
-                if let Ok(group) = serde_json::from_str::<Value>(group) {
-                    patients.extend(scheduling::active_members(&group, now));
-                }
-            }
+        for (_, group) in current_bodies(conn, "Group", &groups)? {
+            patients.extend(scheduling::active_members(&group, now));
         }
         patients.sort();
         patients.dedup();
@@ -479,31 +449,11 @@ fn settle_encounters(tx: &mut Tx, id: &str, wanted: Vec<Wanted>) -> Result<(), A
     let system = tx.rules.canonical.encounter_identifier();
     // Two lookups by index (the reference index by target, then the rows by key), so that no
     // statistics can turn them into a scan: most Appointment writes find nothing here.
-    let ids: Vec<String> = idx_reference::table
-        .filter(idx_reference::res_type.eq("Encounter"))
-        .filter(idx_reference::param.eq("appointment"))
-        .filter(idx_reference::target_id.eq(id))
-        .filter(idx_reference::target_type.eq("Appointment"))
-        .filter(idx_reference::url.is_null())
-        .select(idx_reference::res_id)
-        .load(tx.c)?;
-    let rows: Vec<(String, Option<String>)> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        resources::table
-            .filter(resources::res_type.eq("Encounter"))
-            .filter(resources::res_id.eq_any(&ids))
-            .filter(resources::deleted.eq(false))
-            .order(resources::res_id)
-            .select((resources::res_id, resources::body))
-            .load(tx.c)?
-    };
+    let ids = referring_ids(tx.c, "Encounter", "appointment", "Appointment", id)?;
+    let rows = current_bodies(tx.c, "Encounter", &ids)?;
     // (identifier value, id, body) of ours; an EHR's own Encounters of the Appointment are not.
     let mut existing: Vec<(String, String, Value)> = Vec::new();
     for (res_id, body) in rows {
-        let Some(body) = body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
-            continue;
-        };
         let key = body
             .get("identifier")
             .and_then(Value::as_array)
@@ -543,7 +493,7 @@ fn settle_encounters(tx: &mut Tx, id: &str, wanted: Vec<Wanted>) -> Result<(), A
                     }
                 }
                 if without_meta(&updated) != without_meta(&body) {
-                    update_in(tx, encounter()?, &enc_id, &updated, None, via, &access)?;
+                    update_in(tx, hosted("Encounter")?, &enc_id, &updated, None, via, &access)?;
                 }
                 enc_id
             }
@@ -552,7 +502,7 @@ fn settle_encounters(tx: &mut Tx, id: &str, wanted: Vec<Wanted>) -> Result<(), A
                 body.insert("resourceType".into(), json!("Encounter"));
                 body.extend(owned);
                 let enc_id = new_id();
-                create_in(tx, encounter()?, &Value::Object(body), &enc_id, false, &access)?;
+                create_in(tx, hosted("Encounter")?, &Value::Object(body), &enc_id, false, &access)?;
                 enc_id
             }
         };
@@ -565,16 +515,13 @@ fn settle_encounters(tx: &mut Tx, id: &str, wanted: Vec<Wanted>) -> Result<(), A
             continue;
         }
         body["status"] = json!("entered-in-error");
-        update_in(tx, encounter()?, &enc_id, &body, None, via, &access)?;
+        update_in(tx, hosted("Encounter")?, &enc_id, &body, None, via, &access)?;
     }
     Ok(())
 }
 
-fn encounter() -> Result<ResourceType, Error> {
-    ResourceType::parse("Encounter").ok_or_else(|| Error::Internal("Encounter is not hosted".into()))
-}
-
-fn without_meta(v: &Value) -> Value {
+/// A resource without its meta, to tell whether a write would change anything.
+pub(super) fn without_meta(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(m) = v.as_object_mut() {
         m.remove("meta");

@@ -5,27 +5,16 @@
 use diesel::prelude::*;
 use serde_json::{json, Map, Value};
 
+use super::care::without_meta;
 use super::hooks::{Change, Written};
-use super::reads::load_current_for_write;
-use super::schema::{idx_reference, idx_uri, resources};
+use super::reads::{current_bodies, hosted, load_current_for_write, referring_ids};
+use super::schema::idx_uri;
 use super::write::{create_in, update_in, Tx, Via};
 use super::{Abort, Store, WriteAccess};
 use crate::error::{BrokenInvariant, Error};
 use crate::measures::{self, Measure};
 use crate::resources::compartment::Reach;
-use crate::resources::{local_id, new_id, parse_reference, ResourceType, Target};
-
-fn hosted(name: &str) -> Result<ResourceType, Error> {
-    ResourceType::parse(name).ok_or_else(|| Error::Internal(format!("{name} is not hosted")))
-}
-
-fn without_meta(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("meta");
-    }
-    v
-}
+use crate::resources::{local_id, new_id, parse_reference, Target};
 
 fn invariant(expression: &str, diagnostics: String) -> Abort {
     Error::Invariant(vec![BrokenInvariant {
@@ -182,19 +171,10 @@ fn check_stored_questionnaire(tx: &mut Tx, canonical: &str) -> Result<(), Abort>
         .select(idx_uri::res_id)
         .limit(100)
         .load(tx.c)?;
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let bodies: Vec<Option<String>> = resources::table
-        .filter(resources::res_type.eq("Questionnaire"))
-        .filter(resources::res_id.eq_any(&ids))
-        .filter(resources::deleted.eq(false))
-        .select(resources::body)
-        .load(tx.c)?;
-    let stored: Vec<Value> = bodies
-        .iter()
-        .filter_map(|b| b.as_deref().and_then(|b| serde_json::from_str(b).ok()))
-        .filter(|q: &Value| q.get("url").and_then(Value::as_str) == Some(url))
+    let stored: Vec<Value> = current_bodies(tx.c, "Questionnaire", &ids)?
+        .into_iter()
+        .map(|(_, q)| q)
+        .filter(|q| q.get("url").and_then(Value::as_str) == Some(url))
         .collect();
     if stored.is_empty() {
         return Ok(());
@@ -252,33 +232,13 @@ fn settle_observations(
 ) -> Result<(), Abort> {
     let canonical = tx.rules.canonical.clone();
     let system = measures::observation_identifier(&canonical);
-    let ids: Vec<String> = idx_reference::table
-        .filter(idx_reference::res_type.eq("Observation"))
-        .filter(idx_reference::param.eq("derived-from"))
-        .filter(idx_reference::target_id.eq(id))
-        .filter(idx_reference::target_type.eq("QuestionnaireResponse"))
-        .filter(idx_reference::url.is_null())
-        .select(idx_reference::res_id)
-        .load(tx.c)?;
-    let rows: Vec<(String, Option<String>)> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        resources::table
-            .filter(resources::res_type.eq("Observation"))
-            .filter(resources::res_id.eq_any(&ids))
-            .filter(resources::deleted.eq(false))
-            .order(resources::res_id)
-            .select((resources::res_id, resources::body))
-            .load(tx.c)?
-    };
+    let ids = referring_ids(tx.c, "Observation", "derived-from", "QuestionnaireResponse", id)?;
+    let rows = current_bodies(tx.c, "Observation", &ids)?;
     let prefix = format!("QuestionnaireResponse/{id}/");
     // (key: the LOINC code, Observation id, body) of ours, and ours about another subject.
     let mut existing: Vec<(String, String, Value)> = Vec::new();
     let mut stale: Vec<(String, Value)> = Vec::new();
     for (obs_id, body) in rows {
-        let Some(body) = body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
-            continue;
-        };
         let key = body
             .get("identifier")
             .and_then(Value::as_array)
@@ -405,17 +365,8 @@ pub(super) fn before_observation(tx: &mut Tx, change: &Change, observation: &mut
     if responses.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(String, Option<String>)> = resources::table
-        .filter(resources::res_type.eq("QuestionnaireResponse"))
-        .filter(resources::res_id.eq_any(&responses))
-        .filter(resources::deleted.eq(false))
-        .select((resources::res_id, resources::body))
-        .load(tx.c)?;
     let rt = hosted("QuestionnaireResponse")?;
-    for (qid, body) in rows {
-        let Some(response) = body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
-            continue;
-        };
+    for (qid, response) in current_bodies(tx.c, "QuestionnaireResponse", &responses)? {
         // A response the writer may not see is left to the reference check, which answers for it
         // as for one that does not exist: the refusal is no probe.
         if !change.access.reach.sees(rt, &qid, &response) {

@@ -6,11 +6,62 @@
 use diesel::prelude::*;
 use serde_json::Value;
 
-use super::schema::{resource_versions, resources};
+use super::schema::{idx_reference, resource_versions, resources};
 use super::{AnyConnection, Version};
 use crate::error::Error;
 use crate::resources::compartment::{Notes, Reach};
 use crate::resources::ResourceType;
+
+/// A hosted type by name, for the store's own writes (a name that is not hosted is our bug).
+pub(super) fn hosted(name: &str) -> Result<ResourceType, Error> {
+    ResourceType::parse(name).ok_or_else(|| Error::Internal(format!("{name} is not hosted")))
+}
+
+/// Ids per statement of [`current_bodies`]: within SQLite's limit on bound values.
+const IDS_PER_READ: usize = 500;
+
+/// The ids of the `rt` resources whose `param` is a local reference to `target_type`/`target_id`:
+/// one probe of the reference index by target (so that no statistics can turn it into a scan).
+pub(super) fn referring_ids(
+    c: &mut AnyConnection,
+    rt: &str,
+    param: &str,
+    target_type: &str,
+    target_id: &str,
+) -> Result<Vec<String>, diesel::result::Error> {
+    idx_reference::table
+        .filter(idx_reference::res_type.eq(rt))
+        .filter(idx_reference::param.eq(param))
+        .filter(idx_reference::target_id.eq(target_id))
+        .filter(idx_reference::target_type.eq(target_type))
+        .filter(idx_reference::url.is_null())
+        .select(idx_reference::res_id)
+        .load(c)
+}
+
+/// The current, not deleted `rt` resources of these ids as JSON (id, body), in id order, read by
+/// key in chunks; none when `ids` is empty.
+pub(super) fn current_bodies(
+    c: &mut AnyConnection,
+    rt: &str,
+    ids: &[String],
+) -> Result<Vec<(String, Value)>, diesel::result::Error> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(IDS_PER_READ) {
+        let rows: Vec<(String, Option<String>)> = resources::table
+            .filter(resources::res_type.eq(rt))
+            .filter(resources::res_id.eq_any(chunk))
+            .filter(resources::deleted.eq(false))
+            .order(resources::res_id)
+            .select((resources::res_id, resources::body))
+            .load(c)?;
+        out.extend(rows.into_iter().filter_map(|(id, body)| {
+            let body = serde_json::from_str::<Value>(body.as_deref()?).ok()?;
+            Some((id, body))
+        }));
+    }
+    Ok(out)
+}
 
 #[derive(Queryable)]
 pub(super) struct Current {

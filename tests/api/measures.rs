@@ -505,6 +505,14 @@ both_backends! {
         assert_eq!(status, 404);
         let status = ann.get(app.url(&format!("QuestionnaireResponse/{}", ben_response["id"].as_str().unwrap()))).send().await.unwrap().status();
         assert_eq!(status, 404);
+        // History: hers only, type-level and of Ben's records by id.
+        for path in ["Observation/_history", "QuestionnaireResponse/_history"] {
+            let history = search(ann.clone(), path.into()).await;
+            assert!(!entries(&history).is_empty(), "{path}");
+            assert!(entries(&history).iter().all(|e| e["resource"]["subject"]["reference"] == "Patient/ann"), "{path}: {history}");
+        }
+        let status = ann.get(app.url(&format!("Observation/{}/_history", ben_obs["id"].as_str().unwrap()))).send().await.unwrap().status();
+        assert_eq!(status, 404);
         let everything = search(ann.clone(), "Patient/ann/$everything".into()).await;
         let types: Vec<String> = entries(&everything).iter().map(|e| e["resource"]["resourceType"].as_str().unwrap().to_string()).collect();
         assert!(types.iter().any(|t| t == "Observation") && types.iter().any(|t| t == "QuestionnaireResponse"), "{types:?}");
@@ -517,6 +525,10 @@ both_backends! {
         assert_eq!(seen["entry"][0]["resource"]["derivedFrom"][0]["reference"], format!("QuestionnaireResponse/{}", ann_response["id"].as_str().unwrap()));
         let status = moss.get(app.url(&format!("Observation/{}", ben_obs["id"].as_str().unwrap()))).send().await.unwrap().status();
         assert_eq!(status, 404);
+        let history = search(moss.clone(), "Observation/_history".into()).await;
+        assert!(entries(&history).iter().all(|e| e["resource"]["subject"]["reference"] == "Patient/ann"), "{history}");
+        let included = search(moss.clone(), "QuestionnaireResponse?_revinclude=Observation:derived-from".into()).await;
+        assert!(entries(&included).iter().all(|e| e["resource"]["subject"]["reference"] == "Patient/ann"), "{included}");
         // The published Questionnaires are for everyone to read.
         assert_eq!(ann.get(app.url("Questionnaire/phq-9")).send().await.unwrap().status(), 200);
     }
