@@ -91,6 +91,8 @@ pub enum BookingRefusal {
     UnknownGroup,
     /// An individual session in time a Slot reserves for group sessions (or time reserved over one).
     ReservedTime,
+    /// More people invited to a video session than its service takes (virtualService maxParticipants).
+    TooManyParticipants,
 }
 
 impl BookingRefusal {
@@ -102,6 +104,7 @@ impl BookingRefusal {
             BookingRefusal::NoAgreement => "no-agreement",
             BookingRefusal::UnknownGroup => "unknown-group",
             BookingRefusal::ReservedTime => "reserved-time",
+            BookingRefusal::TooManyParticipants => "too-many-participants",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! - `tandem_http_requests_total{interaction, resource_type, status}`
 //! - `tandem_http_request_duration_seconds{interaction, resource_type}` (histogram)
 //! - `tandem_bookings_refused_total{reason}`: double-booking, not-a-member, over-capacity,
-//!   no-agreement, unknown-group, reserved-time
+//!   no-agreement, unknown-group, reserved-time, too-many-participants
 //! - `tandem_db_pool_connections{state}` (idle, in_use) and `tandem_db_pool_max_connections`
 //! - `tandem_audit_queue_events`: audit events accepted and not yet written
 //!

@@ -95,6 +95,8 @@ schema_names!(
     super::crud::delete,
     super::history::instance_history,
     super::operations::book_session,
+    super::calendar::find,
+    super::calendar::cancel_series,
     super::operations::attendance,
     super::export::group_export,
     super::operations::group_outcomes,
@@ -401,7 +403,8 @@ fn finish_operation(path: &str, method: &str, mut op: Value, rt: Option<Resource
     // Bodies: every FHIR JSON body is also accepted and given as FHIR XML.
     if let Some(body) = map.get_mut("requestBody") {
         add_xml(body);
-        body["required"] = json!(true);
+        // $cancel-series takes its reason optionally: a request with no body cancels without one.
+        body["required"] = json!(!path.ends_with("$cancel-series"));
         if method == "post" || method == "put" {
             if let Some(rt) = rt {
                 add_examples(body, rt.as_str());

@@ -3,6 +3,7 @@
 
 mod audit;
 mod bundle;
+mod calendar;
 mod crud;
 pub mod docs;
 mod export;
@@ -56,6 +57,12 @@ pub const SUPPORTED: Supported<'static> = Supported {
     conditional_delete: "single",
     operations: &[
         ("Group", "book-session", "/OperationDefinition/Group-book-session"),
+        ("Appointment", "find", "/OperationDefinition/Appointment-find"),
+        (
+            "Appointment",
+            "cancel-series",
+            "/OperationDefinition/Appointment-cancel-series",
+        ),
         ("Group", "attendance", "/OperationDefinition/Group-attendance"),
         ("Group", "outcomes", "/OperationDefinition/Group-outcomes"),
         ("Practitioner", "caseload", "/OperationDefinition/Practitioner-caseload"),
@@ -217,6 +224,8 @@ pub fn endpoints() -> Vec<Endpoint> {
             vec![on(M::GET, export::status), on(M::DELETE, export::cancel)],
         ),
         endpoint("/$export-file/{job}/{file}", vec![on(M::GET, export::file)]),
+        // Free times (before /{type}/{id}, which would take `$find` for an id).
+        endpoint("/Appointment/$find", vec![on(M::GET, calendar::find)]),
         // The audit trail: read and search only (before /{type}, which would take it for a hosted type).
         endpoint("/AuditEvent", vec![on(M::GET, audit::search)]),
         endpoint("/AuditEvent/_search", vec![on(M::POST, audit::search_post)]),

@@ -19,8 +19,7 @@ use crate::resources::{dates, ResourceType};
 use crate::scheduling::{self, definitions, APPOINTMENT_SUBJECT};
 use crate::search::plan::{plan, see_everything};
 use crate::search::Search;
-use crate::store::Version;
-use crate::store::WriteAccess;
+use crate::store::{Op, OpResult, Version, WriteAccess};
 
 /// The current version of `res_type/id`, as JSON (404/410 as for a read).
 async fn read_json(state: &AppState, res_type: &'static str, id: &str) -> Result<Value, Error> {
@@ -36,8 +35,9 @@ const REPORT_CAP: i64 = 10_000;
 
 /// The instance operations: the type, the operation and the one method it takes. The dispatcher
 /// below and the OpenAPI document (each operation's function carries its description) follow it.
-pub const OPERATIONS: [(&str, &str, &str); 7] = [
+pub const OPERATIONS: [(&str, &str, &str); 8] = [
     ("Group", "$book-session", "POST"),
+    ("Appointment", "$cancel-series", "POST"),
     ("Group", "$attendance", "GET"),
     ("Group", "$export", "GET"),
     ("Group", "$outcomes", "GET"),
@@ -70,6 +70,7 @@ pub async fn instance_operation(
     }
     match operation.as_str() {
         "$book-session" => book_session(&req, &ctx, &state, &id, payload).await,
+        "$cancel-series" => super::calendar::cancel_series(&req, &ctx, &state, &id, payload).await,
         "$export" => super::export::group_export(&req, &ctx, &state, &id).await,
         "$attendance" => attendance(&req, &ctx, &state, &id).await,
         "$caseload" => caseload(&req, &ctx, &state, &id).await,
@@ -79,7 +80,7 @@ pub async fn instance_operation(
     }
 }
 
-fn parameter<'a>(params: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
+pub(super) fn parameter<'a>(params: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
     let name = name.to_string();
     params
         .get("parameter")
@@ -178,21 +179,142 @@ pub(crate) async fn book_session(
         .next()
         .and_then(|p| p.get("valueString"))
         .cloned();
+    let count = integer_parameter(&params, "count", 1, MAX_SERIES)?.unwrap_or(1);
+    let interval = integer_parameter(&params, "interval", 1, MAX_INTERVAL_WEEKS)?.unwrap_or(1);
+    let video = virtual_service_parameter(&params)?;
+    let offset = dates::offset_minutes(&start_text).unwrap_or(0);
+    let end_offset = dates::offset_minutes(&end_text).unwrap_or(0);
 
     let group = read_json(state, "Group", group_id).await?;
-    let active: Vec<String> = scheduling::active_members(&group, start)
-        .into_iter()
-        .map(|id| format!("Patient/{id}"))
-        .collect();
-    // Chosen members who are not active are refused by the store's roster rule (store::scheduling),
-    // as on every other path a session is written by, and counted by the refused-bookings metric.
-    let members = if chosen.is_empty() { active } else { chosen };
-    if members.is_empty() {
-        return Err(Error::Unprocessable(format!(
-            "Group/{group_id} has no active members on {}",
-            &start_text[..10]
-        )));
+    let appointment_rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
+    let ids: Vec<String> = (0..count).map(|_| crate::resources::new_id()).collect();
+    let mut ops = Vec::with_capacity(ids.len());
+    for (k, id) in ids.iter().enumerate() {
+        // Occurrence k keeps the start's UTC offset: the same wall-clock time in that offset.
+        let shift = k as i64 * interval * WEEK_MS;
+        let (at, at_text) = if k == 0 {
+            (start, start_text.clone())
+        } else {
+            (start + shift, dates::format_at_offset(start + shift, offset))
+        };
+        let until_text = if k == 0 {
+            end_text.clone()
+        } else {
+            dates::format_at_offset(end + shift, end_offset)
+        };
+        let label = if count == 1 {
+            "the session".to_string()
+        } else {
+            format!("occurrence {} of {count} ({at_text})", k + 1)
+        };
+        // Chosen members who are not active are refused by the store's roster rule (store::scheduling),
+        // as on every other path a session is written by, and counted by the refused-bookings metric.
+        let members: Vec<String> = if chosen.is_empty() {
+            scheduling::active_members(&group, at)
+                .into_iter()
+                .map(|id| format!("Patient/{id}"))
+                .collect()
+        } else {
+            chosen.clone()
+        };
+        if members.is_empty() {
+            return Err(Error::Unprocessable(format!(
+                "{label}: Group/{group_id} has no active members on {}",
+                &at_text[..10]
+            )));
+        }
+        let mut extensions =
+            vec![json!({"url": APPOINTMENT_SUBJECT, "valueReference": {"reference": format!("Group/{group_id}")}})];
+        if let Some(v) = &video {
+            extensions.push(v.clone());
+        }
+        if count > 1 {
+            extensions.push(json!({"url": scheduling::APPOINTMENT_RECURRENCE_ID, "valuePositiveInt": k + 1}));
+            if k > 0 {
+                extensions.push(json!({"url": scheduling::APPOINTMENT_ORIGINATING, "valueReference": {"reference": format!("Appointment/{}", ids[0])}}));
+            }
+        }
+        let mut appointment = json!({
+            "resourceType": "Appointment",
+            "extension": extensions,
+            "status": "booked",
+            "start": at_text,
+            "end": until_text,
+            "participant": session_participants(&practitioners, &locations, &members),
+        });
+        if let Some(d) = &description {
+            appointment["description"] = d.clone();
+        }
+        ops.push(Op::Create {
+            label,
+            rt: appointment_rt,
+            id: id.clone(),
+            resource: appointment,
+            access: WriteAccess::full(),
+            if_none_exist: None,
+            full_url: None,
+        });
     }
+    // Every occurrence in one transaction: each is checked by the store's rules (double booking,
+    // reserved time, roster and agreements on its date, capacity, video service) as it is written,
+    // and the first refusal, naming its occurrence, leaves none written.
+    let store = state.store.clone();
+    let results = blocking(move || store.transaction(&ops)).await?;
+    let created: Vec<Version> = results
+        .into_iter()
+        .map(|r| match r {
+            OpResult::Created(v) => Ok(v),
+            other => Err(Error::Internal(format!("a booking answered {other:?}"))),
+        })
+        .collect::<Result<_, _>>()?;
+    ctx.audit(|d| {
+        d.entities = std::iter::once(format!("Group/{group_id}"))
+            .chain(
+                created
+                    .iter()
+                    .map(|v| format!("Appointment/{}/_history/{}", v.res_id, v.version_id)),
+            )
+            .collect();
+        if let [only] = created.as_slice() {
+            d.resource = only
+                .body
+                .as_deref()
+                .and_then(|b| serde_json::from_str(b).ok())
+                .map(|b| (appointment_rt, b));
+        }
+    });
+    if let [only] = created.as_slice() {
+        let mut builder = HttpResponse::build(StatusCode::CREATED);
+        builder.insert_header((
+            header::LOCATION,
+            ctx.url(&format!("Appointment/{}/_history/{}", only.res_id, only.version_id)),
+        ));
+        return ctx.version(builder, only);
+    }
+    let entries = created
+        .iter()
+        .map(|v| {
+            Ok(json!({
+                "fullUrl": ctx.url(&format!("Appointment/{}", v.res_id)),
+                "resource": super::search::parse_body(v)?,
+            }))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(ctx.body(
+        HttpResponse::Created(),
+        &json!({"resourceType": "Bundle", "type": "collection", "total": entries.len(), "entry": entries}),
+    ))
+}
+
+/// Most occurrences of a weekly series booked at once (a year of weekly sessions).
+const MAX_SERIES: i64 = 52;
+/// Most weeks between two occurrences of a series.
+const MAX_INTERVAL_WEEKS: i64 = 12;
+const WEEK_MS: i64 = 7 * 24 * 3_600_000;
+
+/// The participants of a group session: the facilitators (primary performers), the room, and the
+/// members invited (needs-action).
+fn session_participants(practitioners: &[String], locations: &[String], members: &[String]) -> Vec<Value> {
     let mut participants: Vec<Value> = practitioners
         .iter()
         .map(|r| json!({"type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PPRF", "display": "primary performer"}]}],
@@ -208,36 +330,59 @@ pub(crate) async fn book_session(
             .iter()
             .map(|r| json!({"actor": {"reference": r}, "required": "optional", "status": "needs-action"})),
     );
-    let mut appointment = json!({
-        "resourceType": "Appointment",
-        "extension": [{"url": APPOINTMENT_SUBJECT, "valueReference": {"reference": format!("Group/{group_id}")}}],
-        "status": "booked",
-        "start": start_text,
-        "end": end_text,
-        "participant": participants,
-    });
-    if let Some(d) = description {
-        appointment["description"] = d;
+    participants
+}
+
+/// An optional valueInteger parameter within [min, max] (400 otherwise).
+fn integer_parameter(params: &Value, name: &str, min: i64, max: i64) -> Result<Option<i64>, Error> {
+    let mut found = parameter(params, name);
+    let Some(p) = found.next() else {
+        return Ok(None);
+    };
+    if found.next().is_some() {
+        return Err(Error::Invalid(format!("parameter '{name}' may be given once")));
     }
-    let store = state.store.clone();
-    let appointment_rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
-    let created = blocking(move || store.create(appointment_rt, appointment, &WriteAccess::full())).await?;
-    ctx.audit(|d| {
-        d.entities = vec![
-            format!("Group/{group_id}"),
-            format!("Appointment/{}/_history/{}", created.res_id, created.version_id),
-        ];
-        d.resource = created.body.clone().map(|b| (appointment_rt, b));
-    });
-    let mut builder = HttpResponse::build(StatusCode::CREATED);
-    builder.insert_header((
-        header::LOCATION,
-        ctx.url(&format!(
-            "Appointment/{}/_history/{}",
-            created.res_id, created.version_id
-        )),
-    ));
-    ctx.version(builder, &created)
+    match p.get("valueInteger").and_then(Value::as_i64) {
+        Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(Error::Invalid(format!(
+            "parameter '{name}' must be a valueInteger from {min} to {max}"
+        ))),
+    }
+}
+
+/// The `virtualService` parameter of $book-session, as the R5 cross-version extension it becomes on
+/// each Appointment: one sub-extension per part, with the part's value (the store checks the
+/// extension's shape and maxParticipants, as for any Appointment written).
+fn virtual_service_parameter(params: &Value) -> Result<Option<Value>, Error> {
+    let mut found = parameter(params, "virtualService");
+    let Some(p) = found.next() else {
+        return Ok(None);
+    };
+    if found.next().is_some() {
+        return Err(Error::Invalid("parameter 'virtualService' may be given once".into()));
+    }
+    let parts = p.get("part").and_then(Value::as_array).filter(|a| !a.is_empty()).ok_or_else(|| {
+        Error::Invalid("parameter 'virtualService' takes parts: channelType, address, additionalInfo, maxParticipants, sessionKey".into())
+    })?;
+    let mut extensions = Vec::with_capacity(parts.len());
+    for part in parts {
+        let name = part.get("name").and_then(Value::as_str).unwrap_or("");
+        let Some((_, value_key, _)) = scheduling::VIRTUAL_SERVICE_PARTS.iter().find(|(n, _, _)| *n == name) else {
+            return Err(Error::Invalid(format!(
+                "parameter 'virtualService' has no part '{name}'"
+            )));
+        };
+        let value = part
+            .get(*value_key)
+            .ok_or_else(|| Error::Invalid(format!("virtualService part '{name}' takes a {value_key}")))?;
+        let mut extension = serde_json::Map::new();
+        extension.insert("url".into(), json!(name));
+        extension.insert((*value_key).to_string(), value.clone());
+        extensions.push(Value::Object(extension));
+    }
+    Ok(Some(
+        json!({"url": scheduling::APPOINTMENT_VIRTUAL_SERVICE, "extension": extensions}),
+    ))
 }
 
 fn window_params(req: &HttpRequest) -> Result<(Option<String>, Option<String>), Error> {
@@ -265,13 +410,7 @@ async fn sessions(
     start: &Option<String>,
     end: &Option<String>,
 ) -> Result<Vec<Value>, Error> {
-    let mut pairs = vec![(criterion.0.to_string(), criterion.1)];
-    if let Some(s) = start {
-        pairs.push(("date".into(), format!("ge{s}")));
-    }
-    if let Some(e) = end {
-        pairs.push(("date".into(), format!("lt{e}")));
-    }
+    let pairs = dated(vec![(criterion.0.to_string(), criterion.1)], "date", start, end);
     let rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
     let planned = plan(&[rt], &Search::parse(&pairs)?, true, &see_everything)?;
     let store = state.store.clone();

@@ -157,13 +157,15 @@ impl Reach {
 }
 
 /// Whether a patient's own view of `resource` leaves something out: a group session Appointment or
-/// a Group that holds an entry other than hers and those of practitioners and places, or
-/// contained resources (which could be anyone).
+/// a Group that holds an entry other than hers and those of practitioners and places, contained
+/// resources (which could be anyone), or a video session's host key (the virtualService
+/// sessionKey: with it a client could run the session).
 pub fn needs_redaction(own_patient: &str, rt: ResourceType, resource: &Value) -> bool {
     let Some((list, field)) = redacted_list(rt) else {
         return false;
     };
     resource.get("contained").is_some()
+        || (rt.as_str() == "Appointment" && crate::scheduling::has_session_key(resource))
         || resource
             .get(list)
             .and_then(Value::as_array)
@@ -223,7 +225,7 @@ fn kept(own: &str, rt: ResourceType, reference: Option<&Value>) -> bool {
 
 /// A patient's own view of a group session Appointment or a Group: only the entries [`kept`]
 /// (a Group also loses `quantity`, which counts them; both lose `contained` and the narrative,
-/// written from the whole), labelled REDACTED (v3-ObservationValue) so that a client knows it is
+/// written from the whole; an Appointment loses its video host key), labelled REDACTED (v3-ObservationValue) so that a client knows it is
 /// not the whole record. Other types, and resources with nothing to leave out, are returned as
 /// they are.
 pub fn redact(own_patient: &str, rt: ResourceType, mut resource: Value) -> Value {
@@ -236,10 +238,14 @@ pub fn redact(own_patient: &str, rt: ResourceType, mut resource: Value) -> Value
     if let Some(entries) = resource.get_mut(list).and_then(Value::as_array_mut) {
         entries.retain(|e| kept(own_patient, rt, e.get(field)));
     }
+    if rt.as_str() == "Appointment" {
+        crate::scheduling::strip_session_key(&mut resource);
+    }
     if let Some(map) = resource.as_object_mut() {
         if rt.as_str() == "Group" {
             map.remove("quantity");
         }
+
         map.remove("contained");
         map.remove("text");
         let meta = map.entry("meta").or_insert_with(|| serde_json::json!({}));

@@ -138,6 +138,47 @@ pub fn format_instant(ms: i64) -> String {
     )
 }
 
+/// The UTC offset, in minutes, a dateTime with a time is written in (`Z` or `±hh:mm`).
+pub fn offset_minutes(s: &str) -> Option<i32> {
+    let (_, t) = s.split_once('T')?;
+    if t.ends_with('Z') {
+        return Some(0);
+    }
+    let i = t.rfind(['+', '-'])?;
+    let (sign, hm) = t[i..].split_at(1);
+    let (h, m) = hm.split_once(':')?;
+    let minutes = h.parse::<i32>().ok()? * 60 + m.parse::<i32>().ok()?;
+    Some(if sign == "-" { -minutes } else { minutes })
+}
+
+/// Formats milliseconds since the epoch as a FHIR dateTime at a UTC offset of `offset` minutes
+/// (`Z` for none), to the second, or to the millisecond when it has a fraction.
+pub fn format_at_offset(ms: i64, offset: i32) -> String {
+    let local = ms + i64::from(offset) * 60_000;
+    let t =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(local) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let fraction = if t.millisecond() == 0 {
+        String::new()
+    } else {
+        format!(".{:03}", t.millisecond())
+    };
+    let zone = if offset == 0 {
+        "Z".to_string()
+    } else {
+        let sign = if offset < 0 { '-' } else { '+' };
+        format!("{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60)
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}{zone}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// Formats milliseconds since the epoch as an HTTP date (RFC 9110 IMF-fixdate), for Last-Modified.
 pub fn format_http_date(ms: i64) -> String {
     let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
@@ -164,6 +205,21 @@ pub fn now_millis() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_time_keeps_the_offset_it_was_written_in() {
+        let t = "2026-12-08T18:00:00-05:00";
+        let ms = parse_range(t).unwrap().low;
+        assert_eq!(offset_minutes(t), Some(-300));
+        assert_eq!(format_at_offset(ms, -300), t);
+        let week = 7 * 24 * 3_600_000;
+        assert_eq!(format_at_offset(ms + week, -300), "2026-12-15T18:00:00-05:00");
+        assert_eq!(offset_minutes("2026-12-08T18:00:00Z"), Some(0));
+        assert_eq!(format_at_offset(ms, 0), "2026-12-08T23:00:00Z");
+        assert_eq!(offset_minutes("2026-12-08T18:00:00.5+05:30"), Some(330));
+        assert_eq!(format_at_offset(ms + 500, 330), "2026-12-09T04:30:00.500+05:30");
+        assert_eq!(offset_minutes("2026-12-08"), None);
+    }
+
     use super::*;
 
     fn r(s: &str) -> (String, String) {

@@ -202,6 +202,13 @@ fn operation(
     })
 }
 
+/// An operation invoked on its type (`[base]/Appointment/$find`), not on an instance.
+fn type_level(mut definition: Value) -> Value {
+    definition["type"] = json!(true);
+    definition["instance"] = json!(false);
+    definition
+}
+
 pub fn operation_definitions(canonical: &Canonical) -> Vec<Value> {
     vec![
         operation(canonical, "Group", "book-session", "BookGroupSession", true,
@@ -212,7 +219,31 @@ pub fn operation_definitions(canonical: &Canonical) -> Vec<Value> {
               ("location", "in", 0, "1", "Reference", "The room: a Location reference"),
               ("member", "in", 0, "*", "Reference", "Only these members (Patient references; each must be an active member); all active members when absent"),
               ("description", "in", 0, "1", "string", "Shown as Appointment.description"),
-              ("return", "out", 1, "1", "Appointment", "The session as created")], &[]),
+              ("count", "in", 0, "1", "integer", "A weekly series of this many sessions (1 to 52; default 1). Every occurrence is checked (double booking, reserved time, roster and agreements on its own date, capacity) and all are booked in one transaction, or none is: the refusal names the occurrence and the clash. The occurrences carry R5's cross-version extensions Appointment.recurrenceId (1..count) and, from the second on, Appointment.originatingAppointment (the first); each keeps the start's UTC offset"),
+              ("interval", "in", 0, "1", "integer", "Weeks between two occurrences of the series (1 to 12; default 1)"),
+              ("virtualService", "in", 0, "1", "", "A video session: R5's cross-version extension Appointment.virtualService on each occurrence (its Encounters have class VR). The host's sessionKey is never shown to a patient/ token; a maxParticipants below the people invited is refused (422)"),
+              ("return", "out", 1, "1", "Resource", "The session as created (an Appointment), or for count over 1 a Bundle of type collection holding the occurrences, first occurrence first")],
+            &[("virtualService", &[
+              ("channelType", "in", 0, "1", "Coding", "The kind of video service (R5 virtual-service-type: zoom, ms-teams, whatsapp; or another system)"),
+              ("address", "in", 0, "1", "url", "Where the participants join"),
+              ("additionalInfo", "in", 0, "*", "url", "Further links about the session"),
+              ("maxParticipants", "in", 0, "1", "positiveInt", "The most participants the service takes"),
+              ("sessionKey", "in", 0, "1", "string", "The host's key or passcode; not shown to patient/ tokens")])]),
+        type_level(operation(canonical, "Appointment", "find", "FindAppointmentTimes", false,
+            "The free start times for a session of every named practitioner, room (Location) and patient: on a grid of `granularity` minutes from `start` (15 by default), each start whose session of `duration` minutes lies inside [start, end) and overlaps no active booking of any of them (statuses pending, booked, arrived, checked-in). For kind=individual (the default) time that a Slot reserves for group sessions (slot-purpose group-therapy) is not free either; kind=group may use reserved and unreserved free time alike (reserved time is for groups). An actor with no bookings is free. Answered as a searchset Bundle of proposed Appointments (the actors as participants, needs-action), total counting every free start, paged by _count. A window over 90 days, an end not after the start, a duration over 12 hours or an unknown parameter is 400; a patient/ or assigned-clients token may name only patients it reaches (403).",
+            &[("practitioner", "in", 0, "*", "string", "A Practitioner id or reference (Practitioner/x, or an absolute URL)"),
+              ("location", "in", 0, "*", "string", "A Location id or reference"),
+              ("patient", "in", 0, "*", "string", "A Patient id or reference"),
+              ("start", "in", 1, "1", "dateTime", "Start of the window, with time and zone; the grid starts here and the times answered keep its UTC offset"),
+              ("end", "in", 1, "1", "dateTime", "End of the window (exclusive); at most 90 days after start"),
+              ("duration", "in", 0, "1", "integer", "The session's length in minutes (1 to 720; default 60)"),
+              ("granularity", "in", 0, "1", "integer", "Minutes between candidate start times (1 to 1440; default 15)"),
+              ("kind", "in", 0, "1", "code", "individual (default) or group"),
+              ("return", "out", 1, "1", "Bundle", "A searchset of proposed Appointments, one per free start")], &[])),
+        operation(canonical, "Appointment", "cancel-series", "CancelSeries", true,
+            "Cancels this occurrence of a weekly series (booked by Group $book-session with count; the series is the first occurrence and the Appointments whose R5 originatingAppointment extension names it) and every later occurrence (a greater recurrenceId) that has not started: status cancelled, cancelationReason.text from `reason`; their time is freed. Occurrences under way, ended or already cancelled are left as they are, so it may be called again. One transaction. An Appointment that is no occurrence of a series is 422.",
+            &[("reason", "in", 0, "1", "string", "Why: becomes each cancelled Appointment's cancelationReason.text"),
+              ("return", "out", 1, "1", "Bundle", "A collection of the Appointments it changed, in series order")], &[]),
         operation(canonical, "Group", "attendance", "GroupAttendance", false,
             "Per member of a group: sessions invited, attended and missed (no-show plus late cancellation) among the group's sessions that start in [start, end), from the participant-attendance extension.",
             &[("start", "in", 0, "1", "date", "First day (or instant) of the period"),

@@ -16,6 +16,28 @@ pub const APPOINTMENT_SUBJECT: &str = "http://hl7.org/fhir/5.0/StructureDefiniti
 pub const APPOINTMENT_VIRTUAL_SERVICE: &str =
     "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.virtualService";
 
+/// HL7's R5 cross-version extensions that tie the occurrences of a series together (R5
+/// Appointment.recurrenceId, positiveInt: the occurrence's number; Appointment.originatingAppointment,
+/// Reference(Appointment): the series' first occurrence, on every later one).
+pub const APPOINTMENT_RECURRENCE_ID: &str =
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.recurrenceId";
+pub const APPOINTMENT_ORIGINATING: &str =
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.originatingAppointment";
+
+/// The parts of R5's VirtualServiceDetail that the virtualService extension carries here, each with
+/// the one value type it takes (the R5 element's type; `address` as a url, the issue's choice of
+/// R5's address[x]) and whether it may repeat.
+pub const VIRTUAL_SERVICE_PARTS: [(&str, &str, bool); 5] = [
+    ("channelType", "valueCoding", false),
+    ("address", "valueUrl", false),
+    ("additionalInfo", "valueUrl", true),
+    ("maxParticipants", "valuePositiveInt", false),
+    ("sessionKey", "valueString", false),
+];
+
+/// The sub-extension of a video session that holds the host's key: never shown to a `patient/` token.
+pub const SESSION_KEY: &str = "sessionKey";
+
 /// Appointment statuses that hold the time of their participants (the double-booking rule).
 pub const ACTIVE_STATUSES: [&str; 4] = ["pending", "booked", "arrived", "checked-in"];
 
@@ -214,6 +236,140 @@ pub fn booked_actors(appointment: &Value) -> Vec<String> {
     actors.sort();
     actors.dedup();
     actors
+}
+
+/// The virtualService extensions of an appointment (a video session has one).
+pub fn virtual_services(appointment: &Value) -> impl Iterator<Item = &Value> {
+    appointment
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("url").and_then(Value::as_str) == Some(APPOINTMENT_VIRTUAL_SERVICE))
+}
+
+/// Whether the appointment is a video session.
+pub fn is_virtual(appointment: &Value) -> bool {
+    virtual_services(appointment).next().is_some()
+}
+
+/// Checks the shape of each virtualService extension: only the parts of [`VIRTUAL_SERVICE_PARTS`],
+/// each with its value type and at most once unless it repeats, and no value of its own (a complex
+/// extension, ext-1). The error names the part and what is wrong.
+pub fn check_virtual_service(appointment: &Value) -> Result<(), String> {
+    for ext in virtual_services(appointment) {
+        if let Some(own) = ext.as_object().and_then(|m| m.keys().find(|k| k.starts_with("value"))) {
+            return Err(format!(
+                "the virtualService extension is complex: it has parts, not a {own}"
+            ));
+        }
+        let parts: Vec<&Value> = ext
+            .get("extension")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        for p in &parts {
+            let url = p.get("url").and_then(Value::as_str).unwrap_or("");
+            let Some((_, value, _)) = VIRTUAL_SERVICE_PARTS.iter().find(|(n, _, _)| *n == url) else {
+                return Err(format!(
+                    "the virtualService extension has no part '{url}' (it takes {})",
+                    VIRTUAL_SERVICE_PARTS.map(|(n, _, _)| n).join(", ")
+                ));
+            };
+            if p.get(*value).is_none() {
+                return Err(format!("the virtualService part '{url}' takes a {value}"));
+            }
+        }
+        for (name, _, repeats) in VIRTUAL_SERVICE_PARTS {
+            let n = parts
+                .iter()
+                .filter(|p| p.get("url").and_then(Value::as_str) == Some(name))
+                .count();
+            if n > 1 && !repeats {
+                return Err(format!(
+                    "the virtualService part '{name}' appears {n} times; it may appear once"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The most participants the video service of an appointment takes (its maxParticipants), if set.
+pub fn max_participants(appointment: &Value) -> Option<u64> {
+    virtual_services(appointment)
+        .filter_map(|e| e.get("extension").and_then(Value::as_array))
+        .flatten()
+        .filter(|p| p.get("url").and_then(Value::as_str) == Some("maxParticipants"))
+        .filter_map(|p| p.get("valuePositiveInt").and_then(Value::as_u64))
+        .min()
+}
+
+/// The people invited to join a session: participants who have not declined and whose actor is a
+/// person (a Patient, Practitioner, PractitionerRole or RelatedPerson; a room, a service or a device
+/// takes no place in a video call). A participant with no actor is a place still to fill: it counts.
+pub fn invited_people(appointment: &Value) -> usize {
+    participants(appointment)
+        .filter(|p| !declined(p))
+        .filter(|p| {
+            let Some(reference) = p.get("actor").and_then(|a| a.get("reference")).and_then(Value::as_str) else {
+                return p.get("actor").is_none();
+            };
+            !["Location", "HealthcareService", "Device"].iter().any(|t| {
+                matches!(parse_reference(reference), Target::Local { ref res_type, .. } if res_type == t)
+                    || reference.contains(&format!("/{t}/"))
+            })
+        })
+        .count()
+}
+
+/// Whether an appointment carries the host's key of its video service.
+pub fn has_session_key(appointment: &Value) -> bool {
+    virtual_services(appointment)
+        .filter_map(|e| e.get("extension").and_then(Value::as_array))
+        .flatten()
+        .any(|p| p.get("url").and_then(Value::as_str) == Some(SESSION_KEY))
+}
+
+/// Removes the host's key from every virtualService extension of an appointment.
+pub fn strip_session_key(appointment: &mut Value) {
+    let Some(extensions) = appointment.get_mut("extension").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for e in extensions {
+        if e.get("url").and_then(Value::as_str) != Some(APPOINTMENT_VIRTUAL_SERVICE) {
+            continue;
+        }
+        if let Some(parts) = e.get_mut("extension").and_then(Value::as_array_mut) {
+            parts.retain(|p| p.get("url").and_then(Value::as_str) != Some(SESSION_KEY));
+        }
+    }
+}
+
+/// The occurrence number of an appointment in its series (R5 recurrenceId), if it has one.
+pub fn recurrence_id(appointment: &Value) -> Option<u64> {
+    extension_value(appointment, APPOINTMENT_RECURRENCE_ID)?
+        .get("valuePositiveInt")?
+        .as_u64()
+}
+
+/// The id of the first occurrence of the series an appointment belongs to (R5
+/// originatingAppointment, a local reference), if it names one.
+pub fn originating_appointment(appointment: &Value) -> Option<String> {
+    let reference = extension_value(appointment, APPOINTMENT_ORIGINATING)?
+        .get("valueReference")?
+        .get("reference")?
+        .as_str()?;
+    local_id(reference, "Appointment")
+}
+
+fn extension_value<'a>(resource: &'a Value, url: &str) -> Option<&'a Value> {
+    resource
+        .get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(url))
 }
 
 /// Ids of the local Patient participants who have not declined.

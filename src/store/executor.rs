@@ -404,7 +404,8 @@ impl Store {
 
 /// The `method` of the version a patch that changed nothing answers with (it wrote none, so no stored
 /// version carries it; a written patch is `PATCH`).
-const NO_OP_PATCH: &str = "PATCH (nothing written)";
+/// The method of the version a patch that changed nothing answers with (nothing was written).
+pub const NO_OP_PATCH: &str = "PATCH (nothing written)";
 
 /// A write of a transaction whose references are checked once every entry is written.
 struct WrittenEntry<'a> {

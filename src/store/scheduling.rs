@@ -35,6 +35,7 @@ pub(super) fn before_group(tx: &mut Tx, _change: &Change, group: &mut Value) -> 
 /// group session holds only active members of its group, within capacity, each with an agreement.
 /// The one place the roster rule is checked, whichever path the session comes by.
 pub(super) fn before_appointment(tx: &mut Tx, change: &Change, appointment: &mut Value) -> Result<(), Abort> {
+    check_video_session(appointment)?;
     book(tx.c, change.id, appointment, change.previous.is_some(), change.access)?;
     check_group_session(tx.c, tx.rules, appointment, change.previous)
 }
@@ -42,6 +43,27 @@ pub(super) fn before_appointment(tx: &mut Tx, change: &Change, appointment: &mut
 /// After an Appointment is deleted: the time it held is free.
 pub(super) fn free_bookings(tx: &mut Tx, id: &str) -> Result<(), Abort> {
     diesel::delete(bookings::table.filter(bookings::appointment_id.eq(id))).execute(tx.c)?;
+    Ok(())
+}
+
+/// A video session's virtualService is well formed, and its service takes everyone invited (a
+/// session whose maxParticipants is below the people invited is refused, 422): checked on every
+/// write of an Appointment, whatever its status, so a stored session never promises what its video
+/// service cannot hold.
+fn check_video_session(appointment: &Value) -> Result<(), Abort> {
+    scheduling::check_virtual_service(appointment).map_err(Error::Unprocessable)?;
+    if let Some(max) = scheduling::max_participants(appointment) {
+        let invited = scheduling::invited_people(appointment);
+        if invited as u64 > max {
+            return Err(Error::booking(
+                BookingRefusal::TooManyParticipants,
+                format!(
+                    "the session's video service takes at most {max} participants (virtualService maxParticipants); {invited} are invited"
+                ),
+            )
+            .into());
+        }
+    }
     Ok(())
 }
 
@@ -81,11 +103,7 @@ fn book(
     // An individual session stays out of the time Slots reserve for groups.
     if kind == "individual" {
         if let Some(r) = reserved.into_iter().next() {
-            let actor = actors
-                .iter()
-                .zip(&keys)
-                .find(|(_, k)| **k == r.actor)
-                .map_or(r.actor.as_str(), |(a, _)| a.as_str());
+            let actor = actor_of(&actors, &keys, &r.actor);
             return Err(Error::booking(
                 BookingRefusal::ReservedTime,
                 format!(
@@ -135,6 +153,15 @@ fn book(
     Ok(())
 }
 
+/// The actor (as the resource names it) whose bounded booking key is `key`.
+fn actor_of<'a>(actors: &'a [String], keys: &[String], key: &'a str) -> &'a str {
+    actors
+        .iter()
+        .zip(keys)
+        .find(|(_, k)| k.as_str() == key)
+        .map_or(key, |(a, _)| a.as_str())
+}
+
 /// The owner of a Slot's reserved rows in the bookings table (`Slot/{id}`: never an Appointment id).
 fn slot_owner(id: &str) -> String {
     format!("Slot/{id}")
@@ -175,28 +202,10 @@ pub(super) fn slot_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort> {
 /// practitioners and rooms as they now are.
 pub(super) fn refresh_schedule(tx: &mut Tx, id: &str, schedule: Option<&Value>) -> Result<(), Abort> {
     let actors = schedule.map(scheduling::schedule_actors).unwrap_or_default();
-    let slots: Vec<String> = super::schema::idx_reference::table
-        .filter(super::schema::idx_reference::res_type.eq("Slot"))
-        .filter(super::schema::idx_reference::param.eq("schedule"))
-        .filter(super::schema::idx_reference::target_id.eq(id))
-        .filter(super::schema::idx_reference::target_type.eq("Schedule"))
-        .filter(super::schema::idx_reference::url.is_null())
-        .select(super::schema::idx_reference::res_id)
-        .load(tx.c)?;
-    if slots.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<(String, Option<String>)> = resources::table
-        .filter(resources::res_type.eq("Slot"))
-        .filter(resources::res_id.eq_any(&slots))
-        .filter(resources::deleted.eq(false))
-        .select((resources::res_id, resources::body))
-        .load(tx.c)?;
+    let slots = super::reads::referring_ids(tx.c, "Slot", "schedule", "Schedule", id)?;
+    let rows = super::reads::current_bodies(tx.c, "Slot", &slots)?;
     let canonical = tx.rules.canonical.clone();
-    for (slot_id, body) in rows {
-        let Some(slot) = body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
-            continue;
-        };
+    for (slot_id, slot) in rows {
         reserve(tx.c, &slot_id, &slot, &actors, &canonical, &WriteAccess::full())?;
     }
     Ok(())
@@ -214,13 +223,14 @@ pub(super) fn schedule_deleted(tx: &mut Tx, change: &Change) -> Result<(), Abort
 /// a Slot's write and its Schedule's then take turns, so a Slot never reserves the time of actors
 /// the Schedule no longer has, and a Schedule's refresh sees every Slot written before it.
 fn schedule_actors_of(c: &mut AnyConnection, schedule: &str) -> Result<Vec<String>, Abort> {
-    let rt = ResourceType::parse("Schedule").ok_or_else(|| Error::Internal("Schedule is not hosted".into()))?;
-    Ok(super::reads::load_current_for_write(c, rt, schedule)?
-        .filter(|cur| !cur.deleted)
-        .and_then(|cur| cur.body)
-        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-        .map(|s| scheduling::schedule_actors(&s))
-        .unwrap_or_default())
+    Ok(
+        super::reads::load_current_for_write(c, super::reads::hosted("Schedule")?, schedule)?
+            .filter(|cur| !cur.deleted)
+            .and_then(|cur| cur.body)
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .map(|s| scheduling::schedule_actors(&s))
+            .unwrap_or_default(),
+    )
 }
 
 /// Replaces Slot/`id`'s reserved rows with those `slot` reserves on `actors`.
@@ -242,11 +252,7 @@ fn reserve(
     }
     let keys: Vec<String> = actors.iter().map(|a| index::index_key(a).into_owned()).collect();
     if let Some(b) = individual_overlaps(c, &keys, start, end)?.into_iter().next() {
-        let actor = actors
-            .iter()
-            .zip(&keys)
-            .find(|(_, k)| **k == b.actor)
-            .map_or(b.actor.as_str(), |(a, _)| a.as_str());
+        let actor = actor_of(actors, &keys, &b.actor);
         let message = if may_see_appointment(c, access, &b.appointment_id)? {
             format!(
                 "{actor} has an individual session from {} to {} (Appointment/{}): that time cannot be reserved for groups",
@@ -518,4 +524,78 @@ fn with_agreement(
         agreed.extend(rows.into_iter().map(|r| r.id));
     }
     Ok(agreed)
+}
+
+/// Time an actor is not free in, for `Appointment/$find`: held by a session (individual or group),
+/// or reserved for group sessions by a Slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    /// The index of the actor in the list asked about.
+    pub actor: usize,
+    pub reserved: bool,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+/// Most bookings one actor's calendar may hold in one `$find` window (the window is at most 90
+/// days: a booking every 15 minutes round the clock is 8,640).
+const BUSY_CAP: i64 = 10_000;
+
+impl super::Store {
+    /// The time each of `actors` (`Type/id` or an absolute URL, as bookings name them) is not free in
+    /// within [start, end). Per actor, three index probes: the sessions that start in the window, the
+    /// one that starts last before it (an actor's sessions never overlap, so it is the only earlier
+    /// one that can reach into the window) and the reserved time that overlaps it. No JSON is read.
+    pub fn busy(&self, actors: &[String], start: i64, end: i64) -> Result<Vec<Busy>, Error> {
+        let mut pooled = self.pool.get()?;
+        let c: &mut AnyConnection = &mut pooled;
+        let keys: Vec<String> = actors.iter().map(|a| index::index_key(a).into_owned()).collect();
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let mut sql = Sql::new(
+                "SELECT * FROM (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ",
+            );
+            sql.text_bind(key.as_str())
+                .push(" AND kind <> 'reserved' AND start_ms >= ")
+                .int_bind(start)
+                .push(" AND start_ms < ")
+                .int_bind(end)
+                .push(" ORDER BY start_ms")
+                .limit(BUSY_CAP + 1)
+                .push(") AS w UNION ALL SELECT * FROM (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
+                .text_bind(key.as_str())
+                .push(" AND kind <> 'reserved' AND start_ms < ")
+                .int_bind(start)
+                .push(" ORDER BY start_ms DESC")
+                .limit(1)
+                .push(") AS l UNION ALL SELECT * FROM (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
+                .text_bind(key.as_str())
+                .push(" AND kind = 'reserved' AND end_ms > ")
+                .int_bind(start)
+                .push(" AND start_ms < ")
+                .int_bind(end)
+                .push(" ORDER BY end_ms")
+                .limit(BUSY_CAP + 1)
+                .push(") AS r");
+            let rows: Vec<LatestBooking> = load(c, &sql)?;
+            let held = rows.iter().filter(|b| b.kind != "reserved").count() as i64;
+            if held > BUSY_CAP || rows.len() as i64 - held > BUSY_CAP {
+                return Err(Error::TooCostly(format!(
+                    "{} has more than {BUSY_CAP} bookings in the window: ask for a shorter one",
+                    actors[i]
+                )));
+            }
+            out.extend(
+                rows.into_iter()
+                    .filter(|b| b.end_ms > start && b.start_ms < end)
+                    .map(|b| Busy {
+                        actor: i,
+                        reserved: b.kind == "reserved",
+                        start_ms: b.start_ms,
+                        end_ms: b.end_ms,
+                    }),
+            );
+        }
+        Ok(out)
+    }
 }

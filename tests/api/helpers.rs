@@ -235,6 +235,11 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A POST with no body (an operation whose parameters are all optional).
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.url(path)).send().await.expect("request")
+    }
+
     pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .put(self.url(path))

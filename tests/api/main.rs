@@ -10,6 +10,7 @@ mod auth_scopes;
 mod auth_tokens;
 mod booking_rules;
 mod bundles;
+mod calendar;
 mod care;
 mod concurrency;
 mod conditional;

@@ -25,7 +25,7 @@ both_backends! {
             r["operation"].as_array().into_iter().flatten().map(move |o| (r["type"].as_str().unwrap().to_string(), o["name"].as_str().unwrap().to_string(), o["definition"].as_str().unwrap().to_string()))
         }).collect();
         let names: Vec<&str> = operations.iter().map(|(_, n, _)| n.as_str()).collect();
-        assert_eq!(names, ["book-session", "attendance", "outcomes", "export", "outcomes", "everything", "export", "caseload"]);
+        assert_eq!(names, ["find", "cancel-series", "book-session", "attendance", "outcomes", "export", "outcomes", "everything", "export", "caseload"]);
         for (_, name, definition) in &operations {
             if let Some(id) = definition.strip_prefix("https://tandem.example.org/fhir/OperationDefinition/") {
                 let d = json(app.get(&format!("OperationDefinition/{id}")).await).await;

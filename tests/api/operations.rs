@@ -228,7 +228,7 @@ both_backends! {
         let codes: Vec<&str> = cs["entry"][0]["resource"]["concept"].as_array().unwrap().iter().map(|c| c["code"].as_str().unwrap()).collect();
         assert_eq!(codes, ["attended", "no-show", "late-cancel"]);
         assert_eq!(json(app.get("CodeSystem").await).await["total"], 4);
-        assert_eq!(json(app.get("OperationDefinition").await).await["total"], 5);
+        assert_eq!(json(app.get("OperationDefinition").await).await["total"], 7);
         let xml = app.get("CodeSystem/consent-category?_format=xml").await.text().await.unwrap();
         assert!(xml.contains("<code value=\"group-confidentiality\"/>"), "{xml}");
         assert_outcome(app.get("StructureDefinition/nope").await, 404, "not-found").await;

@@ -93,7 +93,8 @@ fn out_of(definition: &Value, output: &Value) -> Result<(), String> {
     if let [only] = outs.as_slice() {
         if only["name"] == "return" && output["resourceType"] != "Parameters" {
             return match only["type"].as_str() {
-                Some(t) if output["resourceType"] == t => Ok(()),
+                // `Resource`: any resource (an Appointment, or a Bundle of a series).
+                Some(t) if output["resourceType"] == t || t == "Resource" => Ok(()),
                 t => Err(format!(
                     "the output is a {}, the definition returns {t:?}",
                     output["resourceType"]
@@ -115,7 +116,7 @@ both_backends! {
     async fn every_operation_definition_is_valid_and_every_output_matches_its_definition(app: TestApp) {
         let listed: Value = app.anonymous.get(app.url("OperationDefinition")).send().await.unwrap().json().await.unwrap();
         let defs = entries(&listed);
-        assert_eq!(defs.len(), 5);
+        assert_eq!(defs.len(), 7);
         for d in &defs {
             let d = &d["resource"];
             for p in d["parameter"].as_array().unwrap() {
@@ -155,6 +156,21 @@ both_backends! {
                 "subject": {"reference": "Patient/p1"}, "authored": format!("2026-12-{day}T09:00:00Z"), "item": items});
             app.create(&r).await;
         }
+        // A weekly series answers with a Bundle; $find and $cancel-series with theirs.
+        let mut weekly = booking.clone();
+        weekly["parameter"][0]["valueDateTime"] = json!("2026-12-14T18:00:00Z");
+        weekly["parameter"][1]["valueDateTime"] = json!("2026-12-14T19:30:00Z");
+        weekly["parameter"].as_array_mut().unwrap().push(json!({"name": "count", "valueInteger": 2}));
+        let res = app.post_json("Group/grief/$book-session", &weekly).await;
+        assert_eq!(res.status(), 201);
+        let series = json(res).await;
+        out_of(&definition(&app, "Group-book-session").await, &series).unwrap();
+        let res = app.post(&format!("Appointment/{}/$cancel-series", series["entry"][0]["resource"]["id"].as_str().unwrap())).await;
+        assert_eq!(res.status(), 200);
+        out_of(&definition(&app, "Appointment-cancel-series").await, &json(res).await).unwrap();
+        let res = app.get("Appointment/$find?practitioner=moss&start=2026-12-07T09:00:00Z&end=2026-12-07T17:00:00Z").await;
+        assert_eq!(res.status(), 200);
+        out_of(&definition(&app, "Appointment-find").await, &json(res).await).unwrap();
         for (id, path) in [
             ("Group-outcomes", "Group/grief/$outcomes?measure=phq-9&start=2026-12-01&end=2027-01-01"),
             ("Group-outcomes", "Group/grief/$outcomes?measure=gad-7"),
