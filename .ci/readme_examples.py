@@ -10,7 +10,8 @@ sections that talk to a running server is run in one bash session, in order, so 
 over; a command that fails (curl -f is not used: HTTP errors are part of the examples) is reported
 by bash's exit status. Every curl answer's status is printed, and the run fails when any answer is a
 5xx or a connection error. The worked example then runs a second time, and both runs must answer
-as the README says: its $book-session 201, the overlapping POST /Appointment 409.
+as the README says: its $book-session 201, the overlapping POST /Appointment 409; the scheduling
+section's refusals and bookings answer as it says too.
 """
 import os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
@@ -85,12 +86,24 @@ curl() {
         sys.exit("the worked example's second run did not start")
     cut = lines.index("__SECOND_RUN__")
     for run, part in (("first", lines[:cut]), ("second", lines[cut + 1:])):
-        book = [l.split()[0] for l in part if "$book-session" in l]
+        book = [l.split()[0] for l in part if "$book-session" in l and "2026-12-01T18:00:00Z" in l]
         overlap = [l.split()[0] for l in part
                    if "-X POST" in l and "/Appointment -H" in l and "2026-12-01T19:00:00Z" in l]
         if book != ["201"] or overlap != ["409"]:
             sys.exit(f"worked example, {run} run: $book-session answered {book} (README: 201), "
                      f"the overlapping POST /Appointment {overlap} (README: 409)")
+    # The scheduling section (first run only): what each refusal and booking answers, as printed.
+    first = lines[:cut]
+    for what, needle, expected in (
+        ("an individual session in reserved time", ("-X POST", "2027-01-12T18:00:00Z"), ["409"]),
+        ("the 12-week series", ("$book-session", "2027-01-05T18:00:00Z"), ["201"]),
+        ("the clashing series", ("$book-session", "2027-01-05T19:00:00Z"), ["409"]),
+        ("$find", ("$find",), ["200", "200"]),
+        ("$cancel-series", ("$cancel-series",), ["200"]),
+    ):
+        got = [l.split()[0] for l in first if all(n in l for n in needle)]
+        if got != expected:
+            sys.exit(f"scheduling example: {what} answered {got} (README: {expected})")
     unanswered = [l for l in lines if l != "__SECOND_RUN__" and not re.match(r"^[1-5][0-9][0-9] ", l)]
     if unanswered:
         sys.exit(f"curl calls without a status: {unanswered[:5]}")

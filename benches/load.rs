@@ -20,7 +20,7 @@
 //! assigned to that therapist through their CareTeams. Without its token such a scenario is not run,
 //! and says so.
 //!
-//! Writes during the scenarios (create, transaction, $book-session) book hours after the latest
+//! Writes during the scenarios (create, transaction, $book-session, series) book hours after the latest
 //! appointment on the server, found with `Appointment?_sort=-date&_count=1`, so a run never clashes
 //! with data already there and runs can be repeated on one database.
 
@@ -44,7 +44,7 @@ const WEEK: i64 = 7 * DAY;
 /// Individual sessions a therapist holds in a week (five a day, Monday to Friday).
 const PER_WEEK: u64 = 25;
 /// Every scenario, in the order they run.
-const SCENARIOS: [Scenario; 13] = [
+const SCENARIOS: [Scenario; 15] = [
     Scenario::Create,
     Scenario::Read,
     Scenario::MemberRead,
@@ -56,6 +56,8 @@ const SCENARIOS: [Scenario; 13] = [
     Scenario::Everything,
     Scenario::Transaction,
     Scenario::BookSession,
+    Scenario::Series,
+    Scenario::Find,
     Scenario::SubmitPhq9,
     Scenario::Outcomes,
 ];
@@ -536,6 +538,8 @@ enum Scenario {
     Everything,
     Transaction,
     BookSession,
+    Series,
+    Find,
     SubmitPhq9,
     Outcomes,
 }
@@ -554,6 +558,8 @@ impl Scenario {
             Scenario::Everything => "everything",
             Scenario::Transaction => "transaction",
             Scenario::BookSession => "book-session",
+            Scenario::Series => "series",
+            Scenario::Find => "find",
             Scenario::SubmitPhq9 => "phq9",
             Scenario::Outcomes => "outcomes",
         }
@@ -572,6 +578,8 @@ impl Scenario {
             Scenario::Everything => "Patient $everything",
             Scenario::Transaction => "transaction of 100 Appointments",
             Scenario::BookSession => "Group $book-session",
+            Scenario::Series => "Group $book-session, a 12-week series (one transaction)",
+            Scenario::Find => "Appointment/$find, a busy therapist's week (60 min on a 15-min grid)",
             Scenario::SubmitPhq9 => "submit a completed PHQ-9 (scored: its Observations in the same transaction)",
             Scenario::Outcomes => "Group $outcomes, PHQ-9, a group of 12 over a quarter",
         }
@@ -579,7 +587,10 @@ impl Scenario {
 
     /// Writes that book new hours start after the latest appointment.
     fn books(self) -> bool {
-        matches!(self, Scenario::Create | Scenario::Transaction | Scenario::BookSession)
+        matches!(
+            self,
+            Scenario::Create | Scenario::Transaction | Scenario::BookSession | Scenario::Series
+        )
     }
 }
 
@@ -707,6 +718,37 @@ async fn request(c: &Client, scenario: Scenario, i: u64, next: &AtomicU64, after
                 .body(body.to_string())
                 .send()
                 .await
+        }
+        Scenario::Series => {
+            // Series n in a two-hour place of the week (84 of them) of its own block of 12 weeks:
+            // no two series, nor any earlier booking, share an hour.
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let g = n % a.groups;
+            let p = g % a.practitioners;
+            let start = after + DAY + (n % 84) as i64 * 2 * HOUR + (n / 84) as i64 * 12 * WEEK;
+            let body = json!({"resourceType": "Parameters", "parameter": [
+                {"name": "start", "valueDateTime": instant(start)},
+                {"name": "end", "valueDateTime": instant(start + 90 * 60)},
+                {"name": "practitioner", "valueReference": {"reference": format!("Practitioner/bench-pr{p}")}},
+                {"name": "location", "valueReference": {"reference": format!("Location/bench-room{p}")}},
+                {"name": "count", "valueInteger": 12}]});
+            http.post(c.url(&format!("Group/bench-gr{g}/$book-session")))
+                .header("Content-Type", FHIR_JSON)
+                .body(body.to_string())
+                .send()
+                .await
+        }
+        Scenario::Find => {
+            // One therapist's seeded week (about 25 individual sessions and a few group ones).
+            let p = i % a.practitioners;
+            let from = WEEK0 + ((i / a.practitioners) % a.weeks()) as i64 * WEEK;
+            http.get(c.url(&format!(
+                "Appointment/$find?practitioner=bench-pr{p}&start={}&end={}&duration=60",
+                instant(from),
+                instant(from + WEEK)
+            )))
+            .send()
+            .await
         }
         Scenario::SubmitPhq9 => {
             let n = next.fetch_add(1, Ordering::Relaxed);

@@ -284,7 +284,9 @@ pub async fn find(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Res
     ctx.audit(|d| d.entities = q.actors.clone());
     Ok(ctx.body(
         HttpResponse::Ok(),
-        &json!({"resourceType": "Bundle", "type": "searchset", "total": free.len(), "link": links, "entry": page}),
+        &json!({"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
+                "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
+                "type": "searchset", "total": free.len(), "link": links, "entry": page}),
     ))
 }
 
@@ -425,10 +427,15 @@ pub(crate) async fn cancel_series(
     ctx.audit(|d| {
         d.entities = std::iter::once(format!("Appointment/{id}")).chain(changed).collect();
     });
-    Ok(ctx.body(
-        HttpResponse::Ok(),
-        &json!({"resourceType": "Bundle", "type": "collection", "total": entries.len(), "entry": entries}),
-    ))
+    Ok(ctx.body(HttpResponse::Ok(), &collection(entries)))
+}
+
+/// A collection Bundle of `entries` (what $book-session's series and $cancel-series answer); no
+/// `total`, which R4 allows only in a searchset or a history (bdl-1).
+pub(super) fn collection(entries: Vec<Value>) -> Value {
+    json!({"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
+           "meta": {"lastUpdated": dates::format_instant(dates::now_millis())},
+           "type": "collection", "entry": entries})
 }
 
 /// Whether `$cancel-series` cancels this occurrence at `now`: one still to come (a start after now)

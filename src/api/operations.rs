@@ -300,10 +300,7 @@ pub(crate) async fn book_session(
             }))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    Ok(ctx.body(
-        HttpResponse::Created(),
-        &json!({"resourceType": "Bundle", "type": "collection", "total": entries.len(), "entry": entries}),
-    ))
+    Ok(ctx.body(HttpResponse::Created(), &super::calendar::collection(entries)))
 }
 
 /// Most occurrences of a weekly series booked at once (a year of weekly sessions).

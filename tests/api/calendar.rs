@@ -102,6 +102,7 @@ both_backends! {
         let bundle = json(booked).await;
         assert_eq!(bundle["resourceType"], "Bundle");
         assert_eq!(bundle["type"], "collection");
+        assert!(bundle.get("total").is_none(), "bdl-1: no total in a collection");
         let occurrences: Vec<Value> = entries(&bundle).into_iter().map(|e| e["resource"].clone()).collect();
         assert_eq!(occurrences.len(), 12);
         let first = occurrences[0]["id"].as_str().unwrap().to_string();
@@ -221,14 +222,14 @@ both_backends! {
         // Again: nothing left to cancel, an empty answer.
         let res = app.post(&format!("Appointment/{}/$cancel-series", ids[0])).await;
         assert_eq!(res.status(), 200);
-        assert_eq!(json(res).await["total"], 0);
+        assert!(entries(&json(res).await).is_empty());
 
         // From the first occurrence of a series to come, all of it; no reason, no body.
         let res = app.post_json("Group/circle/$book-session", &series("2035-06-05T09:00:00Z", "2035-06-05T10:00:00Z", "Practitioner/ngata", 3, &[
             json!({"name": "member", "valueReference": {"reference": "Patient/p1"}})])).await;
         let ids: Vec<String> = entries(&json(res).await).iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
         let changed = json(app.post(&format!("Appointment/{}/$cancel-series", ids[0])).await).await;
-        assert_eq!(changed["total"], 3);
+        assert_eq!(entries(&changed).len(), 3);
         assert!(entries(&changed).iter().all(|e| e["resource"].get("cancelationReason").is_none()));
 
         // Refused: an Appointment of no series (422), one that does not exist (404), a client's token (403).
