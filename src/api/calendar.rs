@@ -229,8 +229,63 @@ fn free_starts(start: i64, end: i64, duration: i64, granularity: i64, busy: &[(i
 )]
 pub async fn find(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     ctx.negotiated()?;
-    let reach = ctx.reach("Appointment", Permission::Search)?;
     let pairs = query_pairs(&req);
+    find_times(&ctx, &state, pairs).await
+}
+
+/// POST Appointment/$find: the same, its parameters in a Parameters resource (operations.html:
+/// every operation may be invoked by POST).
+#[utoipa::path(
+    post,
+    path = "/Appointment/$find",
+    operation_id = "findAppointmentTimesPost",
+    summary = "Find free times for a session (parameters in the body)",
+    description = "As GET Appointment/$find, with the parameters in a Parameters resource: practitioner, location and patient as valueString (an id or reference) or valueReference; start and end as valueDateTime; duration and granularity as valueInteger; kind as valueCode. _count and paging stay in the URL. Documented at OperationDefinition/Appointment-find.",
+    request_body(content = docs::Parameters, content_type = "application/fhir+json", description = "The $find parameters"),
+    responses(
+        (status = 200, description = "The free times, as proposed Appointments", body = docs::Bundle, content_type = "application/fhir+json"),
+        (status = 400, description = "A bad window, duration or parameter", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+        (status = 403, description = "A patient this token does not reach", body = docs::OperationOutcome, content_type = "application/fhir+json"),
+    ),
+    extensions(("x-scopes" = json!(["Appointment.s"])), ("x-contexts" = json!(["system", "user", "patient"]))),
+)]
+pub async fn find_post(
+    req: HttpRequest,
+    ctx: Ctx,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    ctx.negotiated()?;
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(content_type)?;
+    let body = read_body(&req, payload, state.config.max_body_bytes).await?;
+    let params = fhir::parse_resource(&body, format)?;
+    if params.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(Error::Structure("$find takes a Parameters resource".into()));
+    }
+    let mut pairs: Vec<(String, String)> = query_pairs(&req)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with('_'))
+        .collect();
+    for p in params.get("parameter").and_then(Value::as_array).into_iter().flatten() {
+        let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+        let value = ["valueString", "valueCode", "valueDateTime", "valueInstant", "valueUri"]
+            .iter()
+            .find_map(|k| p.get(*k).and_then(Value::as_str).map(str::to_string))
+            .or_else(|| p.get("valueInteger").and_then(Value::as_i64).map(|n| n.to_string()))
+            .or_else(|| {
+                p.pointer("/valueReference/reference")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| Error::Invalid(format!("parameter '{name}' has no value this operation reads")))?;
+        pairs.push((name.to_string(), value));
+    }
+    find_times(&ctx, &state, pairs).await
+}
+
+async fn find_times(ctx: &Ctx, state: &AppState, pairs: Vec<(String, String)>) -> Result<HttpResponse, Error> {
+    let reach = ctx.reach("Appointment", Permission::Search)?;
     let q = FindQuery::parse(&pairs)?;
     // A caller limited to some patients' records learns nothing of another patient's calendar.
     if let Some(allowed) = &reach.patients {
@@ -251,37 +306,45 @@ pub async fn find(req: HttpRequest, ctx: Ctx, state: web::Data<AppState>) -> Res
         .collect();
     let free = free_starts(q.start, q.end, q.duration, q.granularity, &blocking_times);
     let offset_minutes = dates::offset_minutes(&q.start_text).unwrap_or(0);
+    let at = |ms: i64| {
+        dates::format_at_offset(ms, offset_minutes)
+            .ok_or_else(|| Error::Invalid("the window reaches past the year 9999".into()))
+    };
     let page: Vec<Value> = free
         .iter()
         .skip(q.offset)
         .take(q.count)
         .map(|t| {
-            json!({
+            Ok(json!({
                 "resource": {
                     "resourceType": "Appointment",
                     "status": "proposed",
-                    "start": dates::format_at_offset(*t, offset_minutes),
-                    "end": dates::format_at_offset(t + q.duration, offset_minutes),
+                    "start": at(*t)?,
+                    "end": at(t + q.duration)?,
                     "minutesDuration": q.duration / MINUTE_MS,
                     "participant": q.actors.iter().map(|a| json!({"actor": {"reference": a}, "required": "required", "status": "needs-action"})).collect::<Vec<_>>(),
                 },
                 "search": {"mode": "match"},
-            })
+            }))
         })
-        .collect();
+        .collect::<Result<_, Error>>()?;
     let kept: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "_cursor").collect();
-    let mut links = vec![
-        json!({"relation": "self", "url": page_link(&ctx, "Appointment/$find", &kept, (q.offset > 0).then(|| q.offset.to_string()).as_deref())}),
-    ];
+    let link = |relation: &str, cursor: Option<usize>| {
+        let cursor = cursor.filter(|c| *c > 0).map(|c| c.to_string());
+        json!({"relation": relation, "url": page_link(ctx, "Appointment/$find", &kept, cursor.as_deref())})
+    };
+    let mut links = vec![link("self", Some(q.offset))];
     if q.offset > 0 {
-        let previous = q.offset.saturating_sub(q.count);
-        links.push(json!({"relation": "previous", "url": page_link(&ctx, "Appointment/$find", &kept, (previous > 0).then(|| previous.to_string()).as_deref())}));
+        links.push(link("previous", Some(q.offset.min(free.len()).saturating_sub(q.count))));
     }
-    if q.offset + q.count < free.len() {
-        let next = (q.offset + q.count).to_string();
-        links.push(json!({"relation": "next", "url": page_link(&ctx, "Appointment/$find", &kept, Some(&next))}));
+    let next = q.offset.saturating_add(q.count);
+    if next < free.len() {
+        links.push(link("next", Some(next)));
     }
-    ctx.audit(|d| d.entities = q.actors.clone());
+    ctx.audit(|d| {
+        d.entities = q.actors.clone();
+        d.patients = q.actors.iter().filter_map(|a| local_id(a, "Patient")).collect();
+    });
     Ok(ctx.body(
         HttpResponse::Ok(),
         &json!({"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(),
@@ -355,8 +418,15 @@ pub(crate) async fn cancel_series(
         }
     };
     let number = number.unwrap_or(1);
-    // The series: its first occurrence and every Appointment that names it as such.
-    let search = Search::parse(&[("originating-appointment".to_string(), format!("Appointment/{root}"))])?;
+    // The series: its first occurrence and every Appointment that names it as such (the store lets
+    // only the clinic set that, for a first occurrence of the same Group), still to come and not
+    // cancelled: what is past does not count against the cap.
+    let now = dates::now_millis();
+    let search = Search::parse(&[
+        ("originating-appointment".to_string(), format!("Appointment/{root}")),
+        ("status".to_string(), CANCELLABLE.join(",")),
+        ("date".to_string(), format!("gt{}", dates::format_instant(now))),
+    ])?;
     let planned = plan(&[rt], &search, true, &see_everything)?;
     let store = state.store.clone();
     let root_id = root.clone();
@@ -365,12 +435,24 @@ pub(crate) async fn cancel_series(
         store.search_all(&planned, SERIES_CAP).map(|later| (first, later))
     })
     .await?;
-    let now = dates::now_millis();
+    let group = first
+        .as_ref()
+        .map(super::search::parse_body)
+        .transpose()?
+        .and_then(|f| scheduling::session_group(&f));
     let mut targets: Vec<(u64, i64, String)> = Vec::new();
+    let mut patients: Vec<String> = Vec::new();
     for v in first.iter().chain(later.iter()) {
         let a = super::search::parse_body(v)?;
-        let n = scheduling::recurrence_id(&a).unwrap_or(1);
-        if n >= number && cancellable(&a, now) && !targets.iter().any(|(_, _, t)| *t == v.res_id) {
+        let Ok(Some((n, _))) = scheduling::series_claim(&a) else {
+            continue;
+        };
+        if n >= number
+            && cancellable(&a, now)
+            && scheduling::session_group(&a) == group
+            && !targets.iter().any(|(_, _, t)| *t == v.res_id)
+        {
+            patients.extend(scheduling::patient_ids(&a));
             let start = scheduling::window(&a).map_or(i64::MAX, |w| w.0);
             targets.push((n, start, v.res_id.clone()));
         }
@@ -424,8 +506,11 @@ pub(crate) async fn cancel_series(
             }));
         }
     }
+    patients.sort();
+    patients.dedup();
     ctx.audit(|d| {
         d.entities = std::iter::once(format!("Appointment/{id}")).chain(changed).collect();
+        d.patients = patients;
     });
     Ok(ctx.body(HttpResponse::Ok(), &collection(entries)))
 }

@@ -96,6 +96,7 @@ schema_names!(
     super::history::instance_history,
     super::operations::book_session,
     super::calendar::find,
+    super::calendar::find_post,
     super::calendar::cancel_series,
     super::operations::attendance,
     super::export::group_export,

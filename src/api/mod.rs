@@ -225,7 +225,10 @@ pub fn endpoints() -> Vec<Endpoint> {
         ),
         endpoint("/$export-file/{job}/{file}", vec![on(M::GET, export::file)]),
         // Free times (before /{type}/{id}, which would take `$find` for an id).
-        endpoint("/Appointment/$find", vec![on(M::GET, calendar::find)]),
+        endpoint(
+            "/Appointment/$find",
+            vec![on(M::GET, calendar::find), on(M::POST, calendar::find_post)],
+        ),
         // The audit trail: read and search only (before /{type}, which would take it for a hosted type).
         endpoint("/AuditEvent", vec![on(M::GET, audit::search)]),
         endpoint("/AuditEvent/_search", vec![on(M::POST, audit::search_post)]),

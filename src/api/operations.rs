@@ -182,25 +182,42 @@ pub(crate) async fn book_session(
     let count = integer_parameter(&params, "count", 1, MAX_SERIES)?.unwrap_or(1);
     let interval = integer_parameter(&params, "interval", 1, MAX_INTERVAL_WEEKS)?.unwrap_or(1);
     let video = virtual_service_parameter(&params)?;
+    let zone = parameter(&params, "timezone")
+        .next()
+        .map(|p| {
+            let name = p.get("valueCode").and_then(Value::as_str).unwrap_or_default();
+            dates::time_zone(name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "parameter 'timezone' must be a valueCode naming an IANA time zone (America/New_York), not '{name}'"
+                ))
+            })
+        })
+        .transpose()?;
     let offset = dates::offset_minutes(&start_text).unwrap_or(0);
-    let end_offset = dates::offset_minutes(&end_text).unwrap_or(0);
+    let length = end - start;
+    let beyond = || Error::Invalid("the series reaches past the year 9999".into());
 
     let group = read_json(state, "Group", group_id).await?;
     let appointment_rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
     let ids: Vec<String> = (0..count).map(|_| crate::resources::new_id()).collect();
     let mut ops = Vec::with_capacity(ids.len());
+    let mut invited: Vec<String> = Vec::new();
     for (k, id) in ids.iter().enumerate() {
-        // Occurrence k keeps the start's UTC offset: the same wall-clock time in that offset.
-        let shift = k as i64 * interval * WEEK_MS;
-        let (at, at_text) = if k == 0 {
-            (start, start_text.clone())
-        } else {
-            (start + shift, dates::format_at_offset(start + shift, offset))
-        };
-        let until_text = if k == 0 {
-            end_text.clone()
-        } else {
-            dates::format_at_offset(end + shift, end_offset)
+        // Occurrence k is k·interval weeks on, at the same wall-clock time: in `timezone` across its
+        // daylight-saving changes, else in the start's UTC offset. It lasts as long as the first.
+        let weeks = k as i64 * interval;
+        let (at, at_text, until_text) = match (&zone, k) {
+            (None, 0) => (start, start_text.clone(), end_text.clone()),
+            (None, _) => {
+                let at = start + weeks * WEEK_MS;
+                let text = |ms| dates::format_at_offset(ms, offset).ok_or_else(beyond);
+                (at, text(at)?, text(at + length)?)
+            }
+            (Some(zone), _) => {
+                let (at, local) = dates::add_weeks_in_zone(start, weeks, zone).ok_or_else(beyond)?;
+                let text = |ms| dates::format_at_offset(ms, local).ok_or_else(beyond);
+                (at, text(at)?, text(at + length)?)
+            }
         };
         let label = if count == 1 {
             "the session".to_string()
@@ -223,6 +240,7 @@ pub(crate) async fn book_session(
                 &at_text[..10]
             )));
         }
+        invited.extend(members.iter().filter_map(|m| crate::resources::local_id(m, "Patient")));
         let mut extensions =
             vec![json!({"url": APPOINTMENT_SUBJECT, "valueReference": {"reference": format!("Group/{group_id}")}})];
         if let Some(v) = &video {
@@ -267,7 +285,10 @@ pub(crate) async fn book_session(
             other => Err(Error::Internal(format!("a booking answered {other:?}"))),
         })
         .collect::<Result<_, _>>()?;
+    invited.sort();
+    invited.dedup();
     ctx.audit(|d| {
+        d.patients = invited;
         d.entities = std::iter::once(format!("Group/{group_id}"))
             .chain(
                 created
@@ -364,17 +385,23 @@ fn virtual_service_parameter(params: &Value) -> Result<Option<Value>, Error> {
     let mut extensions = Vec::with_capacity(parts.len());
     for part in parts {
         let name = part.get("name").and_then(Value::as_str).unwrap_or("");
-        let Some((_, value_key, _)) = scheduling::VIRTUAL_SERVICE_PARTS.iter().find(|(n, _, _)| *n == name) else {
+        let Some((_, value_keys, _)) = scheduling::VIRTUAL_SERVICE_PARTS.iter().find(|(n, _, _)| *n == name) else {
             return Err(Error::Invalid(format!(
                 "parameter 'virtualService' has no part '{name}'"
             )));
         };
-        let value = part
-            .get(*value_key)
-            .ok_or_else(|| Error::Invalid(format!("virtualService part '{name}' takes a {value_key}")))?;
+        let (value_key, value) = value_keys
+            .iter()
+            .find_map(|k| part.get(*k).map(|v| (*k, v)))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "virtualService part '{name}' takes a {}",
+                    value_keys.join(" or a ")
+                ))
+            })?;
         let mut extension = serde_json::Map::new();
         extension.insert("url".into(), json!(name));
-        extension.insert((*value_key).to_string(), value.clone());
+        extension.insert(value_key.to_string(), value.clone());
         extensions.push(Value::Object(extension));
     }
     Ok(Some(

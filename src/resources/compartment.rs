@@ -161,11 +161,18 @@ impl Reach {
 /// resources (which could be anyone), or a video session's host key (the virtualService
 /// sessionKey: with it a client could run the session).
 pub fn needs_redaction(own_patient: &str, rt: ResourceType, resource: &Value) -> bool {
+    hides_others(own_patient, rt, resource)
+        || (rt.as_str() == "Appointment" && crate::scheduling::has_session_key(resource))
+}
+
+/// Whether a patient's own view of `resource` leaves out other people (entries of others, contained
+/// resources, a Group's count): what her token may then not change. The host's key of a video
+/// session is not such a part: her write keeps it (scheduling::keep_session_key).
+pub fn hides_others(own_patient: &str, rt: ResourceType, resource: &Value) -> bool {
     let Some((list, field)) = redacted_list(rt) else {
         return false;
     };
     resource.get("contained").is_some()
-        || (rt.as_str() == "Appointment" && crate::scheduling::has_session_key(resource))
         || resource
             .get(list)
             .and_then(Value::as_array)

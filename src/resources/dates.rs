@@ -152,11 +152,14 @@ pub fn offset_minutes(s: &str) -> Option<i32> {
 }
 
 /// Formats milliseconds since the epoch as a FHIR dateTime at a UTC offset of `offset` minutes
-/// (`Z` for none), to the second, or to the millisecond when it has a fraction.
-pub fn format_at_offset(ms: i64, offset: i32) -> String {
-    let local = ms + i64::from(offset) * 60_000;
-    let t =
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(local) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+/// (`Z` for none), to the second, or to the millisecond when it has a fraction; None past the years
+/// a FHIR dateTime holds (0001-9999).
+pub fn format_at_offset(ms: i64, offset: i32) -> Option<String> {
+    let local = ms.checked_add(i64::from(offset) * 60_000)?;
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(local) * 1_000_000).ok()?;
+    if !(1..=9999).contains(&t.year()) {
+        return None;
+    }
     let fraction = if t.millisecond() == 0 {
         String::new()
     } else {
@@ -168,7 +171,7 @@ pub fn format_at_offset(ms: i64, offset: i32) -> String {
         let sign = if offset < 0 { '-' } else { '+' };
         format!("{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60)
     };
-    format!(
+    Some(format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}{zone}",
         t.year(),
         u8::from(t.month()),
@@ -176,7 +179,24 @@ pub fn format_at_offset(ms: i64, offset: i32) -> String {
         t.hour(),
         t.minute(),
         t.second()
-    )
+    ))
+}
+
+/// An IANA time zone by name (`America/New_York`): the system's zoneinfo, else the database jiff
+/// bundles.
+pub fn time_zone(name: &str) -> Option<jiff::tz::TimeZone> {
+    jiff::tz::TimeZone::get(name).ok()
+}
+
+/// The instant `weeks` calendar weeks after `ms` at the same wall-clock time in `zone` (a time that
+/// a clock change skips is moved past the gap, one it repeats is the earlier), and that instant's
+/// UTC offset in minutes.
+pub fn add_weeks_in_zone(ms: i64, weeks: i64, zone: &jiff::tz::TimeZone) -> Option<(i64, i32)> {
+    let start = jiff::Timestamp::from_millisecond(ms)
+        .ok()?
+        .to_zoned_datetime(zone.clone());
+    let later = start.checked_add(jiff::Span::new().weeks(weeks)).ok()?;
+    Some((later.timestamp().as_millisecond(), later.offset().seconds() / 60))
 }
 
 /// Formats milliseconds since the epoch as an HTTP date (RFC 9110 IMF-fixdate), for Last-Modified.
@@ -205,26 +225,43 @@ pub fn now_millis() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_time_keeps_the_offset_it_was_written_in() {
-        let t = "2026-12-08T18:00:00-05:00";
-        let ms = parse_range(t).unwrap().low;
-        assert_eq!(offset_minutes(t), Some(-300));
-        assert_eq!(format_at_offset(ms, -300), t);
-        let week = 7 * 24 * 3_600_000;
-        assert_eq!(format_at_offset(ms + week, -300), "2026-12-15T18:00:00-05:00");
-        assert_eq!(offset_minutes("2026-12-08T18:00:00Z"), Some(0));
-        assert_eq!(format_at_offset(ms, 0), "2026-12-08T23:00:00Z");
-        assert_eq!(offset_minutes("2026-12-08T18:00:00.5+05:30"), Some(330));
-        assert_eq!(format_at_offset(ms + 500, 330), "2026-12-09T04:30:00.500+05:30");
-        assert_eq!(offset_minutes("2026-12-08"), None);
-    }
-
     use super::*;
 
     fn r(s: &str) -> (String, String) {
         let range = parse_range(s).unwrap();
         (format_instant(range.low), format_instant(range.high))
+    }
+
+    #[test]
+    fn a_time_keeps_the_offset_it_was_written_in() {
+        let t = "2026-12-08T18:00:00-05:00";
+        let ms = parse_range(t).unwrap().low;
+        assert_eq!(offset_minutes(t), Some(-300));
+        assert_eq!(format_at_offset(ms, -300).unwrap(), t);
+        let week = 7 * 24 * 3_600_000;
+        assert_eq!(format_at_offset(ms + week, -300).unwrap(), "2026-12-15T18:00:00-05:00");
+        assert_eq!(offset_minutes("2026-12-08T18:00:00Z"), Some(0));
+        assert_eq!(format_at_offset(ms, 0).unwrap(), "2026-12-08T23:00:00Z");
+        assert_eq!(offset_minutes("2026-12-08T18:00:00.5+05:30"), Some(330));
+        assert_eq!(
+            format_at_offset(ms + 500, 330).unwrap(),
+            "2026-12-09T04:30:00.500+05:30"
+        );
+        assert_eq!(offset_minutes("2026-12-08"), None);
+        let last = parse_range("9999-12-31T23:00:00Z").unwrap().low;
+        assert_eq!(format_at_offset(last + week, 0), None);
+    }
+
+    #[test]
+    fn weeks_in_a_zone_keep_the_wall_clock_across_daylight_saving() {
+        let ny = time_zone("America/New_York").unwrap();
+        // 18:00 in New York on Tuesday 3 March 2026 (EST), then after the change of 8 March (EDT).
+        let start = parse_range("2026-03-03T18:00:00-05:00").unwrap().low;
+        let (next, offset) = add_weeks_in_zone(start, 1, &ny).unwrap();
+        assert_eq!(format_at_offset(next, offset).unwrap(), "2026-03-10T18:00:00-04:00");
+        let (back, offset) = add_weeks_in_zone(start, 35, &ny).unwrap();
+        assert_eq!(format_at_offset(back, offset).unwrap(), "2026-11-03T18:00:00-05:00");
+        assert!(time_zone("Mars/Olympus_Mons").is_none());
     }
 
     #[test]

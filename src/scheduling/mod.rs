@@ -24,15 +24,15 @@ pub const APPOINTMENT_RECURRENCE_ID: &str =
 pub const APPOINTMENT_ORIGINATING: &str =
     "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.originatingAppointment";
 
-/// The parts of R5's VirtualServiceDetail that the virtualService extension carries here, each with
-/// the one value type it takes (the R5 element's type; `address` as a url, the choice of
-/// R5's address[x]) and whether it may repeat.
-pub const VIRTUAL_SERVICE_PARTS: [(&str, &str, bool); 5] = [
-    ("channelType", "valueCoding", false),
-    ("address", "valueUrl", false),
-    ("additionalInfo", "valueUrl", true),
-    ("maxParticipants", "valuePositiveInt", false),
-    ("sessionKey", "valueString", false),
+/// The parts of R5's VirtualServiceDetail that the virtualService extension carries, each with the
+/// value types it takes (R5's types that R4 has: address[x] is a url, a string or a ContactPoint;
+/// R5's ExtendedContactDetail is not in R4) and whether it may repeat.
+pub const VIRTUAL_SERVICE_PARTS: [(&str, &[&str], bool); 5] = [
+    ("channelType", &["valueCoding"], false),
+    ("address", &["valueUrl", "valueString", "valueContactPoint"], false),
+    ("additionalInfo", &["valueUrl"], true),
+    ("maxParticipants", &["valuePositiveInt"], false),
+    ("sessionKey", &["valueString"], false),
 ];
 
 /// The sub-extension of a video session that holds the host's key: never shown to a `patient/` token.
@@ -254,8 +254,10 @@ pub fn is_virtual(appointment: &Value) -> bool {
 }
 
 /// Checks the shape of each virtualService extension: only the parts of [`VIRTUAL_SERVICE_PARTS`],
-/// each with its value type and at most once unless it repeats, and no value of its own (a complex
-/// extension, ext-1). The error names the part and what is wrong.
+/// each with one of its value types and at most once unless it repeats, and no value of its own (a
+/// complex extension, ext-1); and that it stands only in the Appointment's own `extension`, where
+/// the host's key is looked for (in a modifierExtension, a participant or a contained resource it
+/// would be shown to every client). The error names the part and what is wrong.
 pub fn check_virtual_service(appointment: &Value) -> Result<(), String> {
     for ext in virtual_services(appointment) {
         if let Some(own) = ext.as_object().and_then(|m| m.keys().find(|k| k.starts_with("value"))) {
@@ -271,14 +273,17 @@ pub fn check_virtual_service(appointment: &Value) -> Result<(), String> {
             .collect();
         for p in &parts {
             let url = p.get("url").and_then(Value::as_str).unwrap_or("");
-            let Some((_, value, _)) = VIRTUAL_SERVICE_PARTS.iter().find(|(n, _, _)| *n == url) else {
+            let Some((_, values, _)) = VIRTUAL_SERVICE_PARTS.iter().find(|(n, _, _)| *n == url) else {
                 return Err(format!(
                     "the virtualService extension has no part '{url}' (it takes {})",
                     VIRTUAL_SERVICE_PARTS.map(|(n, _, _)| n).join(", ")
                 ));
             };
-            if p.get(*value).is_none() {
-                return Err(format!("the virtualService part '{url}' takes a {value}"));
+            if !values.iter().any(|v| p.get(*v).is_some()) {
+                return Err(format!(
+                    "the virtualService part '{url}' takes a {}",
+                    values.join(" or a ")
+                ));
             }
         }
         for (name, _, repeats) in VIRTUAL_SERVICE_PARTS {
@@ -293,7 +298,25 @@ pub fn check_virtual_service(appointment: &Value) -> Result<(), String> {
             }
         }
     }
+    let top: usize = virtual_services(appointment).count();
+    if count_url(appointment, APPOINTMENT_VIRTUAL_SERVICE) > top {
+        return Err(
+            "the virtualService extension belongs in Appointment.extension only (not a modifierExtension, a participant or a contained resource)".into(),
+        );
+    }
     Ok(())
+}
+
+/// How many extensions anywhere in `value` have this url.
+fn count_url(value: &Value, url: &str) -> usize {
+    match value {
+        Value::Object(map) => {
+            let own = usize::from(map.get("url").and_then(Value::as_str) == Some(url));
+            own + map.values().map(|v| count_url(v, url)).sum::<usize>()
+        }
+        Value::Array(items) => items.iter().map(|v| count_url(v, url)).sum(),
+        _ => 0,
+    }
 }
 
 /// The most participants the video service of an appointment takes (its maxParticipants), if set.
@@ -308,13 +331,15 @@ pub fn max_participants(appointment: &Value) -> Option<u64> {
 
 /// The people invited to join a session: participants who have not declined and whose actor is a
 /// person (a Patient, Practitioner, PractitionerRole or RelatedPerson; a room, a service or a device
-/// takes no place in a video call). A participant with no actor is a place still to fill: it counts.
+/// takes no place in a video call). A participant with no actor, or one named by display only,
+/// counts.
 pub fn invited_people(appointment: &Value) -> usize {
     participants(appointment)
         .filter(|p| !declined(p))
         .filter(|p| {
+            // No actor (a place still to fill) or one named only by display: someone who will join.
             let Some(reference) = p.get("actor").and_then(|a| a.get("reference")).and_then(Value::as_str) else {
-                return p.get("actor").is_none();
+                return true;
             };
             !["Location", "HealthcareService", "Device"].iter().any(|t| {
                 matches!(parse_reference(reference), Target::Local { ref res_type, .. } if res_type == t)
@@ -332,17 +357,70 @@ pub fn has_session_key(appointment: &Value) -> bool {
         .any(|p| p.get("url").and_then(Value::as_str) == Some(SESSION_KEY))
 }
 
-/// Removes the host's key from every virtualService extension of an appointment.
+/// Removes the host's key from every virtualService extension of an appointment (an extension left
+/// with no part is removed, and an emptied `extension` list too: R4 allows no empty array, ext-1).
 pub fn strip_session_key(appointment: &mut Value) {
     let Some(extensions) = appointment.get_mut("extension").and_then(Value::as_array_mut) else {
         return;
     };
-    for e in extensions {
+    for e in extensions.iter_mut() {
         if e.get("url").and_then(Value::as_str) != Some(APPOINTMENT_VIRTUAL_SERVICE) {
             continue;
         }
         if let Some(parts) = e.get_mut("extension").and_then(Value::as_array_mut) {
             parts.retain(|p| p.get("url").and_then(Value::as_str) != Some(SESSION_KEY));
+        }
+    }
+    extensions.retain(|e| {
+        e.get("url").and_then(Value::as_str) != Some(APPOINTMENT_VIRTUAL_SERVICE)
+            || e.get("extension")
+                .and_then(Value::as_array)
+                .is_some_and(|p| !p.is_empty())
+    });
+    if extensions.is_empty() {
+        if let Some(map) = appointment.as_object_mut() {
+            map.remove("extension");
+        }
+    }
+}
+
+/// What a client's own write of an appointment keeps of the stored one: the host's key is the
+/// clinic's, so whatever key `incoming` carries is dropped and `stored`'s, if any, is put back —
+/// into incoming's (first) virtualService extension, or as the service it was when the client saw
+/// none (it held the key alone). A client who removes a service it saw removes its key with it.
+pub fn keep_session_key(incoming: &mut Value, stored: &Value) {
+    let key: Option<Value> = virtual_services(stored)
+        .filter_map(|e| e.get("extension").and_then(Value::as_array))
+        .flatten()
+        .find(|p| p.get("url").and_then(Value::as_str) == Some(SESSION_KEY))
+        .cloned();
+    let mut seen = stored.clone();
+    strip_session_key(&mut seen);
+    strip_session_key(incoming);
+    let Some(key) = key else { return };
+    if let Some(service) = incoming
+        .get_mut("extension")
+        .and_then(Value::as_array_mut)
+        .and_then(|list| {
+            list.iter_mut()
+                .find(|e| e.get("url").and_then(Value::as_str) == Some(APPOINTMENT_VIRTUAL_SERVICE))
+        })
+    {
+        if let Some(parts) = service.get_mut("extension").and_then(Value::as_array_mut) {
+            parts.push(key);
+        }
+        return;
+    }
+    if is_virtual(&seen) {
+        return;
+    }
+    let service = json!({"url": APPOINTMENT_VIRTUAL_SERVICE, "extension": [key]});
+    match incoming.get_mut("extension").and_then(Value::as_array_mut) {
+        Some(list) => list.push(service),
+        None => {
+            if let Some(map) = incoming.as_object_mut() {
+                map.insert("extension".into(), json!([service]));
+            }
         }
     }
 }
@@ -362,6 +440,40 @@ pub fn originating_appointment(appointment: &Value) -> Option<String> {
         .get("reference")?
         .as_str()?;
     local_id(reference, "Appointment")
+}
+
+/// The place in a series an appointment claims: its recurrenceId and, from the second occurrence
+/// on, the id of the first (originatingAppointment). None for an appointment of no series; an error
+/// for a claim that cannot be: a recurrenceId that is not a positiveInt, an originatingAppointment
+/// that is not a local Appointment reference, a later occurrence without its first, or a first
+/// (recurrenceId 1) that names one.
+pub fn series_claim(appointment: &Value) -> Result<Option<(u64, Option<String>)>, String> {
+    let number = extension_value(appointment, APPOINTMENT_RECURRENCE_ID);
+    let origin = extension_value(appointment, APPOINTMENT_ORIGINATING);
+    if number.is_none() && origin.is_none() {
+        return Ok(None);
+    }
+    let number = number
+        .and_then(|e| e.get("valuePositiveInt"))
+        .and_then(Value::as_u64)
+        .ok_or("an occurrence of a series has a recurrenceId (valuePositiveInt)")?;
+    let origin = match origin {
+        None => None,
+        Some(e) => Some(
+            e.get("valueReference")
+                .and_then(|r| r.get("reference"))
+                .and_then(Value::as_str)
+                .and_then(|r| local_id(r, "Appointment"))
+                .ok_or("originatingAppointment is a valueReference to an Appointment on this server")?,
+        ),
+    };
+    match (number, &origin) {
+        (1, Some(_)) => Err("the first occurrence of a series (recurrenceId 1) names no originatingAppointment".into()),
+        (n, None) if n > 1 => Err(format!(
+            "occurrence {n} of a series names its first (originatingAppointment)"
+        )),
+        _ => Ok(Some((number, origin))),
+    }
 }
 
 fn extension_value<'a>(resource: &'a Value, url: &str) -> Option<&'a Value> {
@@ -524,6 +636,52 @@ mod tests {
         let mut herd = json!({"resourceType": "Group", "type": "animal", "actual": true, "quantity": 25});
         keep_group_quantity(&mut herd, at("2026-10-01"));
         assert_eq!(herd["quantity"], 25);
+    }
+
+    #[test]
+    fn a_clients_write_keeps_the_clinics_host_key() {
+        let part = |url: &str, v: &str| json!({"url": url, "valueString": v});
+        let service = |parts: Vec<Value>| json!({"url": APPOINTMENT_VIRTUAL_SERVICE, "extension": parts});
+        let stored = json!({"extension": [service(vec![json!({"url": "address", "valueUrl": "https://v.example/1"}), part("sessionKey", "k1")])]});
+        // Her view has no key; written back, the key returns; a key she sends is not kept.
+        let mut view = stored.clone();
+        strip_session_key(&mut view);
+        assert!(!has_session_key(&view));
+        let mut mine = view.clone();
+        keep_session_key(&mut mine, &stored);
+        assert_eq!(mine, stored);
+        let mut forged = stored.clone();
+        forged["extension"][0]["extension"][1]["valueString"] = json!("mine");
+        keep_session_key(&mut forged, &stored);
+        assert_eq!(forged, stored);
+        // A service of the key alone: she sees no extension at all, and it stays.
+        let only_key = json!({"status": "booked", "extension": [service(vec![part("sessionKey", "k2")])]});
+        let mut view = only_key.clone();
+        strip_session_key(&mut view);
+        assert!(view.get("extension").is_none(), "{view}");
+        keep_session_key(&mut view, &only_key);
+        assert_eq!(view, only_key);
+        // Removing a service she saw removes its key.
+        let mut removed = json!({"status": "cancelled"});
+        keep_session_key(&mut removed, &stored);
+        assert!(removed.get("extension").is_none());
+    }
+
+    #[test]
+    fn a_video_service_has_its_parts_in_their_types_and_stands_at_the_top() {
+        let with = |ext: Value| json!({"resourceType": "Appointment", "extension": [ext]});
+        let ok = with(json!({"url": APPOINTMENT_VIRTUAL_SERVICE, "extension": [
+            {"url": "address", "valueContactPoint": {"system": "phone", "value": "+1 555 0100"}},
+            {"url": "additionalInfo", "valueUrl": "https://a.example"}, {"url": "additionalInfo", "valueUrl": "https://b.example"}]}));
+        assert_eq!(check_virtual_service(&ok), Ok(()));
+        assert!(check_virtual_service(&with(
+            json!({"url": APPOINTMENT_VIRTUAL_SERVICE, "extension": [{"url": "sessionKey", "valueInteger": 1}]})
+        ))
+        .is_err());
+        let hidden = json!({"resourceType": "Appointment", "modifierExtension": [{"url": APPOINTMENT_VIRTUAL_SERVICE, "extension": [{"url": "sessionKey", "valueString": "k"}]}]});
+        assert!(check_virtual_service(&hidden).is_err());
+        let in_participant = json!({"resourceType": "Appointment", "participant": [{"extension": [{"url": APPOINTMENT_VIRTUAL_SERVICE}], "status": "accepted"}]});
+        assert!(check_virtual_service(&in_participant).is_err());
     }
 
     #[test]

@@ -330,7 +330,18 @@ impl Store {
                 // Before a single op runs: a `test` op would probe what the caller's view leaves out.
                 access.check_whole(*rt, &id, &body)?;
                 matches_version(*rt, &id, *if_match, current.version_id)?;
-                let patched = (patcher.0)(&body)?;
+                // A client's own patch applies to what she sees (no host key, so no `test` op can
+                // probe it), and keeps the stored key (scheduling::keep_session_key).
+                let own_view = access.reach.own_patient.is_some() && rt.as_str() == "Appointment";
+                let patched = if own_view {
+                    let mut view = body.clone();
+                    crate::scheduling::strip_session_key(&mut view);
+                    let mut patched = (patcher.0)(&view)?;
+                    crate::scheduling::keep_session_key(&mut patched, &body);
+                    patched
+                } else {
+                    (patcher.0)(&body)?
+                };
                 if patched.get("resourceType") != body.get("resourceType") || patched.get("id") != body.get("id") {
                     return Err(
                         Error::Unprocessable("a patch may not change the resourceType or the id".into()).into(),

@@ -141,13 +141,13 @@ impl WriteAccess {
     }
 
     /// Refuses (403) a change, by a patient's own token, of a resource that token sees only in
-    /// part (a group session, a Group, a video session's host key: compartment::redact): the write would replace, or remove,
+    /// part (a group session, a Group: compartment::hides_others): the write would replace, or remove,
     /// entries the caller cannot see. `current` is the stored resource.
     fn check_whole(&self, rt: ResourceType, id: &str, current: &Value) -> Result<(), Error> {
         match &self.reach.own_patient {
-            Some(own) if crate::resources::compartment::needs_redaction(own, rt, current) => {
+            Some(own) if crate::resources::compartment::hides_others(own, rt, current) => {
                 Err(Error::Forbidden(format!(
-                    "{rt}/{id} holds what this token may not see (other patients, or a video session's host key); a patient's token may not change it"
+                    "{rt}/{id} names other patients, whom this token may not see; a patient's token may not change it"
                 )))
             }
             _ => Ok(()),

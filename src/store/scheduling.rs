@@ -35,7 +35,11 @@ pub(super) fn before_group(tx: &mut Tx, _change: &Change, group: &mut Value) -> 
 /// group session holds only active members of its group, within capacity, each with an agreement.
 /// The one place the roster rule is checked, whichever path the session comes by.
 pub(super) fn before_appointment(tx: &mut Tx, change: &Change, appointment: &mut Value) -> Result<(), Abort> {
-    check_video_session(appointment)?;
+    if let (Some(_), Some(previous)) = (&change.access.reach.own_patient, change.previous) {
+        scheduling::keep_session_key(appointment, previous);
+    }
+    check_video_session(appointment, change.previous)?;
+    check_series(tx.c, change, appointment)?;
     book(tx.c, change.id, appointment, change.previous.is_some(), change.access)?;
     check_group_session(tx.c, tx.rules, appointment, change.previous)
 }
@@ -46,12 +50,18 @@ pub(super) fn free_bookings(tx: &mut Tx, id: &str) -> Result<(), Abort> {
     Ok(())
 }
 
-/// A video session's virtualService is well formed, and its service takes everyone invited (a
-/// session whose maxParticipants is below the people invited is refused, 422): checked on every
-/// write of an Appointment, whatever its status, so a stored session never promises what its video
-/// service cannot hold.
-fn check_video_session(appointment: &Value) -> Result<(), Abort> {
-    scheduling::check_virtual_service(appointment).map_err(Error::Unprocessable)?;
+/// A video session's virtualService is well formed (checked when it changes, so an Appointment
+/// stored in another shape before can still be cancelled), and while the session holds time its
+/// service takes everyone invited (a maxParticipants below the people invited is 422): a stored
+/// session never promises what its video service cannot hold.
+fn check_video_session(appointment: &Value, previous: Option<&Value>) -> Result<(), Abort> {
+    let services = |a: &Value| scheduling::virtual_services(a).cloned().collect::<Vec<_>>();
+    if previous.is_none_or(|p| services(p) != services(appointment)) {
+        scheduling::check_virtual_service(appointment).map_err(Error::Unprocessable)?;
+    }
+    if scheduling::held_window(appointment).is_none() {
+        return Ok(());
+    }
     if let Some(max) = scheduling::max_participants(appointment) {
         let invited = scheduling::invited_people(appointment);
         if invited as u64 > max {
@@ -63,6 +73,45 @@ fn check_video_session(appointment: &Value) -> Result<(), Abort> {
             )
             .into());
         }
+    }
+    Ok(())
+}
+
+/// The place an Appointment claims in a series (R5 recurrenceId, originatingAppointment) is one the
+/// clinic gave it: when the claim changes, the writer reaches every record (a client's token may not
+/// join or leave a series), and a later occurrence names a first occurrence of the same Group that
+/// exists here (recurrenceId 1, itself of no other series). `$cancel-series` relies on it.
+fn check_series(c: &mut AnyConnection, change: &Change, appointment: &Value) -> Result<(), Abort> {
+    let claim = scheduling::series_claim(appointment).map_err(Error::Unprocessable)?;
+    let before = change.previous.and_then(|p| scheduling::series_claim(p).ok().flatten());
+    if claim == before {
+        return Ok(());
+    }
+    if change.access.reach.patients.is_some() {
+        return Err(Error::Forbidden(
+            "the occurrences of a series are the clinic's to set: this token may not change recurrenceId or originatingAppointment".into(),
+        )
+        .into());
+    }
+    let Some((_, Some(first))) = claim else {
+        return Ok(());
+    };
+    let invalid = |why: &str| -> Abort {
+        Error::Unprocessable(format!("originatingAppointment Appointment/{first} {why}")).into()
+    };
+    if first == change.id {
+        return Err(invalid("is this Appointment itself"));
+    }
+    let root = load_current(c, super::reads::hosted("Appointment")?, &first)?
+        .filter(|cur| !cur.deleted)
+        .and_then(|cur| cur.body)
+        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+        .ok_or_else(|| invalid("does not exist on this server"))?;
+    if scheduling::series_claim(&root).ok().flatten() != Some((1, None)) {
+        return Err(invalid("is not the first occurrence of a series (recurrenceId 1)"));
+    }
+    if scheduling::session_group(&root) != scheduling::session_group(appointment) {
+        return Err(invalid("is a session of another group"));
     }
     Ok(())
 }
@@ -578,8 +627,13 @@ impl super::Store {
                 .limit(BUSY_CAP + 1)
                 .push(") AS r");
             let rows: Vec<LatestBooking> = load(c, &sql)?;
-            let held = rows.iter().filter(|b| b.kind != "reserved").count() as i64;
-            if held > BUSY_CAP || rows.len() as i64 - held > BUSY_CAP {
+            // The window's sessions (the one before it aside) and its reserved time, each capped.
+            let held = rows
+                .iter()
+                .filter(|b| b.kind != "reserved" && b.start_ms >= start)
+                .count() as i64;
+            let reserved = rows.iter().filter(|b| b.kind == "reserved").count() as i64;
+            if held > BUSY_CAP || reserved > BUSY_CAP {
                 return Err(Error::TooCostly(format!(
                     "{} has more than {BUSY_CAP} bookings in the window: ask for a shorter one",
                     actors[i]

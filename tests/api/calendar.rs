@@ -18,6 +18,11 @@ const RECURRENCE_ID: &str = "http://hl7.org/fhir/5.0/StructureDefinition/extensi
 const ORIGINATING: &str = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.originatingAppointment";
 const DAY_MS: i64 = 24 * 3_600_000;
 
+/// An instant as a FHIR dateTime at `offset` minutes.
+fn fmt(ms: i64, offset: i32) -> String {
+    dates::format_at_offset(ms, offset).unwrap()
+}
+
 fn agreement(id: &str, patient: &str, group: &str, end: &str) -> Value {
     json!({"resourceType": "Consent", "id": id, "status": "active",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
@@ -109,8 +114,8 @@ both_backends! {
         let start0 = dates::parse_range("2031-03-04T18:00:00-05:00").unwrap().low;
         for (k, o) in occurrences.iter().enumerate() {
             // Each a week later, at the same time in the start's offset.
-            assert_eq!(o["start"], dates::format_at_offset(start0 + k as i64 * 7 * DAY_MS, -300), "{o}");
-            assert_eq!(o["end"], dates::format_at_offset(start0 + k as i64 * 7 * DAY_MS + 90 * 60_000, -300));
+            assert_eq!(o["start"], fmt(start0 + k as i64 * 7 * DAY_MS, -300), "{o}");
+            assert_eq!(o["end"], fmt(start0 + k as i64 * 7 * DAY_MS + 90 * 60_000, -300));
             assert_eq!(o["status"], "booked");
             assert_eq!(extension(o, SUBJECT).unwrap()["valueReference"]["reference"], "Group/circle");
             assert_eq!(extension(o, RECURRENCE_ID).unwrap()["valuePositiveInt"], k + 1);
@@ -148,6 +153,20 @@ both_backends! {
         let starts: Vec<String> = entries(&json(res).await).iter().map(|e| e["resource"]["start"].as_str().unwrap().to_string()).collect();
         assert_eq!(starts, ["2032-01-06T10:00:00Z", "2032-01-20T10:00:00Z", "2032-02-03T10:00:00Z"]);
 
+        // In a time zone the wall-clock time holds across daylight saving: New York moves its clocks
+        // on 9 March 2031, so the second Tuesday is 21:00 at -04:00. Without one, the offset holds.
+        let res = app.post_json("Group/circle/$book-session", &series("2031-03-04T21:00:00-05:00", "2031-03-04T22:00:00-05:00", "Practitioner/ngata", 3, &[
+            json!({"name": "timezone", "valueCode": "America/New_York"}),
+            json!({"name": "member", "valueReference": {"reference": "Patient/p1"}})])).await;
+        assert_eq!(res.status(), 201);
+        let occurrences: Vec<Value> = entries(&json(res).await).into_iter().map(|e| e["resource"].clone()).collect();
+        let times: Vec<(&str, &str)> = occurrences.iter().map(|o| (o["start"].as_str().unwrap(), o["end"].as_str().unwrap())).collect();
+        assert_eq!(times, [("2031-03-04T21:00:00-05:00", "2031-03-04T22:00:00-05:00"), ("2031-03-11T21:00:00-04:00", "2031-03-11T22:00:00-04:00"),
+            ("2031-03-18T21:00:00-04:00", "2031-03-18T22:00:00-04:00")]);
+        let res = app.post_json("Group/circle/$book-session", &series("2031-04-01T09:00:00Z", "2031-04-01T10:00:00Z", "Practitioner/ngata", 2, &[
+            json!({"name": "timezone", "valueCode": "Mars/Olympus_Mons"})])).await;
+        assert_outcome(res, 400, "invalid").await;
+
         // A count or interval out of range is 400, and writes nothing.
         let before = app.version_count().await;
         for bad in [
@@ -163,6 +182,53 @@ both_backends! {
             assert_outcome(res, 400, "invalid").await;
         }
         assert_eq!(app.version_count().await, before);
+    }
+
+    async fn only_the_clinic_places_an_appointment_in_a_series(app: TestApp) {
+        circle(&app).await;
+        put_ok(&app, json!({"resourceType": "Group", "id": "other", "type": "person", "actual": true,
+            "member": [{"entity": {"reference": "Patient/p1"}, "period": {"start": "2020-01-01"}}]})).await;
+        put_ok(&app, agreement("c-other", "p1", "other", "2040-12-31")).await;
+        let res = app.post_json("Group/circle/$book-session", &series("2032-05-04T09:00:00Z", "2032-05-04T10:00:00Z", "Practitioner/moss", 2, &[
+            json!({"name": "member", "valueReference": {"reference": "Patient/p1"}})])).await;
+        let ids: Vec<String> = entries(&json(res).await).iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
+        let occurrence = |id: &str, group: &str, n: i64, first: Option<&str>, day: &str| {
+            let mut a = appointment(id, "booked", &format!("2032-05-{day}T09:00:00Z"), &format!("2032-05-{day}T10:00:00Z"), &["Practitioner/moss", "Patient/p1"]);
+            let mut ext = vec![json!({"url": SUBJECT, "valueReference": {"reference": format!("Group/{group}")}}), json!({"url": RECURRENCE_ID, "valuePositiveInt": n})];
+            if let Some(f) = first {
+                ext.push(json!({"url": ORIGINATING, "valueReference": {"reference": format!("Appointment/{f}")}}));
+            }
+            a["extension"] = json!(ext);
+            a
+        };
+        // The clinic may add a third occurrence to its series.
+        put_ok(&app, occurrence("third", "circle", 3, Some(&ids[0]), "18")).await;
+        // Refused (422): naming the second occurrence as the first, a first of another group, no
+        // first for occurrence 3, a first that names one, or one that does not exist.
+        for (bad, why) in [
+            (occurrence("x", "circle", 4, Some(&ids[1]), "25"), "not the first occurrence"),
+            (occurrence("x", "other", 4, Some(&ids[0]), "25"), "another group"),
+            (occurrence("x", "circle", 4, None, "25"), "names its first"),
+            (occurrence("x", "circle", 1, Some(&ids[0]), "25"), "names no originatingAppointment"),
+            (occurrence("x", "circle", 4, Some("nope"), "25"), "does not exist"),
+        ] {
+            let text = diagnostics(&assert_outcome(app.put_json("Appointment/x", &bad).await, 422, "processing").await);
+            assert!(text.contains(why), "{why}: {text}");
+        }
+        // A client's own token may not put her session into a series, nor take one out of it.
+        let p1w = app.client_with("patient/*.cruds", Some("p1"));
+        let mine = occurrence("mine", "circle", 5, Some(&ids[0]), "25");
+        let res = p1w.put(app.url("Appointment/mine")).header("Content-Type", FHIR_JSON).body(mine.to_string()).send().await.unwrap();
+        assert_outcome(res, 403, "forbidden").await;
+        let mut out = json(app.get("Appointment/third").await).await;
+        out["extension"] = json!([{"url": SUBJECT, "valueReference": {"reference": "Group/circle"}}]);
+        let res = p1w.put(app.url("Appointment/third")).header("Content-Type", FHIR_JSON).body(out.to_string()).send().await.unwrap();
+        assert_outcome(res, 403, "forbidden").await;
+        assert_eq!(app.get("Appointment/x").await.status(), 404);
+        // $cancel-series from the second occurrence takes the third too.
+        let changed = json(app.post(&format!("Appointment/{}/$cancel-series", ids[1])).await).await;
+        let cancelled: Vec<&str> = entries(&changed).iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string().leak() as &str).collect();
+        assert_eq!(cancelled, [ids[1].as_str(), "third"]);
     }
 
     async fn each_occurrence_is_checked_on_its_own_date(app: TestApp) {
@@ -196,7 +262,7 @@ both_backends! {
         // Six weekly sessions, the first 15 days ago: three have taken place, three are to come.
         let now = dates::now_millis();
         let start = (now - 15 * DAY_MS) / 3_600_000 * 3_600_000;
-        let at = |ms: i64| dates::format_at_offset(ms, 0);
+        let at = |ms: i64| fmt(ms, 0);
         let res = app.post_json("Group/circle/$book-session", &series(&at(start), &at(start + 3_600_000), "Practitioner/moss", 6, &[
             json!({"name": "member", "valueReference": {"reference": "Patient/p1"}})])).await;
         assert_eq!(res.status(), 201);
@@ -305,8 +371,18 @@ both_backends! {
         assert_eq!(json(res).await["total"], 3);
         let res = p4.get(app.url("Appointment/$find?practitioner=moss&patient=p1&start=2031-05-06T09:00:00Z&end=2031-05-06T17:00:00Z")).send().await.unwrap();
         assert_outcome(res, 403, "forbidden").await;
-        // $find is a GET on the type.
-        assert_eq!(app.post_json("Appointment/$find", &json!({})).await.status(), 405);
+        // By POST, the same parameters in a Parameters resource.
+        let res = app.post_json("Appointment/$find?_count=2", &json!({"resourceType": "Parameters", "parameter": [
+            {"name": "practitioner", "valueReference": {"reference": "Practitioner/moss"}}, {"name": "location", "valueString": "room-1"},
+            {"name": "patient", "valueString": "p4"}, {"name": "start", "valueDateTime": "2031-05-06T09:00:00Z"},
+            {"name": "end", "valueDateTime": "2031-05-06T17:00:00Z"}, {"name": "duration", "valueInteger": 60}]})).await;
+        assert_eq!(res.status(), 200);
+        let posted = json(res).await;
+        assert_eq!((posted["total"].as_i64(), starts(&posted)), (Some(4), vec![d("10:30"), d("10:45")]));
+        assert_outcome(app.post_json("Appointment/$find", &json!({"resourceType": "Patient"})).await, 400, "structure").await;
+        // A cursor past the end is an empty page, not an error.
+        let far = json(app.get(&format!("Appointment/$find?{window}&_cursor=18446744073709551615")).await).await;
+        assert!(entries(&far).is_empty() && far["total"] == 4, "{far}");
     }
 
     async fn a_video_sessions_host_key_is_never_shown_to_a_client(app: TestApp) {
@@ -332,11 +408,39 @@ both_backends! {
         }
         let seen = json(p1.get(app.url("Appointment/v1")).send().await.unwrap()).await;
         assert!(seen["meta"]["security"].as_array().unwrap().iter().any(|l| l["code"] == "REDACTED"), "{seen}");
-        // Her token may not rewrite what it sees only in part.
+        // The same through _revinclude and a batch.
+        for text in [
+            p1.get(app.url("Patient?_id=p1&_revinclude=Appointment:actor")).send().await.unwrap().text().await.unwrap(),
+            p1.post(app.url("")).header("Content-Type", FHIR_JSON).body(json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": "Appointment/v1"}}, {"request": {"method": "GET", "url": "Appointment?patient=Patient/p1"}}]}).to_string())
+                .send().await.unwrap().text().await.unwrap(),
+        ] {
+            assert!(text.contains("https://video.example/j/123") && !text.contains("host-key-8841"), "{text}");
+        }
+        // Her token may write her own session back (here, marking her reply) without the key: the
+        // clinic's key stays, and one she sends is not taken. A patch cannot test for the key.
         let p1w = app.client_with("patient/*.cruds", Some("p1"));
-        let res = p1w.put(app.url("Appointment/v1")).header("Content-Type", FHIR_JSON).body(seen.to_string()).send().await.unwrap();
-        assert_outcome(res, 403, "forbidden").await;
+        let mut reply = seen.clone();
+        reply["participant"][1]["status"] = json!("tentative");
+        reply["extension"][0]["extension"].as_array_mut().unwrap().push(json!({"url": "sessionKey", "valueString": "mine"}));
+        let res = p1w.put(app.url("Appointment/v1")).header("Content-Type", FHIR_JSON).body(reply.to_string()).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        let stored = app.get("Appointment/v1").await.text().await.unwrap();
+        assert!(stored.contains("host-key-8841") && !stored.contains("\"mine\"") && stored.contains("tentative"), "{stored}");
+        let probe = json!([{"op": "test", "path": "/extension/0/extension/3/valueString", "value": "host-key-8841"}]);
+        let res = p1w.patch(app.url("Appointment/v1")).header("Content-Type", "application/json-patch+json").body(probe.to_string()).send().await.unwrap();
+        assert_eq!(res.status(), 422, "a test op sees her view, without the key");
+        let accept = json!([{"op": "replace", "path": "/participant/1/status", "value": "accepted"}]);
+        let res = p1w.patch(app.url("Appointment/v1")).header("Content-Type", "application/json-patch+json").body(accept.to_string()).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(!res.text().await.unwrap().contains("host-key-8841"));
         assert!(app.get("Appointment/v1").await.text().await.unwrap().contains("host-key-8841"));
+        // A service of the key alone: her view has no extension at all (none left empty).
+        let mut bare = appointment("v0", "booked", "2031-06-02T15:00:00Z", "2031-06-02T16:00:00Z", &["Practitioner/moss", "Patient/p1"]);
+        bare["extension"] = json!([{"url": VIRTUAL, "extension": [{"url": "sessionKey", "valueString": "host-key-1"}]}]);
+        put_ok(&app, bare).await;
+        let view = json(p1.get(app.url("Appointment/v0")).send().await.unwrap()).await;
+        assert!(view.get("extension").is_none(), "{view}");
 
         // A video service that takes fewer people than are invited is refused, on PUT and on
         // $book-session; the room (a Location) takes no place in the call.
@@ -420,8 +524,8 @@ both_backends! {
             requests.push(("POST".into(), format!("Group/{g}/$book-session"), series(&start, &end, "Practitioner/moss", 12, &[])));
         }
         for w in 0..12 {
-            let day = dates::format_at_offset(dates::parse_range("2031-09-02T18:30:00Z").unwrap().low + w * 7 * DAY_MS, 0);
-            let end = dates::format_at_offset(dates::parse_range(&day).unwrap().low + 3_600_000, 0);
+            let day = fmt(dates::parse_range("2031-09-02T18:30:00Z").unwrap().low + w * 7 * DAY_MS, 0);
+            let end = fmt(dates::parse_range(&day).unwrap().low + 3_600_000, 0);
             requests.push(("PUT".into(), format!("Appointment/i{w}"), appointment(&format!("i{w}"), "booked", &day, &end, &["Practitioner/moss", "Patient/p4"])));
         }
         requests.push(("PUT".into(), "Slot/tue".into(), json!({"resourceType": "Slot", "id": "tue", "schedule": {"reference": "Schedule/moss-cal"}, "status": "busy-unavailable",

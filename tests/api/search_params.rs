@@ -15,12 +15,18 @@ use crate::helpers::*;
 fn extra_resources() -> Vec<Value> {
     vec![
         json!({"resourceType": "Patient", "id": "extra-patient", "deceasedDateTime": "2020-02-02T10:00:00Z"}),
+        // The first occurrence of the series the next one belongs to (originating-appointment).
+        json!({"resourceType": "Appointment", "id": "extra-first-occurrence", "status": "proposed",
+               "extension": [{"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject", "valueReference": {"reference": "Group/extra-group"}},
+                             {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.recurrenceId", "valuePositiveInt": 1}],
+               "participant": [{"actor": {"reference": "Patient/extra-patient"}, "status": "accepted"}]}),
         // Without times, so proposed (app-3: a booked one has a start and an end).
         json!({"resourceType": "Appointment", "id": "extra-appointment", "status": "proposed",
                "basedOn": [{"reference": "ServiceRequest/sr-1"}], "slot": [{"reference": "Slot/slot-1"}],
                "reasonReference": [{"reference": "Condition/cond-1"}], "supportingInformation": [{"reference": "Patient/extra-patient"}],
                "extension": [{"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.subject", "valueReference": {"reference": "Group/extra-group"}},
-                             {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.originatingAppointment", "valueReference": {"reference": "Appointment/example"}}],
+                             {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.recurrenceId", "valuePositiveInt": 2},
+                             {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.originatingAppointment", "valueReference": {"reference": "Appointment/extra-first-occurrence"}}],
                "participant": [{"actor": {"reference": "Patient/extra-patient"}, "status": "accepted"}]}),
         json!({"resourceType": "Group", "id": "extra-group", "type": "person", "actual": true, "code": {"coding": [{"system": "https://tandem.example.org/fhir/CodeSystem/group-focus", "code": "grief"}]},
                "identifier": [{"system": "urn:tandem:group", "value": "G-1"}], "managingEntity": {"reference": "Practitioner/extra-practitioner"},
