@@ -25,6 +25,16 @@ pub enum UserAccess {
     All,
 }
 
+/// Which interactions the audit trail records (TANDEM_AUDIT_READS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditReads {
+    /// Every interaction: reads, searches and history as well as writes (the default).
+    All,
+    /// Writes and operations that change data only (create, update, patch, delete, transaction,
+    /// batch, POST operations): for a deployment whose gateway or audit repository records reads.
+    None,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address and port to listen on.
@@ -34,6 +44,12 @@ pub struct Config {
     /// `postgres://…` for PostgreSQL; `sqlite://PATH` (or a bare path) for the embedded SQLite.
     #[arg(long, env = "TANDEM_DATABASE_URL", default_value = "sqlite://data/tandem.db")]
     pub database_url: String,
+
+    /// Where the audit trail is kept: `sqlite://PATH` or `postgres://…`. Default: for a SQLite main
+    /// database `X.db`, the file `X-audit.db` beside it (its own log and writer); for PostgreSQL, the
+    /// main database (the trail's transactions then skip the wait for a synchronous commit).
+    #[arg(long, env = "TANDEM_AUDIT_DATABASE_URL")]
+    pub audit_database_url: Option<String>,
 
     /// Maximum number of database connections in this process's pool.
     #[arg(long, env = "TANDEM_DB_POOL_SIZE", default_value_t = 10)]
@@ -72,6 +88,12 @@ pub struct Config {
     /// session.
     #[arg(long, env = "TANDEM_REQUIRE_GROUP_CONSENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_group_consent: bool,
+
+    /// Which interactions the audit trail records: `all`, or `none` of the reads (reads, vreads,
+    /// searches, history, GET operations), for a deployment whose audit repository records them
+    /// elsewhere (a gateway); writes are always recorded.
+    #[arg(long, env = "TANDEM_AUDIT_READS", value_enum, default_value = "all")]
+    pub audit_reads: AuditReads,
 
     /// What `user/` scopes reach: `assigned` (a practitioner's assigned clients) or `all`.
     #[arg(long, env = "TANDEM_USER_ACCESS", value_enum, default_value = "assigned")]
@@ -218,6 +240,29 @@ impl Config {
     }
 
     /// Checks the settings that a typo could make meaningless; the message names the variable.
+    /// The audit trail's database: TANDEM_AUDIT_DATABASE_URL, else beside the main one (see the
+    /// setting).
+    pub fn audit_url(&self) -> String {
+        if let Some(url) = self.audit_database_url.as_deref().filter(|u| !u.is_empty()) {
+            return url.to_string();
+        }
+        let main = self.database_url.as_str();
+        if main.starts_with("postgres://") || main.starts_with("postgresql://") {
+            return main.to_string();
+        }
+        let (scheme, path) = match main.strip_prefix("sqlite://") {
+            Some(p) => ("sqlite://", p),
+            None => match main.strip_prefix("sqlite:") {
+                Some(p) => ("sqlite:", p),
+                None => ("", main),
+            },
+        };
+        match path.strip_suffix(".db") {
+            Some(stem) => format!("{scheme}{stem}-audit.db"),
+            None => format!("{scheme}{path}-audit"),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.listen
             .parse::<SocketAddr>()

@@ -97,6 +97,9 @@ fn migrate(config: Config) -> Result<(), String> {
         .with_rules(tandem::startup::rules(&config));
     let applied = store.migrate().map_err(|e| e.to_string())?;
     tracing::info!(backend = store.backend(), applied, "migrations applied");
+    let audit = tandem::store::Store::open_audit(&config.audit_url(), 1, 0).map_err(|e| e.to_string())?;
+    let applied = audit.migrate().map_err(|e| e.to_string())?;
+    tracing::info!(backend = audit.backend(), applied, "audit store migrations applied");
     // The migration step (the chart's Job) also publishes the measures' Questionnaires.
     tandem::startup::publish(&store).map_err(|e| e.to_string())
 }

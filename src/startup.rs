@@ -75,6 +75,12 @@ impl Application {
                 "not migrating at start (TANDEM_MIGRATE_ON_START=false)"
             );
         }
+        // The audit trail's own store: a small pool (one writer, the rare AuditEvent searches).
+        let audit_store = Store::open_audit(&config.audit_url(), 4, config.request_timeout_seconds * 1000)?;
+        if config.migrate_on_start {
+            let applied = audit_store.migrate()?;
+            tracing::info!(backend = audit_store.backend(), applied, "audit store migrated");
+        }
         let listener = TcpListener::bind(&config.listen)
             .map_err(|e| Error::Internal(format!("binding {}: {e}", config.listen)))?;
         let port = listener
@@ -84,7 +90,7 @@ impl Application {
         let worker_threads = config.workers;
         let grace = config.shutdown_grace_seconds;
         let request_timeout = Duration::from_secs(config.request_timeout_seconds);
-        let (audit, audit_writer) = AuditSink::start(store.clone());
+        let (audit, audit_writer) = AuditSink::start(audit_store.clone());
         let workers = Workers::start(
             &store,
             config.background_workers,
@@ -94,6 +100,7 @@ impl Application {
         let state = web::Data::new(AppState {
             trusted_proxies,
             store,
+            audit_store,
             config,
             verifier,
             audit,

@@ -35,7 +35,7 @@ pub async fn read(ctx: Ctx, path: web::Path<String>, state: web::Data<AppState>)
     if !is_valid_id(&id) {
         return Err(Error::NotFound(format!("'{id}' is not a valid resource id")));
     }
-    let store = state.store.clone();
+    let store = state.audit_store.clone();
     let lookup = id.clone();
     let body = blocking(move || store.audit_read(&lookup))
         .await?
@@ -105,7 +105,7 @@ async fn run(
         None => None,
     };
     let with_total = search.total == Total::Accurate && pairs.iter().any(|(k, _)| k == "_total");
-    let store = state.store.clone();
+    let store = state.audit_store.clone();
     let (page_plan, page_cursor) = (plan.clone(), cursor);
     let page = blocking(move || store.audit_search(&page_plan, count, page_cursor, with_total)).await?;
 

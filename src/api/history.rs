@@ -200,7 +200,9 @@ fn entry(ctx: &Ctx, v: &Version) -> Result<Value, Error> {
     });
     if let Some(body) = &v.body {
         let resource: Value = serde_json::from_str(body).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
-        e["resource"] = ctx.shown(&v.res_type, resource);
+        let shown = ctx.shown(&v.res_type, resource);
+        ctx.audit_returned(&v.res_type, &shown);
+        e["resource"] = shown;
     }
     Ok(e)
 }

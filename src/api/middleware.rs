@@ -190,6 +190,10 @@ fn interaction(method: &Method, pattern: &str, operation: Option<&str>) -> Optio
     let i = match (pattern, method.as_str()) {
         ("/{type}" | "/AuditEvent", "GET") | ("/{type}/_search" | "/AuditEvent/_search", _) => "search-type",
         ("/{type}", "POST") => "create",
+        // Conditional update, patch and delete (by criteria): the same interactions.
+        ("/{type}", "PUT") => "update",
+        ("/{type}", "PATCH") => "patch",
+        ("/{type}", "DELETE") => "delete",
         ("/", "GET") | ("/_search", _) => "search-system",
         ("/", "POST") => "transaction",
         ("/_history", _) => "history-system",
@@ -342,7 +346,11 @@ pub async fn audit(
         }
     };
     if let (Some(record), Some(state)) = (record, state) {
-        state.audit.record(record).await;
+        let read = matches!(asked.method, Method::GET | Method::HEAD)
+            || asked.pattern.as_deref().is_some_and(|p| p.ends_with("/_search"));
+        if !(read && state.config.audit_reads == crate::config::AuditReads::None) {
+            state.audit.record(record).await;
+        }
     }
     result
 }
@@ -535,6 +543,9 @@ mod tests {
             interaction(&Method::GET, "/{type}/{id}/{operation}", Some("$everything")),
             Some(("operation", Some("$everything".into())))
         );
+        assert_eq!(interaction(&Method::PUT, "/{type}", None), Some(("update", None)));
+        assert_eq!(interaction(&Method::PATCH, "/{type}", None), Some(("patch", None)));
+        assert_eq!(interaction(&Method::DELETE, "/{type}", None), Some(("delete", None)));
         assert_eq!(interaction(&Method::GET, "/nowhere", None), None);
     }
 

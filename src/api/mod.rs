@@ -95,6 +95,9 @@ pub const SUPPORTED: Supported<'static> = Supported {
 
 pub struct AppState {
     pub store: Store,
+    /// The audit trail's store (TANDEM_AUDIT_DATABASE_URL): read by /AuditEvent, written by the
+    /// audit writer.
+    pub audit_store: Store,
     pub config: Config,
     pub verifier: Verifier,
     pub audit: AuditSink,
@@ -452,6 +455,19 @@ impl Ctx {
     pub fn audit(&self, update: impl FnOnce(&mut middleware::AuditDetail)) {
         if let Some(req) = &self.request {
             middleware::add_audit_detail(req, update);
+        }
+    }
+
+    /// Names in the request's audit event the patients whose data `resource` (of type `res_type`,
+    /// as this caller is shown it) holds: IHE BALP's rule that a query's event names every patient
+    /// whose records it returned, in the one event.
+    pub fn audit_returned(&self, res_type: &str, resource: &Value) {
+        let Some(rt) = ResourceType::parse(res_type) else {
+            return;
+        };
+        let patients = crate::resources::compartment::patients_of(rt, resource);
+        if !patients.is_empty() {
+            self.audit(|d| d.patients.extend(patients));
         }
     }
 

@@ -339,11 +339,15 @@ pub fn searchset(
         if later_page && !ResourceType::parse(&v.res_type).is_some_and(|rt| may_read(ctx, rt, &body)) {
             continue;
         }
-        let resource = shape(ctx.shown(&v.res_type, body));
+        let shown = ctx.shown(&v.res_type, body);
+        ctx.audit_returned(&v.res_type, &shown);
+        let resource = shape(shown);
         entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": resource, "search": {"mode": "match"}}));
     }
     for v in included {
-        entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": ctx.shown(&v.res_type, parse_body(v)?), "search": {"mode": "include"}}));
+        let shown = ctx.shown(&v.res_type, parse_body(v)?);
+        ctx.audit_returned(&v.res_type, &shown);
+        entries.push(json!({"fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)), "resource": shown, "search": {"mode": "include"}}));
     }
     if let Some(outcome) = outcome {
         entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));

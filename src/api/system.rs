@@ -211,8 +211,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         tracing::warn!(reason = %reason, "not ready");
         return HttpResponse::ServiceUnavailable().json(json!({"status": "audit backlog", "reason": reason}));
     }
-    let store = state.store.clone();
-    match blocking(move || store.ready(READY_WAIT)).await {
+    let (store, audit_store) = (state.store.clone(), state.audit_store.clone());
+    match blocking(move || Ok(store.ready(READY_WAIT)? && audit_store.ready(READY_WAIT)?)).await {
         Ok(true) => HttpResponse::Ok().json(json!({"status": "ready"})),
         Ok(false) => HttpResponse::ServiceUnavailable().json(json!({"status": "migrations pending"})),
         Err(e) => {

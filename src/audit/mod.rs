@@ -187,6 +187,12 @@ impl AuditRecord {
             }
         }
         let mut patients = self.patients.clone();
+        // A Patient acted on is a patient the event concerns, whatever came of the request (a
+        // refused update, a read of her history): `AuditEvent?patient=` finds it.
+        patients.extend(entities.iter().filter_map(|e| {
+            let id = e.strip_prefix("Patient/")?;
+            Some(id.split('/').next().unwrap_or(id).to_string())
+        }));
         if let Some((rt, body)) = &self.resource {
             if let Ok(value) = serde_json::from_str::<Value>(body) {
                 patients.extend(compartment::patients_of(*rt, &value));
@@ -979,6 +985,8 @@ mod tests {
             refs,
             vec![
                 ("entity", "Patient/ok".to_string()),
+                // The Patient acted on is a patient the event concerns.
+                ("patient", "Patient/ok".to_string()),
                 ("patient", "Patient/p1".to_string())
             ],
             "the invalid entity, patient and fhirUser are not indexed"

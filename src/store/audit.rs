@@ -48,7 +48,19 @@ const INSERT_CHUNK: usize = 200;
 impl Store {
     /// Appends a batch of events in one transaction.
     pub fn insert_audit(&self, rows: &[AuditRow]) -> Result<(), Error> {
-        self.write(|c, _| {
+        // A transaction of its own, not [`Store::write`]: an audit store has no write_lock table nor
+        // a use for the transaction clock, and the one audit writer of a process races no one here.
+        let mut pooled = self.pool.get()?;
+        let conn: &mut AnyConnection = &mut pooled;
+        conn.transaction::<(), Error, _>(|c| {
+            // PostgreSQL: the batch's commit does not wait for its WAL to be flushed (the rest of the
+            // server's transactions still do). A crash of the database server may then lose the
+            // batches of its last moments (up to three wal_writer_delay, 600 ms by default); the
+            // events are held in memory that long already (audit::GATHER), and nothing else may
+            // be lost: a transaction is never half applied.
+            if let AnyConnection::Postgresql(pg) = c {
+                diesel::sql_query("SET LOCAL synchronous_commit = off").execute(pg)?;
+            }
             for chunk in rows.chunks(INSERT_CHUNK) {
                 insert_rows!(
                     c,

@@ -176,6 +176,8 @@ pub struct Store {
     /// the next writer as soon as the last commits. The file lock still guards the data (other
     /// processes, and writes outside [`Store::write`]).
     sqlite_writer: Option<std::sync::Arc<std::sync::Mutex<()>>>,
+    /// The migrations this store runs: the whole schema, or the audit trail's alone.
+    schema: pool::Schema,
 }
 
 /// How often SQLite's log keeper looks at the size of the write-ahead log.
@@ -315,6 +317,7 @@ impl Store {
             writes: Default::default(),
             _alive: alive,
             sqlite_writer: matches!(url, DatabaseUrl::Sqlite(_)).then(Default::default),
+            schema: pool::Schema::Main,
         })
     }
 
@@ -333,13 +336,24 @@ impl Store {
     }
 
     pub fn migrate(&self) -> Result<usize, Error> {
-        pool::run_migrations(&self.pool)
+        pool::run_migrations(&self.pool, self.schema)
+    }
+
+    /// The audit trail's store (TANDEM_AUDIT_DATABASE_URL): a pool of its own on `url`, whose
+    /// migrations create the trail's tables alone. On SQLite a file beside the main one has its own
+    /// write-ahead log and writer, so writing the trail never takes turns with the clinic's writes;
+    /// on PostgreSQL its transactions do not wait for their commit to reach disk (see
+    /// [`Store::insert_audit`]).
+    pub fn open_audit(url: &str, pool_size: u32, statement_timeout_ms: u64) -> Result<Store, Error> {
+        let mut store = Store::open_with_timeout(url, pool_size, statement_timeout_ms)?;
+        store.schema = pool::Schema::Audit;
+        Ok(store)
     }
 
     /// The database answers within `wait` and no migration of this build is pending (migrations of a
     /// newer build do not matter: an older replica still serves during a rolling upgrade).
     pub fn ready(&self, wait: std::time::Duration) -> Result<bool, Error> {
-        pool::migrations_current(&self.pool, wait)
+        pool::migrations_current(&self.pool, wait, self.schema)
     }
 
     /// The connection pool now: (connections open, idle, most allowed).

@@ -16,6 +16,25 @@ use crate::error::Error;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+/// The audit store's own migrations (its tables only), for a database that holds just the trail.
+const AUDIT_SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/audit/sqlite");
+const AUDIT_POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/audit/postgres");
+
+/// Which migrations a store runs: the whole schema, or the audit trail's tables alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    Main,
+    Audit,
+}
+
+impl Schema {
+    fn sets(self) -> (EmbeddedMigrations, EmbeddedMigrations) {
+        match self {
+            Schema::Main => (SQLITE_MIGRATIONS, POSTGRES_MIGRATIONS),
+            Schema::Audit => (AUDIT_SQLITE_MIGRATIONS, AUDIT_POSTGRES_MIGRATIONS),
+        }
+    }
+}
 
 /// How long a SQLite connection waits for another connection's lock before giving up.
 pub(super) const SQLITE_BUSY_TIMEOUT_MS: u32 = 15_000;
@@ -243,13 +262,14 @@ fn set_wal(path: &str) -> Result<(), Error> {
 
 /// Runs the pending migrations of the pool's backend. On PostgreSQL an advisory lock makes replicas
 /// that start together migrate one after the other.
-pub fn run_migrations(pool: &DbPool) -> Result<usize, Error> {
+pub fn run_migrations(pool: &DbPool, schema: Schema) -> Result<usize, Error> {
+    let (sqlite, postgres) = schema.sets();
     let mut conn = pool.get()?;
     let applied = match &mut *conn {
-        AnyConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+        AnyConnection::Sqlite(c) => c.run_pending_migrations(sqlite).map(|v| v.len()),
         AnyConnection::Postgresql(c) => {
             diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")).execute(c)?;
-            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len());
+            let result = c.run_pending_migrations(postgres).map(|v| v.len());
             diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(c)?;
             result
         }
@@ -258,11 +278,12 @@ pub fn run_migrations(pool: &DbPool) -> Result<usize, Error> {
 }
 
 /// True when no migration is pending (for readiness).
-pub fn migrations_current(pool: &DbPool, wait: std::time::Duration) -> Result<bool, Error> {
+pub fn migrations_current(pool: &DbPool, wait: std::time::Duration, schema: Schema) -> Result<bool, Error> {
+    let (sqlite, postgres) = schema.sets();
     let mut conn = pool.get_timeout(wait)?;
     let pending = match &mut *conn {
-        AnyConnection::Sqlite(c) => c.pending_migrations(SQLITE_MIGRATIONS).map(|v| v.is_empty()),
-        AnyConnection::Postgresql(c) => c.pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.is_empty()),
+        AnyConnection::Sqlite(c) => c.pending_migrations(sqlite).map(|v| v.is_empty()),
+        AnyConnection::Postgresql(c) => c.pending_migrations(postgres).map(|v| v.is_empty()),
     };
     pending.map_err(|e| Error::Internal(format!("checking migrations: {e}")))
 }

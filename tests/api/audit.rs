@@ -176,7 +176,7 @@ both_backends! {
         for statement in [sql, delete] {
             let refused = match app.backend {
                 Backend::Sqlite => {
-                    let mut c = diesel::SqliteConnection::establish(app.db.url.trim_start_matches("sqlite://")).unwrap();
+                    let mut c = diesel::SqliteConnection::establish(app.db.audit_url().trim_start_matches("sqlite://")).unwrap();
                     diesel::sql_query(&statement).execute(&mut c).is_err()
                 }
                 Backend::Postgres => {

@@ -86,6 +86,17 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The audit trail's database as the server derives it (Config::audit_url): for SQLite the
+    /// `-audit.db` file beside the main one, for PostgreSQL the same schema.
+    pub fn audit_url(&self) -> String {
+        match self.url.strip_suffix(".db") {
+            Some(stem) if self.pg_schema.is_none() => format!("{stem}-audit.db"),
+            _ => self.url.clone(),
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((base, schema)) = &self.pg_schema {

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod audit;
+mod audit_complete;
 mod audit_hardening;
 mod auth_scopes;
 mod auth_tokens;

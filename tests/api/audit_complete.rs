@@ -1,0 +1,160 @@
+//! A complete trail (issue 27), tried as an integrator would: conditional writes and refusals leave
+//! their events, a patient's refused update and a read of her history name her, a search's event
+//! names every patient it returned (IHE BALP), and TANDEM_AUDIT_READS=none records writes only.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+/// The events of `AuditEvent?{query}` (newest first) once `pred` holds for them, or panics.
+async fn events_until(app: &TestApp, query: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let officer = app.client_with("system/AuditEvent.rs", None);
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        let bundle = json(
+            officer
+                .get(app.url(&format!("AuditEvent?{query}&_count=500")))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        last = entries(&bundle).into_iter().map(|e| e["resource"].clone()).collect();
+        if pred(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("AuditEvent?{query}: the events never held what was expected: {last:?}");
+}
+
+fn interaction(e: &Value) -> &str {
+    e["subtype"][0]["code"].as_str().unwrap_or_default()
+}
+
+fn outcome_desc(e: &Value) -> &str {
+    e["outcomeDesc"].as_str().unwrap_or_default()
+}
+
+fn names(e: &Value, reference: &str) -> bool {
+    e["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|x| x["what"]["reference"] == reference)
+}
+
+/// The request ids of the events, to find one request's event.
+fn with_request(events: &[Value], request_id: &str) -> Option<Value> {
+    events
+        .iter()
+        .find(|e| {
+            e["entity"].as_array().into_iter().flatten().any(|x| {
+                x["detail"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d["type"] == "request-id" && d["valueString"] == request_id)
+            })
+        })
+        .cloned()
+}
+
+async fn sent(req: reqwest::RequestBuilder) -> (u16, String) {
+    let res = req.send().await.unwrap();
+    let id = res.headers().get("x-request-id").unwrap().to_str().unwrap().to_string();
+    (res.status().as_u16(), id)
+}
+
+both_backends! {
+    async fn conditional_writes_refusals_and_searches_name_their_patients(app: TestApp) {
+        let c = &app.client;
+        let put = |path: &str, body: Value| c.put(app.url(path)).header("Content-Type", FHIR_JSON).body(body.to_string());
+        assert_eq!(sent(put("Patient/ann", json!({"resourceType": "Patient", "id": "ann", "identifier": [{"system": "urn:mrn", "value": "A1"}]}))).await.0, 201);
+        assert_eq!(sent(put("Patient/ben", json!({"resourceType": "Patient", "id": "ben"}))).await.0, 201);
+        assert_eq!(sent(put("Practitioner/moss", json!({"resourceType": "Practitioner", "id": "moss"}))).await.0, 201);
+
+        // Conditional create, update, patch and delete: each leaves its event, naming the resource
+        // and its patient.
+        let appt = json!({"resourceType": "Appointment", "status": "booked", "start": "2031-01-07T10:00:00Z", "end": "2031-01-07T11:00:00Z",
+            "identifier": [{"system": "urn:appt", "value": "X1"}],
+            "participant": [{"actor": {"reference": "Patient/ann"}, "status": "accepted"}, {"actor": {"reference": "Practitioner/moss"}, "status": "accepted"}]});
+        let (status, create) = sent(c.post(app.url("Appointment")).header("Content-Type", FHIR_JSON).header("If-None-Exist", "identifier=urn:appt|X1").body(appt.to_string())).await;
+        assert_eq!(status, 201);
+        let mut changed = appt.clone();
+        changed["comment"] = json!("moved room");
+        let (status, update) = sent(put("Appointment?identifier=urn:appt|X1", changed)).await;
+        assert_eq!(status, 200);
+        let (status, patch) = sent(c.patch(app.url("Appointment?identifier=urn:appt|X1")).header("Content-Type", "application/json-patch+json")
+            .body(json!([{"op": "replace", "path": "/comment", "value": "room 2"}]).to_string())).await;
+        assert_eq!(status, 200);
+        // A refused (412) update of Ann's record, and a read of her history.
+        let (status, refused) = sent(put("Patient/ann", json!({"resourceType": "Patient", "id": "ann"})).header("If-Match", "W/\"9\"")).await;
+        assert_eq!(status, 412);
+        let (status, history) = sent(c.get(app.url("Patient/ann/_history"))).await;
+        assert_eq!(status, 200);
+        // A search whose results hold Ann's session, and one that returns both patients.
+        let (status, search) = sent(c.get(app.url("Appointment?actor=Practitioner/moss"))).await;
+        assert_eq!(status, 200);
+        let (status, both) = sent(c.get(app.url("Patient?_count=10"))).await;
+        assert_eq!(status, 200);
+        let (status, delete) = sent(c.delete(app.url("Appointment?identifier=urn:appt|X1"))).await;
+        assert_eq!(status, 204);
+
+        let wanted = [&create, &update, &patch, &refused, &history, &search, &both];
+        let ann = events_until(&app, "patient=Patient/ann", |es| wanted.iter().all(|id| with_request(es, id).is_some())).await;
+        let event = |id: &str| with_request(&ann, id).unwrap();
+        assert_eq!(interaction(&event(&create)), "create");
+        assert_eq!(interaction(&event(&update)), "update");
+        assert_eq!(interaction(&event(&patch)), "patch");
+        assert_eq!((interaction(&event(&refused)), outcome_desc(&event(&refused))), ("update", "412 Precondition Failed"));
+        assert_eq!(interaction(&event(&history)), "history-instance");
+        assert_eq!(interaction(&event(&search)), "search-type");
+        // One event per search, naming each patient it returned.
+        let listed = event(&both);
+        assert!(names(&listed, "Patient/ann") && names(&listed, "Patient/ben"), "{listed}");
+        let ben = events_until(&app, "patient=Patient/ben", |es| with_request(es, &both).is_some()).await;
+        assert!(with_request(&ben, &search).is_none(), "Ben was in no session the search returned");
+        // The conditional delete is an event too, of the Appointment deleted.
+        let deleted = events_until(&app, "subtype=delete", |es| with_request(es, &delete).is_some()).await;
+        assert!(with_request(&deleted, &delete).unwrap()["entity"].as_array().unwrap().iter()
+            .any(|x| x["what"]["reference"].as_str().is_some_and(|r| r.starts_with("Appointment/"))));
+    }
+
+    async fn the_trail_is_kept_in_its_own_store(app: TestApp) {
+        let (status, id) = sent(app.client.put(app.url("Patient/ann")).header("Content-Type", FHIR_JSON).body(json!({"resourceType": "Patient", "id": "ann"}).to_string())).await;
+        assert_eq!(status, 201);
+        events_until(&app, "patient=Patient/ann", |es| with_request(es, &id).is_some()).await;
+        match app.backend {
+            // SQLite: a file of its own beside the main one; the main file's trail tables stay empty.
+            Backend::Sqlite => {
+                let audit = app.db.audit_url();
+                assert_ne!(audit, app.db.url);
+                assert!(std::path::Path::new(audit.trim_start_matches("sqlite://")).exists(), "{audit}");
+                assert_eq!(app.count("SELECT COUNT(*) AS n FROM audit_events"), 0);
+            }
+            // PostgreSQL: the same database (its transactions skip the synchronous commit).
+            Backend::Postgres => assert!(app.count("SELECT COUNT(*) AS n FROM audit_events") > 0),
+        }
+    }
+
+    async fn with_audit_reads_none_only_writes_are_recorded(app: TestApp) {
+        let app = TestApp::spawn_configured_on(app.backend, app.stop().await, |c| c.audit_reads = tandem::config::AuditReads::None).await;
+        let c = &app.client;
+        let (status, write) = sent(c.put(app.url("Patient/ann")).header("Content-Type", FHIR_JSON).body(json!({"resourceType": "Patient", "id": "ann"}).to_string())).await;
+        assert_eq!(status, 201);
+        let (_, read) = sent(c.get(app.url("Patient/ann"))).await;
+        let (_, search) = sent(c.get(app.url("Patient?_id=ann"))).await;
+        let (_, posted) = sent(c.post(app.url("Patient/_search")).header("Content-Type", "application/x-www-form-urlencoded").body("_id=ann")).await;
+        // A refused write is a write: recorded.
+        let (status, refused) = sent(c.put(app.url("Patient/ann")).header("Content-Type", FHIR_JSON).header("If-Match", "W/\"7\"").body(json!({"resourceType": "Patient", "id": "ann"}).to_string())).await;
+        assert_eq!(status, 412);
+        let events = events_until(&app, "patient=Patient/ann", |es| with_request(es, &write).is_some() && with_request(es, &refused).is_some()).await;
+        for id in [&read, &search, &posted] {
+            assert!(with_request(&events, id).is_none(), "a read was recorded: {id}");
+        }
+    }
+}
