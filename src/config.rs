@@ -239,9 +239,9 @@ impl Config {
         }
     }
 
-    /// Checks the settings that a typo could make meaningless; the message names the variable.
     /// The audit trail's database: TANDEM_AUDIT_DATABASE_URL, else beside the main one (see the
-    /// setting).
+    /// setting). A SQLite URL's query (`?mode=rwc`) stays on the audit file's URL; an in-memory
+    /// main database has an in-memory trail.
     pub fn audit_url(&self) -> String {
         if let Some(url) = self.audit_database_url.as_deref().filter(|u| !u.is_empty()) {
             return url.to_string();
@@ -257,12 +257,20 @@ impl Config {
                 None => ("", main),
             },
         };
-        match path.strip_suffix(".db") {
-            Some(stem) => format!("{scheme}{stem}-audit.db"),
-            None => format!("{scheme}{path}-audit"),
+        let (file, query) = match path.split_once('?') {
+            Some((f, q)) => (f, format!("?{q}")),
+            None => (path, String::new()),
+        };
+        if file == ":memory:" || file.is_empty() {
+            return main.to_string();
+        }
+        match file.strip_suffix(".db") {
+            Some(stem) => format!("{scheme}{stem}-audit.db{query}"),
+            None => format!("{scheme}{file}-audit{query}"),
         }
     }
 
+    /// Checks the settings that a typo could make meaningless; the message names the variable.
     pub fn validate(&self) -> Result<(), String> {
         self.listen
             .parse::<SocketAddr>()
@@ -366,5 +374,42 @@ mod origin_tests {
         ] {
             assert!(!is_origin(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod audit_url_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn audit_url_of(main: &str, audit: Option<&str>) -> String {
+        let mut config = Cli::parse_from(["tandem"]).config;
+        config.database_url = main.into();
+        config.audit_database_url = audit.map(str::to_string);
+        config.audit_url()
+    }
+
+    #[test]
+    fn the_trail_lives_beside_the_main_database_unless_named() {
+        assert_eq!(
+            audit_url_of("sqlite://data/tandem.db", None),
+            "sqlite://data/tandem-audit.db"
+        );
+        assert_eq!(audit_url_of("data/clinic", None), "data/clinic-audit");
+        assert_eq!(audit_url_of("sqlite:t.db?mode=rwc", None), "sqlite:t-audit.db?mode=rwc");
+        assert_eq!(audit_url_of(":memory:", None), ":memory:");
+        let pg = "postgres://u@db:5432/tandem?sslmode=require";
+        assert_eq!(audit_url_of(pg, None), pg);
+        assert_eq!(
+            audit_url_of(pg, Some("postgres://u@audit:5432/trail")),
+            "postgres://u@audit:5432/trail"
+        );
+        assert_eq!(audit_url_of("sqlite://a.db", Some("")), "sqlite://a-audit.db");
     }
 }

@@ -97,9 +97,8 @@ fn migrate(config: Config) -> Result<(), String> {
         .with_rules(tandem::startup::rules(&config));
     let applied = store.migrate().map_err(|e| e.to_string())?;
     tracing::info!(backend = store.backend(), applied, "migrations applied");
-    let audit = tandem::store::Store::open_audit(&config.audit_url(), 1, 0).map_err(|e| e.to_string())?;
-    let applied = audit.migrate().map_err(|e| e.to_string())?;
-    tracing::info!(backend = audit.backend(), applied, "audit store migrations applied");
+    let audit = tandem::startup::open_audit_store(&config, &store).map_err(|e| e.to_string())?;
+    tandem::startup::migrate_audit_store(&config, &audit).map_err(|e| e.to_string())?;
     // The migration step (the chart's Job) also publishes the measures' Questionnaires.
     tandem::startup::publish(&store).map_err(|e| e.to_string())
 }

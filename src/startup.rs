@@ -41,6 +41,34 @@ pub fn publish(store: &Store) -> Result<(), Error> {
     Ok(())
 }
 
+/// The audit trail's store (TANDEM_AUDIT_DATABASE_URL): the main store itself when it names the same
+/// database, else a small pool of its own (one writer, the rare AuditEvent searches).
+pub fn open_audit_store(config: &Config, store: &Store) -> Result<Store, Error> {
+    let url = config.audit_url();
+    if url == config.database_url {
+        return Ok(store.as_audit());
+    }
+    Store::open_audit(&url, 4, config.request_timeout_seconds * 1000)
+}
+
+/// Migrates the audit trail's store and, on SQLite, takes over a trail an earlier version kept in
+/// the main file (once: see Store::adopt_audit_trail).
+pub fn migrate_audit_store(config: &Config, audit: &Store) -> Result<(), Error> {
+    let applied = audit.migrate()?;
+    tracing::info!(backend = audit.backend(), applied, "audit store migrated");
+    if config.audit_url() != config.database_url {
+        if let crate::store::pool::DatabaseUrl::Sqlite(main) =
+            crate::store::pool::DatabaseUrl::parse(&config.database_url)
+        {
+            let copied = audit.adopt_audit_trail(&main)?;
+            if copied > 0 {
+                tracing::info!(copied, "audit events of the main database copied into the audit store");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -75,11 +103,9 @@ impl Application {
                 "not migrating at start (TANDEM_MIGRATE_ON_START=false)"
             );
         }
-        // The audit trail's own store: a small pool (one writer, the rare AuditEvent searches).
-        let audit_store = Store::open_audit(&config.audit_url(), 4, config.request_timeout_seconds * 1000)?;
+        let audit_store = open_audit_store(&config, &store)?;
         if config.migrate_on_start {
-            let applied = audit_store.migrate()?;
-            tracing::info!(backend = audit_store.backend(), applied, "audit store migrated");
+            migrate_audit_store(&config, &audit_store)?;
         }
         let listener = TcpListener::bind(&config.listen)
             .map_err(|e| Error::Internal(format!("binding {}: {e}", config.listen)))?;

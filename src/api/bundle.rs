@@ -425,7 +425,9 @@ fn written_entry(ctx: &Ctx, status: StatusCode, v: &Version) -> Result<Value, Er
     if let Some(body) = &v.body {
         let resource = serde_json::from_str(body).map_err(|err| Error::Internal(format!("stored JSON: {err}")))?;
         // A patient's own token sees group sessions and Groups without the other patients.
-        e["resource"] = ctx.shown(&v.res_type, resource);
+        let shown = ctx.shown(&v.res_type, resource);
+        ctx.audit_returned(&v.res_type, &shown);
+        e["resource"] = shown;
     }
     Ok(e)
 }
@@ -460,9 +462,11 @@ fn result_entry(ctx: &Ctx, result: &OpResult, hide_body: bool) -> Result<Value, 
             let entries = matches
                 .iter()
                 .map(|v| {
+                    let shown = ctx.shown(&v.res_type, super::search::parse_body(v)?);
+                    ctx.audit_returned(&v.res_type, &shown);
                     Ok(json!({
                         "fullUrl": ctx.url(&format!("{}/{}", v.res_type, v.res_id)),
-                        "resource": ctx.shown(&v.res_type, super::search::parse_body(v)?),
+                        "resource": shown,
                         "search": {"mode": "match"},
                     }))
                 })

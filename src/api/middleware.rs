@@ -346,13 +346,26 @@ pub async fn audit(
         }
     };
     if let (Some(record), Some(state)) = (record, state) {
-        let read = matches!(asked.method, Method::GET | Method::HEAD)
-            || asked.pattern.as_deref().is_some_and(|p| p.ends_with("/_search"));
-        if !(read && state.config.audit_reads == crate::config::AuditReads::None) {
+        if !(state.config.audit_reads == crate::config::AuditReads::None && is_read(&record)) {
             state.audit.record(record).await;
         }
     }
     result
+}
+
+/// Whether an interaction only reads (what TANDEM_AUDIT_READS=none leaves unrecorded): a read,
+/// vread, search or history, or an operation invoked by GET that changes nothing — not a Bulk Data
+/// kick-off (`$export`), which starts a job. Decided by the interaction, not the method alone.
+fn is_read(record: &AuditRecord) -> bool {
+    match record.interaction.as_str() {
+        "read" | "vread" | "search-type" | "search-system" | "history-instance" | "history-type" | "history-system" => {
+            true
+        }
+        "operation" => {
+            matches!(record.method.as_str(), "GET" | "HEAD") && record.operation.as_deref() != Some("$export")
+        }
+        _ => false,
+    }
 }
 
 /// The audit record of a request: what was asked, the route's values (`type`, `id`, `vid`,
@@ -384,6 +397,8 @@ fn audit_record(
         "search-type" | "search-system" | "history-type" | "history-system" => {
             Some((res_type, detail.query.unwrap_or_else(|| query_string.to_string())))
         }
+        // A conditional update, patch or delete: its criteria say what it was for, refused or not.
+        "update" | "patch" | "delete" if pattern == "/{type}" => Some((res_type, query_string.to_string())),
         _ => None,
     };
     Some(AuditRecord {

@@ -508,6 +508,11 @@ pub(crate) async fn attendance(
     }
     let mut parameters = vec![json!({"name": "group", "valueReference": {"reference": format!("Group/{group_id}")}})];
     parameters.push(json!({"name": "sessions", "valueInteger": held.len()}));
+    let reported: Vec<String> = tally
+        .keys()
+        .filter_map(|p| crate::resources::local_id(p, "Patient"))
+        .collect();
+    ctx.audit(|d| d.patients.extend(reported));
     for (patient, [invited, attended, no_show, late_cancel, unrecorded]) in tally {
         parameters.push(json!({"name": "member", "part": [
             {"name": "patient", "valueReference": {"reference": patient}},
@@ -796,6 +801,8 @@ pub(crate) async fn group_outcomes(
             )));
         }
     }
+    let reported = members.clone();
+    ctx.audit(|d| d.patients.extend(reported));
     if members.len() > OUTCOME_MEMBERS_CAP {
         return Err(Error::Unprocessable(format!(
             "the group had more than {OUTCOME_MEMBERS_CAP} members in the period, more than one report covers; narrow the period"

@@ -105,6 +105,52 @@ impl Store {
         })
     }
 
+    /// SQLite: takes over the trail kept in the main file `main_path` by a version before the trail
+    /// had a file of its own, once, while this store's trail is empty — so that an upgrade loses no
+    /// event from `/AuditEvent`. The rows are copied in one transaction, in their order (the main
+    /// file's are left as they are: the trail is append-only). Returns the events copied.
+    pub fn adopt_audit_trail(&self, main_path: &str) -> Result<usize, Error> {
+        use diesel::connection::SimpleConnection;
+        let mut pooled = self.pool.get()?;
+        let AnyConnection::Sqlite(c) = &mut *pooled else {
+            return Ok(0);
+        };
+        if main_path.contains('?') || main_path.starts_with(':') {
+            return Ok(0);
+        }
+        let own: CountRow = diesel::sql_query("SELECT COUNT(*) AS n FROM audit_events").get_result(c)?;
+        if own.n > 0 {
+            return Ok(0);
+        }
+        c.batch_execute(&format!(
+            "ATTACH DATABASE '{}' AS tandem_main",
+            main_path.replace('\'', "''")
+        ))?;
+        let copied = (|| -> Result<usize, Error> {
+            let has_trail: CountRow = diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM tandem_main.sqlite_master WHERE type = 'table' AND name = 'audit_events'",
+            )
+            .get_result(c)?;
+            if has_trail.n == 0 {
+                return Ok(0);
+            }
+            c.immediate_transaction::<usize, Error, _>(|c| {
+                let n = diesel::sql_query(
+                    "INSERT INTO audit_events (id, recorded, action, subtype, outcome, altid, client_id, address, body) \
+                     SELECT id, recorded, action, subtype, outcome, altid, client_id, address, body FROM tandem_main.audit_events ORDER BY seq",
+                )
+                .execute(c)?;
+                diesel::sql_query(
+                    "INSERT OR IGNORE INTO audit_refs (kind, ref, event_id) SELECT kind, ref, event_id FROM tandem_main.audit_refs",
+                )
+                .execute(c)?;
+                Ok(n)
+            })
+        })();
+        c.batch_execute("DETACH DATABASE tandem_main")?;
+        copied
+    }
+
     /// One AuditEvent as FHIR JSON.
     pub fn audit_read(&self, id: &str) -> Result<Option<String>, Error> {
         let mut conn = self.pool.get()?;

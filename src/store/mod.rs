@@ -350,6 +350,14 @@ impl Store {
         Ok(store)
     }
 
+    /// This store as the audit trail's, when the trail shares its database: the same pool (no
+    /// second pool, nor a second log keeper, on one database).
+    pub fn as_audit(&self) -> Store {
+        let mut store = self.clone();
+        store.schema = pool::Schema::Audit;
+        store
+    }
+
     /// The database answers within `wait` and no migration of this build is pending (migrations of a
     /// newer build do not matter: an older replica still serves during a rolling upgrade).
     pub fn ready(&self, wait: std::time::Duration) -> Result<bool, Error> {

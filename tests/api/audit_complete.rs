@@ -141,11 +141,32 @@ both_backends! {
         }
     }
 
+    async fn an_upgrade_keeps_the_trail_kept_in_the_main_database(app: TestApp) {
+        // An earlier version kept the trail in the main database: as if so, with the audit URL the
+        // main one, one event is written; restarted the new way, /AuditEvent still finds it.
+        let main = app.db.url.clone();
+        let app = TestApp::spawn_configured_on(app.backend, app.stop().await, move |c| c.audit_database_url = Some(main)).await;
+        let (status, before) = sent(app.client.put(app.url("Patient/ann")).header("Content-Type", FHIR_JSON).body(json!({"resourceType": "Patient", "id": "ann"}).to_string())).await;
+        assert_eq!(status, 201);
+        events_until(&app, "patient=Patient/ann", |es| with_request(es, &before).is_some()).await;
+        let app = TestApp::spawn_on(app.backend, app.stop().await).await;
+        let (_, after) = sent(app.client.get(app.url("Patient/ann"))).await;
+        let events = events_until(&app, "patient=Patient/ann", |es| with_request(es, &after).is_some()).await;
+        assert!(with_request(&events, &before).is_some(), "the event written before the upgrade is found");
+        // Started again, nothing is copied twice.
+        let app = TestApp::spawn_on(app.backend, app.stop().await).await;
+        let events = events_until(&app, "patient=Patient/ann", |es| with_request(es, &after).is_some()).await;
+        assert_eq!(events.iter().filter(|e| with_request(std::slice::from_ref(e), &before).is_some()).count(), 1);
+    }
+
     async fn with_audit_reads_none_only_writes_are_recorded(app: TestApp) {
         let app = TestApp::spawn_configured_on(app.backend, app.stop().await, |c| c.audit_reads = tandem::config::AuditReads::None).await;
         let c = &app.client;
         let (status, write) = sent(c.put(app.url("Patient/ann")).header("Content-Type", FHIR_JSON).body(json!({"resourceType": "Patient", "id": "ann"}).to_string())).await;
         assert_eq!(status, 201);
+        // A Bulk Data kick-off is a GET that starts a job: recorded.
+        let (status, export) = sent(c.get(app.url("Patient/$export")).header("Prefer", "respond-async")).await;
+        assert_eq!(status, 202);
         let (_, read) = sent(c.get(app.url("Patient/ann"))).await;
         let (_, search) = sent(c.get(app.url("Patient?_id=ann"))).await;
         let (_, posted) = sent(c.post(app.url("Patient/_search")).header("Content-Type", "application/x-www-form-urlencoded").body("_id=ann")).await;
@@ -156,5 +177,6 @@ both_backends! {
         for id in [&read, &search, &posted] {
             assert!(with_request(&events, id).is_none(), "a read was recorded: {id}");
         }
+        events_until(&app, "subtype=operation", |es| with_request(es, &export).is_some()).await;
     }
 }
