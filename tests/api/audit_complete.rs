@@ -69,7 +69,70 @@ async fn sent(req: reqwest::RequestBuilder) -> (u16, String) {
     (res.status().as_u16(), id)
 }
 
+/// The request ids of every event in the trail, read straight from the audit store.
+fn trail_request_ids(app: &TestApp) -> std::collections::HashSet<String> {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Body {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        body: String,
+    }
+    let sql = "SELECT body FROM audit_events";
+    let bodies: Vec<Body> = match app.backend {
+        Backend::Sqlite => {
+            let mut c =
+                diesel::SqliteConnection::establish(app.db.audit_url().trim_start_matches("sqlite://")).unwrap();
+            diesel::sql_query(sql).load(&mut c).unwrap()
+        }
+        Backend::Postgres => {
+            let mut c = diesel::PgConnection::establish(&app.db.audit_url()).unwrap();
+            diesel::sql_query(sql).load(&mut c).unwrap()
+        }
+    };
+    bodies
+        .iter()
+        .filter_map(|b| serde_json::from_str::<Value>(&b.body).ok())
+        .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+        .collect()
+}
+
 both_backends! {
+    async fn a_sigterm_under_read_load_loses_no_event_a_response_was_sent_for(app: TestApp) {
+        assert_eq!(app.put_json("Patient/ann", &json!({"resourceType": "Patient", "id": "ann"})).await.status(), 201);
+        let mut server = ServerProcess::start(&app.db, &[]).await;
+        let url = format!("{}/Patient/ann", server.address);
+        // Eight clients read as fast as they can until the server stops answering (at most 3,000
+        // reads each), each keeping the request id of every 200 it got.
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, url) = (app.client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut answered = Vec::new();
+                    for _ in 0..3_000 {
+                        let Ok(res) = client.get(&url).send().await else { break };
+                        let id = res.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+                        if res.status() == 200 && res.bytes().await.is_ok() {
+                            answered.extend(id);
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let clean = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+        assert!(clean, "the server exits cleanly on SIGTERM");
+        let mut answered = Vec::new();
+        for r in readers {
+            answered.extend(r.await.unwrap());
+        }
+        assert!(answered.len() >= 100, "only {} reads were answered before the stop", answered.len());
+        let trail = trail_request_ids(&app);
+        let lost: Vec<&String> = answered.iter().filter(|id| !trail.contains(*id)).collect();
+        assert!(lost.is_empty(), "{} of {} answered reads have no audit event: {:?}", lost.len(), answered.len(), &lost[..lost.len().min(5)]);
+    }
+
+
     async fn conditional_writes_refusals_and_searches_name_their_patients(app: TestApp) {
         let c = &app.client;
         let put = |path: &str, body: Value| c.put(app.url(path)).header("Content-Type", FHIR_JSON).body(body.to_string());
