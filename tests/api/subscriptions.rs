@@ -28,7 +28,10 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    async fn start_on(port: u16, answers: Vec<u16>) -> Receiver {
+    /// A receiver on `listener`: a port held from the moment it was chosen, so that no other test's
+    /// server can take it in between (a port freed and bound again later raced them).
+    async fn start_on(listener: std::net::TcpListener, answers: Vec<u16>) -> Receiver {
+        let port = listener.local_addr().unwrap().port();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let answers = Arc::new(Mutex::new(answers));
         let (r, a) = (received.clone(), answers.clone());
@@ -59,7 +62,7 @@ impl Receiver {
             }))
         })
         .workers(1)
-        .bind(("127.0.0.1", port))
+        .listen(listener)
         .unwrap()
         .run();
         let handle = server.handle();
@@ -68,7 +71,7 @@ impl Receiver {
     }
 
     pub async fn start(answers: Vec<u16>) -> Receiver {
-        Receiver::start_on(free_port(), answers).await
+        Receiver::start_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), answers).await
     }
 
     pub fn got(&self) -> Vec<Received> {
@@ -86,14 +89,6 @@ impl Receiver {
         }
         panic!("the receiver got {} notifications, expected {n}", self.got().len());
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn subscription(endpoint: &str, payload: bool) -> Value {
@@ -178,14 +173,16 @@ both_backends! {
     }
 
     async fn a_notification_outlives_a_restart_between_the_change_and_its_delivery(app: TestApp) {
-        let port = free_port();
+        // The receiver's port, held until it comes up.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
         // The server that takes the change runs no background work, and stops before any delivery.
         let first = spawn_allowing(app.backend, port, false).await;
         first.create(&subscription(&format!("http://127.0.0.1:{port}/hook"), true)).await;
         let booked = first.create(&session("booked", "rivera", 14)).await;
         let db = first.stop().await;
         // The receiver comes up, and a new server on the same database delivers.
-        let receiver = Receiver::start_on(port, vec![]).await;
+        let receiver = Receiver::start_on(listener, vec![]).await;
         let mut config = test_config(&db);
         config.subscription_allowed_hosts = vec![format!("127.0.0.1:{port}")];
         let second = TestApp::spawn_configured_on(app.backend, db, |c| *c = config).await;
