@@ -701,40 +701,34 @@ async fn request(c: &Client, scenario: Scenario, i: u64, next: &AtomicU64, after
                 .send()
                 .await
         }
-        Scenario::BookSession => {
-            // Each 90-minute session in two hours of its own: the group's facilitator, room and
-            // members are free then, however few groups there are.
+        Scenario::BookSession | Scenario::Series => {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let g = n % a.groups;
             let p = g % a.practitioners;
-            let start = after + DAY + n as i64 * 2 * HOUR;
-            let body = json!({"resourceType": "Parameters", "parameter": [
-                {"name": "start", "valueDateTime": instant(start)},
-                {"name": "end", "valueDateTime": instant(start + 90 * 60)},
-                {"name": "practitioner", "valueReference": {"reference": format!("Practitioner/bench-pr{p}")}},
-                {"name": "location", "valueReference": {"reference": format!("Location/bench-room{p}")}}]});
+            let (start, count) = if scenario == Scenario::BookSession {
+                // Each 90-minute session in two hours of its own: the group's facilitator, room and
+                // members are free then, however few groups there are.
+                (after + DAY + n as i64 * 2 * HOUR, 1)
+            } else {
+                // Series n in a two-hour place of the week (84 of them) of its own block of 12
+                // weeks: no two series, nor any earlier booking, share an hour.
+                (
+                    after + DAY + (n % 84) as i64 * 2 * HOUR + (n / 84) as i64 * 12 * WEEK,
+                    12,
+                )
+            };
+            let mut parameter = vec![
+                json!({"name": "start", "valueDateTime": instant(start)}),
+                json!({"name": "end", "valueDateTime": instant(start + 90 * 60)}),
+                json!({"name": "practitioner", "valueReference": {"reference": format!("Practitioner/bench-pr{p}")}}),
+                json!({"name": "location", "valueReference": {"reference": format!("Location/bench-room{p}")}}),
+            ];
+            if count > 1 {
+                parameter.push(json!({"name": "count", "valueInteger": count}));
+            }
             http.post(c.url(&format!("Group/bench-gr{g}/$book-session")))
                 .header("Content-Type", FHIR_JSON)
-                .body(body.to_string())
-                .send()
-                .await
-        }
-        Scenario::Series => {
-            // Series n in a two-hour place of the week (84 of them) of its own block of 12 weeks:
-            // no two series, nor any earlier booking, share an hour.
-            let n = next.fetch_add(1, Ordering::Relaxed);
-            let g = n % a.groups;
-            let p = g % a.practitioners;
-            let start = after + DAY + (n % 84) as i64 * 2 * HOUR + (n / 84) as i64 * 12 * WEEK;
-            let body = json!({"resourceType": "Parameters", "parameter": [
-                {"name": "start", "valueDateTime": instant(start)},
-                {"name": "end", "valueDateTime": instant(start + 90 * 60)},
-                {"name": "practitioner", "valueReference": {"reference": format!("Practitioner/bench-pr{p}")}},
-                {"name": "location", "valueReference": {"reference": format!("Location/bench-room{p}")}},
-                {"name": "count", "valueInteger": 12}]});
-            http.post(c.url(&format!("Group/bench-gr{g}/$book-session")))
-                .header("Content-Type", FHIR_JSON)
-                .body(body.to_string())
+                .body(json!({"resourceType": "Parameters", "parameter": parameter}).to_string())
                 .send()
                 .await
         }

@@ -4,15 +4,13 @@
 //! OperationDefinition.
 
 use super::docs;
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::{blocking, page_link, query_pairs, read_body, AppState, Ctx};
 use crate::auth::Permission;
 use crate::error::Error;
-use crate::fhir::{self, Format};
-use crate::resources::{dates, local_id, parse_reference, ResourceType, Target};
+use crate::resources::{dates, local_id, parse_reference, Target};
 use crate::scheduling;
 use crate::search::plan::{plan, see_everything};
 use crate::search::Search;
@@ -256,13 +254,7 @@ pub async fn find_post(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     ctx.negotiated()?;
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let format = Format::from_content_type(content_type)?;
-    let body = read_body(&req, payload, state.config.max_body_bytes).await?;
-    let params = fhir::parse_resource(&body, format)?;
-    if params.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(Error::Structure("$find takes a Parameters resource".into()));
-    }
+    let params = super::operations::read_parameters(&req, payload, &state, "$find").await?;
     let mut pairs: Vec<(String, String)> = query_pairs(&req)
         .into_iter()
         .filter(|(k, _)| k.starts_with('_'))
@@ -389,11 +381,7 @@ pub(crate) async fn cancel_series(
     let reason = if body.is_empty() {
         None
     } else {
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let params = fhir::parse_resource(&body, Format::from_content_type(content_type)?)?;
-        if params.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-            return Err(Error::Structure("$cancel-series takes a Parameters resource".into()));
-        }
+        let params = super::operations::parse_parameters(req, &body, "$cancel-series")?;
         let reason = super::operations::parameter(&params, "reason").next().map(|p| {
             p.get("valueString")
                 .and_then(Value::as_str)
@@ -402,22 +390,18 @@ pub(crate) async fn cancel_series(
         });
         reason.transpose()?
     };
-    let rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment is not hosted".into()))?;
+    let rt = super::resource_type("Appointment")?;
     let store = state.store.clone();
     let owned = id.to_string();
     let current = blocking(move || store.read(rt, &owned)).await?;
     let appointment = super::search::parse_body(&current)?;
-    let number = scheduling::recurrence_id(&appointment);
-    let root = match (scheduling::originating_appointment(&appointment), number) {
-        (Some(root), _) => root,
-        (None, Some(_)) => id.to_string(),
-        (None, None) => {
-            return Err(Error::Unprocessable(format!(
-                "Appointment/{id} is not an occurrence of a series (it has no recurrenceId)"
-            )))
-        }
+    // The store keeps every claim well formed (store::scheduling::check_series).
+    let Ok(Some((number, first_id))) = scheduling::series_claim(&appointment) else {
+        return Err(Error::Unprocessable(format!(
+            "Appointment/{id} is not an occurrence of a series (it has no recurrenceId)"
+        )));
     };
-    let number = number.unwrap_or(1);
+    let root = first_id.unwrap_or_else(|| id.to_string());
     // The series: its first occurrence and every Appointment that names it as such (the store lets
     // only the clinic set that, for a first occurrence of the same Group), still to come and not
     // cancelled: what is past does not count against the cap.
@@ -429,9 +413,13 @@ pub(crate) async fn cancel_series(
     ])?;
     let planned = plan(&[rt], &search, true, &see_everything)?;
     let store = state.store.clone();
-    let root_id = root.clone();
+    let root_id = (root != id).then(|| root.clone());
     let (first, later) = blocking(move || {
-        let first = store.read(rt, &root_id).ok();
+        // The first occurrence is this one, already read, or read here.
+        let first = match root_id {
+            Some(r) => store.read(rt, &r).ok(),
+            None => Some(current),
+        };
         store.search_all(&planned, SERIES_CAP).map(|later| (first, later))
     })
     .await?;

@@ -80,6 +80,43 @@ pub async fn instance_operation(
     }
 }
 
+/// The Parameters resource an operation takes as its body: its Content-Type checked (415) before the
+/// body is read, then [`parse_parameters`].
+pub(super) async fn read_parameters(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    operation: &str,
+) -> Result<Value, Error> {
+    body_format(req)?;
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    parse_parameters(req, &body, operation)
+}
+
+/// `body` as the Parameters resource of `operation`, in the format its Content-Type names (415 for
+/// another, 400 for a body that is not a Parameters).
+pub(super) fn parse_parameters(req: &HttpRequest, body: &[u8], operation: &str) -> Result<Value, Error> {
+    let params = fhir::parse_resource(body, body_format(req)?)?;
+    if params.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(Error::Structure(format!("{operation} takes a Parameters resource")));
+    }
+    Ok(params)
+}
+
+fn body_format(req: &HttpRequest) -> Result<Format, Error> {
+    Format::from_content_type(req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()))
+}
+
+/// The one `name` parameter, if given (400 when it is given more than once).
+fn single_parameter<'a>(params: &'a Value, name: &str) -> Result<Option<&'a Value>, Error> {
+    let mut found = parameter(params, name);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(Error::Invalid(format!("parameter '{name}' may be given once")));
+    }
+    Ok(first)
+}
+
 pub(super) fn parameter<'a>(params: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
     let name = name.to_string();
     params
@@ -152,13 +189,7 @@ pub(crate) async fn book_session(
 ) -> Result<HttpResponse, Error> {
     ctx.grant_all("Group", Permission::Read)?;
     ctx.grant_all("Appointment", Permission::Create)?;
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let format = Format::from_content_type(content_type)?;
-    let body = read_body(req, payload, state.config.max_body_bytes).await?;
-    let params = fhir::parse_resource(&body, format)?;
-    if params.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(Error::Structure("$book-session takes a Parameters resource".into()));
-    }
+    let params = read_parameters(req, payload, state, "$book-session").await?;
     let (start_text, start) = time_parameter(&params, "start")?;
     let (end_text, end) = time_parameter(&params, "end")?;
     if end <= start {
@@ -198,7 +229,7 @@ pub(crate) async fn book_session(
     let beyond = || Error::Invalid("the series reaches past the year 9999".into());
 
     let group = read_json(state, "Group", group_id).await?;
-    let appointment_rt = ResourceType::parse("Appointment").ok_or_else(|| Error::Internal("Appointment".into()))?;
+    let appointment_rt = resource_type("Appointment")?;
     let ids: Vec<String> = (0..count).map(|_| crate::resources::new_id()).collect();
     let mut ops = Vec::with_capacity(ids.len());
     let mut invited: Vec<String> = Vec::new();
@@ -353,13 +384,9 @@ fn session_participants(practitioners: &[String], locations: &[String], members:
 
 /// An optional valueInteger parameter within [min, max] (400 otherwise).
 fn integer_parameter(params: &Value, name: &str, min: i64, max: i64) -> Result<Option<i64>, Error> {
-    let mut found = parameter(params, name);
-    let Some(p) = found.next() else {
+    let Some(p) = single_parameter(params, name)? else {
         return Ok(None);
     };
-    if found.next().is_some() {
-        return Err(Error::Invalid(format!("parameter '{name}' may be given once")));
-    }
     match p.get("valueInteger").and_then(Value::as_i64) {
         Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
         _ => Err(Error::Invalid(format!(
@@ -372,13 +399,9 @@ fn integer_parameter(params: &Value, name: &str, min: i64, max: i64) -> Result<O
 /// each Appointment: one sub-extension per part, with the part's value (the store checks the
 /// extension's shape and maxParticipants, as for any Appointment written).
 fn virtual_service_parameter(params: &Value) -> Result<Option<Value>, Error> {
-    let mut found = parameter(params, "virtualService");
-    let Some(p) = found.next() else {
+    let Some(p) = single_parameter(params, "virtualService")? else {
         return Ok(None);
     };
-    if found.next().is_some() {
-        return Err(Error::Invalid("parameter 'virtualService' may be given once".into()));
-    }
     let parts = p.get("part").and_then(Value::as_array).filter(|a| !a.is_empty()).ok_or_else(|| {
         Error::Invalid("parameter 'virtualService' takes parts: channelType, address, additionalInfo, maxParticipants, sessionKey".into())
     })?;

@@ -349,12 +349,17 @@ pub fn invited_people(appointment: &Value) -> usize {
         .count()
 }
 
-/// Whether an appointment carries the host's key of its video service.
-pub fn has_session_key(appointment: &Value) -> bool {
+/// The host's key part of an appointment's video service, if it carries one.
+fn session_key(appointment: &Value) -> Option<&Value> {
     virtual_services(appointment)
         .filter_map(|e| e.get("extension").and_then(Value::as_array))
         .flatten()
-        .any(|p| p.get("url").and_then(Value::as_str) == Some(SESSION_KEY))
+        .find(|p| p.get("url").and_then(Value::as_str) == Some(SESSION_KEY))
+}
+
+/// Whether an appointment carries the host's key of its video service.
+pub fn has_session_key(appointment: &Value) -> bool {
+    session_key(appointment).is_some()
 }
 
 /// Removes the host's key from every virtualService extension of an appointment (an extension left
@@ -389,11 +394,7 @@ pub fn strip_session_key(appointment: &mut Value) {
 /// into incoming's (first) virtualService extension, or as the service it was when the client saw
 /// none (it held the key alone). A client who removes a service it saw removes its key with it.
 pub fn keep_session_key(incoming: &mut Value, stored: &Value) {
-    let key: Option<Value> = virtual_services(stored)
-        .filter_map(|e| e.get("extension").and_then(Value::as_array))
-        .flatten()
-        .find(|p| p.get("url").and_then(Value::as_str) == Some(SESSION_KEY))
-        .cloned();
+    let key = session_key(stored).cloned();
     let mut seen = stored.clone();
     strip_session_key(&mut seen);
     strip_session_key(incoming);
@@ -425,31 +426,14 @@ pub fn keep_session_key(incoming: &mut Value, stored: &Value) {
     }
 }
 
-/// The occurrence number of an appointment in its series (R5 recurrenceId), if it has one.
-pub fn recurrence_id(appointment: &Value) -> Option<u64> {
-    extension_value(appointment, APPOINTMENT_RECURRENCE_ID)?
-        .get("valuePositiveInt")?
-        .as_u64()
-}
-
-/// The id of the first occurrence of the series an appointment belongs to (R5
-/// originatingAppointment, a local reference), if it names one.
-pub fn originating_appointment(appointment: &Value) -> Option<String> {
-    let reference = extension_value(appointment, APPOINTMENT_ORIGINATING)?
-        .get("valueReference")?
-        .get("reference")?
-        .as_str()?;
-    local_id(reference, "Appointment")
-}
-
 /// The place in a series an appointment claims: its recurrenceId and, from the second occurrence
 /// on, the id of the first (originatingAppointment). None for an appointment of no series; an error
 /// for a claim that cannot be: a recurrenceId that is not a positiveInt, an originatingAppointment
 /// that is not a local Appointment reference, a later occurrence without its first, or a first
 /// (recurrenceId 1) that names one.
 pub fn series_claim(appointment: &Value) -> Result<Option<(u64, Option<String>)>, String> {
-    let number = extension_value(appointment, APPOINTMENT_RECURRENCE_ID);
-    let origin = extension_value(appointment, APPOINTMENT_ORIGINATING);
+    let number = extension(appointment, APPOINTMENT_RECURRENCE_ID);
+    let origin = extension(appointment, APPOINTMENT_ORIGINATING);
     if number.is_none() && origin.is_none() {
         return Ok(None);
     }
@@ -476,7 +460,8 @@ pub fn series_claim(appointment: &Value) -> Result<Option<(u64, Option<String>)>
     }
 }
 
-fn extension_value<'a>(resource: &'a Value, url: &str) -> Option<&'a Value> {
+/// The extension of `resource` (a resource or an element) with this url.
+fn extension<'a>(resource: &'a Value, url: &str) -> Option<&'a Value> {
     resource
         .get("extension")?
         .as_array()?
@@ -498,12 +483,10 @@ pub fn patient_ids(appointment: &Value) -> Vec<String> {
 
 /// The Group of a group session (the id of a local reference in the R5 subject extension).
 pub fn session_group(appointment: &Value) -> Option<String> {
-    let ext = appointment
-        .get("extension")?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some(APPOINTMENT_SUBJECT))?;
-    let reference = ext.get("valueReference")?.get("reference")?.as_str()?;
+    let reference = extension(appointment, APPOINTMENT_SUBJECT)?
+        .get("valueReference")?
+        .get("reference")?
+        .as_str()?;
     local_id(reference, "Group")
 }
 
@@ -537,12 +520,7 @@ pub fn active_members(group: &Value, at_ms: i64) -> Vec<String> {
 
 /// The capacity extension of a group, if any.
 pub fn capacity(group: &Value, canonical: &Canonical) -> Option<u64> {
-    let url = canonical.group_capacity();
-    group
-        .get("extension")?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))?
+    extension(group, &canonical.group_capacity())?
         .get("valuePositiveInt")?
         .as_u64()
 }
@@ -562,12 +540,7 @@ pub fn keep_group_quantity(group: &mut Value, now_ms: i64) {
 
 /// A participant's attendance code (attended, no-show, late-cancel), from our extension.
 pub fn attendance<'a>(participant: &'a Value, canonical: &Canonical) -> Option<&'a str> {
-    let url = canonical.participant_attendance();
-    participant
-        .get("extension")?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))?
+    extension(participant, &canonical.participant_attendance())?
         .get("valueCode")?
         .as_str()
 }

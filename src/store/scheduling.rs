@@ -55,8 +55,7 @@ pub(super) fn free_bookings(tx: &mut Tx, id: &str) -> Result<(), Abort> {
 /// service takes everyone invited (a maxParticipants below the people invited is 422): a stored
 /// session never promises what its video service cannot hold.
 fn check_video_session(appointment: &Value, previous: Option<&Value>) -> Result<(), Abort> {
-    let services = |a: &Value| scheduling::virtual_services(a).cloned().collect::<Vec<_>>();
-    if previous.is_none_or(|p| services(p) != services(appointment)) {
+    if previous.is_none_or(|p| !scheduling::virtual_services(p).eq(scheduling::virtual_services(appointment))) {
         scheduling::check_virtual_service(appointment).map_err(Error::Unprocessable)?;
     }
     if scheduling::held_window(appointment).is_none() {
@@ -102,10 +101,8 @@ fn check_series(c: &mut AnyConnection, change: &Change, appointment: &Value) -> 
     if first == change.id {
         return Err(invalid("is this Appointment itself"));
     }
-    let root = load_current(c, super::reads::hosted("Appointment")?, &first)?
-        .filter(|cur| !cur.deleted)
-        .and_then(|cur| cur.body)
-        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+    let (_, root) = super::reads::current_bodies(c, "Appointment", std::slice::from_ref(&first))?
+        .pop()
         .ok_or_else(|| invalid("does not exist on this server"))?;
     if scheduling::series_claim(&root).ok().flatten() != Some((1, None)) {
         return Err(invalid("is not the first occurrence of a series (recurrenceId 1)"));
