@@ -417,6 +417,14 @@ both_backends! {
         ] {
             assert!(text.contains("https://video.example/j/123") && !text.contains("host-key-8841"), "{text}");
         }
+        // Nor through Bulk Data or a notification: a client's token may start neither.
+        let res = p1.get(app.url("Patient/$export")).header("Prefer", "respond-async").send().await.unwrap();
+        assert_outcome(res, 403, "forbidden").await;
+        let p1s = app.client_with("patient/*.cruds", Some("p1"));
+        let hook = json!({"resourceType": "Subscription", "status": "requested", "reason": "my sessions",
+            "criteria": "Appointment?patient=Patient/p1", "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"}});
+        let res = p1s.post(app.url("Subscription")).header("Content-Type", FHIR_JSON).body(hook.to_string()).send().await.unwrap();
+        assert_eq!(res.status(), 403, "{}", res.text().await.unwrap());
         // Her token may write her own session back (here, marking her reply) without the key: the
         // clinic's key stays, and one she sends is not taken. A patch cannot test for the key.
         let p1w = app.client_with("patient/*.cruds", Some("p1"));
