@@ -43,6 +43,12 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
 /// How long a writer that has not written its batch may go on before readiness reports it.
 const STALLED: Duration = Duration::from_secs(5);
+/// How often the indexer moves the references of the events written since into audit_refs (see
+/// Store::index_audit_refs). The references wait that long in audit_refs_pending, which searches
+/// scan: at 30,000 events a second, some 15,000 rows.
+const INDEX_EVERY: Duration = Duration::from_millis(500);
+/// Events whose references one indexing transaction moves at most.
+const INDEX_BATCH: usize = 20_000;
 /// How long shutdown waits for queued events to be written to a database that does not take them.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
@@ -582,6 +588,7 @@ pub struct AuditSink {
 pub struct AuditWriter {
     progress: Arc<Progress>,
     thread: Option<JoinHandle<()>>,
+    indexer: Option<JoinHandle<()>>,
 }
 
 /// Where the writer puts events: the [`Store`], or a test double.
@@ -604,17 +611,32 @@ impl AuditSink {
         let shared = progress.clone();
         let thread = std::thread::Builder::new()
             .name("tandem-audit".into())
-            .spawn(move || write_loop(&store, &rx, &shared))
+            .spawn({
+                let store = store.clone();
+                move || write_loop(&store, &rx, &shared)
+            })
             .ok();
         if thread.is_none() {
             tracing::error!("the audit writer thread could not start");
+        }
+        let shared = progress.clone();
+        let indexer = std::thread::Builder::new()
+            .name("tandem-audit-index".into())
+            .spawn(move || index_loop(&store, &shared))
+            .ok();
+        if indexer.is_none() {
+            tracing::error!("the audit indexer thread could not start");
         }
         (
             AuditSink {
                 tx,
                 progress: progress.clone(),
             },
-            AuditWriter { progress, thread },
+            AuditWriter {
+                progress,
+                thread,
+                indexer,
+            },
         )
     }
 
@@ -661,6 +683,62 @@ impl AuditWriter {
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 tracing::error!("the audit writer panicked");
+            }
+        }
+        // The indexer stops at its next look (references still waiting are moved by the next
+        // start's indexer, and found by searches meanwhile).
+        if let Some(indexer) = self.indexer.take() {
+            if indexer.join().is_err() {
+                tracing::error!("the audit indexer panicked");
+            }
+        }
+    }
+}
+
+/// The indexer: every [`INDEX_EVERY`], moves the references waiting in audit_refs_pending into
+/// audit_refs, [`INDEX_BATCH`] events per transaction, until fewer than that wait.
+fn index_loop(store: &Store, progress: &Progress) {
+    // The seq of an event whose references the store refused: left waiting behind (see below).
+    let mut after = 0;
+    loop {
+        let mut slept = Duration::ZERO;
+        while slept < INDEX_EVERY {
+            if progress.stopping() {
+                return;
+            }
+            std::thread::sleep(IDLE_CHECK.min(INDEX_EVERY));
+            slept += IDLE_CHECK.min(INDEX_EVERY);
+        }
+        while !progress.stopping() {
+            match index_once(store, &mut after) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "indexing audit references failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One indexing transaction; true when a full batch was moved (more may wait). A batch the store
+/// refuses is halved until the one event it refuses is found; that event's references stay in
+/// audit_refs_pending, where searches still find them, and the indexer goes on past it: no event
+/// can stop the indexing of the others.
+fn index_once(store: &Store, after: &mut i64) -> Result<bool, Error> {
+    let mut max = INDEX_BATCH;
+    loop {
+        match store.index_audit_refs(max, *after) {
+            Ok(moved) => return Ok(moved == max),
+            Err(e @ Error::Unavailable(_)) => return Err(e),
+            Err(_) if max > 1 => max /= 2,
+            Err(e) => {
+                if let Some(seq) = store.oldest_pending_audit_ref(*after)? {
+                    tracing::error!(cause = %e, seq, "the store refused an audit event's references; they stay in audit_refs_pending");
+                    *after = seq;
+                }
+                return Ok(true);
             }
         }
     }

@@ -56,15 +56,30 @@ fn column_equals(sql: &mut Sql, column: &str, values: &[String]) {
     sql.push(")");
 }
 
+/// Events with a `kind` reference to one of `values`: those already indexed (audit_refs, by its
+/// key), and those whose references still wait for the indexer (audit_refs_pending, a short table,
+/// scanned; see Store::index_audit_refs). One statement reads both, so each event is found once.
 fn refs(sql: &mut Sql, kind: &str, values: &[String], default_type: Option<&str>) {
+    let values: Vec<String> = values
+        .iter()
+        .map(|v| match default_type {
+            Some(t) if !v.contains('/') => format!("{t}/{v}"),
+            _ => v.clone(),
+        })
+        .collect();
     sql.push("a.id IN (SELECT event_id FROM audit_refs WHERE kind = ")
         .text_bind(kind)
         .push(" AND ref IN (")
-        .text_binds(values.iter().map(|v| match default_type {
-            Some(t) if !v.contains('/') => format!("{t}/{v}"),
-            _ => v.clone(),
-        }))
-        .push("))");
+        .text_binds(values.iter().cloned())
+        .push(") UNION ALL SELECT event_id FROM audit_refs_pending WHERE ");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        // A reference with a line break can match no stored one (see store::audit::pending_refs).
+        sql.contains("refs", &format!("\n{kind}|{v}\n"));
+    }
+    sql.push(")");
 }
 
 /// Plans an AuditEvent search. Unknown parameters are ignored (reported) or, with `strict`, refused.

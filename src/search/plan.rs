@@ -77,6 +77,17 @@ impl Sql {
         self
     }
 
+    /// `column` holds `needle` as it is (no pattern, case-sensitive): SQLite's `instr`, which
+    /// [`Sql::text_for`] writes as PostgreSQL's `strpos` (the same arguments and answer).
+    pub fn contains(&mut self, column: &str, needle: &str) -> &mut Self {
+        self.text.push_str("instr(");
+        self.text.push_str(column);
+        self.text.push_str(", ");
+        self.text_bind(needle);
+        self.text.push_str(") > 0");
+        self
+    }
+
     pub fn append(&mut self, other: &Sql) -> &mut Self {
         self.text.push_str(&other.text);
         self.binds.extend(other.binds.iter().cloned());
@@ -84,14 +95,16 @@ impl Sql {
     }
 
     /// The text with `$1, $2…` placeholders for PostgreSQL, or as it is for SQLite.
-    /// (Every value is bound, so the only `?` in the text are placeholders.)
+    /// (Every value is bound, so the only `?` in the text are placeholders, and `instr(` is
+    /// [`Sql::contains`]'s.)
     pub fn text_for(&self, postgres: bool) -> String {
         if !postgres {
             return self.text.clone();
         }
-        let mut out = String::with_capacity(self.text.len() + 16);
+        let text = self.text.replace("instr(", "strpos(");
+        let mut out = String::with_capacity(text.len() + 16);
         let mut n = 0;
-        for c in self.text.chars() {
+        for c in text.chars() {
             if c == '?' {
                 n += 1;
                 out.push('$');

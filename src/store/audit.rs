@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
-use super::schema::{audit_events, audit_refs};
+use super::schema::{audit_events, audit_refs, audit_refs_pending};
 use super::search::{load, CountRow};
 use super::{AnyConnection, Store};
 use crate::error::Error;
@@ -26,6 +26,19 @@ pub struct AuditRow {
     pub refs: Vec<(&'static str, String)>,
 }
 
+/// An event's references as audit_refs_pending keeps them: `\nkind|ref` each, then `\n`.
+pub(crate) fn pending_refs(refs: &[(&'static str, String)]) -> String {
+    let mut out = String::with_capacity(refs.iter().map(|(k, r)| k.len() + r.len() + 2).sum::<usize>() + 1);
+    for (kind, reference) in refs {
+        out.push('\n');
+        out.push_str(kind);
+        out.push('|');
+        out.push_str(reference);
+    }
+    out.push('\n');
+    out
+}
+
 /// A page of AuditEvents, and the cursor of the next one.
 #[derive(Debug)]
 pub struct AuditPage {
@@ -44,6 +57,9 @@ struct AuditHit {
 
 /// Rows per INSERT statement (SQLite allows 32,766 bound values; 10 columns each).
 const INSERT_CHUNK: usize = 200;
+
+/// Reference rows per INSERT statement when the indexer moves them (3 columns each).
+const REF_CHUNK: usize = 2_000;
 
 impl Store {
     /// Appends a batch of events in one transaction.
@@ -83,26 +99,112 @@ impl Store {
                         .collect(),
                     INSERT_CHUNK
                 );
+                // The references wait in audit_refs_pending, one appended row per event, for
+                // the indexer (Store::index_audit_refs) to move them into audit_refs sorted.
                 insert_rows!(
                     c,
-                    audit_refs::table,
+                    audit_refs_pending::table,
                     chunk
                         .iter()
-                        .flat_map(|r| {
-                            r.refs.iter().map(move |(kind, reference)| {
-                                (
-                                    audit_refs::event_id.eq(&r.id),
-                                    audit_refs::kind.eq(*kind),
-                                    audit_refs::ref_.eq(reference),
-                                )
-                            })
+                        .filter(|r| !r.refs.is_empty())
+                        .map(|r| {
+                            (
+                                audit_refs_pending::event_id.eq(&r.id),
+                                audit_refs_pending::refs.eq(pending_refs(&r.refs)),
+                            )
                         })
                         .collect(),
-                    INSERT_CHUNK * 3
+                    INSERT_CHUNK
                 );
             }
             Ok(())
         })
+    }
+
+    /// Moves the references of up to `max_events` of the oldest events waiting in
+    /// audit_refs_pending into audit_refs, sorted by (kind, ref, event), in one transaction: the
+    /// rows deleted there are exactly the rows inserted here (`DELETE … RETURNING`), so a search,
+    /// which reads both tables in one statement, finds each event once at every moment, and
+    /// indexers of several replicas sharing a PostgreSQL database never move a row twice (each
+    /// skips the rows another has locked). Returns the events moved.
+    /// Only events after `after` (a seq) are moved: the indexer passes the seq of an event whose
+    /// references the store refused, so that it stays behind, still found by searches there.
+    pub fn index_audit_refs(&self, max_events: usize, after: i64) -> Result<usize, Error> {
+        #[derive(QueryableByName)]
+        struct Moved {
+            #[diesel(sql_type = Text)]
+            event_id: String,
+            #[diesel(sql_type = Text)]
+            refs: String,
+        }
+        let mut pooled = self.pool.get()?;
+        let conn: &mut AnyConnection = &mut pooled;
+        let max = i64::try_from(max_events).unwrap_or(i64::MAX);
+        conn.transaction::<usize, Error, _>(|c| {
+            let moved: Vec<Moved> = match c {
+                AnyConnection::Postgresql(pg) => {
+                    diesel::sql_query("SET LOCAL synchronous_commit = off").execute(pg)?;
+                    diesel::sql_query(
+                        "DELETE FROM audit_refs_pending WHERE seq IN (SELECT seq FROM audit_refs_pending \
+                         WHERE seq > $1 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING event_id, refs",
+                    )
+                    .bind::<BigInt, _>(after)
+                    .bind::<BigInt, _>(max)
+                    .load(pg)?
+                }
+                AnyConnection::Sqlite(lite) => diesel::sql_query(
+                    "DELETE FROM audit_refs_pending WHERE seq IN (SELECT seq FROM audit_refs_pending \
+                     WHERE seq > ? ORDER BY seq LIMIT ?) RETURNING event_id, refs",
+                )
+                .bind::<BigInt, _>(after)
+                .bind::<BigInt, _>(max)
+                .load(lite)?,
+            };
+            let mut rows: Vec<(&str, &str, &str)> = moved
+                .iter()
+                .flat_map(|m| {
+                    m.refs
+                        .split('\n')
+                        .filter_map(|r| r.split_once('|'))
+                        .map(move |(kind, reference)| (kind, reference, m.event_id.as_str()))
+                })
+                .collect();
+            // In key order: each page of the (kind, ref, event) B-tree is then written once per
+            // batch, however many of the batch's rows land on it.
+            rows.sort_unstable();
+            let values: Vec<_> = rows
+                .iter()
+                .map(|(kind, reference, event)| {
+                    (
+                        audit_refs::event_id.eq(*event),
+                        audit_refs::kind.eq(*kind),
+                        audit_refs::ref_.eq(*reference),
+                    )
+                })
+                .collect();
+            for part in values.chunks(REF_CHUNK) {
+                match &mut *c {
+                    // An event's references were each inserted once; a row already there (a trail
+                    // copied by adopt_audit_trail) is left as it is.
+                    AnyConnection::Sqlite(lite) => diesel::insert_or_ignore_into(audit_refs::table)
+                        .values(part)
+                        .execute(lite)?,
+                    AnyConnection::Postgresql(pg) => diesel::insert_into(audit_refs::table).values(part).execute(pg)?,
+                };
+            }
+            Ok(moved.len())
+        })
+    }
+
+    /// The oldest event after `after` whose references wait for the indexer.
+    pub fn oldest_pending_audit_ref(&self, after: i64) -> Result<Option<i64>, Error> {
+        let mut conn = self.pool.get()?;
+        Ok(audit_refs_pending::table
+            .filter(audit_refs_pending::seq.gt(after))
+            .select(audit_refs_pending::seq)
+            .order(audit_refs_pending::seq)
+            .first(&mut conn)
+            .optional()?)
     }
 
     /// SQLite: takes over the trail kept in the main file `main_path` by a version before the trail
@@ -144,6 +246,17 @@ impl Store {
                     "INSERT OR IGNORE INTO audit_refs (kind, ref, event_id) SELECT kind, ref, event_id FROM tandem_main.audit_refs",
                 )
                 .execute(c)?;
+                // References that were still waiting for that file's indexer wait here.
+                let has_pending: CountRow = diesel::sql_query(
+                    "SELECT COUNT(*) AS n FROM tandem_main.sqlite_master WHERE type = 'table' AND name = 'audit_refs_pending'",
+                )
+                .get_result(c)?;
+                if has_pending.n > 0 {
+                    diesel::sql_query(
+                        "INSERT INTO audit_refs_pending (event_id, refs) SELECT event_id, refs FROM tandem_main.audit_refs_pending ORDER BY seq",
+                    )
+                    .execute(c)?;
+                }
                 Ok(n)
             })
         })();

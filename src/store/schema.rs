@@ -183,6 +183,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    audit_refs_pending (seq) {
+        seq -> BigInt,
+        event_id -> Text,
+        refs -> Text,
+    }
+}
+
+diesel::table! {
     export_jobs (id) {
         id -> Text,
         state -> Text,

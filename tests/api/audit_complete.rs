@@ -243,3 +243,104 @@ both_backends! {
         events_until(&app, "subtype=operation", |es| with_request(es, &export).is_some()).await;
     }
 }
+
+/// The ids of `AuditEvent?{query}` as the store answers it (every page), and its accurate total.
+fn store_search(store: &tandem::store::Store, query: &[(&str, &str)]) -> (Vec<String>, i64) {
+    let pairs: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let plan = tandem::search::audit::plan_audit(&tandem::search::Search::parse(&pairs).unwrap(), true).unwrap();
+    let (mut ids, mut cursor, mut total) = (Vec::new(), None, None);
+    loop {
+        let page = store.audit_search(&plan, 4, cursor, total.is_none()).unwrap();
+        total = total.or(page.total);
+        ids.extend(page.bodies.iter().map(|b| {
+            serde_json::from_str::<Value>(b).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return (ids, total.unwrap()),
+        }
+    }
+}
+
+fn event(id: &str, refs: &[(&'static str, &str)]) -> tandem::store::AuditRow {
+    tandem::store::AuditRow {
+        id: id.into(),
+        recorded: 1_800_000_000_000,
+        action: "R".into(),
+        subtype: "read".into(),
+        outcome: "0".into(),
+        altid: None,
+        client_id: None,
+        address: None,
+        body: json!({"id": id, "recorded": 1_800_000_000_000_i64, "interaction": "read", "status": 200, "request_id": id, "method": "GET"}).to_string(),
+        refs: refs.iter().map(|(k, r)| (*k, r.to_string())).collect(),
+    }
+}
+
+both_backends! {
+    async fn a_search_is_exact_across_the_indexed_and_the_waiting_references(app: TestApp) {
+        // A store of its own, with no indexer running: the test moves the references itself.
+        let db = TestDb::new(app.backend);
+        let store = tandem::store::Store::open_audit(&db.audit_url(), 2, 10_000).unwrap();
+        store.migrate().unwrap();
+        let mut rows = Vec::new();
+        for i in 0..30 {
+            rows.push(event(&format!("ann-{i:02}"), &[("agent", "Practitioner/p|1"), ("entity", "Patient/ann"), ("patient", "Patient/ann")]));
+        }
+        // Look-alikes that must not match: a longer id, a shorter one, the same id of another kind.
+        rows.push(event("anna", &[("patient", "Patient/anna")]));
+        rows.push(event("an", &[("patient", "Patient/an")]));
+        rows.push(event("entity-only", &[("entity", "Patient/ann")]));
+        rows.push(event("none", &[]));
+        for part in rows.chunks(7) {
+            store.insert_audit(part).unwrap();
+        }
+        let ann: Vec<String> = (0..30).rev().map(|i| format!("ann-{i:02}")).collect();
+        let check = |moment: &str| {
+            let (ids, total) = store_search(&store, &[("patient", "Patient/ann")]);
+            assert_eq!(ids, ann, "{moment}: each event once, newest first");
+            assert_eq!(total, 30, "{moment}");
+            let (ids, _) = store_search(&store, &[("patient", "ann,an")]);
+            assert_eq!(ids.len(), 31, "{moment}: {ids:?}");
+            let (ids, total) = store_search(&store, &[("entity", "Patient/ann")]);
+            assert_eq!((ids.len(), total), (31, 31), "{moment}");
+            let (_, total) = store_search(&store, &[("agent", "Practitioner/p|1"), ("patient", "Patient/ann")]);
+            assert_eq!(total, 30, "{moment}");
+            let (_, total) = store_search(&store, &[("agent", "Practitioner/p")]);
+            assert_eq!(total, 0, "{moment}: a prefix of a reference is not the reference");
+        };
+        check("all waiting");
+        // Part moved: the oldest 12 events' references are indexed, the rest wait.
+        assert_eq!(store.index_audit_refs(12, 0).unwrap(), 12);
+        check("12 indexed, the rest waiting");
+        // Everything moved; nothing is moved twice.
+        assert_eq!(store.index_audit_refs(1000, 0).unwrap(), rows.iter().filter(|r| !r.refs.is_empty()).count() - 12);
+        assert_eq!(store.index_audit_refs(1000, 0).unwrap(), 0);
+        check("all indexed");
+    }
+
+    async fn the_indexer_moves_the_references_behind_the_writer(app: TestApp) {
+        let (status, id) = sent(app.client.put(app.url("Patient/ann")).header("Content-Type", FHIR_JSON).body(json!({"resourceType": "Patient", "id": "ann"}).to_string())).await;
+        assert_eq!(status, 201);
+        for _ in 0..5 {
+            assert_eq!(app.client.get(app.url("Patient/ann")).send().await.unwrap().status(), 200);
+        }
+        let events = events_until(&app, "patient=Patient/ann", |es| with_request(es, &id).is_some() && es.len() == 6).await;
+        assert_eq!(events.len(), 6);
+        // Within a few indexer rounds nothing waits, and the same search finds the same events.
+        let audit = app.db.audit_url();
+        let waiting = || TestApp::count_on(app.backend, &audit, "SELECT COUNT(*) AS n FROM audit_refs_pending");
+        for _ in 0..100 {
+            if waiting() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(waiting(), 0, "the references were indexed");
+        let again = events_until(&app, "patient=Patient/ann", |es| es.len() == 6).await;
+        assert_eq!(again, events);
+    }
+}

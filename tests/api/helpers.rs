@@ -282,14 +282,19 @@ impl TestApp {
 
     /// Runs `SELECT COUNT(*) AS n …` directly on the test database (to look at the index tables).
     pub fn count(&self, sql: &str) -> i64 {
+        TestApp::count_on(self.backend, &self.db.url, sql)
+    }
+
+    /// Runs `SELECT COUNT(*) AS n …` directly on the database at `url` (the audit trail's, say).
+    pub fn count_on(backend: Backend, url: &str, sql: &str) -> i64 {
         #[derive(diesel::QueryableByName)]
         struct Count {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        match self.backend {
+        match backend {
             Backend::Sqlite => {
-                let path = self.db.url.trim_start_matches("sqlite://");
+                let path = url.trim_start_matches("sqlite://");
                 let mut conn = diesel::SqliteConnection::establish(path).expect("open the test SQLite file");
                 diesel::sql_query(sql)
                     .get_result::<Count>(&mut conn)
@@ -297,7 +302,7 @@ impl TestApp {
                     .n
             }
             Backend::Postgres => {
-                let mut conn = PgConnection::establish(&self.db.url).expect("connect to the test schema");
+                let mut conn = PgConnection::establish(url).expect("connect to the test schema");
                 diesel::sql_query(sql)
                     .get_result::<Count>(&mut conn)
                     .expect("count query")
