@@ -61,6 +61,53 @@ const INSERT_CHUNK: usize = 200;
 /// Reference rows per INSERT statement when the indexer moves them (3 columns each).
 const REF_CHUNK: usize = 2_000;
 
+/// [`Store::insert_audit`] on PostgreSQL: the batch in two statements of a fixed text (see
+/// store::fixed), whatever its size.
+fn insert_audit_pg(pg: &mut diesel::PgConnection, rows: &[AuditRow]) -> Result<(), Error> {
+    use super::fixed::{col, insert, Bind, Fixed};
+    // The batch's commit does not wait for its WAL to be flushed (the rest of the server's
+    // transactions still do). A crash of the database server may then lose the batches of its
+    // last moments (up to three wal_writer_delay, 600 ms by default); the events are held in
+    // memory that long already (audit::GATHER), and nothing else may be lost: a transaction is
+    // never half applied.
+    Fixed::new("SET LOCAL synchronous_commit = off", Vec::new()).execute(pg)?;
+    insert(
+        pg,
+        rows.len(),
+        // In the batch's order, which seq keeps.
+        "INSERT INTO audit_events (id, recorded, action, subtype, outcome, altid, client_id, address, body) \
+         SELECT id, recorded, action, subtype, outcome, altid, client_id, address, body \
+         FROM unnest(?, ?, ?, ?, ?, ?, ?, ?, ?) WITH ORDINALITY \
+         AS u(id, recorded, action, subtype, outcome, altid, client_id, address, body, n) ORDER BY n",
+        vec![
+            Bind::Text(col(rows, |r| r.id.as_str())),
+            Bind::Int(col(rows, |r| r.recorded)),
+            Bind::Text(col(rows, |r| r.action.as_str())),
+            Bind::Text(col(rows, |r| r.subtype.as_str())),
+            Bind::Text(col(rows, |r| r.outcome.as_str())),
+            Bind::OptText(col(rows, |r| r.altid.as_deref())),
+            Bind::OptText(col(rows, |r| r.client_id.as_deref())),
+            Bind::OptText(col(rows, |r| r.address.as_deref())),
+            Bind::Text(col(rows, |r| r.body.as_str())),
+        ],
+    )?;
+    let waiting: Vec<(&str, String)> = rows
+        .iter()
+        .filter(|r| !r.refs.is_empty())
+        .map(|r| (r.id.as_str(), pending_refs(&r.refs)))
+        .collect();
+    insert(
+        pg,
+        waiting.len(),
+        "INSERT INTO audit_refs_pending (event_id, refs) SELECT * FROM unnest(?, ?)",
+        vec![
+            Bind::Text(col(&waiting, |w| w.0)),
+            Bind::Text(col(&waiting, |w| w.1.as_str())),
+        ],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Appends a batch of events in one transaction.
     pub fn insert_audit(&self, rows: &[AuditRow]) -> Result<(), Error> {
@@ -75,7 +122,7 @@ impl Store {
             // events are held in memory that long already (audit::GATHER), and nothing else may
             // be lost: a transaction is never half applied.
             if let AnyConnection::Postgresql(pg) = c {
-                diesel::sql_query("SET LOCAL synchronous_commit = off").execute(pg)?;
+                return insert_audit_pg(pg, rows);
             }
             for chunk in rows.chunks(INSERT_CHUNK) {
                 insert_rows!(

@@ -3,6 +3,7 @@
 
 use diesel::prelude::*;
 
+use super::fixed::{col, insert, Bind};
 use super::schema::{idx_composite, idx_date, idx_number, idx_position, idx_reference, idx_string, idx_token, idx_uri};
 use super::AnyConnection;
 use crate::resources::{index, ResourceType};
@@ -38,6 +39,9 @@ pub(super) fn write_index(
     id: &str,
     e: &index::Entries,
 ) -> Result<(), diesel::result::Error> {
+    if let AnyConnection::Postgresql(pg) = c {
+        return write_index_pg(pg, rt, id, e);
+    }
     let t = rt.as_str();
     insert_rows!(
         c,
@@ -188,5 +192,140 @@ pub(super) fn write_index(
             .collect(),
         INDEX_CHUNK
     );
+    Ok(())
+}
+
+/// PostgreSQL: each table's rows in one statement of a fixed text (see store::fixed), prepared
+/// once per connection instead of parsed and planned again for every write.
+fn write_index_pg(
+    pg: &mut diesel::PgConnection,
+    rt: ResourceType,
+    id: &str,
+    e: &index::Entries,
+) -> Result<(), diesel::result::Error> {
+    use Bind::{Float, Int, One, OptBool, OptInt, OptText, Text};
+    let t = rt.as_str();
+    let v = &e.tokens;
+    insert(
+        pg,
+        v.len(),
+        "INSERT INTO idx_token (res_type, res_id, param, system, code, display) \
+         SELECT ?, ?, * FROM unnest(?, ?, ?, ?)",
+        vec![
+            One(t),
+            One(id),
+            Text(col(v, |x| x.param.as_str())),
+            OptText(col(v, |x| x.system.as_deref())),
+            OptText(col(v, |x| x.code.as_deref())),
+            OptText(col(v, |x| x.display.as_deref())),
+        ],
+    )?;
+    let v = &e.strings;
+    insert(
+        pg,
+        v.len(),
+        "INSERT INTO idx_string (res_type, res_id, param, norm, norm_full, exact) \
+         SELECT ?, ?, * FROM unnest(?, ?, ?, ?)",
+        vec![
+            One(t),
+            One(id),
+            Text(col(v, |x| x.param.as_str())),
+            Text(col(v, |x| x.norm.as_str())),
+            OptText(col(v, |x| x.norm_full.as_deref())),
+            Text(col(v, |x| x.exact.as_str())),
+        ],
+    )?;
+    let v = &e.dates;
+    insert(
+        pg,
+        v.len(),
+        "INSERT INTO idx_date (res_type, res_id, param, low, high) SELECT ?, ?, * FROM unnest(?, ?, ?)",
+        vec![
+            One(t),
+            One(id),
+            Text(col(v, |x| x.param.as_str())),
+            Int(col(v, |x| x.low)),
+            Int(col(v, |x| x.high)),
+        ],
+    )?;
+    let when = index::timeline(rt, e);
+    let v = &e.references;
+    insert(
+        pg,
+        v.len(),
+        "INSERT INTO idx_reference (res_type, res_id, param, target_type, target_id, url, date_low, date_high, date_long) \
+         SELECT ?, ?, * FROM unnest(?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            One(t),
+            One(id),
+            Text(col(v, |x| x.param.as_str())),
+            OptText(col(v, |x| x.target_type.as_deref())),
+            OptText(col(v, |x| x.target_id.as_deref())),
+            OptText(col(v, |x| x.url.as_deref())),
+            OptInt(col(v, |_| when.map(|w| w.low))),
+            OptInt(col(v, |_| when.map(|w| w.high))),
+            OptBool(col(v, |_| when.map(|w| w.long))),
+        ],
+    )?;
+    let v = &e.uris;
+    insert(
+        pg,
+        v.len(),
+        "INSERT INTO idx_uri (res_type, res_id, param, uri, uri_full) SELECT ?, ?, * FROM unnest(?, ?, ?)",
+        vec![
+            One(t),
+            One(id),
+            Text(col(v, |x| x.param.as_str())),
+            Text(col(v, |x| x.uri.as_str())),
+            OptText(col(v, |x| x.uri_full.as_deref())),
+        ],
+    )?;
+    let v = &e.numbers;
+    insert(
+        pg,
+        v.len(),
+        "INSERT INTO idx_number (res_type, res_id, param, value, system, code) SELECT ?, ?, * FROM unnest(?, ?, ?, ?)",
+        vec![
+            One(t),
+            One(id),
+            Text(col(v, |x| x.param.as_str())),
+            Float(col(v, |x| x.value)),
+            OptText(col(v, |x| x.system.as_deref())),
+            OptText(col(v, |x| x.code.as_deref())),
+        ],
+    )?;
+    let v = &e.composites;
+    insert(
+        pg,
+        v.len(),
+        "INSERT INTO idx_composite (res_type, res_id, param, system1, code1, system2, code2) \
+         SELECT ?, ?, * FROM unnest(?, ?, ?, ?, ?)",
+        vec![
+            One(t),
+            One(id),
+            Text(col(v, |x| x.param.as_str())),
+            OptText(col(v, |x| x.system1.as_deref())),
+            OptText(col(v, |x| x.code1.as_deref())),
+            OptText(col(v, |x| x.system2.as_deref())),
+            OptText(col(v, |x| x.code2.as_deref())),
+        ],
+    )?;
+    let v = &e.positions;
+    insert(
+        pg,
+        v.len(),
+        "INSERT INTO idx_position (res_type, res_id, param, latitude, longitude, x, y, z) \
+         SELECT ?, ?, * FROM unnest(?, ?, ?, ?, ?, ?)",
+        vec![
+            One(t),
+            One(id),
+            Text(col(v, |x| x.param.as_str())),
+            Float(col(v, |x| x.latitude)),
+            Float(col(v, |x| x.longitude)),
+            Float(col(v, |x| x.xyz[0])),
+            Float(col(v, |x| x.xyz[1])),
+            Float(col(v, |x| x.xyz[2])),
+        ],
+    )?;
     Ok(())
 }

@@ -28,6 +28,7 @@ mod conditional;
 mod connection;
 mod executor;
 mod export;
+mod fixed;
 mod hooks;
 mod index_rows;
 mod measures;
@@ -254,8 +255,9 @@ fn begin_write(c: &mut AnyConnection) -> Result<i64, diesel::result::Error> {
             Ok(crate::resources::dates::now_millis())
         }
         AnyConnection::Postgresql(pg) => {
-            let clock: TxClock = diesel::sql_query(
+            let clock: TxClock = fixed::Fixed::new(
                 "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now, pg_current_xact_id()::text AS xid",
+                Vec::new(),
             )
             .get_result(pg)?;
             Ok(clock.now)

@@ -180,6 +180,22 @@ fn book(
         }
     }
     // All of them in one statement, once every actor is known to be free.
+    if let AnyConnection::Postgresql(pg) = c {
+        use super::fixed::Bind::{One, OneInt, Text};
+        return Ok(super::fixed::insert(
+            pg,
+            keys.len(),
+            "INSERT INTO bookings (appointment_id, actor, start_ms, end_ms, kind) \
+             SELECT ?, actor, ?, ?, ? FROM unnest(?) AS a(actor)",
+            vec![
+                One(id),
+                OneInt(start),
+                OneInt(end),
+                One(kind),
+                Text(keys.iter().map(String::as_str).collect()),
+            ],
+        )?);
+    }
     insert_rows!(
         c,
         bookings::table,
@@ -371,6 +387,9 @@ fn latest_bookings(
     end: i64,
     reserved_from: Option<i64>,
 ) -> Result<Vec<LatestBooking>, Abort> {
+    if let AnyConnection::Postgresql(pg) = c {
+        return Ok(latest_bookings_pg(pg, actors, end, reserved_from)?);
+    }
     let mut found = Vec::new();
     for chunk in actors.chunks(IDS_PER_LOOKUP) {
         let mut sql = Sql::new("");
@@ -404,6 +423,40 @@ fn latest_bookings(
         found.extend(load::<LatestBooking>(c, &sql)?);
     }
     Ok(found)
+}
+
+/// [`latest_bookings`] on PostgreSQL: the same probes, one per actor, in one statement of a fixed
+/// text whatever the number of actors (see store::fixed).
+fn latest_bookings_pg(
+    pg: &mut diesel::PgConnection,
+    actors: &[String],
+    end: i64,
+    reserved_from: Option<i64>,
+) -> diesel::QueryResult<Vec<LatestBooking>> {
+    use super::fixed::{Bind, Fixed};
+    let keys = || Bind::Text(actors.iter().map(String::as_str).collect());
+    const LATEST: &str = "SELECT b.* FROM unnest(?) AS a(actor) CROSS JOIN LATERAL \
+        (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE bookings.actor = a.actor \
+         AND kind <> 'reserved' AND start_ms < ? ORDER BY start_ms DESC LIMIT 1) AS b";
+    match reserved_from {
+        None => Fixed::new(LATEST, vec![keys(), Bind::OneInt(end)]).load(pg),
+        Some(start) => Fixed::new(
+            "SELECT b.* FROM unnest(?) AS a(actor) CROSS JOIN LATERAL \
+             (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE bookings.actor = a.actor \
+              AND kind <> 'reserved' AND start_ms < ? ORDER BY start_ms DESC LIMIT 1) AS b \
+             UNION ALL SELECT r.* FROM unnest(?) AS a(actor) CROSS JOIN LATERAL \
+             (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE bookings.actor = a.actor \
+              AND kind = 'reserved' AND end_ms > ? AND start_ms < ? ORDER BY end_ms LIMIT 1) AS r",
+            vec![
+                keys(),
+                Bind::OneInt(end),
+                keys(),
+                Bind::OneInt(start),
+                Bind::OneInt(end),
+            ],
+        )
+        .load(pg),
+    }
 }
 
 /// The individual sessions of these actors that overlap [start, end). An actor's sessions never
