@@ -49,6 +49,8 @@ const STALLED: Duration = Duration::from_secs(5);
 const INDEX_EVERY: Duration = Duration::from_millis(500);
 /// Events whose references one indexing transaction moves at most.
 const INDEX_BATCH: usize = 20_000;
+/// Indexer rounds (of [`INDEX_EVERY`]) after which events left behind are tried again: 1 minute.
+const INDEX_RETRY_ROUNDS: u32 = 120;
 /// How long shutdown waits for queued events to be written to a database that does not take them.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
@@ -603,6 +605,24 @@ impl AuditStore for Store {
     }
 }
 
+/// Where the indexer moves references: the [`Store`], or a test double.
+pub trait AuditIndex {
+    /// See [`Store::index_audit_refs`].
+    fn index_audit_refs(&self, max_events: usize, after: i64) -> Result<usize, Error>;
+    /// See [`Store::oldest_pending_audit_ref`].
+    fn oldest_pending_audit_ref(&self, after: i64) -> Result<Option<i64>, Error>;
+}
+
+impl AuditIndex for Store {
+    fn index_audit_refs(&self, max_events: usize, after: i64) -> Result<usize, Error> {
+        Store::index_audit_refs(self, max_events, after)
+    }
+
+    fn oldest_pending_audit_ref(&self, after: i64) -> Result<Option<i64>, Error> {
+        Store::oldest_pending_audit_ref(self, after)
+    }
+}
+
 impl AuditSink {
     /// Starts the writer on `store` and returns the queue into it.
     pub fn start(store: Store) -> (AuditSink, AuditWriter) {
@@ -697,10 +717,17 @@ impl AuditWriter {
 
 /// The indexer: every [`INDEX_EVERY`], moves the references waiting in audit_refs_pending into
 /// audit_refs, [`INDEX_BATCH`] events per transaction, until fewer than that wait.
-fn index_loop(store: &Store, progress: &Progress) {
-    // The seq of an event whose references the store refused: left waiting behind (see below).
+fn index_loop<S: AuditIndex>(store: &S, progress: &Progress) {
+    // The seq of an event whose references the store refused: left waiting behind (see
+    // index_once). Forgotten every INDEX_RETRY_ROUNDS rounds, so that what was left behind (by a
+    // passing fault, or rows another replica's indexer had locked) is tried again.
     let mut after = 0;
+    let mut rounds = 0u32;
     loop {
+        rounds = rounds.wrapping_add(1);
+        if rounds.is_multiple_of(INDEX_RETRY_ROUNDS) {
+            after = 0;
+        }
         let mut slept = Duration::ZERO;
         while slept < INDEX_EVERY {
             if progress.stopping() {
@@ -723,10 +750,11 @@ fn index_loop(store: &Store, progress: &Progress) {
 }
 
 /// One indexing transaction; true when a full batch was moved (more may wait). A batch the store
-/// refuses is halved until the one event it refuses is found; that event's references stay in
-/// audit_refs_pending, where searches still find them, and the indexer goes on past it: no event
-/// can stop the indexing of the others.
-fn index_once(store: &Store, after: &mut i64) -> Result<bool, Error> {
+/// refuses is halved until the one event it refuses is found. That event's references stay in
+/// audit_refs_pending, where searches still find them, and the indexer goes on past it — but only
+/// once the event after it moves: when that fails too, the database refuses everything (full, read
+/// only, a table missing), nothing is skipped, and the indexer tries again at its next round.
+fn index_once<S: AuditIndex>(store: &S, after: &mut i64) -> Result<bool, Error> {
     let mut max = INDEX_BATCH;
     loop {
         match store.index_audit_refs(max, *after) {
@@ -734,11 +762,15 @@ fn index_once(store: &Store, after: &mut i64) -> Result<bool, Error> {
             Err(e @ Error::Unavailable(_)) => return Err(e),
             Err(_) if max > 1 => max /= 2,
             Err(e) => {
-                if let Some(seq) = store.oldest_pending_audit_ref(*after)? {
-                    tracing::error!(cause = %e, seq, "the store refused an audit event's references; they stay in audit_refs_pending");
-                    *after = seq;
+                let Some(seq) = store.oldest_pending_audit_ref(*after)? else {
+                    return Ok(false);
+                };
+                if store.index_audit_refs(1, seq).is_err() {
+                    return Err(e);
                 }
-                return Ok(true);
+                tracing::error!(cause = %e, seq, "the store refused an audit event's references; they stay in audit_refs_pending");
+                *after = seq;
+                return Ok(false);
             }
         }
     }
@@ -1162,6 +1194,62 @@ mod tests {
             store.calls.load(Ordering::Relaxed) < 20,
             "isolation takes a few inserts"
         );
+    }
+
+    /// References waiting by seq; `poison` are refused; `down` refuses everything.
+    struct Pending {
+        waiting: std::sync::Mutex<Vec<i64>>,
+        poison: Vec<i64>,
+        down: bool,
+    }
+
+    impl AuditIndex for Pending {
+        fn index_audit_refs(&self, max_events: usize, after: i64) -> Result<usize, Error> {
+            let mut waiting = self.waiting.lock().unwrap();
+            let batch: Vec<i64> = waiting
+                .iter()
+                .copied()
+                .filter(|s| *s > after)
+                .take(max_events)
+                .collect();
+            if self.down || batch.iter().any(|s| self.poison.contains(s)) {
+                return Err(Error::Internal("refused".into()));
+            }
+            waiting.retain(|s| !batch.contains(s));
+            Ok(batch.len())
+        }
+
+        fn oldest_pending_audit_ref(&self, after: i64) -> Result<Option<i64>, Error> {
+            Ok(self.waiting.lock().unwrap().iter().copied().find(|s| *s > after))
+        }
+    }
+
+    #[test]
+    fn one_refused_event_is_left_waiting_and_the_others_are_indexed() {
+        let store = Pending {
+            waiting: std::sync::Mutex::new((1..=50_000).collect()),
+            poison: vec![30_000],
+            down: false,
+        };
+        let mut after = 0;
+        for _ in 0..10 {
+            let _ = index_once(&store, &mut after);
+        }
+        assert_eq!(*store.waiting.lock().unwrap(), vec![30_000], "every other event moved");
+        assert_eq!(after, 30_000);
+    }
+
+    #[test]
+    fn a_database_that_refuses_everything_skips_nothing() {
+        let store = Pending {
+            waiting: std::sync::Mutex::new((1..=100).collect()),
+            poison: vec![],
+            down: true,
+        };
+        let mut after = 0;
+        assert!(index_once(&store, &mut after).is_err());
+        assert_eq!(after, 0, "no event is left behind for a fault of the database");
+        assert_eq!(store.waiting.lock().unwrap().len(), 100);
     }
 
     #[test]
