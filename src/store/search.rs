@@ -194,14 +194,14 @@ where
 {
     match c {
         AnyConnection::Sqlite(c) => bound!(diesel::sqlite::Sqlite, sql, false).load(c),
-        AnyConnection::Postgresql(c) => bound!(diesel::pg::Pg, sql, true).load(c),
+        AnyConnection::Postgresql(c) => super::fixed::Shaped::new(sql).load(c),
     }
 }
 
 fn execute(c: &mut AnyConnection, sql: &Sql) -> QueryResult<usize> {
     match c {
         AnyConnection::Sqlite(c) => bound!(diesel::sqlite::Sqlite, sql, false).execute(c),
-        AnyConnection::Postgresql(c) => bound!(diesel::pg::Pg, sql, true).execute(c),
+        AnyConnection::Postgresql(c) => super::fixed::Shaped::new(sql).execute(c),
     }
 }
 
