@@ -162,3 +162,26 @@ impl QueryFragment<Pg> for Shaped {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_more_than_shapes_max_texts_are_kept_prepared() {
+        let mut kept = Vec::new();
+        let refused = (0..=SHAPES_MAX)
+            .map(|i| format!("SELECT {i} -- a shape of this test"))
+            .find(|text| {
+                let keep = keep_prepared(text);
+                if keep {
+                    kept.push(text.clone());
+                }
+                !keep
+            })
+            .expect("a text past the limit is not kept");
+        assert!(kept.len() <= SHAPES_MAX);
+        assert!(kept.iter().all(|t| keep_prepared(t)), "a kept text stays kept");
+        assert!(!keep_prepared(&refused), "and a refused one stays refused");
+    }
+}
