@@ -77,7 +77,7 @@ fn refs(sql: &mut Sql, kind: &str, values: &[String], default_type: Option<&str>
             sql.push(" OR ");
         }
         // A reference with a line break can match no stored one (see store::audit::pending_refs).
-        sql.contains("refs", &format!("\n{kind}|{v}\n"));
+        sql.contains("refs", &crate::store::pending_ref_needle(kind, v));
     }
     sql.push(")");
 }

@@ -94,26 +94,15 @@ impl Sql {
         self
     }
 
-    /// The text with `$1, $2…` placeholders for PostgreSQL, or as it is for SQLite.
-    /// (Every value is bound, so the only `?` in the text are placeholders, and `instr(` is
-    /// [`Sql::contains`]'s.)
-    pub fn text_for(&self, postgres: bool) -> String {
-        if !postgres {
-            return self.text.clone();
+    /// The text in PostgreSQL's words or SQLite's: [`Sql::contains`]'s `instr(` is PostgreSQL's
+    /// `strpos(` (the same arguments and answer). The `?` placeholders stay: diesel numbers them
+    /// `$1, $2…` for PostgreSQL as it binds the values (store::fixed::Fixed::planned).
+    pub fn text_for(&self, postgres: bool) -> std::borrow::Cow<'_, str> {
+        if postgres {
+            self.text.replace("instr(", "strpos(").into()
+        } else {
+            self.text.as_str().into()
         }
-        let text = self.text.replace("instr(", "strpos(");
-        let mut out = String::with_capacity(text.len() + 16);
-        let mut n = 0;
-        for c in text.chars() {
-            if c == '?' {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 }
 
@@ -1325,10 +1314,9 @@ mod tests {
     }
 
     #[test]
-    fn placeholders_are_numbered_for_postgres() {
+    fn placeholders_stay_for_sqlite() {
         let mut sql = Sql::new("a = ");
         sql.text_bind("x").push(" AND b = ").int_bind(1);
-        assert_eq!(sql.text_for(true), "a = $1 AND b = $2");
         assert_eq!(sql.text_for(false), "a = ? AND b = ?");
     }
 

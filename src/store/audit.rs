@@ -26,6 +26,11 @@ pub struct AuditRow {
     pub refs: Vec<(&'static str, String)>,
 }
 
+/// What finds one reference in audit_refs_pending's text (see [`pending_refs`]): `\nkind|ref\n`.
+pub(crate) fn pending_ref_needle(kind: &str, reference: &str) -> String {
+    format!("\n{kind}|{reference}\n")
+}
+
 /// An event's references as audit_refs_pending keeps them: `\nkind|ref` each, then `\n`.
 pub(crate) fn pending_refs(refs: &[(&'static str, String)]) -> String {
     let mut out = String::with_capacity(refs.iter().map(|(k, r)| k.len() + r.len() + 2).sum::<usize>() + 1);

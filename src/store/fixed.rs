@@ -18,6 +18,7 @@ use diesel::{PgConnection, QueryResult, RunQueryDsl};
 pub(super) enum Bind<'a> {
     One(&'a str),
     OneInt(i64),
+    OneFloat(f64),
     Text(Vec<&'a str>),
     OptText(Vec<Option<&'a str>>),
     Int(Vec<i64>),
@@ -26,16 +27,44 @@ pub(super) enum Bind<'a> {
     Float(Vec<f64>),
 }
 
-/// A statement whose text is a constant, `?` where each bind goes, in order.
+/// A statement, `?` where each bind goes, in order: a constant text ([`Fixed::new`]) or one of the
+/// search planner's ([`Fixed::planned`]).
 pub(super) struct Fixed<'a> {
-    sql: &'static str,
+    sql: std::borrow::Cow<'a, str>,
     binds: Vec<Bind<'a>>,
+    /// Prepared once per connection and kept (diesel's cache, by text); else sent unnamed.
+    keep: bool,
 }
 
 impl<'a> Fixed<'a> {
     pub(super) fn new(sql: &'static str, binds: Vec<Bind<'a>>) -> Fixed<'a> {
         debug_assert_eq!(sql.matches('?').count(), binds.len(), "{sql}");
-        Fixed { sql, binds }
+        Fixed {
+            sql: sql.into(),
+            binds,
+            keep: true,
+        }
+    }
+
+    /// A planned statement ([`crate::search::plan::Sql`]), kept prepared when [`keep_prepared`]
+    /// says so.
+    pub(super) fn planned(sql: &'a crate::search::plan::Sql) -> Fixed<'a> {
+        use crate::search::plan::Bind as B;
+        let text = sql.text_for(true);
+        let keep = keep_prepared(&text);
+        Fixed {
+            sql: text,
+            binds: sql
+                .binds
+                .iter()
+                .map(|b| match b {
+                    B::Text(v) => Bind::One(v),
+                    B::BigInt(v) => Bind::OneInt(*v),
+                    B::Double(v) => Bind::OneFloat(*v),
+                })
+                .collect(),
+            keep,
+        }
     }
 }
 
@@ -53,12 +82,17 @@ impl RunQueryDsl<PgConnection> for Fixed<'_> {}
 
 impl QueryFragment<Pg> for Fixed<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        if !self.keep {
+            out.unsafe_to_cache_prepared();
+        }
+        // Every value is bound, so the only `?` in the text are placeholders.
         let mut parts = self.sql.split('?');
         out.push_sql(parts.next().unwrap_or_default());
         for (bind, part) in self.binds.iter().zip(parts) {
             match bind {
                 Bind::One(v) => out.push_bind_param::<Text, _>(v)?,
                 Bind::OneInt(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Bind::OneFloat(v) => out.push_bind_param::<Double, _>(v)?,
                 Bind::Text(v) => out.push_bind_param::<Array<Text>, _>(v)?,
                 Bind::OptText(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(v)?,
                 Bind::Int(v) => out.push_bind_param::<Array<BigInt>, _>(v)?,
@@ -91,7 +125,7 @@ pub(super) fn col<'a, T: 'a, V>(rows: &'a [T], f: impl Fn(&'a T) -> V) -> Vec<V>
 /// costs no more than planning each time would (its own choice, plancache.c), plans them once
 /// too. Measured on 1,000,000 Appointments, planning was 1.3 of a search's 2.1 ms. The first
 /// [`SHAPES_MAX`] texts the process meets are the ones kept, so that no caller can make the server
-/// keep an unbounded number of statements; any other is sent unnamed, as before.
+/// keep an unbounded number of statements; any other is sent unnamed, as before ([`Fixed::planned`]).
 static SHAPES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
 const SHAPES_MAX: usize = 64;
 
@@ -110,62 +144,17 @@ fn keep_prepared(text: &str) -> bool {
     false
 }
 
-/// A planned statement ([`crate::search::plan::Sql`]) on PostgreSQL: prepared and kept when
-/// [`keep_prepared`] says so, else sent unnamed.
-pub(super) struct Shaped {
-    text: String,
-    binds: Vec<crate::search::plan::Bind>,
-    keep: bool,
-}
-
-impl Shaped {
-    pub(super) fn new(sql: &crate::search::plan::Sql) -> Shaped {
-        // Sql::contains' `instr(` is PostgreSQL's `strpos(` (see Sql::text_for).
-        let text = sql.text.replace("instr(", "strpos(");
-        let keep = keep_prepared(&text);
-        Shaped {
-            text,
-            binds: sql.binds.clone(),
-            keep,
-        }
-    }
-}
-
-impl QueryId for Shaped {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for Shaped {
-    type SqlType = Untyped;
-}
-
-impl RunQueryDsl<PgConnection> for Shaped {}
-
-impl QueryFragment<Pg> for Shaped {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        use crate::search::plan::Bind as B;
-        if !self.keep {
-            out.unsafe_to_cache_prepared();
-        }
-        // Every value is bound, so the only `?` in the text are placeholders.
-        let mut parts = self.text.split('?');
-        out.push_sql(parts.next().unwrap_or_default());
-        for (bind, part) in self.binds.iter().zip(parts) {
-            match bind {
-                B::Text(v) => out.push_bind_param::<Text, _>(v)?,
-                B::BigInt(v) => out.push_bind_param::<BigInt, _>(v)?,
-                B::Double(v) => out.push_bind_param::<Double, _>(v)?,
-            }
-            out.push_sql(part);
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        let mut sql = crate::search::plan::Sql::new("a = ");
+        sql.text_bind("x").push(" AND b = ").int_bind(1);
+        let sent = diesel::debug_query::<Pg, _>(&Fixed::planned(&sql)).to_string();
+        assert!(sent.starts_with("a = $1 AND b = $2 "), "{sent}");
+    }
 
     #[test]
     fn no_more_than_shapes_max_texts_are_kept_prepared() {

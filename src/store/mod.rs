@@ -40,6 +40,7 @@ mod search;
 mod subscriptions;
 mod write;
 
+pub(crate) use audit::pending_ref_needle;
 pub use audit::{AuditPage, AuditRow};
 pub use conditional::{Patcher, Target};
 pub use executor::{visible_to, ConditionalRef, Op, OpResult, NO_OP_PATCH};

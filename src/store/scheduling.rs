@@ -435,18 +435,24 @@ fn latest_bookings_pg(
 ) -> diesel::QueryResult<Vec<LatestBooking>> {
     use super::fixed::{Bind, Fixed};
     let keys = || Bind::Text(actors.iter().map(String::as_str).collect());
-    const LATEST: &str = "SELECT b.* FROM unnest(?) AS a(actor) CROSS JOIN LATERAL \
-        (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE bookings.actor = a.actor \
-         AND kind <> 'reserved' AND start_ms < ? ORDER BY start_ms DESC LIMIT 1) AS b";
-    match reserved_from {
-        None => Fixed::new(LATEST, vec![keys(), Bind::OneInt(end)]).load(pg),
-        Some(start) => Fixed::new(
+    /// Each actor's latest session that starts before `end`.
+    macro_rules! latest {
+        () => {
             "SELECT b.* FROM unnest(?) AS a(actor) CROSS JOIN LATERAL \
              (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE bookings.actor = a.actor \
-              AND kind <> 'reserved' AND start_ms < ? ORDER BY start_ms DESC LIMIT 1) AS b \
-             UNION ALL SELECT r.* FROM unnest(?) AS a(actor) CROSS JOIN LATERAL \
-             (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE bookings.actor = a.actor \
-              AND kind = 'reserved' AND end_ms > ? AND start_ms < ? ORDER BY end_ms LIMIT 1) AS r",
+              AND kind <> 'reserved' AND start_ms < ? ORDER BY start_ms DESC LIMIT 1) AS b"
+        };
+    }
+    match reserved_from {
+        None => Fixed::new(latest!(), vec![keys(), Bind::OneInt(end)]).load(pg),
+        // And each actor's reserved time that overlaps [start, end).
+        Some(start) => Fixed::new(
+            concat!(
+                latest!(),
+                " UNION ALL SELECT r.* FROM unnest(?) AS a(actor) CROSS JOIN LATERAL \
+                 (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE bookings.actor = a.actor \
+                  AND kind = 'reserved' AND end_ms > ? AND start_ms < ? ORDER BY end_ms LIMIT 1) AS r"
+            ),
             vec![
                 keys(),
                 Bind::OneInt(end),

@@ -173,18 +173,19 @@ struct PgPlanRow {
     line: String,
 }
 
-macro_rules! bound {
-    ($backend:ty, $sql:expr, $postgres:expr) => {{
-        let mut q = diesel::sql_query($sql.text_for($postgres)).into_boxed::<$backend>();
-        for b in &$sql.binds {
-            q = match b {
-                Bind::Text(s) => q.bind::<Text, _>(s.clone()),
-                Bind::BigInt(i) => q.bind::<BigInt, _>(*i),
-                Bind::Double(d) => q.bind::<Double, _>(*d),
-            };
-        }
-        q
-    }};
+/// A planned statement on SQLite (PostgreSQL's is store::fixed::Fixed::planned).
+fn sqlite_query(
+    sql: &Sql,
+) -> diesel::query_builder::BoxedSqlQuery<'static, diesel::sqlite::Sqlite, diesel::query_builder::SqlQuery> {
+    let mut q = diesel::sql_query(sql.text_for(false).into_owned()).into_boxed();
+    for b in &sql.binds {
+        q = match b {
+            Bind::Text(s) => q.bind::<Text, _>(s.clone()),
+            Bind::BigInt(i) => q.bind::<BigInt, _>(*i),
+            Bind::Double(d) => q.bind::<Double, _>(*d),
+        };
+    }
+    q
 }
 
 /// Runs a planned SELECT on whichever backend the connection is.
@@ -193,15 +194,15 @@ where
     T: QueryableByName<diesel::sqlite::Sqlite> + QueryableByName<diesel::pg::Pg> + 'static,
 {
     match c {
-        AnyConnection::Sqlite(c) => bound!(diesel::sqlite::Sqlite, sql, false).load(c),
-        AnyConnection::Postgresql(c) => super::fixed::Shaped::new(sql).load(c),
+        AnyConnection::Sqlite(c) => sqlite_query(sql).load(c),
+        AnyConnection::Postgresql(c) => super::fixed::Fixed::planned(sql).load(c),
     }
 }
 
 fn execute(c: &mut AnyConnection, sql: &Sql) -> QueryResult<usize> {
     match c {
-        AnyConnection::Sqlite(c) => bound!(diesel::sqlite::Sqlite, sql, false).execute(c),
-        AnyConnection::Postgresql(c) => super::fixed::Shaped::new(sql).execute(c),
+        AnyConnection::Sqlite(c) => sqlite_query(sql).execute(c),
+        AnyConnection::Postgresql(c) => super::fixed::Fixed::planned(sql).execute(c),
     }
 }
 
