@@ -168,8 +168,6 @@ pub struct Store {
     pool: DbPool,
     backend: &'static str,
     rules: crate::scheduling::Rules,
-    /// Write transactions committed by this process (see [`Store::after_write`]).
-    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Alive while any clone of this store is: SQLite's log keeper stops when it is gone.
     _alive: std::sync::Arc<()>,
     /// SQLite only: this process's write transactions take turns here. SQLite has one writer at a
@@ -190,8 +188,51 @@ const WAL_TRUNCATE_ABOVE_BYTES: u64 = if cfg!(test) { 1 << 20 } else { 16 << 20 
 /// The longest the log keeper waits for the writer lock and for the readers of the moment, in ms.
 const WAL_TRUNCATE_WAIT_MS: u32 = 10_000;
 
-/// SQLite re-checks its planner statistics every this many committed writes.
-const OPTIMIZE_EVERY_WRITES: u64 = 500;
+/// The log keeper looks at SQLite's planner statistics every this many of its rounds (10 s).
+const STATS_CHECK_ROUNDS: u64 = 10;
+
+/// Brings SQLite's planner statistics in step with the data, for every connection of every process.
+///
+/// Statistics taken while the tables were small (or none, on a database just loaded) steer queries to
+/// bad plans: an `_include` search ran at 85 req/s with stale statistics and 4,500 with fresh ones,
+/// measured. `PRAGMA optimize` with 0x10000 looks at every table and re-analyzes those that grew or
+/// shrank a lot since they were last analyzed (0x02, bounded by analysis_limit); 0x01 only lists what it
+/// would do. But SQLite loads statistics into a connection with the schema, and ANALYZE does not
+/// change the schema: the other connections, of this pool and of other processes, would plan with
+/// the old statistics until they reconnect. So when there is something to analyze, the same
+/// transaction also creates and drops an empty table, which changes the schema's version; every
+/// connection then reloads the schema, and the statistics with it, before its next statement
+/// (sqlite.org/lang_analyze.html, "ANALYZE ... statistics are loaded with the schema"). That happens
+/// when a table's size changes tenfold, a few times in a database's life. Returns whether it
+/// analyzed.
+pub(crate) fn refresh_statistics(c: &mut diesel::SqliteConnection) -> Result<bool, diesel::result::Error> {
+    use diesel::connection::SimpleConnection;
+    #[derive(diesel::QueryableByName)]
+    struct Step {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        optimize: String,
+    }
+    let due: Vec<Step> = diesel::sql_query("PRAGMA optimize = 0x10003").load(c)?;
+    let steps: Vec<&str> = due
+        .iter()
+        .map(|s| s.optimize.as_str())
+        .filter(|s| s.starts_with("ANALYZE"))
+        .collect();
+    if steps.is_empty() {
+        return Ok(false);
+    }
+    let mut batch = String::from("BEGIN IMMEDIATE; ");
+    for step in steps {
+        batch.push_str(step.trim_end_matches(';'));
+        batch.push_str("; ");
+    }
+    batch.push_str("CREATE TABLE tandem_statistics_reload (n INTEGER); DROP TABLE tandem_statistics_reload; COMMIT;");
+    if let Err(e) = c.batch_execute(&batch) {
+        let _ = c.batch_execute("ROLLBACK;");
+        return Err(e);
+    }
+    Ok(true)
+}
 
 /// SQLite's log keeper: a thread per SQLite store that empties the write-ahead log when it has grown.
 ///
@@ -213,12 +254,28 @@ fn keep_wal_small(pool: DbPool, wal: String, alive: std::sync::Weak<()>) {
 /// The log keeper's rounds, until the store is gone.
 fn wal_keeper_rounds(pool: &DbPool, wal: &str, alive: &std::sync::Weak<()>) {
     use diesel::connection::SimpleConnection;
+    let mut round = 0u64;
+    let mut analyzed_at: Option<(u64, Option<std::time::SystemTime>)> = None;
     loop {
         std::thread::sleep(WAL_CHECK_EVERY);
         if alive.strong_count() == 0 {
             return;
         }
-        if std::fs::metadata(wal).map_or(0, |m| m.len()) <= WAL_TRUNCATE_ABOVE_BYTES {
+        round += 1;
+        let log = std::fs::metadata(wal).ok();
+        // Statistics: looked at when the log changed since the last look (something was written).
+        let log_state = log.as_ref().map(|m| (m.len(), m.modified().ok()));
+        if round.is_multiple_of(STATS_CHECK_ROUNDS) && log_state != analyzed_at {
+            if let Ok(mut conn) = pool.get() {
+                if let AnyConnection::Sqlite(c) = &mut *conn {
+                    if let Err(e) = refresh_statistics(c) {
+                        tracing::debug!(cause = %e, "refreshing SQLite statistics: not this time");
+                    }
+                }
+            }
+            analyzed_at = log_state;
+        }
+        if log.map_or(0, |m| m.len()) <= WAL_TRUNCATE_ABOVE_BYTES {
             continue;
         }
         let Ok(mut conn) = pool.get() else { continue };
@@ -317,7 +374,6 @@ impl Store {
             pool,
             backend: url.backend_name(),
             rules: crate::scheduling::Rules::default(),
-            writes: Default::default(),
             _alive: alive,
             sqlite_writer: matches!(url, DatabaseUrl::Sqlite(_)).then(Default::default),
             schema: pool::Schema::Main,
@@ -390,10 +446,7 @@ impl Store {
                 work(c, now)
             });
             match result {
-                Ok(v) => {
-                    self.after_write(conn);
-                    return Ok(v);
-                }
+                Ok(v) => return Ok(v),
                 Err(Abort::Error(e)) => return Err(e),
                 Err(Abort::Retry) => continue,
             }
@@ -401,23 +454,6 @@ impl Store {
         Err(Error::Conflict(
             "the resource is being changed by other requests at the same time; try again".into(),
         ))
-    }
-
-    /// Keeps SQLite's planner statistics in step with the data: statistics taken while the tables
-    /// were small (at start, on an empty database) steer later queries to bad plans (measured: an
-    /// `_include` search at 85 req/s with stale statistics, 4,500 req/s with fresh ones). `PRAGMA
-    /// optimize` re-analyzes only tables that grew a lot since, bounded by analysis_limit.
-    /// PostgreSQL's autovacuum does the same on its side.
-    fn after_write(&self, conn: &mut AnyConnection) {
-        use diesel::connection::SimpleConnection;
-        use std::sync::atomic::Ordering;
-        let AnyConnection::Sqlite(c) = conn else { return };
-        let n = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(OPTIMIZE_EVERY_WRITES) {
-            if let Err(e) = c.batch_execute("PRAGMA optimize;") {
-                tracing::warn!(cause = %e, "refreshing SQLite statistics failed");
-            }
-        }
     }
 
     /// The current version. NotFound for an unknown id, Gone for a deleted resource.
@@ -608,6 +644,107 @@ mod wal {
             "the log was emptied while reads went on (it had reached {grown} bytes)"
         );
         drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod statistics {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+
+    #[derive(diesel::QueryableByName)]
+    struct PlanRow {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+
+    /// The plan of a correlated MAX over one resource's dates, written with a bare parameter name,
+    /// which the planner answers from the owner index only when it knows the table's sizes.
+    fn max_probe(c: &mut diesel::SqliteConnection) -> String {
+        let rows: Vec<PlanRow> = diesel::sql_query(
+            "EXPLAIN QUERY PLAN SELECT r.res_id FROM resources r WHERE r.res_type = 'Appointment' ORDER BY \
+             (SELECT MAX(x.high) FROM idx_date x WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.param = 'date')",
+        )
+        .load(c)
+        .unwrap();
+        rows.into_iter().map(|r| r.detail).collect::<Vec<_>>().join("\n")
+    }
+
+    fn schema_version(c: &mut diesel::SqliteConnection) -> i32 {
+        #[derive(diesel::QueryableByName)]
+        struct V {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            schema_version: i32,
+        }
+        diesel::sql_query("PRAGMA schema_version")
+            .get_result::<V>(c)
+            .unwrap()
+            .schema_version
+    }
+
+    fn load(c: &mut diesel::SqliteConnection, from: i64, to: i64) {
+        c.batch_execute(&format!(
+            "WITH RECURSIVE seq(g) AS (SELECT {from} UNION ALL SELECT g + 1 FROM seq WHERE g < {to})
+             INSERT INTO idx_date (res_type, res_id, param, low, high) SELECT 'Appointment', 'a' || g, 'date', g, g + 1 FROM seq;
+             WITH RECURSIVE seq(g) AS (SELECT {from} UNION ALL SELECT g + 1 FROM seq WHERE g < {to})
+             INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, body)
+               SELECT 'Appointment', 'a' || g, 1, g, false, '{{}}' FROM seq;"
+        ))
+        .unwrap();
+    }
+
+    /// A database loaded in bulk after its statistics were taken: a refresh analyzes it again, and a
+    /// connection that was open all along (another request's) plans with the new statistics from
+    /// its next statement. ANALYZE alone would leave it with the old ones: SQLite reads statistics
+    /// with the schema, and only creating sqlite_stat1 changes the schema.
+    #[test]
+    fn a_refresh_reaches_the_connections_already_open() {
+        let dir = std::env::temp_dir().join(format!("tandem-stats-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        let store = Store::open(&url, 2).unwrap();
+        store.migrate().unwrap();
+        let mut open_all_along = store.pool.get().unwrap();
+        let AnyConnection::Sqlite(old) = &mut *open_all_along else {
+            unreachable!()
+        };
+        let mut other = store.pool.get().unwrap();
+        let AnyConnection::Sqlite(refresher) = &mut *other else {
+            unreachable!()
+        };
+
+        load(old, 1, 10);
+        assert!(
+            refresh_statistics(refresher).unwrap(),
+            "tables never analyzed are analyzed"
+        );
+        let version = schema_version(old);
+        load(old, 11, 20_000);
+        assert!(
+            refresh_statistics(refresher).unwrap(),
+            "a table 2,000 times its analyzed size is analyzed again"
+        );
+        assert!(
+            !refresh_statistics(refresher).unwrap(),
+            "nothing changed since: nothing to analyze"
+        );
+        assert!(
+            schema_version(old) > version,
+            "the schema's version changed, so every connection reloads it"
+        );
+
+        // The old connection's next statement that reads the database finds the schema changed and
+        // loads it again, statistics included (EXPLAIN alone does not read the database).
+        old.batch_execute("SELECT count(*) FROM resources;").unwrap();
+        let after = max_probe(old);
+        assert!(
+            after.contains("idx_date_owner"),
+            "the connection open all along plans with the statistics: {after}"
+        );
+        assert!(max_probe(refresher).contains("idx_date_owner"));
+        drop((open_all_along, other, store));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -112,10 +112,10 @@ impl ManageConnection for Manager {
                      PRAGMA foreign_keys = ON; PRAGMA analysis_limit = 400;"
                 ))
                 .map_err(r2d2::Error::QueryError)?;
-                // `optimize=0x10002` refreshes the planner's statistics where they are missing or stale,
-                // as SQLite advises for long-lived connections. It may have to write (ANALYZE); a
-                // connection is usable without it, and the store runs it again every few hundred writes.
-                if let Err(e) = conn.batch_execute("PRAGMA optimize = 0x10002;") {
+                // Refreshes the planner's statistics where they are missing or stale, as SQLite advises
+                // for long-lived connections. It may have to write (ANALYZE); a connection is usable
+                // without it, and the store's log keeper looks again every few seconds after writes.
+                if let Err(e) = super::refresh_statistics(&mut conn) {
                     tracing::debug!(cause = %e, "refreshing SQLite statistics on connect failed");
                 }
                 Ok(AnyConnection::Sqlite(conn))
