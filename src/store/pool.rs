@@ -102,24 +102,7 @@ impl ManageConnection for Manager {
                 }
                 Ok(AnyConnection::Postgresql(conn))
             }
-            DatabaseUrl::Sqlite(path) => {
-                let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
-                // Per-connection settings only, none of which takes a lock: the busy timeout makes this
-                // connection wait for a lock instead of failing at once. WAL is a property of the file,
-                // set once by `open_pool` before any connection of the pool exists.
-                conn.batch_execute(&format!(
-                    "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA synchronous = NORMAL; \
-                     PRAGMA foreign_keys = ON; PRAGMA analysis_limit = 400;"
-                ))
-                .map_err(r2d2::Error::QueryError)?;
-                // Refreshes the planner's statistics where they are missing or stale, as SQLite advises
-                // for long-lived connections. It may have to write (ANALYZE); a connection is usable
-                // without it, and the store's log keeper looks again every few seconds after writes.
-                if let Err(e) = super::refresh_statistics(&mut conn) {
-                    tracing::debug!(cause = %e, "refreshing SQLite statistics on connect failed");
-                }
-                Ok(AnyConnection::Sqlite(conn))
-            }
+            DatabaseUrl::Sqlite(path) => Ok(AnyConnection::Sqlite(connect_sqlite(path)?)),
         }
     }
 
@@ -245,6 +228,26 @@ pub fn open_pool(url: &DatabaseUrl, max_size: u32, statement_timeout_ms: u64) ->
             outages: Arc::default(),
         })
         .map_err(|e| Error::Internal(format!("opening the {} database: {e}", url.backend_name())))
+}
+
+/// A SQLite connection with this service's per-connection settings, its statistics refreshed.
+pub(super) fn connect_sqlite(path: &str) -> Result<SqliteConnection, r2d2::Error> {
+    let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
+    // Per-connection settings only, none of which takes a lock: the busy timeout makes this
+    // connection wait for a lock instead of failing at once. WAL is a property of the file,
+    // set once by `open_pool` before any connection of the pool exists.
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA synchronous = NORMAL; \
+         PRAGMA foreign_keys = ON; PRAGMA analysis_limit = 400;"
+    ))
+    .map_err(r2d2::Error::QueryError)?;
+    // Refreshes the planner's statistics where they are missing or stale, as SQLite advises
+    // for long-lived connections. It may have to write (ANALYZE); a connection is usable
+    // without it, and the store's log keeper looks again every few seconds after writes.
+    if let Err(e) = super::refresh_statistics(&mut conn) {
+        tracing::debug!(cause = %e, "refreshing SQLite statistics on connect failed");
+    }
+    Ok(conn)
 }
 
 /// Switches the SQLite file to write-ahead logging (readers run beside the one writer). The mode is
