@@ -255,7 +255,7 @@ fn keep_wal_small(pool: DbPool, wal: String, alive: std::sync::Weak<()>) {
 fn wal_keeper_rounds(pool: &DbPool, wal: &str, alive: &std::sync::Weak<()>) {
     use diesel::connection::SimpleConnection;
     let mut round = 0u64;
-    let mut analyzed_at: Option<(u64, Option<std::time::SystemTime>)> = None;
+    let mut looked_at: Option<(u64, Option<std::time::SystemTime>)> = None;
     loop {
         std::thread::sleep(WAL_CHECK_EVERY);
         if alive.strong_count() == 0 {
@@ -265,7 +265,7 @@ fn wal_keeper_rounds(pool: &DbPool, wal: &str, alive: &std::sync::Weak<()>) {
         let log = std::fs::metadata(wal).ok();
         // Statistics: looked at when the log changed since the last look (something was written).
         let log_state = log.as_ref().map(|m| (m.len(), m.modified().ok()));
-        if round.is_multiple_of(STATS_CHECK_ROUNDS) && log_state != analyzed_at {
+        if round.is_multiple_of(STATS_CHECK_ROUNDS) && log_state != looked_at {
             if let Ok(mut conn) = pool.get() {
                 if let AnyConnection::Sqlite(c) = &mut *conn {
                     if let Err(e) = refresh_statistics(c) {
@@ -273,7 +273,7 @@ fn wal_keeper_rounds(pool: &DbPool, wal: &str, alive: &std::sync::Weak<()>) {
                     }
                 }
             }
-            analyzed_at = log_state;
+            looked_at = log_state;
         }
         if log.map_or(0, |m| m.len()) <= WAL_TRUNCATE_ABOVE_BYTES {
             continue;
@@ -387,7 +387,8 @@ fn write_on<T>(
 /// pool (so writes no longer take a connection from the readers), with a larger page cache.
 struct Writer {
     path: String,
-    /// The longest a write waits for its turn (the request's time limit; 10 s without one).
+    /// The longest a write waits for its turn: as long as a request waits for a pooled connection
+    /// (pool::open_pool decides it).
     wait: std::time::Duration,
     /// parking_lot's mutex, for its timed lock (the standard library's has none). A panic while
     /// holding it dropped the connection, which rolled its transaction back, and does not poison it.
@@ -395,10 +396,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(path: &str, timeout_ms: u64) -> Writer {
+    fn new(path: &str, wait: std::time::Duration) -> Writer {
         Writer {
             path: path.to_string(),
-            wait: std::time::Duration::from_millis(if timeout_ms > 0 { timeout_ms } else { 10_000 }),
+            wait,
             conn: parking_lot::Mutex::new(None),
         }
     }
@@ -434,6 +435,10 @@ impl Store {
         let url = DatabaseUrl::parse(url);
         let pool = pool::open_pool(&url, pool_size, statement_timeout_ms)?;
         let alive = std::sync::Arc::new(());
+        let sqlite_writer = match &url {
+            DatabaseUrl::Sqlite(path) => Some(std::sync::Arc::new(Writer::new(path, pool.connection_timeout()))),
+            DatabaseUrl::Postgres(_) => None,
+        };
         if let DatabaseUrl::Sqlite(path) = &url {
             keep_wal_small(pool.clone(), format!("{path}-wal"), std::sync::Arc::downgrade(&alive));
         }
@@ -442,10 +447,7 @@ impl Store {
             backend: url.backend_name(),
             rules: crate::scheduling::Rules::default(),
             _alive: alive,
-            sqlite_writer: match &url {
-                DatabaseUrl::Sqlite(path) => Some(std::sync::Arc::new(Writer::new(path, statement_timeout_ms))),
-                DatabaseUrl::Postgres(_) => None,
-            },
+            sqlite_writer,
             schema: pool::Schema::Main,
         })
     }
