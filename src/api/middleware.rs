@@ -122,7 +122,8 @@ pub async fn frame(
         let mut res = result?;
         let elapsed = started.elapsed().as_secs_f64();
         // The route pattern (/{type}/{id}), never the path: ids and query values stay out of logs.
-        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+        let pattern = route_pattern(res.request());
+        let route = pattern.as_deref().unwrap_or("unmatched");
         tracing::info!(
             status = res.status().as_u16(),
             route = %route,
@@ -130,7 +131,7 @@ pub async fn frame(
             "request completed"
         );
         if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
-            let (interaction, resource_type) = metric_labels(res.request());
+            let (interaction, resource_type) = metric_labels(res.request(), pattern.as_deref());
             state
                 .metrics
                 .observe_request(interaction, resource_type, res.status().as_u16(), elapsed);
@@ -216,10 +217,24 @@ fn interaction(method: &Method, pattern: &str, operation: Option<&str>) -> Optio
     Some((i, None))
 }
 
+/// The route pattern a request matched (`/{type}/{id}`), as the audit layer found it before routing
+/// ([`MatchedPattern`]), else from the resource map. Each look in the map runs the route patterns'
+/// regular expressions again: one look per request is enough.
+fn route_pattern(req: &HttpRequest) -> Option<String> {
+    match req.extensions().get::<MatchedPattern>() {
+        Some(found) => found.0.clone(),
+        None => req.match_pattern(),
+    }
+}
+
+/// The route pattern of a request, looked up once (by [`audit`]) for every layer that needs it.
+#[derive(Debug, Clone)]
+pub struct MatchedPattern(pub Option<String>);
+
 /// The metric labels of a request: its interaction (or, for the public endpoints, what they are),
 /// and its resource type when it names a hosted one. Closed sets only: nothing from the URL.
-fn metric_labels(req: &HttpRequest) -> (&'static str, &'static str) {
-    let Some(pattern) = req.match_pattern() else {
+fn metric_labels(req: &HttpRequest, pattern: Option<&str>) -> (&'static str, &'static str) {
+    let Some(pattern) = pattern else {
         return ("unmatched", "none");
     };
     let info = req.match_info();
@@ -239,7 +254,7 @@ fn metric_labels(req: &HttpRequest) -> (&'static str, &'static str) {
             .find(|t| pattern.starts_with(&format!("/{t}")))
         })
         .unwrap_or("none");
-    let interaction = match pattern.as_str() {
+    let interaction = match pattern {
         "/metadata" => "capabilities",
         "/healthz" | "/readyz" => "health",
         "/metrics" => "metrics",
@@ -297,9 +312,11 @@ pub async fn audit(
     }
     let caller = CallerSlot::default();
     req.extensions_mut().insert(caller.clone());
+    // The route's pattern comes from the resource map, so it is known before routing.
+    let pattern = req.match_pattern();
+    req.extensions_mut().insert(MatchedPattern(pattern.clone()));
     let asked = Asked {
-        // The route's pattern comes from the resource map, so it is known before routing.
-        pattern: req.match_pattern(),
+        pattern,
         uri: req.uri().clone(),
         method: req.method().clone(),
         address: super::client_address(req.request()),
