@@ -128,6 +128,23 @@ impl Store {
         read_visible_in(&mut conn, rt, id, reach)
     }
 
+    /// [`Store::read_visible`] on PostgreSQL, answered with the reads that arrive at the same time
+    /// (one statement for them all, see gather.rs); None on SQLite, or when the gathering threads
+    /// are gone: then the caller reads on its own.
+    pub fn read_gathered(
+        &self,
+        rt: ResourceType,
+        id: String,
+        reach: Reach,
+    ) -> Option<impl std::future::Future<Output = Result<Version, Error>>> {
+        let answered = self.gatherer.as_ref()?.ask(rt, id, reach)?;
+        Some(async move {
+            answered
+                .await
+                .unwrap_or_else(|_| Err(Error::Internal("the read was not answered".into())))
+        })
+    }
+
     /// One version, for a reader of `reach` (see [`Store::read_visible`]).
     pub fn vread_visible(&self, rt: ResourceType, id: &str, version_id: i64, reach: &Reach) -> Result<Version, Error> {
         let mut conn = self.pool.get()?;

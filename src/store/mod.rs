@@ -29,6 +29,7 @@ mod connection;
 mod executor;
 mod export;
 mod fixed;
+mod gather;
 mod hooks;
 mod index_rows;
 mod measures;
@@ -178,6 +179,8 @@ pub struct Store {
     sqlite_writer: Option<std::sync::Arc<Writer>>,
     /// The migrations this store runs: the whole schema, or the audit trail's alone.
     schema: pool::Schema,
+    /// PostgreSQL only: reads by id answered together (see gather.rs).
+    gatherer: Option<std::sync::Arc<gather::Gatherer>>,
 }
 
 /// How often SQLite's log keeper looks at the size of the write-ahead log.
@@ -439,6 +442,7 @@ impl Store {
             DatabaseUrl::Sqlite(path) => Some(std::sync::Arc::new(Writer::new(path, pool.connection_timeout()))),
             DatabaseUrl::Postgres(_) => None,
         };
+        let gatherer = Some(std::sync::Arc::new(gather::Gatherer::new(pool.clone())));
         if let DatabaseUrl::Sqlite(path) = &url {
             keep_wal_small(pool.clone(), format!("{path}-wal"), std::sync::Arc::downgrade(&alive));
         }
@@ -448,6 +452,7 @@ impl Store {
             rules: crate::scheduling::Rules::default(),
             _alive: alive,
             sqlite_writer,
+            gatherer,
             schema: pool::Schema::Main,
         })
     }

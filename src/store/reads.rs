@@ -63,7 +63,7 @@ pub(super) fn current_bodies(
     Ok(out)
 }
 
-#[derive(Queryable)]
+#[derive(Queryable, Clone)]
 pub(super) struct Current {
     pub(super) version_id: i64,
     pub(super) last_updated: i64,
@@ -85,6 +85,17 @@ pub(super) fn read_visible_in(
     reach: &Reach,
 ) -> Result<Version, Error> {
     let current = load_current(conn, rt, id)?.ok_or_else(|| not_found(rt, id))?;
+    visible_current(conn, rt, id, current, reach)
+}
+
+/// [`read_visible_in`] on the current row of `rt/id`, already loaded.
+pub(super) fn visible_current(
+    conn: &mut AnyConnection,
+    rt: ResourceType,
+    id: &str,
+    current: Current,
+    reach: &Reach,
+) -> Result<Version, Error> {
     if !may_see(conn, rt, id, &current, reach)? {
         return Err(not_found(rt, id));
     }

@@ -58,3 +58,51 @@ both_backends! {
         assert_eq!(history["entry"].as_array().unwrap().len(), 6);
     }
 }
+
+both_backends! {
+    // Reads by id that arrive together are answered together (store::gather): each still gets its
+    // own resource, a missing one 404, a deleted one 410, and a reader of limited reach exactly what
+    // a read of its own would answer, an unseen resource (deleted or not) as one that does not exist.
+    async fn reads_arriving_together_each_get_their_own_answer(app: TestApp) {
+        let families = ["Ames", "Boyd", "Cruz", "Diaz", "Egan", "Ford"];
+        let mut ids = Vec::new();
+        for family in families {
+            ids.push(app.create(&patient(family)).await["id"].as_str().unwrap().to_string());
+        }
+        let gone = ids[5].clone();
+        assert_eq!(app.client.delete(app.url(&format!("Patient/{gone}"))).send().await.unwrap().status(), 204);
+        let own = app.client_with("patient/*.rs", Some(&ids[0]));
+
+        // (client, path, expected status, expected family)
+        let mut asked: Vec<(&reqwest::Client, String, u16, Option<&str>)> = Vec::new();
+        for round in 0..5 {
+            for (i, family) in families.iter().enumerate().take(5) {
+                asked.push((&app.client, format!("Patient/{}", ids[i]), 200, Some(family)));
+            }
+            asked.push((&app.client, format!("Patient/{gone}"), 410, None));
+            asked.push((&app.client, format!("Patient/nobody-{round}"), 404, None));
+            asked.push((&own, format!("Patient/{}", ids[0]), 200, Some("Ames")));
+            // Someone else's record, current or deleted: as if it did not exist.
+            asked.push((&own, format!("Patient/{}", ids[1]), 404, None));
+            asked.push((&own, format!("Patient/{gone}"), 404, None));
+        }
+        let answers = join_all(asked.iter().map(|(client, path, _, _)| client.get(app.url(path)).send())).await;
+        for ((_, path, status, family), answer) in asked.iter().zip(answers) {
+            let answer = answer.unwrap();
+            assert_eq!(answer.status().as_u16(), *status, "{path}");
+            let body: serde_json::Value = answer.json().await.unwrap();
+            match family {
+                Some(family) => {
+                    assert_eq!(body["resourceType"], "Patient", "{path}");
+                    assert_eq!(format!("Patient/{}", body["id"].as_str().unwrap()), *path);
+                    assert_eq!(body["name"][0]["family"], *family, "{path}");
+                }
+                None => {
+                    assert_eq!(body["resourceType"], "OperationOutcome", "{path}");
+                    let text = body.to_string();
+                    assert!(families.iter().all(|f| !text.contains(f)), "{path}: {text}");
+                }
+            }
+        }
+    }
+}
