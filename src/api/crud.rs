@@ -367,9 +367,9 @@ pub async fn read(
     let grant = ctx.grant(rt.as_str(), Permission::Read)?;
     let store = state.store.clone();
     let reach = ctx.reach_of(&grant);
-    let version = match store.read_gathered(rt, id.clone(), reach.clone()) {
-        Some(answer) => answer.await?,
-        None => blocking(move || store.read_visible(rt, &id, &reach)).await?,
+    let version = match store.read_gathered(rt, id, reach) {
+        Ok(answer) => answer.await?,
+        Err((id, reach)) => blocking(move || store.read_visible(rt, &id, &reach)).await?,
     };
     audit_version(&ctx, rt, &version);
     ctx.version(HttpResponse::Ok(), &version)

@@ -128,17 +128,17 @@ impl Store {
         read_visible_in(&mut conn, rt, id, reach)
     }
 
-    /// [`Store::read_visible`] on PostgreSQL, answered with the reads that arrive at the same time
-    /// (one statement for them all, see gather.rs); None on SQLite, or when the gathering threads
-    /// are gone: then the caller reads on its own.
+    /// [`Store::read_visible`], answered with the reads that arrive at the same time (see
+    /// gather.rs). When the gathering threads are gone, `id` and `reach` come back for the caller
+    /// to read on its own.
     pub fn read_gathered(
         &self,
         rt: ResourceType,
         id: String,
         reach: Reach,
-    ) -> Option<impl std::future::Future<Output = Result<Version, Error>>> {
-        let answered = self.gatherer.as_ref()?.ask(rt, id, reach)?;
-        Some(async move {
+    ) -> Result<impl std::future::Future<Output = Result<Version, Error>>, (String, Reach)> {
+        let answered = self.gatherer.ask(rt, id, reach)?;
+        Ok(async move {
             answered
                 .await
                 .unwrap_or_else(|_| Err(Error::Internal("the read was not answered".into())))

@@ -84,16 +84,23 @@ impl Gatherer {
     }
 
     /// The current version of `rt/id` for a reader of `reach`, as [`super::Store::read_visible`]
-    /// answers it; None when the gathering threads are gone (the caller reads on its own).
+    /// answers it; `id` and `reach` back when the gathering threads are gone (the caller reads on
+    /// its own).
     pub(super) fn ask(
         &self,
         rt: ResourceType,
         id: String,
         reach: Reach,
-    ) -> Option<tokio::sync::oneshot::Receiver<Result<Version, Error>>> {
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Version, Error>>, (String, Reach)> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.queue()?.send(Asked { rt, id, reach, answer }).ok()?;
-        Some(answered)
+        let asked = Asked { rt, id, reach, answer };
+        let Some(queue) = self.queue() else {
+            return Err((asked.id, asked.reach));
+        };
+        match queue.send(asked) {
+            Ok(()) => Ok(answered),
+            Err(mpsc::SendError(asked)) => Err((asked.id, asked.reach)),
+        }
     }
 }
 
@@ -131,8 +138,8 @@ fn answer(pool: &DbPool, batch: Vec<Asked>) {
     let mut conn = match pool.get() {
         Ok(conn) => conn,
         Err(e) => {
-            let error = Error::from(e);
-            let message = error.to_string();
+            // Logged once (by the conversion), answered to each read alike.
+            let message = Error::from(e).to_string();
             for asked in batch {
                 let _ = asked.answer.send(Err(Error::Unavailable(message.clone())));
             }
@@ -252,10 +259,8 @@ mod tests {
             .map(|id| {
                 store
                     .gatherer
-                    .as_ref()
-                    .unwrap()
                     .ask(rt, id.clone(), Reach::server())
-                    .unwrap()
+                    .unwrap_or_else(|_| panic!("the gathering threads are running"))
             })
             .collect();
         // A thread takes its name as it starts.

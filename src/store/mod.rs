@@ -179,8 +179,8 @@ pub struct Store {
     sqlite_writer: Option<std::sync::Arc<Writer>>,
     /// The migrations this store runs: the whole schema, or the audit trail's alone.
     schema: pool::Schema,
-    /// PostgreSQL only: reads by id answered together (see gather.rs).
-    gatherer: Option<std::sync::Arc<gather::Gatherer>>,
+    /// Reads by id answered together (see gather.rs); its threads start at the first read.
+    gatherer: std::sync::Arc<gather::Gatherer>,
 }
 
 /// How often SQLite's log keeper looks at the size of the write-ahead log.
@@ -442,7 +442,7 @@ impl Store {
             DatabaseUrl::Sqlite(path) => Some(std::sync::Arc::new(Writer::new(path, pool.connection_timeout()))),
             DatabaseUrl::Postgres(_) => None,
         };
-        let gatherer = Some(std::sync::Arc::new(gather::Gatherer::new(pool.clone())));
+        let gatherer = std::sync::Arc::new(gather::Gatherer::new(pool.clone()));
         if let DatabaseUrl::Sqlite(path) = &url {
             keep_wal_small(pool.clone(), format!("{path}-wal"), std::sync::Arc::downgrade(&alive));
         }
