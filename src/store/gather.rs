@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use diesel::prelude::*;
 
 use super::pool::DbPool;
-use super::reads::{read_visible_in, visible_current, Current};
+use super::reads::{current_columns, read_visible_in, visible_current, Current};
 use super::schema::resources;
 use super::{AnyConnection, Version};
 use crate::error::Error;
@@ -185,15 +185,7 @@ fn load_rows(
     let query = resources::table
         .filter(resources::res_type.eq(rt.as_str()))
         .filter(resources::res_id.eq_any(ids))
-        .select((
-            resources::res_id,
-            (
-                resources::version_id,
-                resources::last_updated,
-                resources::deleted,
-                resources::body,
-            ),
-        ));
+        .select((resources::res_id, current_columns()));
     let rows: Vec<(String, Current)> = match conn {
         AnyConnection::Postgresql(pg) => query.load(pg)?,
         // SQLite: no round trip to save, and an `IN (?, ?, …)` list would be a new statement text

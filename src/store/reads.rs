@@ -223,6 +223,23 @@ pub(super) fn vread_visible_in(
     }
 }
 
+type CurrentColumns = (
+    resources::version_id,
+    resources::last_updated,
+    resources::deleted,
+    resources::body,
+);
+
+/// The columns a [`Current`] is loaded from.
+pub(super) fn current_columns() -> CurrentColumns {
+    (
+        resources::version_id,
+        resources::last_updated,
+        resources::deleted,
+        resources::body,
+    )
+}
+
 pub(super) fn version_columns() -> VersionColumns {
     (
         resource_versions::res_type,
@@ -263,12 +280,7 @@ pub(super) fn load_current(
     resources::table
         .filter(resources::res_type.eq(rt.as_str()))
         .filter(resources::res_id.eq(id))
-        .select((
-            resources::version_id,
-            resources::last_updated,
-            resources::deleted,
-            resources::body,
-        ))
+        .select(current_columns())
         .get_result::<Current>(c)
         .optional()
 }
