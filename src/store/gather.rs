@@ -205,7 +205,7 @@ fn load_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Store, WriteAccess};
+    use super::super::WriteAccess;
     use super::*;
 
     /// The names of this process's threads that gather reads.
@@ -224,11 +224,7 @@ mod tests {
     /// ones: each answered as a read of its own answers it. The gathering threads end with the store.
     #[test]
     fn reads_asked_together_answer_as_reads_of_their_own() {
-        let dir = std::env::temp_dir().join(format!("tandem-gather-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.join("t.db").display()), 4).unwrap();
-        store.migrate().unwrap();
+        let (store, dir) = super::super::scratch_sqlite("gather", 4);
         let rt = ResourceType::parse("Patient").unwrap();
         let mut ids = Vec::new();
         for n in 0..5 {

@@ -626,6 +626,18 @@ impl Store {
     }
 }
 
+/// A migrated SQLite store in a new directory of its own (`tandem-{name}-{pid}`, its file `t.db`),
+/// for the store's unit tests; the test removes the directory when done.
+#[cfg(test)]
+fn scratch_sqlite(name: &str, pool_size: u32) -> (Store, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tandem-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.join("t.db").display()), pool_size).unwrap();
+    store.migrate().unwrap();
+    (store, dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::write::stamp;
@@ -657,12 +669,9 @@ mod wal {
     /// over, and the -wal file would keep every page written. The store truncates it.
     #[test]
     fn steady_reads_and_writes_do_not_grow_the_write_ahead_log_without_bound() {
-        let dir = std::env::temp_dir().join(format!("tandem-wal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let (store, dir) = scratch_sqlite("wal", 4);
+        let store = Arc::new(store);
         let db = dir.join("t.db");
-        let store = Arc::new(Store::open(&format!("sqlite://{}", db.display()), 4).unwrap());
-        store.migrate().unwrap();
         let rt = ResourceType::parse("Patient").unwrap();
         let patient =
             |i: usize| serde_json::json!({"resourceType": "Patient", "name": [{"family": format!("Wal{i}")}]});
@@ -768,12 +777,7 @@ mod statistics {
     /// with the schema, and only creating sqlite_stat1 changes the schema.
     #[test]
     fn a_refresh_reaches_the_connections_already_open() {
-        let dir = std::env::temp_dir().join(format!("tandem-stats-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("t.db").display());
-        let store = Store::open(&url, 2).unwrap();
-        store.migrate().unwrap();
+        let (store, dir) = scratch_sqlite("stats", 2);
         let mut open_all_along = store.pool.get().unwrap();
         let AnyConnection::Sqlite(old) = &mut *open_all_along else {
             unreachable!()
@@ -834,11 +838,7 @@ mod writer {
     /// nothing of itself, and the next write on that connection commits.
     #[test]
     fn a_failed_write_leaves_nothing_and_the_writer_goes_on() {
-        let dir = std::env::temp_dir().join(format!("tandem-writer-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.join("t.db").display()), 2).unwrap();
-        store.migrate().unwrap();
+        let (store, dir) = scratch_sqlite("writer", 2);
         let before = count(&store);
         let insert = |c: &mut AnyConnection| {
             diesel::sql_query("INSERT INTO write_lock (n) VALUES (7)")
