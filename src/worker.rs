@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::Store;
 
@@ -39,7 +39,7 @@ impl Workers {
     /// Asks the workers to stop and waits for them: an export in progress is put back in the queue at
     /// its next page (another runner starts it over), a notification in flight is finished.
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.wake_to_stop();
         for t in std::mem::take(&mut self.threads) {
             if t.join().is_err() {
                 tracing::error!("a background worker panicked");
@@ -52,7 +52,28 @@ impl Drop for Workers {
     /// An application dropped without stopping (a test's runtime ending) still ends its workers, so
     /// that they let go of the database.
     fn drop(&mut self) {
+        self.wake_to_stop();
+    }
+}
+
+impl Workers {
+    /// Tells the workers to stop, and wakes those resting between looks for work.
+    fn wake_to_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        for t in &self.threads {
+            t.thread().unpark();
+        }
+    }
+}
+
+/// Rests for `how_long`, or until told to stop (woken by [`Workers::stop`]).
+fn rest(stop: &AtomicBool, how_long: Duration) {
+    let until = Instant::now() + how_long;
+    while !stop.load(Ordering::SeqCst) {
+        let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+            return;
+        };
+        std::thread::park_timeout(left);
     }
 }
 
@@ -69,10 +90,10 @@ fn spawn(
             while !stop.load(Ordering::SeqCst) {
                 match step(&stop) {
                     Ok(true) => continue,
-                    Ok(false) => std::thread::sleep(IDLE_POLL),
+                    Ok(false) => rest(&stop, IDLE_POLL),
                     Err(e) => {
                         tracing::warn!(worker = %thread_name, cause = %e, "background work failed; retrying");
-                        std::thread::sleep(IDLE_POLL * 4);
+                        rest(&stop, IDLE_POLL * 4);
                     }
                 }
             }

@@ -705,9 +705,10 @@ impl AuditWriter {
                 tracing::error!("the audit writer panicked");
             }
         }
-        // The indexer stops at its next look (references still waiting are moved by the next
-        // start's indexer, and found by searches meanwhile).
+        // The indexer stops at its next look, woken for it (references still waiting are moved by
+        // the next start's indexer, and found by searches meanwhile).
         if let Some(indexer) = self.indexer.take() {
+            indexer.thread().unpark();
             if indexer.join().is_err() {
                 tracing::error!("the audit indexer panicked");
             }
@@ -728,13 +729,13 @@ fn index_loop<S: AuditIndex>(store: &S, progress: &Progress) {
         if rounds.is_multiple_of(INDEX_RETRY_ROUNDS) {
             after = 0;
         }
-        let mut slept = Duration::ZERO;
-        while slept < INDEX_EVERY {
+        let rested = std::time::Instant::now();
+        while let Some(left) = INDEX_EVERY.checked_sub(rested.elapsed()).filter(|d| !d.is_zero()) {
             if progress.stopping() {
                 return;
             }
-            std::thread::sleep(IDLE_CHECK.min(INDEX_EVERY));
-            slept += IDLE_CHECK.min(INDEX_EVERY);
+            // Woken early by finish().
+            std::thread::park_timeout(left);
         }
         while !progress.stopping() {
             match index_once(store, &mut after) {

@@ -47,10 +47,32 @@ struct Asked {
     answer: tokio::sync::oneshot::Sender<Result<Version, Error>>,
 }
 
-/// The queue of reads, and the threads that answer them (started at the first read).
+/// The queue of reads, and the threads that answer them (started at the first read, ended and
+/// waited for when the gatherer is dropped with the last clone of its store).
 pub(super) struct Gatherer {
     pool: DbPool,
-    queue: OnceLock<Option<mpsc::Sender<Asked>>>,
+    queue: OnceLock<Option<Queue>>,
+}
+
+struct Queue {
+    tx: mpsc::Sender<Asked>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Gatherer {
+    /// Closes the queue and waits for the threads (each ends after the batch it is answering), so
+    /// that no pooled connection outlives the store on a thread of its own: a process exiting
+    /// while such a thread closes a TLS connection to PostgreSQL crashes in OpenSSL's exit handler.
+    fn drop(&mut self) {
+        if let Some(Some(Queue { tx, threads })) = self.queue.take() {
+            drop(tx);
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("a read-gathering thread panicked");
+                }
+            }
+        }
+    }
 }
 
 impl Gatherer {
@@ -67,20 +89,21 @@ impl Gatherer {
             .get_or_init(|| {
                 let (tx, rx) = mpsc::channel::<Asked>();
                 let rx = Arc::new(parking_lot::Mutex::new(rx));
-                let mut started = 0;
+                let mut threads = Vec::new();
                 for n in 0..loops(self.pool.max_size()) {
                     let (pool, rx) = (self.pool.clone(), rx.clone());
                     let spawned = std::thread::Builder::new()
                         .name(format!("tandem-reads-{n}"))
                         .spawn(move || gather_loop(&pool, &rx));
                     match spawned {
-                        Ok(_) => started += 1,
+                        Ok(thread) => threads.push(thread),
                         Err(e) => tracing::warn!(cause = %e, "starting a read-gathering thread failed"),
                     }
                 }
-                (started > 0).then_some(tx)
+                (!threads.is_empty()).then_some(Queue { tx, threads })
             })
             .as_ref()
+            .map(|queue| &queue.tx)
     }
 
     /// The current version of `rt/id` for a reader of `reach`, as [`super::Store::read_visible`]

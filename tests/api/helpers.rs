@@ -121,21 +121,33 @@ pub fn test_config(db: &TestDb) -> Config {
     config
 }
 
-/// Stops a test's server when the TestApp holding it is dropped, so that its workers, background
-/// threads and database connections end with the test. (Left to a dropped runtime, actix's workers
-/// kept their pools open for the rest of the run, and the suite reached PostgreSQL's 100
-/// connections.)
-pub struct StopOnDrop(actix_web::dev::ServerHandle);
+/// Stops a test's server when the TestApp holding it is dropped, and waits until its thread has
+/// ended, so that its workers, background threads and database connections end with the test.
+/// (Left to a dropped runtime, actix's workers kept their pools open for the rest of the run, and
+/// the suite reached PostgreSQL's 100 connections. Left to stop on its own, the last tests' servers
+/// were still closing TLS connections to PostgreSQL while the test process exited, and OpenSSL's
+/// exit handler freed what they were using: a SIGSEGV after every test had passed.)
+pub struct StopOnDrop {
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        // The command is sent when stop is called; the server's own thread carries it out, so
-        // the future that would wait for it is not needed.
-        drop(self.0.stop(false));
+        // The command is sent when stop is called; the server's own thread carries it out, and
+        // its end is what is waited for.
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() && !std::thread::panicking() {
+                panic!("the test server's thread panicked");
+            }
+        }
     }
 }
 
 pub struct TestApp {
+    // First, so that it is dropped first: the server stops before its database is dropped.
+    _stop_on_drop: StopOnDrop,
     pub address: String,
     /// A client that sends a `system/*.cruds` token with every request.
     pub client: reqwest::Client,
@@ -145,7 +157,6 @@ pub struct TestApp {
     pub handle: actix_web::dev::ServerHandle,
     pub db: TestDb,
     pub config: Config,
-    _stop_on_drop: StopOnDrop,
 }
 
 impl TestApp {
@@ -180,7 +191,7 @@ impl TestApp {
         // stops it there, and the thread ends with it.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let built = config.clone();
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -198,7 +209,10 @@ impl TestApp {
             client: reqwest::Client::new(),
             anonymous: reqwest::Client::new(),
             backend,
-            _stop_on_drop: StopOnDrop(handle.clone()),
+            _stop_on_drop: StopOnDrop {
+                handle: handle.clone(),
+                thread: Some(thread),
+            },
             handle,
             db,
             config,
