@@ -40,6 +40,7 @@ mod schema;
 mod search;
 mod subscriptions;
 mod write;
+mod writer;
 
 pub(crate) use audit::pending_ref_needle;
 pub use audit::{AuditPage, AuditRow};
@@ -185,6 +186,10 @@ pub struct Store {
 
 /// How often SQLite's log keeper looks at the size of the write-ahead log.
 const WAL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the log keeper copies what was written into the database (a passive checkpoint).
+const WAL_COPY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const COPIES_PER_CHECK: u32 = (WAL_CHECK_EVERY.as_millis() / WAL_COPY_EVERY.as_millis()) as u32;
+
 /// The size of the write-ahead log beyond which the log keeper empties it (SQLite's automatic
 /// checkpoints keep it near 4 MiB when they can start it over). 1 MiB in unit tests.
 const WAL_TRUNCATE_ABOVE_BYTES: u64 = if cfg!(test) { 1 << 20 } else { 16 << 20 };
@@ -258,16 +263,34 @@ fn keep_wal_small(pool: DbPool, wal: String, alive: std::sync::Weak<()>) {
 fn wal_keeper_rounds(pool: &DbPool, wal: &str, alive: &std::sync::Weak<()>) {
     use diesel::connection::SimpleConnection;
     let mut round = 0u64;
+    let mut tick = 0u32;
     let mut looked_at: Option<(u64, Option<std::time::SystemTime>)> = None;
+    let mut copied_at: Option<(u64, Option<std::time::SystemTime>)> = None;
     loop {
-        std::thread::sleep(WAL_CHECK_EVERY);
+        std::thread::sleep(WAL_COPY_EVERY);
         if alive.strong_count() == 0 {
             return;
         }
-        round += 1;
         let log = std::fs::metadata(wal).ok();
-        // Statistics: looked at when the log changed since the last look (something was written).
         let log_state = log.as_ref().map(|m| (m.len(), m.modified().ok()));
+        // The writer's commits do not copy the log into the database (see Writer::connect): a
+        // passive checkpoint does it here, beside the writer, whenever something was written.
+        if log_state != copied_at {
+            if let Ok(mut conn) = pool.get() {
+                if let AnyConnection::Sqlite(c) = &mut *conn {
+                    if let Err(e) = c.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::debug!(cause = %e, "copying the SQLite write-ahead log: not this time");
+                    }
+                }
+            }
+            copied_at = log_state;
+        }
+        tick += 1;
+        if !tick.is_multiple_of(COPIES_PER_CHECK) {
+            continue;
+        }
+        round += 1;
+        // Statistics: looked at when the log changed since the last look (something was written).
         if round.is_multiple_of(STATS_CHECK_ROUNDS) && log_state != looked_at {
             if let Ok(mut conn) = pool.get() {
                 if let AnyConnection::Sqlite(c) = &mut *conn {
@@ -380,52 +403,7 @@ fn write_on<T>(
     ))
 }
 
-/// SQLite: the turn of this process's writers, and the connection they write through.
-///
-/// One connection for every write keeps its page cache: SQLite empties a connection's cache when
-/// another connection wrote since its last transaction, so writes spread over the pool read the
-/// same index pages again from the file every time (`pread` and its copies were a tenth of a
-/// create's profile). Measured in A/B pairs at 32 connections: 1,403–1,515 µs of server CPU per
-/// create against 1,707–1,972 through the pool. It is opened at the first write, apart from the
-/// pool (so writes no longer take a connection from the readers), with a larger page cache.
-struct Writer {
-    path: String,
-    /// The longest a write waits for its turn: as long as a request waits for a pooled connection
-    /// (pool::open_pool decides it).
-    wait: std::time::Duration,
-    /// parking_lot's mutex, for its timed lock (the standard library's has none). A panic while
-    /// holding it dropped the connection, which rolled its transaction back, and does not poison it.
-    conn: parking_lot::Mutex<Option<AnyConnection>>,
-}
-
-impl Writer {
-    fn new(path: &str, wait: std::time::Duration) -> Writer {
-        Writer {
-            path: path.to_string(),
-            wait,
-            conn: parking_lot::Mutex::new(None),
-        }
-    }
-
-    /// Waits for this process's turn to write, as long as a request may wait: then the answer is a
-    /// 503 to retry, as when it waited for a connection of the pool.
-    fn turn(&self) -> Result<parking_lot::MutexGuard<'_, Option<AnyConnection>>, Error> {
-        self.conn
-            .try_lock_for(self.wait)
-            .ok_or_else(|| Error::Unavailable("the database is busy with other writes; try again".into()))
-    }
-
-    fn connect(path: &str) -> Result<AnyConnection, Error> {
-        let mut conn =
-            pool::connect_sqlite(path).map_err(|e| Error::Internal(format!("opening the sqlite database: {e}")))?;
-        use diesel::connection::SimpleConnection;
-        conn.batch_execute(&format!("PRAGMA cache_size = -{};", WRITER_CACHE_KIB))?;
-        Ok(AnyConnection::Sqlite(conn))
-    }
-}
-
-/// The writer's page cache, in KiB: the index pages every write touches (SQLite's default is 2 MiB).
-const WRITER_CACHE_KIB: u32 = 16 * 1024;
+use writer::Writer;
 
 impl Store {
     pub fn open(url: &str, pool_size: u32) -> Result<Store, Error> {
@@ -509,19 +487,10 @@ impl Store {
     /// Runs `work` in a write transaction, retrying when it lost a race to another writer. `work`
     /// gets the transaction's time, which stamps what it writes (see [`Store::watermark`]).
     fn write<T>(&self, work: impl FnMut(&mut AnyConnection, i64) -> Result<T, Abort>) -> Result<T, Error> {
-        let Some(writer) = &self.sqlite_writer else {
-            return write_on(&mut *self.pool.get()?, work);
-        };
-        let mut turn = writer.turn()?;
-        // Taken out for the write and put back after it: a panic mid-write drops the connection,
-        // which rolls its transaction back, and the next writer opens another.
-        let mut conn = match turn.take() {
-            Some(c) => c,
-            None => Writer::connect(&writer.path)?,
-        };
-        let result = write_on(&mut conn, work);
-        *turn = Some(conn);
-        result
+        match &self.sqlite_writer {
+            Some(writer) => writer.write(work),
+            None => write_on(&mut *self.pool.get()?, work),
+        }
     }
 
     /// The current version. NotFound for an unknown id, Gone for a deleted resource.
@@ -542,7 +511,8 @@ impl Store {
     /// changes `_since` this instant misses none, whatever is in flight now and however many replicas
     /// write. PostgreSQL: the database clock, or the start of the oldest transaction that is writing
     /// (every stamp is at or after the start of its transaction); SQLite: the time at which this call
-    /// holds the write lock (no writer is in flight then).
+    /// has its turn to write (the writes before it have committed, or are in its group's transaction,
+    /// and it is answered only once that has committed: see writer.rs).
     pub fn watermark(&self) -> Result<i64, Error> {
         let mut pooled = self.pool.get()?;
         if let AnyConnection::Postgresql(pg) = &mut *pooled {
@@ -817,49 +787,6 @@ mod statistics {
         );
         assert!(max_probe(refresher).contains("idx_date_owner"));
         drop((open_all_along, other, store));
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-#[cfg(test)]
-mod writer {
-    use super::*;
-
-    fn count(store: &Store) -> i64 {
-        let mut c = store.pool.get().unwrap();
-        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "(SELECT count(*) FROM write_lock)",
-        ))
-        .get_result(&mut *c)
-        .unwrap()
-    }
-
-    /// SQLite writes go through one connection of their own: a write that fails half-way leaves
-    /// nothing of itself, and the next write on that connection commits.
-    #[test]
-    fn a_failed_write_leaves_nothing_and_the_writer_goes_on() {
-        let (store, dir) = scratch_sqlite("writer", 2);
-        let before = count(&store);
-        let insert = |c: &mut AnyConnection| {
-            diesel::sql_query("INSERT INTO write_lock (n) VALUES (7)")
-                .execute(c)
-                .map(|_| ())
-        };
-        let failed = store.write(|c, _| {
-            insert(c)?;
-            Err::<(), _>(Abort::Error(Error::Invalid("refused after its first statement".into())))
-        });
-        assert!(matches!(failed, Err(Error::Invalid(_))));
-        assert_eq!(count(&store), before, "the failed write's row was rolled back");
-        for _ in 0..3 {
-            store.write(|c, _| Ok(insert(c)?)).unwrap();
-        }
-        assert_eq!(count(&store), before + 3);
-        assert!(
-            store.sqlite_writer.as_ref().unwrap().turn().unwrap().is_some(),
-            "the writer keeps its connection"
-        );
-        drop(store);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,0 +1,402 @@
+//! SQLite: this process's one writer, and its group commits.
+//!
+//! Every write of a SQLite store runs on one connection of its own, in turn (see [`Writer`]). A
+//! commit costs the turn more than a small write does: the log frames of every page the transaction
+//! changed are written out, and the page cache is reset. So the writes that queue for the turn share
+//! a transaction: the first opens it, each runs in a savepoint of its own (a write that fails is
+//! rolled back to its savepoint alone, and answered at once), and the transaction is committed by
+//! the write that finds no other waiting, or that makes the group [`MOST_IN_GROUP`] writes long.
+//! A write that leaves the transaction open waits for its commit before it is answered: nothing is
+//! answered as written before it is on disk and visible to the readers. A write alone commits at
+//! once, as before; writes gather only while others wait for the turn.
+//!
+//! What each write sees is what the writes before it in the group wrote (one connection, one
+//! transaction), as when they committed one by one; their stamps grow in the order they run. When
+//! the commit fails, every write of the group is answered with that failure and none of them is
+//! stored; when a write panics, its connection and the group's transaction are dropped together, and
+//! the other writes of the group are answered 503.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::connection::{Connection, SimpleConnection, TransactionManager};
+
+use super::{begin_write, pool, Abort, AnyConnection, WRITE_ATTEMPTS};
+use crate::error::Error;
+
+/// The most writes one transaction holds: it bounds how long the first of them waits for its
+/// commit.
+const MOST_IN_GROUP: usize = 32;
+/// How long a write that left its group open waits before it looks whether the group was left
+/// without a committer (its successor gave up waiting for the turn), and commits it itself.
+const LOOK_EVERY: Duration = Duration::from_millis(5);
+/// The writer's page cache, in KiB: the index pages every write touches (SQLite's default is 2 MiB).
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
+/// The writer's own automatic checkpoint, in pages of the log: only a safety net, for a log keeper
+/// that lags far behind (SQLite's default is 1,000 pages, about 4 MiB).
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+
+/// SQLite: the turn of this process's writers, and the connection they write through.
+///
+/// One connection for every write keeps its page cache: SQLite empties a connection's cache when
+/// another connection wrote since its last transaction, so writes spread over the pool read the
+/// same index pages again from the file every time (`pread` and its copies were a tenth of a
+/// create's profile). Measured in A/B pairs at 32 connections: 1,403–1,515 µs of server CPU per
+/// create against 1,707–1,972 through the pool. It is opened at the first write, apart from the
+/// pool (so writes no longer take a connection from the readers), with a larger page cache.
+pub(super) struct Writer {
+    path: String,
+    /// The longest a write waits for its turn: as long as a request waits for a pooled connection
+    /// (pool::open_pool decides it).
+    wait: Duration,
+    /// parking_lot's mutex, for its timed lock (the standard library's has none). A panic while
+    /// holding it drops the connection, which rolls its transaction back, and does not poison it.
+    turn: parking_lot::Mutex<Turn>,
+    /// Writes waiting for the turn: while there are some, the one holding it leaves the
+    /// transaction open for them.
+    queued: AtomicUsize,
+    /// Writes that ran in a transaction another write opened.
+    joined: AtomicU64,
+}
+
+#[derive(Default)]
+pub(super) struct Turn {
+    pub(super) conn: Option<AnyConnection>,
+    /// The group whose transaction is open on `conn`.
+    open: Option<Open>,
+    /// The last stamp given, so that stamps grow in the order writes run.
+    last_now: i64,
+}
+
+struct Open {
+    group: Arc<Group>,
+    members: usize,
+}
+
+/// How a group's transaction ended: Ok when committed; the cause when not.
+#[derive(Default)]
+struct Group {
+    end: parking_lot::Mutex<Option<Result<(), String>>>,
+    ended: parking_lot::Condvar,
+}
+
+impl Group {
+    fn finish(&self, outcome: Result<(), String>) {
+        *self.end.lock() = Some(outcome);
+        self.ended.notify_all();
+    }
+
+    /// The end, when it came within `wait`.
+    fn wait_end(&self, wait: Duration) -> Option<Result<(), String>> {
+        let mut end = self.end.lock();
+        if end.is_none() {
+            self.ended.wait_for(&mut end, wait);
+        }
+        end.clone()
+    }
+}
+
+impl Writer {
+    pub(super) fn new(path: &str, wait: Duration) -> Writer {
+        Writer {
+            path: path.to_string(),
+            wait,
+            turn: parking_lot::Mutex::new(Turn::default()),
+            queued: AtomicUsize::new(0),
+            joined: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits for this process's turn to write, as long as a request may wait: then the answer is a
+    /// 503 to retry, as when it waited for a connection of the pool.
+    pub(super) fn turn(&self) -> Result<parking_lot::MutexGuard<'_, Turn>, Error> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let turn = self.turn.try_lock_for(self.wait);
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        turn.ok_or_else(|| Error::Unavailable("the database is busy with other writes; try again".into()))
+    }
+
+    fn connect(path: &str) -> Result<AnyConnection, Error> {
+        let mut conn =
+            pool::connect_sqlite(path).map_err(|e| Error::Internal(format!("opening the sqlite database: {e}")))?;
+        // Copying the log into the database is left to the log keeper's passive checkpoints, on
+        // another thread, which do not stop the writer: SQLite's automatic checkpoint runs inside
+        // the commit that crosses its threshold, on the writer's turn, with its fsyncs.
+        conn.batch_execute(&format!(
+            "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};"
+        ))?;
+        Ok(AnyConnection::Sqlite(conn))
+    }
+
+    /// Runs `work` in the group's transaction (opened if none is), in a savepoint of its own, and
+    /// answers once the transaction is committed (see the module's documentation).
+    pub(super) fn write<T>(
+        &self,
+        mut work: impl FnMut(&mut AnyConnection, i64) -> Result<T, Abort>,
+    ) -> Result<T, Error> {
+        let mut turn = self.turn()?;
+        // Taken out for the write and put back after it: a panic mid-write drops the connection,
+        // which rolls its transaction back, and the next writer opens another.
+        let mut conn = match turn.conn.take() {
+            Some(c) => c,
+            None => Writer::connect(&self.path)?,
+        };
+        if turn.open.is_none() {
+            if let Err(e) = begin(&mut conn) {
+                // The connection is kept only when it is out of any transaction.
+                if rollback(&mut conn) {
+                    turn.conn = Some(conn);
+                }
+                return Err(e);
+            }
+            turn.open = Some(Open {
+                group: Arc::new(Group::default()),
+                members: 0,
+            });
+        } else {
+            self.joined.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = crate::resources::dates::now_millis().max(turn.last_now);
+        turn.last_now = now;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| in_savepoint(&mut conn, now, &mut work)));
+        let result = match ran {
+            Ok(result) => result,
+            Err(panic) => {
+                // The connection goes with the group's transaction; the group's other writes are
+                // told it was not stored.
+                drop(conn);
+                if let Some(open) = turn.open.take() {
+                    open.group
+                        .finish(Err("another write of its transaction failed; try again".into()));
+                }
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let Some(open) = turn.open.as_mut() else {
+            return Err(Error::Internal("the writer's transaction is gone".into()));
+        };
+        open.members += 1;
+        let group = open.group.clone();
+        // A write that failed ends its group too: its error may have been one that ended the
+        // transaction in SQLite (a full disk, an I/O error), which the commit then tells the
+        // others. A write that failed on its own rules is rolled back to its savepoint, and the
+        // commit stores the others.
+        let end_now = result.is_err() || open.members >= MOST_IN_GROUP || self.queued.load(Ordering::SeqCst) == 0;
+        if end_now {
+            let committed = commit(&mut turn, conn);
+            drop(turn);
+            group.finish(committed.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            return committed.and(result);
+        }
+        turn.conn = Some(conn);
+        drop(turn);
+        self.wait_for_commit(&group)?;
+        result
+    }
+
+    /// Waits for the commit of a group this write left open. Normally a write that came after
+    /// ends it; when none does (the next write gave up waiting for the turn), this one does.
+    fn wait_for_commit(&self, group: &Arc<Group>) -> Result<(), Error> {
+        loop {
+            if let Some(end) = group.wait_end(LOOK_EVERY) {
+                return end
+                    .map_err(|cause| Error::Unavailable(format!("the write was not stored ({cause}); try again")));
+            }
+            let Some(mut turn) = self.turn.try_lock() else { continue };
+            let still_open = turn.open.as_ref().is_some_and(|o| Arc::ptr_eq(&o.group, group));
+            if !still_open {
+                continue;
+            }
+            let Some(conn) = turn.conn.take() else { continue };
+            let committed = commit(&mut turn, conn);
+            drop(turn);
+            group.finish(committed.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            return committed;
+        }
+    }
+}
+
+/// Opens the group's transaction and takes the database's write lock (see begin_write).
+fn begin(conn: &mut AnyConnection) -> Result<(), Error> {
+    <AnyConnection as Connection>::TransactionManager::begin_transaction(conn)?;
+    begin_write(conn)?;
+    Ok(())
+}
+
+/// Commits the open group on `conn` and puts the connection back (unless it is left in a
+/// transaction it could not end).
+fn commit(turn: &mut Turn, mut conn: AnyConnection) -> Result<(), Error> {
+    turn.open = None;
+    let committed = <AnyConnection as Connection>::TransactionManager::commit_transaction(&mut conn);
+    match committed {
+        Ok(()) => {
+            turn.conn = Some(conn);
+            Ok(())
+        }
+        Err(e) => {
+            if rollback(&mut conn) {
+                turn.conn = Some(conn);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Ends whatever transaction is open on `conn`; false when the connection is in no state to be
+/// used again.
+fn rollback(conn: &mut AnyConnection) -> bool {
+    use diesel::connection::TransactionManagerStatus;
+    let depth = match <AnyConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn) {
+        TransactionManagerStatus::Valid(status) => status.transaction_depth(),
+        TransactionManagerStatus::InError => return false,
+    };
+    match depth {
+        None => true,
+        Some(_) => <AnyConnection as Connection>::TransactionManager::rollback_transaction(conn).is_ok(),
+    }
+}
+
+/// One write in a savepoint of the open transaction, again when it lost a race (another process
+/// wrote the same id first).
+fn in_savepoint<T>(
+    conn: &mut AnyConnection,
+    now: i64,
+    work: &mut impl FnMut(&mut AnyConnection, i64) -> Result<T, Abort>,
+) -> Result<T, Error> {
+    for _ in 0..WRITE_ATTEMPTS {
+        match conn.transaction::<T, Abort, _>(|c| work(c, now)) {
+            Ok(v) => return Ok(v),
+            Err(Abort::Error(e)) => return Err(e),
+            Err(Abort::Retry) => continue,
+        }
+    }
+    Err(Error::Conflict(
+        "the resource is being changed by other requests at the same time; try again".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{scratch_sqlite, Store};
+    use diesel::prelude::*;
+
+    fn count(store: &Store) -> i64 {
+        let mut c = store.pool.get().unwrap();
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM write_lock)",
+        ))
+        .get_result(&mut *c)
+        .unwrap()
+    }
+
+    /// SQLite writes go through one connection of their own: a write that fails half-way leaves
+    /// nothing of itself, and the next write on that connection commits.
+    #[test]
+    fn a_failed_write_leaves_nothing_and_the_writer_goes_on() {
+        let (store, dir) = scratch_sqlite("writer", 2);
+        let before = count(&store);
+        let insert = |c: &mut AnyConnection| {
+            diesel::sql_query("INSERT INTO write_lock (n) VALUES (7)")
+                .execute(c)
+                .map(|_| ())
+        };
+        let failed = store.write(|c, _| {
+            insert(c)?;
+            Err::<(), _>(Abort::Error(Error::Invalid("refused after its first statement".into())))
+        });
+        assert!(matches!(failed, Err(Error::Invalid(_))));
+        assert_eq!(count(&store), before, "the failed write's row was rolled back");
+        for _ in 0..3 {
+            store.write(|c, _| Ok(insert(c)?)).unwrap();
+        }
+        assert_eq!(count(&store), before + 3);
+        assert!(
+            store.sqlite_writer.as_ref().unwrap().turn().unwrap().conn.is_some(),
+            "the writer keeps its connection"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn stored(store: &Store, n: i64) -> bool {
+        let mut c = store.pool.get().unwrap();
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "(SELECT count(*) FROM gathered WHERE n = {n})"
+        )))
+        .get_result::<i64>(&mut *c)
+        .unwrap()
+            == 1
+    }
+
+    /// Writes that arrive together share transactions: each write answered Ok is stored and already
+    /// visible to the readers' connections when it is answered; each write that failed (on its own
+    /// rule, after its first statement) left nothing, whatever the writes of its group did; a write
+    /// that panics mid-write takes its group's transaction with it, and the writes of that group
+    /// are answered as not stored.
+    #[test]
+    fn writes_gathered_in_one_transaction_are_answered_only_once_committed() {
+        let (store, dir) = scratch_sqlite("groups", 4);
+        diesel::sql_query("CREATE TABLE gathered (n INTEGER PRIMARY KEY)")
+            .execute(&mut *store.pool.get().unwrap())
+            .unwrap();
+        let store = std::sync::Arc::new(store);
+        let answered: Vec<(i64, Result<(), String>)> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8i64)
+                .map(|t| {
+                    let store = store.clone();
+                    s.spawn(move || {
+                        let mut answers = Vec::new();
+                        for k in 0..60i64 {
+                            let n = 1000 + t * 100 + k;
+                            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                store.write(|c, _| {
+                                    diesel::sql_query(format!("INSERT INTO gathered (n) VALUES ({n})")).execute(c)?;
+                                    match n % 7 {
+                                        0 => Err(Abort::Error(Error::Invalid("refused after its insert".into()))),
+                                        _ if n == 1333 => panic!("a write that panics mid-write"),
+                                        _ => Ok(()),
+                                    }
+                                })
+                            }));
+                            let outcome = match outcome {
+                                Ok(Ok(())) => {
+                                    // Answered: committed, and seen by another connection.
+                                    assert!(stored(&store, n), "write {n} was answered before it was stored");
+                                    Ok(())
+                                }
+                                Ok(Err(e)) => Err(e.to_string()),
+                                Err(_) => Err("panicked".to_string()),
+                            };
+                            answers.push((n, outcome));
+                        }
+                        answers
+                    })
+                })
+                .collect();
+            threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+        });
+        let mut refused_by_group = 0;
+        for (n, outcome) in &answered {
+            assert_eq!(stored(&store, *n), outcome.is_ok(), "write {n}: {outcome:?}");
+            if *n % 7 == 0 {
+                assert!(outcome.as_ref().is_err_and(|e| e.contains("refused after its insert")));
+            } else if *n != 1333 && outcome.is_err() {
+                refused_by_group += 1;
+            }
+        }
+        assert_eq!(answered.len(), 480);
+        // Only the panicking write's group is refused with it (at most a group's length).
+        assert!(refused_by_group < MOST_IN_GROUP, "{refused_by_group} writes refused");
+        let writer = store.sqlite_writer.as_ref().unwrap();
+        assert!(writer.turn().unwrap().open.is_none(), "no transaction is left open");
+        let joined = writer.joined.load(Ordering::Relaxed);
+        assert!(
+            joined > 0,
+            "no write ran in another's transaction: the groups were not tried"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
