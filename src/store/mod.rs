@@ -339,8 +339,13 @@ fn begin_write(c: &mut AnyConnection) -> Result<i64, diesel::result::Error> {
             Ok(crate::resources::dates::now_millis())
         }
         AnyConnection::Postgresql(pg) => {
+            // The write's statements are prepared, and their plans do not depend on the values
+            // (primary keys, the bookings' exclusion index): the generic plan, made once per
+            // connection, instead of a new custom plan at every execution, which was 13% of
+            // PostgreSQL's CPU under creates (perf). For this transaction only.
             let clock: TxClock = fixed::Fixed::new(
-                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now, pg_current_xact_id()::text AS xid",
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now, pg_current_xact_id()::text AS xid, \
+                 set_config('plan_cache_mode', 'force_generic_plan', true) AS plans",
                 Vec::new(),
             )
             .get_result(pg)?;
