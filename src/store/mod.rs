@@ -6,18 +6,28 @@
 //! (type, id, version) in the version table, so two writers can never both produce version n+1.
 //! On SQLite every write transaction first takes the database write lock.
 
-/// Inserts `rows` (column-value tuples) into `table` on whichever backend `c` is, one multi-row
-/// INSERT per `chunk` rows: one statement (on PostgreSQL one round trip) per chunk rather than per
-/// row. `chunk` × the columns must stay under SQLite's 32,766 bound values.
+/// Inserts `rows` (column-value tuples) into `table` on whichever backend `c` is.
+///
+/// PostgreSQL: one multi-row INSERT per `chunk` rows, one round trip per chunk rather than per row
+/// (`chunk` × the columns stays under the protocol's 65,535 bound values). SQLite: one single-row
+/// INSERT per row. There is no round trip to save, and a multi-row INSERT is a new statement text
+/// for every row count, so diesel cannot keep it prepared: it was parsed and compiled again at every
+/// write (SQLite's parser and code generator were a tenth of the writer's samples under creates).
+/// The single-row statement is prepared once per connection and stepped once per row.
 macro_rules! insert_rows {
     ($c:expr, $table:path, $rows:expr, $chunk:expr) => {{
         let rows: Vec<_> = $rows;
-        for part in rows.chunks($chunk) {
-            let insert = diesel::insert_into($table).values(part);
-            match &mut *$c {
-                AnyConnection::Sqlite(c) => insert.execute(c)?,
-                AnyConnection::Postgresql(c) => insert.execute(c)?,
-            };
+        match &mut *$c {
+            AnyConnection::Sqlite(c) => {
+                for row in rows {
+                    diesel::insert_into($table).values(row).execute(c)?;
+                }
+            }
+            AnyConnection::Postgresql(c) => {
+                for part in rows.chunks($chunk) {
+                    diesel::insert_into($table).values(part).execute(c)?;
+                }
+            }
         }
     }};
 }
