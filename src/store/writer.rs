@@ -163,13 +163,12 @@ impl Writer {
         let result = match ran {
             Ok(result) => result,
             Err(panic) => {
-                // The connection goes with the group's transaction; the group's other writes are
-                // told it was not stored.
-                drop(conn);
+                // The group's other writes are told it was not stored, then the connection goes,
+                // and the group's transaction with it.
                 if let Some(open) = turn.open.take() {
-                    open.group
-                        .finish(Err("another write of its transaction failed; try again".into()));
+                    open.group.finish(Err(NOT_STORED.into()));
                 }
+                drop(conn);
                 std::panic::resume_unwind(panic);
             }
         };
@@ -178,15 +177,23 @@ impl Writer {
         };
         open.members += 1;
         let group = open.group.clone();
-        // A write that failed ends its group too: its error may have been one that ended the
-        // transaction in SQLite (a full disk, an I/O error), which the commit then tells the
-        // others. A write that failed on its own rules is rolled back to its savepoint, and the
-        // commit stores the others.
+        // The transaction is still the group's, one level deep, unless the write's savepoint could
+        // not be released or rolled back, or the database ended the transaction (a full disk, an
+        // I/O error: answered as Internal or Unavailable, while a write's own rules answer 4xx).
+        // Then nothing of the group is committed.
+        let sound = depth(&mut conn) == Some(1) && !matches!(result, Err(Error::Internal(_) | Error::Unavailable(_)));
+        if !sound {
+            turn.open = None;
+            group.finish(Err(NOT_STORED.into()));
+            drop(conn);
+            return result.and(Err(Error::Unavailable(format!("{NOT_STORED}; try again"))));
+        }
+        // A write refused on its own rules was rolled back to its savepoint: the group ends with
+        // it, and the commit stores the others.
         let end_now = result.is_err() || open.members >= MOST_IN_GROUP || self.queued.load(Ordering::SeqCst) == 0;
         if end_now {
-            let committed = commit(&mut turn, conn);
+            let committed = commit(&mut turn, conn, &group);
             drop(turn);
-            group.finish(committed.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             return committed.and(result);
         }
         turn.conn = Some(conn);
@@ -198,24 +205,32 @@ impl Writer {
     /// Waits for the commit of a group this write left open. Normally a write that came after
     /// ends it; when none does (the next write gave up waiting for the turn), this one does.
     fn wait_for_commit(&self, group: &Arc<Group>) -> Result<(), Error> {
+        let ended = |end: Result<(), String>| {
+            end.map_err(|cause| Error::Unavailable(format!("the write was not stored ({cause}); try again")))
+        };
         loop {
             if let Some(end) = group.wait_end(LOOK_EVERY) {
-                return end
-                    .map_err(|cause| Error::Unavailable(format!("the write was not stored ({cause}); try again")));
+                return ended(end);
             }
             let Some(mut turn) = self.turn.try_lock() else { continue };
             let still_open = turn.open.as_ref().is_some_and(|o| Arc::ptr_eq(&o.group, group));
+            // A group is told its end before the turn is let go: one that is no longer open has
+            // ended (or was abandoned by a panic while closing its connection: not stored).
             if !still_open {
-                continue;
+                return ended(group.wait_end(Duration::ZERO).unwrap_or(Err(NOT_STORED.into())));
             }
-            let Some(conn) = turn.conn.take() else { continue };
-            let committed = commit(&mut turn, conn);
-            drop(turn);
-            group.finish(committed.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            return committed;
+            let Some(conn) = turn.conn.take() else {
+                turn.open = None;
+                group.finish(Err(NOT_STORED.into()));
+                return ended(Err(NOT_STORED.into()));
+            };
+            return commit(&mut turn, conn, group);
         }
     }
 }
+
+/// What the writes of a group that was not committed are told.
+const NOT_STORED: &str = "the transaction it shared with other writes was not committed";
 
 /// Opens the group's transaction and takes the database's write lock (see begin_write).
 fn begin(conn: &mut AnyConnection) -> Result<(), Error> {
@@ -224,37 +239,68 @@ fn begin(conn: &mut AnyConnection) -> Result<(), Error> {
     Ok(())
 }
 
-/// Commits the open group on `conn` and puts the connection back (unless it is left in a
-/// transaction it could not end).
-fn commit(turn: &mut Turn, mut conn: AnyConnection) -> Result<(), Error> {
+/// The depth of the transactions open on `conn` (None: none, or diesel lost track of them).
+fn depth(conn: &mut AnyConnection) -> Option<u32> {
+    use diesel::connection::TransactionManagerStatus;
+    match <AnyConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn) {
+        TransactionManagerStatus::Valid(status) => status.transaction_depth().map(|d| d.get()),
+        TransactionManagerStatus::InError => None,
+    }
+}
+
+/// Commits the open group on `conn`, tells the group how it ended (while the turn is still held),
+/// and puts the connection back unless it is left in a transaction it could not end. A failed
+/// commit is a 503 for every write of the group, this one included.
+fn commit(turn: &mut Turn, mut conn: AnyConnection, group: &Group) -> Result<(), Error> {
     turn.open = None;
-    let committed = <AnyConnection as Connection>::TransactionManager::commit_transaction(&mut conn);
+    // Only the group's own transaction, one level deep, is committed (at a deeper level diesel's
+    // commit would only release a savepoint).
+    let committed = match depth(&mut conn) {
+        Some(1) => {
+            <AnyConnection as Connection>::TransactionManager::commit_transaction(&mut conn).map_err(|e| e.to_string())
+        }
+        other => Err(format!("the writer's transaction was {other:?} levels deep")),
+    };
     match committed {
-        Ok(()) => {
+        Ok(()) if depth(&mut conn).is_none() => {
+            group.finish(Ok(()));
             turn.conn = Some(conn);
             Ok(())
         }
-        Err(e) => {
+        other => {
+            let cause = other
+                .err()
+                .unwrap_or_else(|| "still in a transaction after its commit".into());
+            tracing::error!(%cause, "committing a group of SQLite writes failed");
+            group.finish(Err(NOT_STORED.into()));
             if rollback(&mut conn) {
                 turn.conn = Some(conn);
             }
-            Err(e.into())
+            Err(Error::Unavailable(format!("{NOT_STORED}; try again")))
         }
     }
 }
 
-/// Ends whatever transaction is open on `conn`; false when the connection is in no state to be
-/// used again.
+/// Ends whatever transactions are open on `conn`; false when the connection is in no state to be
+/// used again (it is then dropped, and closing it rolls back what is left).
 fn rollback(conn: &mut AnyConnection) -> bool {
-    use diesel::connection::TransactionManagerStatus;
-    let depth = match <AnyConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn) {
-        TransactionManagerStatus::Valid(status) => status.transaction_depth(),
-        TransactionManagerStatus::InError => return false,
-    };
-    match depth {
-        None => true,
-        Some(_) => <AnyConnection as Connection>::TransactionManager::rollback_transaction(conn).is_ok(),
+    for _ in 0..=MOST_IN_GROUP {
+        match depth(conn) {
+            None => {
+                use diesel::connection::TransactionManagerStatus;
+                return matches!(
+                    <AnyConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn),
+                    TransactionManagerStatus::Valid(_)
+                );
+            }
+            Some(_) => {
+                if <AnyConnection as Connection>::TransactionManager::rollback_transaction(conn).is_err() {
+                    return false;
+                }
+            }
+        }
     }
+    false
 }
 
 /// One write in a savepoint of the open transaction, again when it lost a race (another process
