@@ -402,12 +402,18 @@ fn write_on<T>(
     conn: &mut AnyConnection,
     mut work: impl FnMut(&mut AnyConnection, i64) -> Result<T, Abort>,
 ) -> Result<T, Error> {
-    for _ in 0..WRITE_ATTEMPTS {
-        let result = conn.transaction::<T, Abort, _>(|c| {
+    retrying(|| {
+        conn.transaction::<T, Abort, _>(|c| {
             let now = begin_write(c)?;
             work(c, now)
-        });
-        match result {
+        })
+    })
+}
+
+/// Runs `attempt` until it does not lose a race (Abort::Retry), at most WRITE_ATTEMPTS times.
+fn retrying<T>(mut attempt: impl FnMut() -> Result<T, Abort>) -> Result<T, Error> {
+    for _ in 0..WRITE_ATTEMPTS {
+        match attempt() {
             Ok(v) => return Ok(v),
             Err(Abort::Error(e)) => return Err(e),
             Err(Abort::Retry) => continue,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use diesel::connection::{Connection, SimpleConnection, TransactionManager};
 
-use super::{begin_write, pool, Abort, AnyConnection, WRITE_ATTEMPTS};
+use super::{begin_write, pool, retrying, Abort, AnyConnection};
 use crate::error::Error;
 
 /// The most writes one transaction holds: it bounds how long the first of them waits for its
@@ -310,16 +310,7 @@ fn in_savepoint<T>(
     now: i64,
     work: &mut impl FnMut(&mut AnyConnection, i64) -> Result<T, Abort>,
 ) -> Result<T, Error> {
-    for _ in 0..WRITE_ATTEMPTS {
-        match conn.transaction::<T, Abort, _>(|c| work(c, now)) {
-            Ok(v) => return Ok(v),
-            Err(Abort::Error(e)) => return Err(e),
-            Err(Abort::Retry) => continue,
-        }
-    }
-    Err(Error::Conflict(
-        "the resource is being changed by other requests at the same time; try again".into(),
-    ))
+    retrying(|| conn.transaction::<T, Abort, _>(|c| work(c, now)))
 }
 
 #[cfg(test)]
