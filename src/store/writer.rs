@@ -165,9 +165,7 @@ impl Writer {
             Err(panic) => {
                 // The group's other writes are told it was not stored, then the connection goes,
                 // and the group's transaction with it.
-                if let Some(open) = turn.open.take() {
-                    open.group.finish(Err(NOT_STORED.into()));
-                }
+                abandon(&mut turn);
                 drop(conn);
                 std::panic::resume_unwind(panic);
             }
@@ -183,8 +181,7 @@ impl Writer {
         // Then nothing of the group is committed.
         let sound = depth(&mut conn) == Some(1) && !matches!(result, Err(Error::Internal(_) | Error::Unavailable(_)));
         if !sound {
-            turn.open = None;
-            group.finish(Err(NOT_STORED.into()));
+            abandon(&mut turn);
             drop(conn);
             return result.and(Err(Error::Unavailable(format!("{NOT_STORED}; try again"))));
         }
@@ -220,8 +217,7 @@ impl Writer {
                 return ended(group.wait_end(Duration::ZERO).unwrap_or(Err(NOT_STORED.into())));
             }
             let Some(conn) = turn.conn.take() else {
-                turn.open = None;
-                group.finish(Err(NOT_STORED.into()));
+                abandon(&mut turn);
                 return ended(Err(NOT_STORED.into()));
             };
             return commit(&mut turn, conn, group);
@@ -231,6 +227,14 @@ impl Writer {
 
 /// What the writes of a group that was not committed are told.
 const NOT_STORED: &str = "the transaction it shared with other writes was not committed";
+
+/// Gives up the open group, if any: its writes are told they were not stored. The caller drops
+/// the connection (or has none), and the group's transaction ends with it.
+fn abandon(turn: &mut Turn) {
+    if let Some(open) = turn.open.take() {
+        open.group.finish(Err(NOT_STORED.into()));
+    }
+}
 
 /// Opens the group's transaction and takes the database's write lock (see begin_write).
 fn begin(conn: &mut AnyConnection) -> Result<(), Error> {
