@@ -379,8 +379,9 @@ const IDS_PER_LOOKUP: usize = 100;
 /// For each actor, the booking that starts last before `end`. An actor's bookings never overlap (the
 /// check below and, on PostgreSQL, the exclusion constraint keep them so), so that booking also ends
 /// last: it is the only one that can clash with a window ending at `end`. One index probe per actor,
-/// however long the calendar (filtering on `end_ms > start` instead would walk every earlier booking),
-/// and all the actors in one statement: on PostgreSQL one round trip, not one per participant.
+/// however long the calendar (filtering on `end_ms > start` instead would walk every earlier booking):
+/// on PostgreSQL all the actors in one statement (one round trip, not one per participant), on
+/// SQLite a kept statement per actor.
 fn latest_bookings(
     c: &mut AnyConnection,
     actors: &[String],
@@ -390,37 +391,49 @@ fn latest_bookings(
     if let AnyConnection::Postgresql(pg) = c {
         return Ok(latest_bookings_pg(pg, actors, end, reserved_from)?);
     }
+    // SQLite: two statements of a fixed text per actor, which diesel prepares once on the writer's
+    // connection and keeps; one statement whose text grew with the actors was parsed and compiled
+    // again at every write (no round trip to save here, as there is on PostgreSQL).
+    let columns = (
+        bookings::actor,
+        bookings::kind,
+        bookings::appointment_id,
+        bookings::start_ms,
+        bookings::end_ms,
+    );
+    let row = |(actor, kind, appointment_id, start_ms, end_ms)| LatestBooking {
+        actor,
+        kind,
+        appointment_id,
+        start_ms,
+        end_ms,
+    };
     let mut found = Vec::new();
-    for chunk in actors.chunks(IDS_PER_LOOKUP) {
-        let mut sql = Sql::new("");
-        for (i, actor) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(" UNION ALL ");
-            }
-            sql.push(
-                "SELECT * FROM (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ",
-            )
-            .text_bind(actor)
-            .push(" AND kind <> 'reserved' AND start_ms < ")
-            .int_bind(end)
-            .push(" ORDER BY start_ms DESC")
-            .limit(1)
-            .push(&format!(") AS b{i}"));
-            // The reserved time that overlaps [start, end): the reservation that ends first after
-            // `start` and starts before `end` (the partial index on reserved rows, by end).
-            if let Some(start) = reserved_from {
-                sql.push(" UNION ALL SELECT * FROM (SELECT actor, kind, appointment_id, start_ms, end_ms FROM bookings WHERE actor = ")
-                    .text_bind(actor)
-                    .push(" AND kind = 'reserved' AND end_ms > ")
-                    .int_bind(start)
-                    .push(" AND start_ms < ")
-                    .int_bind(end)
-                    .push(" ORDER BY end_ms")
-                    .limit(1)
-                    .push(&format!(") AS r{i}"));
-            }
+    for actor in actors {
+        let latest: Option<(String, String, String, i64, i64)> = bookings::table
+            .filter(bookings::actor.eq(actor))
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>("kind <> 'reserved'"))
+            .filter(bookings::start_ms.lt(end))
+            .order(bookings::start_ms.desc())
+            .select(columns)
+            .first(c)
+            .optional()?;
+        found.extend(latest.map(row));
+        // The reserved time that overlaps [start, end): the reservation that ends first after
+        // `start` and starts before `end`. The kind is written out, not bound, so that SQLite
+        // uses the partial index on reserved rows (by end).
+        if let Some(start) = reserved_from {
+            let reserved: Option<(String, String, String, i64, i64)> = bookings::table
+                .filter(bookings::actor.eq(actor))
+                .filter(diesel::dsl::sql::<diesel::sql_types::Bool>("kind = 'reserved'"))
+                .filter(bookings::end_ms.gt(start))
+                .filter(bookings::start_ms.lt(end))
+                .order(bookings::end_ms.asc())
+                .select(columns)
+                .first(c)
+                .optional()?;
+            found.extend(reserved.map(row));
         }
-        found.extend(load::<LatestBooking>(c, &sql)?);
     }
     Ok(found)
 }

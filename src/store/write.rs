@@ -313,8 +313,6 @@ fn insert_version(c: &mut AnyConnection, v: &Version) -> Result<(), Abort> {
 /// record outside the compartment is refused exactly like one to a missing record (else a create
 /// would tell which ids exist). References the `previous` version already held are the caller's
 /// to keep (it may see that version, so they reveal nothing).
-/// One query for all of them: the types and the ids each as a list (a superset of the pairs, which
-/// the primary key answers), and the pairs matched here.
 pub(super) fn check_references(
     c: &mut AnyConnection,
     resource: &Value,
@@ -332,14 +330,6 @@ pub(super) fn check_references(
     if wanted.is_empty() {
         return Ok(());
     }
-    let mut types: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
-    types.sort_unstable();
-    types.dedup();
-    let ids: Vec<&str> = wanted.iter().map(|(_, id)| id.as_str()).collect();
-    let existing = schema::resources::table
-        .filter(schema::resources::res_type.eq_any(&types))
-        .filter(schema::resources::res_id.eq_any(&ids))
-        .filter(schema::resources::deleted.eq(false));
     // Only a reach that limits some type asks for the bodies: a psychotherapy note, or a record
     // outside the writer's compartments, is refused exactly like a missing record.
     let limited = reach.filter(|r| {
@@ -348,20 +338,12 @@ pub(super) fn check_references(
                 .iter()
                 .any(|(t, _)| r.limits(*t) || t.as_str() == "DocumentReference")
     });
+    let rows = existing_of(c, &wanted, limited.is_some())?;
     let mut found: Vec<(String, String)> = match limited {
-        None => existing
-            .select((schema::resources::res_type, schema::resources::res_id))
-            .load(c)?,
+        None => rows.into_iter().map(|(t, id, _)| (t, id)).collect(),
         Some(reach) => {
             let mut kept: Vec<(ResourceType, String)> = previous.map(local_references).unwrap_or_default();
             kept.sort();
-            let rows: Vec<(String, String, Option<String>)> = existing
-                .select((
-                    schema::resources::res_type,
-                    schema::resources::res_id,
-                    schema::resources::body,
-                ))
-                .load(c)?;
             rows.into_iter()
                 .filter(|(t, id, body)| {
                     let Some(t) = ResourceType::parse(t) else { return false };
@@ -395,6 +377,57 @@ pub(super) fn check_references(
         .into());
     }
     Ok(())
+}
+
+/// Which of the `wanted` resources exist and are not deleted: (type, id, and the body when
+/// `bodies`). PostgreSQL: one statement for all of them, the types and the ids each as an array (a
+/// superset of the pairs, which the primary key answers; `= ANY($1)`, a fixed text that diesel keeps
+/// prepared), the pairs matched by the caller. SQLite: one primary-key lookup per pair, a statement
+/// of a fixed text that diesel keeps prepared, where an `IN (?, ?, …)` list changes its text with
+/// its length and was compiled again at every write.
+fn existing_of(
+    c: &mut AnyConnection,
+    wanted: &[(ResourceType, String)],
+    bodies: bool,
+) -> Result<Vec<(String, String, Option<String>)>, Abort> {
+    use schema::resources as r;
+    if let AnyConnection::Postgresql(pg) = c {
+        let mut types: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        let ids: Vec<&str> = wanted.iter().map(|(_, id)| id.as_str()).collect();
+        let existing = r::table
+            .filter(r::res_type.eq_any(&types))
+            .filter(r::res_id.eq_any(&ids))
+            .filter(r::deleted.eq(false));
+        return Ok(if bodies {
+            existing.select((r::res_type, r::res_id, r::body)).load(pg)?
+        } else {
+            existing
+                .select((r::res_type, r::res_id))
+                .load::<(String, String)>(pg)?
+                .into_iter()
+                .map(|(t, id)| (t, id, None))
+                .collect()
+        });
+    }
+    let mut found = Vec::with_capacity(wanted.len());
+    for (t, id) in wanted {
+        let one = r::table
+            .filter(r::res_type.eq(t.as_str()))
+            .filter(r::res_id.eq(id))
+            .filter(r::deleted.eq(false));
+        let row: Option<(String, String, Option<String>)> = if bodies {
+            one.select((r::res_type, r::res_id, r::body)).first(c).optional()?
+        } else {
+            one.select((r::res_type, r::res_id))
+                .first::<(String, String)>(c)
+                .optional()?
+                .map(|(t, id)| (t, id, None))
+        };
+        found.extend(row);
+    }
+    Ok(found)
 }
 
 /// The resource as stored: server-kept id, meta.versionId and meta.lastUpdated, in FHIR element order.
