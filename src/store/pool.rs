@@ -232,7 +232,6 @@ pub fn open_pool(url: &DatabaseUrl, max_size: u32, statement_timeout_ms: u64) ->
 
 /// A SQLite connection with this service's per-connection settings, its statistics refreshed.
 pub(super) fn connect_sqlite(path: &str) -> Result<SqliteConnection, r2d2::Error> {
-    configure_sqlite();
     let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
     // Per-connection settings only, none of which takes a lock: the busy timeout makes this
     // connection wait for a lock instead of failing at once. WAL is a property of the file,
@@ -251,48 +250,12 @@ pub(super) fn connect_sqlite(path: &str) -> Result<SqliteConnection, r2d2::Error
     Ok(conn)
 }
 
-/// How much of a savepoint's journal SQLite keeps in memory before it spills it to a temporary
-/// file: 8 MiB, against SQLite's 64 KiB.
-///
-/// The SQLite writer runs each write of a group in a savepoint (store::writer), and a savepoint
-/// keeps the original of every page it changes in a sub-journal, to roll back to. A create changes
-/// 20 to 30 pages (its row, its version, its index rows and their indexes: 80–120 KiB), so with
-/// SQLite's default every create opened, wrote, and deleted a file in the temporary directory
-/// (`/var/tmp/etilqs_*`): the kernel's block allocation for it was the largest part of the
-/// writer's samples (perf). A write larger than the limit (a Bundle of hundreds of entries) still
-/// spills, so memory stays bounded by one limit per writing connection.
-const STATEMENT_JOURNAL_SPILL_BYTES: i32 = 8 << 20;
-
-/// SQLite's process-wide settings, made once before the first connection opens (sqlite3_config may
-/// only be called before SQLite initializes: sqlite.org/c3ref/config.html). Where some other code
-/// of the process opened SQLite first, the defaults stay, and that is said once.
-fn configure_sqlite() {
-    static CONFIGURED: std::sync::Once = std::sync::Once::new();
-    CONFIGURED.call_once(|| {
-        // SAFETY: SQLITE_CONFIG_STMTJRNL_SPILL takes one int (sqlite.org/c3ref/c_config_covering_index_scan.html),
-        // and a call made after SQLite initialized is refused with SQLITE_MISUSE, changing nothing.
-        let rc = unsafe {
-            libsqlite3_sys::sqlite3_config(
-                libsqlite3_sys::SQLITE_CONFIG_STMTJRNL_SPILL,
-                STATEMENT_JOURNAL_SPILL_BYTES as std::os::raw::c_int,
-            )
-        };
-        if rc != libsqlite3_sys::SQLITE_OK {
-            tracing::warn!(
-                code = rc,
-                "SQLite was initialized before tandem could set its savepoint journal's size: SQLite's default is kept"
-            );
-        }
-    });
-}
-
 /// Switches the SQLite file to write-ahead logging (readers run beside the one writer). The mode is
 /// stored in the file, so one connection sets it before the pool opens: switching needs an exclusive
 /// lock, and doing it on every new connection made connections fail with "database is locked" while
 /// others were busy.
 fn set_wal(path: &str) -> Result<(), Error> {
     let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("opening the sqlite database: {e}"));
-    configure_sqlite();
     let mut conn = SqliteConnection::establish(path).map_err(|e| fail(&e))?;
     conn.batch_execute(&format!(
         "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL;"

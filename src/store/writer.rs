@@ -123,8 +123,17 @@ impl Writer {
         // Copying the log into the database is left to the log keeper's passive checkpoints, on
         // another thread, which do not stop the writer: SQLite's automatic checkpoint runs inside
         // the commit that crosses its threshold, on the writer's turn, with its fsyncs.
+        // Each write runs in a savepoint, which keeps the original of every page it changes (its
+        // sub-journal) to roll back to. SQLite spills that journal to a temporary file past 64 KiB,
+        // and a create changes 80-120 KiB of pages: every create opened, wrote and deleted a file
+        // in /var/tmp, whose block allocation led the writer's profile. Kept in memory
+        // (temp_store), it costs a write's changed pages while the write runs. (SQLite's other
+        // knob, a larger SQLITE_CONFIG_STMTJRNL_SPILL, made every savepoint that outgrew it fail
+        // with SQLITE_FULL in SQLite 3.50.2: the benchmark's 500-entry Bundles found it, and
+        // a_write_that_changes_many_pages_in_its_savepoint_is_stored writes such a savepoint.)
         conn.batch_execute(&format!(
-            "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};"
+            "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; \
+             PRAGMA temp_store = MEMORY;"
         ))?;
         Ok(AnyConnection::Sqlite(conn))
     }
@@ -357,6 +366,42 @@ mod tests {
             store.sqlite_writer.as_ref().unwrap().turn().unwrap().conn.is_some(),
             "the writer keeps its connection"
         );
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A write whose savepoint changes far more pages than SQLite keeps in memory by default (a
+    /// large transaction Bundle) is stored whole, and the writer goes on.
+    #[test]
+    fn a_write_that_changes_many_pages_in_its_savepoint_is_stored() {
+        let (store, dir) = scratch_sqlite("big-savepoint", 2);
+        diesel::sql_query("CREATE TABLE wide (n INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            .execute(&mut *store.pool.get().unwrap())
+            .unwrap();
+        let body = "x".repeat(4000);
+        let rows = 6000i64; // 24 MB of pages changed by one write
+        store
+            .write(|c, _| {
+                for n in 0..rows {
+                    diesel::sql_query("INSERT INTO wide (n, body) VALUES (?, ?)")
+                        .bind::<diesel::sql_types::BigInt, _>(n)
+                        .bind::<diesel::sql_types::Text, _>(&body)
+                        .execute(c)?;
+                }
+                // Changed again in the same savepoint: its journal holds the originals.
+                diesel::sql_query("UPDATE wide SET body = upper(body)").execute(c)?;
+                Ok(())
+            })
+            .unwrap();
+        let stored = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM wide WHERE body LIKE 'X%')",
+        ))
+        .get_result::<i64>(&mut *store.pool.get().unwrap())
+        .unwrap();
+        assert_eq!(stored, rows);
+        store
+            .write(|c, _| Ok(diesel::sql_query("DELETE FROM wide WHERE n < 10").execute(c)?))
+            .unwrap();
         drop(store);
         let _ = std::fs::remove_dir_all(dir);
     }
