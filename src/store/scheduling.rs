@@ -372,7 +372,7 @@ struct LatestBooking {
     end_ms: i64,
 }
 
-/// Actors (or patients) per statement of [`latest_bookings`] and [`with_agreement`]: a group session
+/// Actors (or patients) per statement of [`individual_overlaps`] and [`with_agreement`]: a group session
 /// names its whole roster.
 const IDS_PER_LOOKUP: usize = 100;
 
